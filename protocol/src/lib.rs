@@ -1,0 +1,665 @@
+//! Message types of the Cuttlefish WebRTC signaling protocol.
+//!
+//! Devices talk to `/register_device`, clients to `/connect_client`; every
+//! frame is one JSON object keyed on `message_type` (errors are the exception:
+//! `{"error": "..."}`). This crate gives one enum per direction:
+//!
+//! | direction        | enum                |
+//! |------------------|---------------------|
+//! | device → server  | [`DeviceToServer`]  |
+//! | server → device  | [`ServerToDevice`]  |
+//! | client → server  | [`ClientToServer`]  |
+//! | server → client  | [`ServerToClient`]  |
+//!
+//! `payload` and `device_info` stay raw JSON ([`RawValue`]) borrowed from the
+//! frame, so a relay forwards them byte for byte and never re-encodes them.
+//!
+//! Decoding happens in two steps because the server must answer mistakes in a
+//! fixed order (size, UTF-8, JSON object with a `message_type`, known type,
+//! allowed in this state, fields): [`Frame::parse`] checks the envelope and
+//! names the message type, then the caller checks its own state and asks the
+//! frame for the typed message. [`DeviceToServer::decode`] and friends do both
+//! steps at once for programs that have no state to check in between.
+//!
+//! Serde's internally tagged enums cannot hold a `RawValue` (they buffer their
+//! content), so the envelope is read by hand: one pass of the JSON parser picks
+//! out the known fields as raw slices, and each message type then interprets
+//! the fields it needs.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+pub use serde_json::value::RawValue;
+
+mod encode;
+mod error;
+
+pub use error::DecodeError;
+
+/// The longest device id the server accepts, in bytes of UTF-8.
+pub const MAX_DEVICE_ID_BYTES: usize = 256;
+
+/// The deepest nesting of arrays and objects a message may have, counting the
+/// message object itself as one level. This is the recursion limit of the JSON
+/// parser, so a frame deeper than this is refused before it is fully read.
+pub const MAX_NESTING_DEPTH: usize = 128;
+
+/// The subprotocol that Cuttlefish's web client offers on its websockets.
+pub const SUBPROTOCOL: &str = "webrtc-operator";
+
+/// The websocket path devices connect to.
+pub const REGISTER_DEVICE_PATH: &str = "/register_device";
+/// The websocket path clients connect to.
+pub const CONNECT_CLIENT_PATH: &str = "/connect_client";
+
+// ---------------------------------------------------------------------------
+// Shared pieces
+// ---------------------------------------------------------------------------
+
+/// One entry of `ice_servers`, as in the WebRTC `RTCIceServer` dictionary.
+///
+/// `urls` is always encoded as an array: Cuttlefish devices reject a plain
+/// string. A single string is accepted when decoding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    #[serde(deserialize_with = "one_or_many")]
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(url) => vec![url],
+        OneOrMany::Many(urls) => urls,
+    })
+}
+
+/// The `config` message the server sends to devices and clients.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    pub ice_servers: Vec<IceServer>,
+}
+
+/// An error frame: `{"error": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorMsg<'a> {
+    pub error: Cow<'a, str>,
+}
+
+/// Raw JSON compared by its text, since [`RawValue`] has no `PartialEq`.
+fn raw_eq(a: &RawValue, b: &RawValue) -> bool {
+    a.get() == b.get()
+}
+
+fn opt_raw_eq(a: Option<&RawValue>, b: Option<&RawValue>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => raw_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Device → server
+// ---------------------------------------------------------------------------
+
+/// `{"message_type":"register","device_id":…,"device_info":…}`
+#[derive(Debug, Clone)]
+pub struct Register<'a> {
+    pub device_id: Cow<'a, str>,
+    /// Absent when the device sent none; clients then get `null`.
+    pub device_info: Option<&'a RawValue>,
+}
+
+impl PartialEq for Register<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.device_id == other.device_id && opt_raw_eq(self.device_info, other.device_info)
+    }
+}
+
+/// A device's `{"message_type":"forward","client_id":N,"payload":…}`.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceForward<'a> {
+    pub client_id: u64,
+    pub payload: &'a RawValue,
+}
+
+impl PartialEq for DeviceForward<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.client_id == other.client_id && raw_eq(self.payload, other.payload)
+    }
+}
+
+/// What a device sends to the server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeviceToServer<'a> {
+    Register(Register<'a>),
+    Forward(DeviceForward<'a>),
+}
+
+/// The message types a device may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceMessageType {
+    Register,
+    Forward,
+}
+
+impl MessageType for DeviceMessageType {
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "register" => Some(Self::Register),
+            "forward" => Some(Self::Forward),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> Frame<'a, DeviceMessageType> {
+    /// The typed message, after checking the fields its type needs.
+    pub fn into_message(self) -> Result<DeviceToServer<'a>, DecodeError> {
+        match self.message_type {
+            DeviceMessageType::Register => Ok(DeviceToServer::Register(Register {
+                device_id: self.fields.device_id()?,
+                device_info: self.fields.device_info,
+            })),
+            DeviceMessageType::Forward => Ok(DeviceToServer::Forward(DeviceForward {
+                client_id: self.fields.client_id()?,
+                payload: self.fields.payload()?,
+            })),
+        }
+    }
+}
+
+impl<'a> DeviceToServer<'a> {
+    /// Decodes a frame in one step.
+    pub fn decode(text: &'a str) -> Result<Self, DecodeError> {
+        Frame::<DeviceMessageType>::parse(text)?.into_message()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Client → server
+// ---------------------------------------------------------------------------
+
+/// `{"message_type":"connect","device_id":…}`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connect<'a> {
+    pub device_id: Cow<'a, str>,
+}
+
+/// A client's `{"message_type":"forward","payload":…}`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientForward<'a> {
+    pub payload: &'a RawValue,
+}
+
+impl PartialEq for ClientForward<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        raw_eq(self.payload, other.payload)
+    }
+}
+
+/// What a client sends to the server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientToServer<'a> {
+    Connect(Connect<'a>),
+    Forward(ClientForward<'a>),
+}
+
+/// The message types a client may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientMessageType {
+    Connect,
+    Forward,
+}
+
+impl MessageType for ClientMessageType {
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "connect" => Some(Self::Connect),
+            "forward" => Some(Self::Forward),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> Frame<'a, ClientMessageType> {
+    /// The typed message, after checking the fields its type needs.
+    pub fn into_message(self) -> Result<ClientToServer<'a>, DecodeError> {
+        match self.message_type {
+            ClientMessageType::Connect => Ok(ClientToServer::Connect(Connect {
+                device_id: self.fields.device_id()?,
+            })),
+            ClientMessageType::Forward => Ok(ClientToServer::Forward(ClientForward {
+                payload: self.fields.payload()?,
+            })),
+        }
+    }
+}
+
+impl<'a> ClientToServer<'a> {
+    /// Decodes a frame in one step.
+    pub fn decode(text: &'a str) -> Result<Self, DecodeError> {
+        Frame::<ClientMessageType>::parse(text)?.into_message()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Server → device
+// ---------------------------------------------------------------------------
+
+/// `{"message_type":"client_msg","client_id":N,"payload":…}`
+#[derive(Debug, Clone, Copy)]
+pub struct ClientMsg<'a> {
+    pub client_id: u64,
+    pub payload: &'a RawValue,
+}
+
+impl PartialEq for ClientMsg<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.client_id == other.client_id && raw_eq(self.payload, other.payload)
+    }
+}
+
+/// `{"message_type":"client_disconnected","client_id":N}`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientDisconnected {
+    pub client_id: u64,
+}
+
+/// What the server sends to a device.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerToDevice<'a> {
+    Config(Config),
+    ClientMsg(ClientMsg<'a>),
+    ClientDisconnected(ClientDisconnected),
+    Error(ErrorMsg<'a>),
+}
+
+/// The message types a server sends to a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerToDeviceType {
+    Config,
+    ClientMsg,
+    ClientDisconnected,
+}
+
+impl MessageType for ServerToDeviceType {
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "config" => Some(Self::Config),
+            "client_msg" => Some(Self::ClientMsg),
+            "client_disconnected" => Some(Self::ClientDisconnected),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> ServerToDevice<'a> {
+    /// Decodes a frame the server sent to a device.
+    pub fn decode(text: &'a str) -> Result<Self, DecodeError> {
+        let fields = RawFields::parse(text)?;
+        if fields.message_type.is_none() {
+            if let Some(error) = fields.error()? {
+                return Ok(Self::Error(ErrorMsg { error }));
+            }
+        }
+        let frame = Frame::<ServerToDeviceType>::from_fields(fields)?;
+        let fields = frame.fields;
+        Ok(match frame.message_type {
+            ServerToDeviceType::Config => Self::Config(fields.config()?),
+            ServerToDeviceType::ClientMsg => Self::ClientMsg(ClientMsg {
+                client_id: fields.client_id()?,
+                payload: fields.payload()?,
+            }),
+            ServerToDeviceType::ClientDisconnected => {
+                Self::ClientDisconnected(ClientDisconnected {
+                    client_id: fields.client_id()?,
+                })
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Server → client
+// ---------------------------------------------------------------------------
+
+/// `{"message_type":"device_info","device_info":…}`
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceInfo<'a> {
+    /// `null` when the device registered without one.
+    pub device_info: &'a RawValue,
+}
+
+impl PartialEq for DeviceInfo<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        raw_eq(self.device_info, other.device_info)
+    }
+}
+
+/// `{"message_type":"device_msg","payload":…}`
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceMsg<'a> {
+    pub payload: &'a RawValue,
+}
+
+impl PartialEq for DeviceMsg<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        raw_eq(self.payload, other.payload)
+    }
+}
+
+/// What the server sends to a client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerToClient<'a> {
+    Config(Config),
+    DeviceInfo(DeviceInfo<'a>),
+    DeviceMsg(DeviceMsg<'a>),
+    Error(ErrorMsg<'a>),
+}
+
+/// The message types a server sends to a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerToClientType {
+    Config,
+    DeviceInfo,
+    DeviceMsg,
+}
+
+impl MessageType for ServerToClientType {
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "config" => Some(Self::Config),
+            "device_info" => Some(Self::DeviceInfo),
+            "device_msg" => Some(Self::DeviceMsg),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> ServerToClient<'a> {
+    /// Decodes a frame the server sent to a client.
+    pub fn decode(text: &'a str) -> Result<Self, DecodeError> {
+        let fields = RawFields::parse(text)?;
+        if fields.message_type.is_none() {
+            if let Some(error) = fields.error()? {
+                return Ok(Self::Error(ErrorMsg { error }));
+            }
+        }
+        let frame = Frame::<ServerToClientType>::from_fields(fields)?;
+        let fields = frame.fields;
+        Ok(match frame.message_type {
+            ServerToClientType::Config => Self::Config(fields.config()?),
+            ServerToClientType::DeviceInfo => Self::DeviceInfo(DeviceInfo {
+                device_info: fields.device_info.unwrap_or(NULL),
+            }),
+            ServerToClientType::DeviceMsg => Self::DeviceMsg(DeviceMsg {
+                payload: fields.payload()?,
+            }),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The envelope
+// ---------------------------------------------------------------------------
+
+/// The JSON `null`, for a `device_info` that was never given.
+pub const NULL: &RawValue = RawValue::NULL;
+
+/// A message type of one direction, named by its `message_type` string.
+pub trait MessageType: Sized + Copy {
+    /// The type called `name`, if this direction has one.
+    fn from_name(name: &str) -> Option<Self>;
+}
+
+/// A frame whose envelope is valid: a JSON object, at most
+/// [`MAX_NESTING_DEPTH`] deep, whose `message_type` is a known type of the
+/// direction `T`. Its other fields are checked by `into_message`.
+#[derive(Debug, Clone)]
+pub struct Frame<'a, T> {
+    message_type: T,
+    fields: RawFields<'a>,
+}
+
+impl<'a, T: MessageType> Frame<'a, T> {
+    /// Checks the envelope of `text` and names its message type.
+    pub fn parse(text: &'a str) -> Result<Self, DecodeError> {
+        Self::from_fields(RawFields::parse(text)?)
+    }
+
+    fn from_fields(fields: RawFields<'a>) -> Result<Self, DecodeError> {
+        let Some(raw_type) = fields.message_type else {
+            return Err(DecodeError::InvalidMessage("missing message_type".into()));
+        };
+        let name = json_string(raw_type)
+            .ok_or_else(|| DecodeError::InvalidMessage("message_type must be a string".into()))?;
+        let message_type = T::from_name(&name)
+            .ok_or_else(|| DecodeError::UnknownMessageType(truncate(&name, 128).to_owned()))?;
+        Ok(Self {
+            message_type,
+            fields,
+        })
+    }
+
+    /// The message type the frame names.
+    pub fn message_type(&self) -> T {
+        self.message_type
+    }
+}
+
+/// The fields any message of the protocol may carry, each as raw JSON, read in
+/// one pass of the parser. Other fields are skipped (extensions are allowed).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+struct RawFields<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    message_type: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    device_id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    device_info: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    client_id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    payload: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    ice_servers: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    error: Option<&'a RawValue>,
+}
+
+/// Reads a field that is present as `Some`, even when its value is `null`:
+/// `{"payload": null}` carries a payload, `{}` does not.
+fn present<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<&'a RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+impl<'a> RawFields<'a> {
+    fn parse(text: &'a str) -> Result<Self, DecodeError> {
+        // Fast, precise answer for the commonest non-object inputs; the parser
+        // below would reject them too, with a vaguer message.
+        match text.trim_start().as_bytes().first() {
+            Some(b'{') => {}
+            None => return Err(DecodeError::InvalidMessage("empty message".into())),
+            Some(_) => {
+                return Err(DecodeError::InvalidMessage(
+                    "expected a JSON object".into(),
+                ));
+            }
+        }
+        check_nesting(text)?;
+        serde_json::from_str(text).map_err(|e| DecodeError::InvalidMessage(e.to_string()))
+    }
+
+    fn device_id(&self) -> Result<Cow<'a, str>, DecodeError> {
+        let raw = self
+            .device_id
+            .ok_or_else(|| DecodeError::InvalidDeviceId("missing device_id".into()))?;
+        let id = json_string(raw)
+            .ok_or_else(|| DecodeError::InvalidDeviceId("device_id must be a string".into()))?;
+        validate_device_id(&id)?;
+        Ok(id)
+    }
+
+    fn client_id(&self) -> Result<u64, DecodeError> {
+        let raw = self
+            .client_id
+            .ok_or_else(|| DecodeError::InvalidClientId("missing client_id".into()))?;
+        // Only an integer literal counts: `1.0`, `"1"` and `1e0` are refused.
+        match raw.get().parse::<u64>() {
+            Ok(0) => Err(DecodeError::InvalidClientId(
+                "client_id must be a positive integer, got 0".into(),
+            )),
+            Ok(id) => Ok(id),
+            Err(_) => Err(DecodeError::InvalidClientId(format!(
+                "client_id must be a positive integer, got {}",
+                truncate(raw.get(), 64)
+            ))),
+        }
+    }
+
+    fn payload(&self) -> Result<&'a RawValue, DecodeError> {
+        self.payload.ok_or(DecodeError::MissingPayload)
+    }
+
+    fn config(&self) -> Result<Config, DecodeError> {
+        let ice_servers = match self.ice_servers {
+            Some(raw) => serde_json::from_str(raw.get()).map_err(|e| {
+                DecodeError::InvalidMessage(format!("invalid ice_servers: {e}"))
+            })?,
+            None => Vec::new(),
+        };
+        Ok(Config { ice_servers })
+    }
+
+    fn error(&self) -> Result<Option<Cow<'a, str>>, DecodeError> {
+        self.error
+            .map(|raw| {
+                json_string(raw)
+                    .ok_or_else(|| DecodeError::InvalidMessage("error must be a string".into()))
+            })
+            .transpose()
+    }
+}
+
+/// The string a raw JSON value holds, borrowed when it has no escapes; `None`
+/// when the value is not a string.
+fn json_string<'a>(raw: &'a RawValue) -> Option<Cow<'a, str>> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    match serde_json::from_str::<&'a str>(text) {
+        Ok(borrowed) => Some(Cow::Borrowed(borrowed)),
+        // A string with escapes cannot be borrowed; decode it into a copy.
+        Err(_) => serde_json::from_str::<String>(text).ok().map(Cow::Owned),
+    }
+}
+
+/// Checks a device id against the rules every endpoint shares: non-empty, at
+/// most [`MAX_DEVICE_ID_BYTES`] bytes, no control characters.
+pub fn validate_device_id(id: &str) -> Result<(), DecodeError> {
+    if id.is_empty() {
+        return Err(DecodeError::InvalidDeviceId(
+            "device_id must not be empty".into(),
+        ));
+    }
+    if id.len() > MAX_DEVICE_ID_BYTES {
+        return Err(DecodeError::InvalidDeviceId(format!(
+            "device_id is {} bytes, at most {MAX_DEVICE_ID_BYTES} allowed",
+            id.len()
+        )));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(DecodeError::InvalidDeviceId(
+            "device_id must not contain control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses text nested deeper than [`MAX_NESTING_DEPTH`].
+///
+/// serde_json skips a raw value without a depth limit, so the limit is
+/// checked here. Text with no more opening brackets than the limit cannot be
+/// too deep, which settles nearly every real message with one quick count.
+fn check_nesting(text: &str) -> Result<(), DecodeError> {
+    let bytes = text.as_bytes();
+    let openers = bytes.iter().filter(|&&b| b == b'[' || b == b'{').count();
+    if openers <= MAX_NESTING_DEPTH {
+        return Ok(());
+    }
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING_DEPTH {
+                    return Err(DecodeError::InvalidMessage(format!(
+                        "nested deeper than {MAX_NESTING_DEPTH} levels"
+                    )));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+impl fmt::Display for DeviceMessageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Register => "register",
+            Self::Forward => "forward",
+        })
+    }
+}
+
+impl fmt::Display for ClientMessageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Connect => "connect",
+            Self::Forward => "forward",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
