@@ -1,1 +1,170 @@
-//! x
+//! A WebRTC signaling server for the Cuttlefish signaling protocol.
+//!
+//! Devices register on `/register_device`, clients connect to them on
+//! `/connect_client`, and the server relays their `forward` messages until
+//! they have a direct WebRTC connection. `PROTOCOL.md` at the repository root
+//! describes the protocol and every decision of behaviour.
+//!
+//! The library is the whole server: [`run`] takes a bound listener, so tests
+//! bind port 0 and run the real thing. The binary only parses flags.
+//!
+//! Layout: `http` refuses or upgrades requests; `connection` owns a socket;
+//! `session` holds the per-connection state machines; `registry` is the
+//! routing state behind a narrow seam; `outbox` is each connection's bounded
+//! queue.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use tracing::{debug, info, warn};
+
+pub mod cli;
+pub mod config;
+mod connection;
+mod frames;
+mod http;
+mod limits;
+pub mod metrics;
+mod outbox;
+mod registry;
+mod session;
+pub mod tls;
+
+pub use config::ServerConfig;
+
+use crate::limits::Limiter;
+use crate::metrics::Metrics;
+use crate::session::Context;
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
+}
+
+/// What the HTTP handlers and connection tasks share.
+#[derive(Debug)]
+pub(crate) struct ServerState {
+    ctx: Arc<Context>,
+    limiter: Arc<Limiter>,
+    ws_config: WebSocketConfig,
+    /// Cancelled when the server shuts down; every connection watches it.
+    shutdown: CancellationToken,
+    /// Every connection task, so shutdown can wait for them.
+    tracker: TaskTracker,
+}
+
+/// Serves on `listener` until `shutdown` resolves, then closes every
+/// websocket with 1001 and waits for them up to the grace period.
+pub async fn run(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let metrics = Arc::new(Metrics::new());
+    let tls = config.tls.clone().map(TlsAcceptor::from);
+    let state = Arc::new(ServerState {
+        limiter: Arc::new(Limiter::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+        )),
+        ws_config: http::websocket_config(&config),
+        ctx: Arc::new(Context::new(config, metrics)),
+        shutdown: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    });
+    let router = http::router(state.clone());
+    let local = listener.local_addr()?;
+    info!(address = %local, tls = tls.is_some(), "listening");
+
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors or similar: back off instead
+                    // of spinning; the pending connections wait in the
+                    // backlog.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let tls = tls.clone();
+        let task_state = state.clone();
+        state.tracker.spawn(async move {
+            let state = task_state;
+            let timeout = state.ctx.config.handshake_timeout;
+            match tls {
+                None => serve_http(stream, peer, router, &state).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_http(stream, peer, router, &state).await,
+                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+
+    info!("shutting down");
+    drop(listener);
+    state.shutdown.cancel();
+    state.tracker.close();
+    let grace = state.ctx.config.shutdown_grace;
+    if tokio::time::timeout(grace, state.tracker.wait()).await.is_err() {
+        warn!(
+            remaining = state.tracker.len(),
+            "connections still open after the grace period"
+        );
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Serves HTTP/1.1 on one connection, with upgrades.
+async fn serve_http<S>(stream: S, peer: SocketAddr, router: axum::Router, state: &ServerState)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        router.clone().oneshot(request.map(axum::body::Body::new))
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.ctx.config.handshake_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        }
+        () = state.shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}

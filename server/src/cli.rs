@@ -1,0 +1,240 @@
+//! The command line of `signaling-server`, and how it becomes a
+//! [`ServerConfig`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use protocol::IceServer;
+
+use crate::config::{ServerConfig, default_max_connections};
+use crate::tls;
+
+/// A WebRTC signaling server for Cuttlefish-style devices and their clients.
+///
+/// Devices register on /register_device, clients connect on /connect_client;
+/// PROTOCOL.md describes the protocol, every error and every limit.
+#[derive(Debug, Parser)]
+#[command(name = "signaling-server", version)]
+pub struct Cli {
+    /// Address and port to listen on. Plain ws:// is only allowed on a
+    /// loopback address unless --allow-insecure is given.
+    #[arg(long, env = "SIGNALING_LISTEN", default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+
+    /// Serve plain ws:// and http:// on a non-loopback address. Tokens and
+    /// signaling then cross the network unencrypted.
+    #[arg(long)]
+    pub allow_insecure: bool,
+
+    /// PEM certificate chain; serves wss:// and https:// (needs --tls-key).
+    #[arg(long, requires = "tls_key", conflicts_with = "tls_self_signed")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Make a fresh self-signed certificate for localhost and the listen
+    /// address (development only); prints its SHA-256 fingerprint.
+    #[arg(long)]
+    pub tls_self_signed: bool,
+
+    /// Where --tls-self-signed writes cert.pem and key.pem.
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("signaling-server-tls"))]
+    pub tls_self_signed_dir: PathBuf,
+
+    /// A STUN (or TURN) server URL for `ice_servers`; repeatable.
+    #[arg(long = "stun-server", value_name = "URL")]
+    pub stun_servers: Vec<String>,
+
+    /// A JSON file holding an array of IceServer dictionaries ({"urls",
+    /// "username", "credential"}), added to `ice_servers`. Without this and
+    /// --stun-server, `ice_servers` is an empty list.
+    #[arg(long, value_name = "FILE")]
+    pub ice_servers: Option<PathBuf>,
+
+    /// Let a client connect before its device registers and wait this many
+    /// seconds for it (the seed document's alternative flow). 0 keeps the
+    /// reference flow: an unknown device is an error at once.
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    pub client_wait_secs: u64,
+
+    /// Token devices must present (Authorization: Bearer, or ?token=).
+    #[arg(long, env = "SIGNALING_DEVICE_TOKEN", hide_env_values = true)]
+    pub device_token: Option<String>,
+
+    /// Token clients must present; also guards /devices and /infra_config.
+    #[arg(long, env = "SIGNALING_CLIENT_TOKEN", hide_env_values = true)]
+    pub client_token: Option<String>,
+
+    /// Largest message accepted, in bytes after reassembly; larger ones
+    /// close the connection with 1009.
+    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(64..=16 << 20))]
+    pub max_message_bytes: u64,
+
+    /// Most messages queued for one connection; past it the connection is
+    /// closed as a slow consumer (1008).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub outbox_messages: u64,
+
+    /// Most bytes queued for one connection; past it the connection is
+    /// closed as a slow consumer (1008).
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub outbox_bytes: u64,
+
+    /// Time a new connection has to send `register` or `connect` (also the
+    /// limit for the TLS handshake and the HTTP request head), e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// How often every websocket is pinged.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A websocket silent this long (no frame, no pong) is closed with 1008.
+    #[arg(long, default_value = "45s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// How long to wait for a peer's reply to a close frame.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub close_timeout: Duration,
+
+    /// Most websocket connections at once; more are refused with HTTP 503.
+    /// Default: 90% of the open-file limit, at least 64 files spare.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
+    /// Most websocket connections at once from one IP address; more are
+    /// refused with HTTP 429. 0 (default) is no limit, since a server behind
+    /// a proxy sees every peer at one address.
+    #[arg(long, default_value_t = 0)]
+    pub max_connections_per_ip: u64,
+
+    /// How long shutdown (SIGINT, SIGTERM) waits for connections to close.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Initial read buffer of each websocket, in bytes.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(256..))]
+    pub read_buffer_bytes: u64,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 10s, 500ms, 2m)"))
+}
+
+/// A setting that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(
+        "refusing to serve plain ws:// on the non-loopback address {0}: give --tls-cert and \
+         --tls-key (or --tls-self-signed), or --allow-insecure if a TLS proxy is in front"
+    )]
+    InsecureListen(SocketAddr),
+    #[error("cannot read --ice-servers {path}: {source}")]
+    ReadIceServers {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--ice-servers {path} is not a JSON array of IceServer dictionaries: {source}")]
+    ParseIceServers {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("--idle-timeout ({idle:?}) must be longer than --ping-interval ({ping:?})")]
+    IdleShorterThanPing { idle: Duration, ping: Duration },
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+}
+
+/// What the binary should tell its user once the config is built.
+#[derive(Debug, Default)]
+pub struct Notes {
+    /// Where a self-signed certificate was written, and its fingerprint.
+    pub self_signed: Option<tls::SelfSigned>,
+}
+
+impl Cli {
+    /// Builds the server's configuration, reading the files named.
+    pub fn into_config(self) -> Result<(ServerConfig, Notes), CliError> {
+        let mut notes = Notes::default();
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::load_pem(cert, key)?),
+            _ if self.tls_self_signed => {
+                let generated = tls::self_signed(&self.tls_self_signed_dir, self.listen.ip())?;
+                let config = generated.config.clone();
+                notes.self_signed = Some(generated);
+                Some(config)
+            }
+            _ => None,
+        };
+        if tls.is_none() && !self.listen.ip().is_loopback() && !self.allow_insecure {
+            return Err(CliError::InsecureListen(self.listen));
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return Err(CliError::IdleShorterThanPing {
+                idle: self.idle_timeout,
+                ping: self.ping_interval,
+            });
+        }
+
+        let mut ice_servers: Vec<IceServer> = self
+            .stun_servers
+            .iter()
+            .map(|url| IceServer {
+                urls: vec![url.clone()],
+                username: None,
+                credential: None,
+            })
+            .collect();
+        if let Some(path) = &self.ice_servers {
+            let text = std::fs::read_to_string(path).map_err(|source| CliError::ReadIceServers {
+                path: path.clone(),
+                source,
+            })?;
+            let from_file: Vec<IceServer> =
+                serde_json::from_str(&text).map_err(|source| CliError::ParseIceServers {
+                    path: path.clone(),
+                    source,
+                })?;
+            ice_servers.extend(from_file);
+        }
+
+        let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        let config = ServerConfig {
+            ice_servers,
+            client_wait: Duration::from_secs(self.client_wait_secs),
+            device_token: self.device_token.filter(|t| !t.is_empty()),
+            client_token: self.client_token.filter(|t| !t.is_empty()),
+            max_message_bytes: to_usize(self.max_message_bytes),
+            outbox_messages: to_usize(self.outbox_messages),
+            outbox_bytes: to_usize(self.outbox_bytes),
+            handshake_timeout: self.handshake_timeout,
+            ping_interval: self.ping_interval,
+            idle_timeout: self.idle_timeout,
+            close_timeout: self.close_timeout,
+            max_connections: self
+                .max_connections
+                .map_or_else(default_max_connections, to_usize),
+            max_connections_per_ip: (self.max_connections_per_ip > 0)
+                .then(|| to_usize(self.max_connections_per_ip)),
+            shutdown_grace: self.shutdown_grace,
+            read_buffer_bytes: to_usize(self.read_buffer_bytes),
+            tls,
+        };
+        Ok((config, notes))
+    }
+}

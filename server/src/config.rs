@@ -1,0 +1,95 @@
+//! The server's settings, as the library takes them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::IceServer;
+
+/// Everything [`crate::run`] needs to know. [`ServerConfig::default`] gives
+/// the documented defaults; the binary fills it from its flags.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `ice_servers` in every `config` message.
+    pub ice_servers: Vec<IceServer>,
+    /// How long a client may wait for its device to register (the
+    /// alternative flow). Zero keeps the reference flow: unknown device is
+    /// an error at once.
+    pub client_wait: Duration,
+    /// The token devices must present, if any.
+    pub device_token: Option<String>,
+    /// The token clients (and the client-facing HTTP endpoints) need, if any.
+    pub client_token: Option<String>,
+    /// The largest message accepted, in bytes after reassembly.
+    pub max_message_bytes: usize,
+    /// The most messages queued for one connection before it counts as a
+    /// slow consumer.
+    pub outbox_messages: usize,
+    /// The most bytes queued for one connection before it counts as a slow
+    /// consumer.
+    pub outbox_bytes: usize,
+    /// How long a new connection has to `register` or `connect`; also the
+    /// limit for a TLS handshake and an HTTP request head.
+    pub handshake_timeout: Duration,
+    /// How often the server pings every websocket.
+    pub ping_interval: Duration,
+    /// A websocket silent for this long (no frame, no pong) is closed.
+    pub idle_timeout: Duration,
+    /// How long to wait for the peer's reply to a close frame.
+    pub close_timeout: Duration,
+    /// The most websocket connections open at once.
+    pub max_connections: usize,
+    /// The most websocket connections open at once from one IP address;
+    /// `None` is no limit.
+    pub max_connections_per_ip: Option<usize>,
+    /// How long shutdown waits for connections to close.
+    pub shutdown_grace: Duration,
+    /// The initial read buffer of each websocket, in bytes.
+    pub read_buffer_bytes: usize,
+    /// Serve TLS with this configuration.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The default `--max-connections` when the open-file limit is unknown.
+pub const FALLBACK_MAX_CONNECTIONS: usize = 1024;
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            ice_servers: Vec::new(),
+            client_wait: Duration::ZERO,
+            device_token: None,
+            client_token: None,
+            max_message_bytes: 65_536,
+            outbox_messages: 1024,
+            outbox_bytes: 1 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+            close_timeout: Duration::from_secs(2),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: None,
+            shutdown_grace: Duration::from_secs(10),
+            read_buffer_bytes: 4096,
+            tls: None,
+        }
+    }
+}
+
+/// The open-file limit less headroom for the listener, plain HTTP requests,
+/// log files and refusals: 90% of the limit, and at least 64 files spare.
+pub fn default_max_connections() -> usize {
+    match open_file_limit() {
+        Some(limit) => {
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            (limit / 10 * 9).min(limit.saturating_sub(64)).max(1)
+        }
+        None => FALLBACK_MAX_CONNECTIONS,
+    }
+}
+
+/// The soft limit on open files, from /proc (Linux only).
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}

@@ -1,0 +1,295 @@
+//! The HTTP side: routes, authentication, limits, and the websocket upgrade.
+//!
+//! Everything a connection can be refused for is checked here, before the
+//! upgrade, in the order of behavior.md: path (404), token (401), connection
+//! limits (503, 429), then the upgrade request itself.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::TokioIo;
+use subtle::ConstantTimeEq;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tracing::{Instrument, field, info_span, warn};
+
+use crate::ServerState;
+use crate::connection::drive;
+use crate::limits::Refusal;
+use crate::metrics::{Endpoint, RefusedReason};
+use crate::outbox::{Outbox, OutboxLimits};
+use crate::session::client::ClientSession;
+use crate::session::device::DeviceSession;
+
+pub(crate) fn router(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route(protocol::REGISTER_DEVICE_PATH, get(register_device))
+        .route(protocol::CONNECT_CLIENT_PATH, get(connect_client))
+        .route("/devices", get(devices))
+        .route("/infra_config", get(infra_config))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// A JSON error body, the same shape as the websocket error frames.
+fn json_error(status: StatusCode, text: &str) -> Response {
+    let body = protocol::ServerToClient::Error(protocol::ErrorMsg { error: text.into() }).encode();
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response()
+}
+
+fn json(body: String) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response()
+}
+
+async fn not_found(request: Request) -> Response {
+    json_error(
+        StatusCode::NOT_FOUND,
+        &format!("Not found: {}", request.uri().path()),
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        state.ctx.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn devices(State(state): State<Arc<ServerState>>, request: Request) -> Response {
+    if let Err(refused) = authorize(&state, Endpoint::ConnectClient, &request) {
+        return refused;
+    }
+    let ids = state.ctx.registry.device_ids();
+    json(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
+}
+
+async fn infra_config(State(state): State<Arc<ServerState>>, request: Request) -> Response {
+    if let Err(refused) = authorize(&state, Endpoint::ConnectClient, &request) {
+        return refused;
+    }
+    json(state.ctx.config_frame.to_string())
+}
+
+async fn register_device(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    upgrade(state, peer, request, Endpoint::RegisterDevice)
+}
+
+async fn connect_client(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    upgrade(state, peer, request, Endpoint::ConnectClient)
+}
+
+/// Checks the token the endpoint needs, from `Authorization: Bearer` or
+/// `?token=` (browsers cannot set headers on a websocket).
+fn authorize(state: &ServerState, endpoint: Endpoint, request: &Request) -> Result<(), Response> {
+    let config = &state.ctx.config;
+    let expected = match endpoint {
+        Endpoint::RegisterDevice => config.device_token.as_deref(),
+        Endpoint::ConnectClient => config.client_token.as_deref(),
+    };
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let presented = bearer_token(request.headers()).or_else(|| {
+        let query = request.uri().query()?;
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(key, _)| key == "token")
+            .map(|(_, value)| value.into_owned())
+    });
+    let valid = presented.is_some_and(|token| token.as_bytes().ct_eq(expected.as_bytes()).into());
+    if valid {
+        return Ok(());
+    }
+    state.ctx.metrics.refused(RefusedReason::Unauthorized);
+    let mut response = json_error(
+        StatusCode::UNAUTHORIZED,
+        "Unauthorized: missing or invalid token",
+    );
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Err(response)
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+/// Whether a comma-separated header holds `token`, ignoring case.
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn upgrade(state: Arc<ServerState>, peer: SocketAddr, mut request: Request, endpoint: Endpoint) -> Response {
+    if let Err(refused) = authorize(&state, endpoint, &request) {
+        return refused;
+    }
+    let permit = match state.limiter.try_acquire(peer.ip()) {
+        Ok(permit) => permit,
+        Err(Refusal::Full) => {
+            state.ctx.metrics.refused(RefusedReason::ConnectionLimit);
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Server full: connection limit reached",
+            );
+        }
+        Err(Refusal::PerIp) => {
+            state.ctx.metrics.refused(RefusedReason::PerIpLimit);
+            return json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many connections from this address",
+            );
+        }
+    };
+
+    let headers = request.headers();
+    let is_upgrade = header_has_token(headers, header::CONNECTION, "upgrade")
+        && header_has_token(headers, header::UPGRADE, "websocket");
+    if !is_upgrade {
+        state.ctx.metrics.refused(RefusedReason::BadUpgrade);
+        let mut response = json_error(
+            StatusCode::UPGRADE_REQUIRED,
+            "Upgrade required: this endpoint takes websocket connections",
+        );
+        response
+            .headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        return response;
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        state.ctx.metrics.refused(RefusedReason::BadUpgrade);
+        let mut response = json_error(
+            StatusCode::UPGRADE_REQUIRED,
+            "Unsupported websocket version: 13 is required",
+        );
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return response;
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        state.ctx.metrics.refused(RefusedReason::BadUpgrade);
+        return json_error(StatusCode::BAD_REQUEST, "Bad request: missing Sec-WebSocket-Key");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let subprotocol = header_has_token(headers, header::SEC_WEBSOCKET_PROTOCOL, protocol::SUBPROTOCOL);
+    let on_upgrade = hyper::upgrade::on(&mut request);
+
+    let span = match endpoint {
+        Endpoint::RegisterDevice => info_span!("device", %peer, device_id = field::Empty),
+        Endpoint::ConnectClient => {
+            info_span!("client", %peer, device_id = field::Empty, client_id = field::Empty)
+        }
+    };
+    let task_state = state.clone();
+    let ws_config = state.ws_config;
+    state.tracker.spawn(
+        async move {
+            let state = task_state;
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(e) => {
+                    warn!(error = %e, "websocket upgrade failed");
+                    return;
+                }
+            };
+            let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+                .await;
+            let gauge = state.ctx.metrics.connections(endpoint);
+            gauge.inc();
+            let ctx = state.ctx.clone();
+            let outbox = Outbox::new(OutboxLimits {
+                max_messages: ctx.config.outbox_messages,
+                max_bytes: ctx.config.outbox_bytes,
+            });
+            let shutdown = state.shutdown.clone();
+            let span = tracing::Span::current();
+            match endpoint {
+                Endpoint::RegisterDevice => {
+                    let session = DeviceSession::new(ctx.clone(), outbox.clone(), span);
+                    drive(ws, session, outbox, &ctx, shutdown).await;
+                }
+                Endpoint::ConnectClient => {
+                    let session = ClientSession::new(ctx.clone(), outbox.clone(), span);
+                    drive(ws, session, outbox, &ctx, shutdown).await;
+                }
+            }
+            gauge.dec();
+            drop(permit);
+        }
+        .instrument(span),
+    );
+
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if subprotocol {
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(protocol::SUBPROTOCOL),
+        );
+    }
+    response
+}
+
+/// The websocket settings every connection gets.
+pub(crate) fn websocket_config(config: &crate::ServerConfig) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(config.read_buffer_bytes)
+        // Write each frame as soon as it is flushed; no write-side buffer
+        // beyond the frame being written.
+        .write_buffer_size(0)
+        .max_write_buffer_size(config.outbox_bytes.saturating_add(config.max_message_bytes).max(1 << 16))
+        .max_message_size(Some(config.max_message_bytes))
+        .max_frame_size(Some(config.max_message_bytes))
+}

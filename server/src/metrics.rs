@@ -1,0 +1,226 @@
+//! Prometheus metrics, served as text on `GET /metrics`.
+//!
+//! The hot path holds the counters it needs (each an `Arc` of an atomic) so a
+//! relayed message costs an atomic add, not a label lookup.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Which websocket endpoint a connection came in on.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, )]
+pub enum Endpoint {
+    RegisterDevice,
+    ConnectClient,
+}
+
+impl Endpoint {
+    fn label(self) -> &'static str {
+        match self {
+            Self::RegisterDevice => "register_device",
+            Self::ConnectClient => "connect_client",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabel {
+    endpoint: &'static str,
+}
+
+/// The direction of a relayed message.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, )]
+pub enum Direction {
+    ClientToDevice,
+    DeviceToClient,
+}
+
+impl Direction {
+    fn label(self) -> &'static str {
+        match self {
+            Self::ClientToDevice => "client_to_device",
+            Self::DeviceToClient => "device_to_client",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhraseLabel {
+    phrase: &'static str,
+}
+
+/// Why a connection was refused before the websocket upgrade.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, )]
+pub enum RefusedReason {
+    Unauthorized,
+    ConnectionLimit,
+    PerIpLimit,
+    BadUpgrade,
+}
+
+impl RefusedReason {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::ConnectionLimit => "connection_limit",
+            Self::PerIpLimit => "per_ip_limit",
+            Self::BadUpgrade => "bad_upgrade",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// Every metric the server exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Devices registered right now.
+    pub devices: Gauge,
+    /// Clients connected to a device, or waiting for one, right now.
+    pub clients: Gauge,
+    connections: Family<EndpointLabel, Gauge>,
+    relayed: Family<DirectionLabel, Counter>,
+    errors: Family<PhraseLabel, Counter>,
+    refused: Family<ReasonLabel, Counter>,
+    /// Payload bytes of websocket messages received.
+    pub bytes_in: Counter,
+    /// Payload bytes of websocket messages sent.
+    pub bytes_out: Counter,
+    resident_memory: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("signaling");
+        let devices = Gauge::default();
+        registry.register("devices", "Devices registered", devices.clone());
+        let clients = Gauge::default();
+        registry.register(
+            "clients",
+            "Clients connected to a device or waiting for one",
+            clients.clone(),
+        );
+        let connections = Family::<EndpointLabel, Gauge>::default();
+        registry.register(
+            "websocket_connections",
+            "Open websocket connections by endpoint",
+            connections.clone(),
+        );
+        let relayed = Family::<DirectionLabel, Counter>::default();
+        registry.register(
+            "messages_relayed",
+            "Messages relayed between clients and devices",
+            relayed.clone(),
+        );
+        let errors = Family::<PhraseLabel, Counter>::default();
+        registry.register(
+            "errors",
+            "Error messages sent, by their stable phrase",
+            errors.clone(),
+        );
+        let refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Websocket upgrades refused, by reason",
+            refused.clone(),
+        );
+        let bytes_in = Counter::default();
+        registry.register(
+            "received_bytes",
+            "Payload bytes of websocket messages received",
+            bytes_in.clone(),
+        );
+        let bytes_out = Counter::default();
+        registry.register(
+            "sent_bytes",
+            "Payload bytes of websocket messages sent",
+            bytes_out.clone(),
+        );
+        let resident_memory = Gauge::default();
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the server process",
+            resident_memory.clone(),
+        );
+        Self {
+            registry,
+            devices,
+            clients,
+            connections,
+            relayed,
+            errors,
+            refused,
+            bytes_in,
+            bytes_out,
+            resident_memory,
+        }
+    }
+
+    /// The gauge of open connections on one endpoint.
+    pub fn connections(&self, endpoint: Endpoint) -> Gauge {
+        self.connections
+            .get_or_create(&EndpointLabel {
+                endpoint: endpoint.label(),
+            })
+            .clone()
+    }
+
+    /// The counter of messages relayed in one direction.
+    pub fn relayed(&self, direction: Direction) -> Counter {
+        self.relayed
+            .get_or_create(&DirectionLabel {
+                direction: direction.label(),
+            })
+            .clone()
+    }
+
+    /// Counts one error message sent.
+    pub fn error_sent(&self, phrase: &'static str) {
+        self.errors.get_or_create(&PhraseLabel { phrase }).inc();
+    }
+
+    /// Counts one refused upgrade.
+    pub fn refused(&self, reason: RefusedReason) {
+        self.refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        if let Some(rss) = resident_memory_bytes() {
+            self.resident_memory.set(rss);
+        }
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The process's resident set size, from /proc (Linux only).
+fn resident_memory_bytes() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

@@ -1,0 +1,241 @@
+//! A connection's bounded outbox: everything the server sends to one socket
+//! goes through it, in order.
+//!
+//! It is a short `std::sync::Mutex` around a `VecDeque` plus a `Notify`
+//! rather than a tokio channel because an idle connection should cost almost
+//! nothing: an empty `VecDeque` allocates nothing, while a channel allocates
+//! a block of slots up front. Pushing never waits, so any task (the
+//! connection's own, or the peer's relaying to it) may push while holding a
+//! registry lock.
+//!
+//! The bound is in messages and in bytes. A push past either bound marks the
+//! outbox overflowed: the receiver is not keeping up, and its connection task
+//! closes it (behavior.md principle 5) instead of dropping messages.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// One thing to send.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// A text frame, already encoded.
+    Text(Utf8Bytes),
+    /// Close the socket with this code and reason; nothing after it is sent.
+    Close(CloseCode, Utf8Bytes),
+}
+
+/// The bounds of one outbox.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OutboxLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+}
+
+/// Why a push was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// The receiver is closing or gone; the item is not needed.
+    Closed,
+    /// This push went past a bound; the receiver will be closed as slow.
+    Overflow,
+}
+
+/// The sending side; cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Outbox {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    // Wakes the connection task: new items, or an overflow.
+    wake: Notify,
+    limits: OutboxLimits,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Outgoing>,
+    bytes: usize,
+    overflowed: bool,
+    // A Close was queued: later pushes are refused.
+    closing: bool,
+}
+
+/// What the connection task takes from its outbox at once.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub items: Vec<Outgoing>,
+    /// The outbox overflowed: close the connection as a slow consumer.
+    pub overflowed: bool,
+}
+
+impl Outbox {
+    pub fn new(limits: OutboxLimits) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                wake: Notify::new(),
+                limits,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent
+        // (every update is a single push or drain), so poisoning is ignored.
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a text frame, within the bounds.
+    pub fn push_text(&self, frame: Utf8Bytes) -> Result<(), PushError> {
+        let len = frame.len();
+        let mut state = self.lock();
+        if state.closing || state.overflowed {
+            return Err(PushError::Closed);
+        }
+        let limits = self.shared.limits;
+        if state.queue.len() >= limits.max_messages || state.bytes + len > limits.max_bytes {
+            state.overflowed = true;
+            drop(state);
+            self.shared.wake.notify_one();
+            return Err(PushError::Overflow);
+        }
+        state.bytes += len;
+        state.queue.push_back(Outgoing::Text(frame));
+        drop(state);
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Queues a close after everything already queued. Not bounded: it is
+    /// the last item, and the bound must never stop a close.
+    pub fn push_close(&self, code: CloseCode, reason: impl Into<Utf8Bytes>) {
+        let mut state = self.lock();
+        if state.closing {
+            return;
+        }
+        state.closing = true;
+        state.queue.push_back(Outgoing::Close(code, reason.into()));
+        drop(state);
+        self.shared.wake.notify_one();
+    }
+
+    /// Whether a close was queued (or the outbox overflowed): the session is
+    /// over and further input is ignored.
+    pub fn is_closing(&self) -> bool {
+        let state = self.lock();
+        state.closing || state.overflowed
+    }
+
+    /// Waits until there is something to send or the outbox overflowed, then
+    /// takes everything queued. Only the connection task calls this.
+    pub async fn next_batch(&self, batch: &mut Batch) {
+        loop {
+            {
+                let mut state = self.lock();
+                if state.overflowed || !state.queue.is_empty() {
+                    batch.items.extend(state.queue.drain(..));
+                    state.bytes = 0;
+                    batch.overflowed = state.overflowed;
+                    // Give back the memory of a burst; an idle outbox holds none.
+                    if state.queue.capacity() > 64 {
+                        state.queue = VecDeque::new();
+                    }
+                    return;
+                }
+            }
+            self.shared.wake.notified().await;
+        }
+    }
+
+    /// Resolves once the outbox has overflowed, for a task blocked writing to
+    /// a peer that does not read.
+    pub async fn overflowed(&self) {
+        loop {
+            if self.lock().overflowed {
+                return;
+            }
+            self.shared.wake.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_messages: usize, max_bytes: usize) -> OutboxLimits {
+        OutboxLimits {
+            max_messages,
+            max_bytes,
+        }
+    }
+
+    #[tokio::test]
+    async fn keeps_order_and_drains_everything() {
+        let outbox = Outbox::new(limits(10, 1000));
+        outbox.push_text("a".into()).unwrap();
+        outbox.push_text("b".into()).unwrap();
+        outbox.push_close(CloseCode::Normal, "bye");
+        assert_eq!(outbox.push_text("c".into()), Err(PushError::Closed));
+        let mut batch = Batch::default();
+        outbox.next_batch(&mut batch).await;
+        let texts: Vec<String> = batch
+            .items
+            .iter()
+            .map(|i| match i {
+                Outgoing::Text(t) => t.to_string(),
+                Outgoing::Close(code, reason) => format!("close {code} {reason}"),
+            })
+            .collect();
+        assert_eq!(texts, ["a", "b", "close 1000 bye"]);
+        assert!(!batch.overflowed);
+    }
+
+    #[tokio::test]
+    async fn message_bound_is_exact() {
+        let outbox = Outbox::new(limits(2, 1000));
+        outbox.push_text("1".into()).unwrap();
+        outbox.push_text("2".into()).unwrap();
+        assert_eq!(outbox.push_text("3".into()), Err(PushError::Overflow));
+        assert_eq!(outbox.push_text("4".into()), Err(PushError::Closed));
+        let mut batch = Batch::default();
+        outbox.next_batch(&mut batch).await;
+        assert!(batch.overflowed);
+        outbox.overflowed().await;
+    }
+
+    #[tokio::test]
+    async fn byte_bound_is_exact() {
+        let outbox = Outbox::new(limits(100, 10));
+        outbox.push_text("12345".into()).unwrap();
+        outbox.push_text("67890".into()).unwrap();
+        assert_eq!(outbox.push_text("x".into()), Err(PushError::Overflow));
+
+        // Draining frees the byte budget.
+        let outbox = Outbox::new(limits(100, 10));
+        outbox.push_text("1234567890".into()).unwrap();
+        let mut batch = Batch::default();
+        outbox.next_batch(&mut batch).await;
+        outbox.push_text("1234567890".into()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn close_is_never_refused_by_the_bound() {
+        let outbox = Outbox::new(limits(1, 1));
+        outbox.push_text("x".into()).unwrap();
+        outbox.push_close(CloseCode::Policy, "done");
+        let mut batch = Batch::default();
+        outbox.next_batch(&mut batch).await;
+        assert_eq!(batch.items.len(), 2);
+    }
+}

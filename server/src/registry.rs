@@ -1,0 +1,381 @@
+//! Who is connected, and where messages go: the one seam between the
+//! connection code and the routing state.
+//!
+//! Sessions never see a map. A device holds a [`DeviceRegistration`], a
+//! client a [`ClientLink`]; messages go out through their methods, and
+//! dropping one is the disconnect, so every way a connection can end (error,
+//! timeout, panic, shutdown) announces it exactly once. A cluster mode can
+//! give these handles a remote implementation without touching the sessions.
+//!
+//! Locks: one `Mutex` over the id maps, taken only to register, connect and
+//! leave; and one per device over its clients, taken per relayed message.
+//! Neither is held across an `.await` (pushing to an outbox never waits), and
+//! the order is always maps → device → outbox.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use protocol::RawValue;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::frames;
+use crate::metrics::Metrics;
+use crate::outbox::{Outbox, PushError};
+
+/// Locks a mutex whose data stays consistent even if a holder panicked:
+/// every update below is complete before any call that could panic.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The devices and waiting clients of this server.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    maps: Mutex<Maps>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, Default)]
+struct Maps {
+    devices: HashMap<Arc<str>, Arc<DeviceSlot>>,
+    /// Clients waiting for a device id to register (the alternative flow).
+    waiting: HashMap<Arc<str>, Vec<Arc<Waiter>>>,
+}
+
+#[derive(Debug)]
+struct DeviceSlot {
+    id: Arc<str>,
+    outbox: Outbox,
+    /// The `device_info` message, encoded once for every client.
+    info_frame: Utf8Bytes,
+    clients: Mutex<Clients>,
+}
+
+#[derive(Debug)]
+struct Clients {
+    /// Ids start at 1 and are never reused while the device is registered.
+    next_id: u64,
+    live: HashMap<u64, Outbox>,
+    /// The device left: no client may attach any more.
+    gone: bool,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    outbox: Outbox,
+    /// Filled when the device registers; read by the client's link.
+    attached: Mutex<Option<(Arc<DeviceSlot>, u64)>>,
+}
+
+/// The id is held by a live device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IdTaken;
+
+/// Why a device's message did not reach its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ForwardError {
+    /// The client was this device's and has left (D7).
+    Departed,
+    /// This device never had a client with that id (D8).
+    Unknown,
+}
+
+/// What a `connect` led to.
+#[derive(Debug)]
+pub(crate) enum Connection {
+    /// Attached; `device_info` is already queued on the client's outbox.
+    Attached(ClientLink),
+    /// Waiting for the device to register (alternative flow).
+    Waiting(ClientLink),
+    /// No such device, and waiting was not asked for.
+    NotFound,
+}
+
+impl Registry {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            maps: Mutex::new(Maps::default()),
+            metrics,
+        }
+    }
+
+    /// Registers a device under `id`; its clients reach it through `outbox`.
+    pub fn register(
+        self: &Arc<Self>,
+        id: &str,
+        device_info: Option<&RawValue>,
+        outbox: Outbox,
+    ) -> Result<DeviceRegistration, IdTaken> {
+        let slot = Arc::new(DeviceSlot {
+            id: id.into(),
+            outbox,
+            info_frame: frames::device_info(device_info),
+            clients: Mutex::new(Clients {
+                next_id: 1,
+                live: HashMap::new(),
+                gone: false,
+            }),
+        });
+        let mut maps = lock(&self.maps);
+        if maps.devices.contains_key(id) {
+            return Err(IdTaken);
+        }
+        maps.devices.insert(slot.id.clone(), slot.clone());
+        let waiters = maps.waiting.remove(id).unwrap_or_default();
+        // Attach waiting clients under the maps lock, so a waiter cannot
+        // time out half attached (see `ClientLink::cancel_wait`).
+        if !waiters.is_empty() {
+            let mut clients = lock(&slot.clients);
+            for waiter in waiters {
+                let client_id = clients.attach(&slot, &waiter.outbox);
+                *lock(&waiter.attached) = Some((slot.clone(), client_id));
+            }
+        }
+        drop(maps);
+        self.metrics.devices.inc();
+        Ok(DeviceRegistration {
+            registry: self.clone(),
+            slot,
+        })
+    }
+
+    /// Connects a client to the device `id`. With `wait`, a client whose
+    /// device is not registered yet waits for it.
+    pub fn connect(self: &Arc<Self>, id: &str, outbox: Outbox, wait: bool) -> Connection {
+        let mut maps = lock(&self.maps);
+        let link = if let Some(slot) = maps.devices.get(id).cloned() {
+            drop(maps);
+            let mut clients = lock(&slot.clients);
+            if clients.gone {
+                // The device is leaving; it is as good as not found.
+                return Connection::NotFound;
+            }
+            let client_id = clients.attach(&slot, &outbox);
+            drop(clients);
+            Connection::Attached(ClientLink {
+                registry: self.clone(),
+                state: LinkState::Attached { slot, client_id },
+            })
+        } else if wait {
+            let waiter = Arc::new(Waiter {
+                outbox,
+                attached: Mutex::new(None),
+            });
+            maps.waiting
+                .entry(Arc::from(id))
+                .or_default()
+                .push(waiter.clone());
+            drop(maps);
+            Connection::Waiting(ClientLink {
+                registry: self.clone(),
+                state: LinkState::Waiting {
+                    device_id: id.into(),
+                    waiter,
+                },
+            })
+        } else {
+            return Connection::NotFound;
+        };
+        self.metrics.clients.inc();
+        link
+    }
+
+    /// The ids of every registered device, sorted.
+    pub fn device_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = lock(&self.maps)
+            .devices
+            .keys()
+            .map(|id| id.to_string())
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+}
+
+impl Clients {
+    /// Gives the client the next id and queues `device_info` for it, under
+    /// this lock so that no message from the device can overtake it.
+    fn attach(&mut self, slot: &DeviceSlot, outbox: &Outbox) -> u64 {
+        let client_id = self.next_id;
+        self.next_id += 1;
+        // A brand-new outbox has room for one message; if not, the client is
+        // already closing and its link will detach it.
+        let _ = outbox.push_text(slot.info_frame.clone());
+        self.live.insert(client_id, outbox.clone());
+        client_id
+    }
+}
+
+/// A registered device; dropping it unregisters the device and tells its
+/// clients (D16).
+#[derive(Debug)]
+pub(crate) struct DeviceRegistration {
+    registry: Arc<Registry>,
+    slot: Arc<DeviceSlot>,
+}
+
+impl DeviceRegistration {
+    pub fn device_id(&self) -> &str {
+        &self.slot.id
+    }
+
+    /// Sends `frame` (a `device_msg`) to client `client_id` of this device.
+    pub fn send_to_client(&self, client_id: u64, frame: Utf8Bytes) -> Result<(), ForwardError> {
+        let clients = lock(&self.slot.clients);
+        match clients.live.get(&client_id) {
+            // Pushing under the lock keeps messages to one client in order
+            // and never waits. A full outbox closes that client, which
+            // then leaves as usual: the device hears client_disconnected.
+            Some(outbox) => {
+                let _ = outbox.push_text(frame);
+                Ok(())
+            }
+            None if client_id < clients.next_id => Err(ForwardError::Departed),
+            None => Err(ForwardError::Unknown),
+        }
+    }
+}
+
+impl Drop for DeviceRegistration {
+    fn drop(&mut self) {
+        {
+            let mut maps = lock(&self.registry.maps);
+            if maps
+                .devices
+                .get(&self.slot.id)
+                .is_some_and(|s| Arc::ptr_eq(s, &self.slot))
+            {
+                maps.devices.remove(&self.slot.id);
+            }
+        }
+        let clients = {
+            let mut clients = lock(&self.slot.clients);
+            clients.gone = true;
+            std::mem::take(&mut clients.live)
+        };
+        let error = frames::error("Device disconnected");
+        for outbox in clients.values() {
+            let _ = outbox.push_text(error.clone());
+            outbox.push_close(CloseCode::Away, "Device disconnected");
+        }
+        self.registry.metrics.devices.dec();
+    }
+}
+
+#[derive(Debug)]
+enum LinkState {
+    Attached {
+        slot: Arc<DeviceSlot>,
+        client_id: u64,
+    },
+    Waiting {
+        device_id: Arc<str>,
+        waiter: Arc<Waiter>,
+    },
+    Detached,
+}
+
+/// A client's tie to its device; dropping it tells the device the client
+/// left (C14), exactly once.
+#[derive(Debug)]
+pub(crate) struct ClientLink {
+    registry: Arc<Registry>,
+    state: LinkState,
+}
+
+/// The client is not attached to a device (yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NotAttached;
+
+impl ClientLink {
+    /// Moves a waiting link to attached if its device has registered.
+    fn refresh(&mut self) {
+        let attached = match &self.state {
+            LinkState::Waiting { waiter, .. } => lock(&waiter.attached).take(),
+            _ => None,
+        };
+        if let Some((slot, client_id)) = attached {
+            self.state = LinkState::Attached { slot, client_id };
+        }
+    }
+
+    /// Whether the client is attached to its device.
+    pub fn is_attached(&self) -> bool {
+        match &self.state {
+            LinkState::Attached { .. } => true,
+            LinkState::Waiting { waiter, .. } => lock(&waiter.attached).is_some(),
+            LinkState::Detached => false,
+        }
+    }
+
+    /// This client's id at its device, once attached.
+    pub fn client_id(&mut self) -> Option<u64> {
+        self.refresh();
+        match self.state {
+            LinkState::Attached { client_id, .. } => Some(client_id),
+            _ => None,
+        }
+    }
+
+    /// Sends a client's payload to its device as `client_msg`.
+    pub fn send_to_device(&mut self, payload: &RawValue) -> Result<(), NotAttached> {
+        self.refresh();
+        let LinkState::Attached { slot, client_id } = &self.state else {
+            return Err(NotAttached);
+        };
+        // A device that cannot keep up is closed by its own task; its
+        // clients are then told it disconnected.
+        match slot.outbox.push_text(frames::client_msg(*client_id, payload)) {
+            Ok(()) | Err(PushError::Closed | PushError::Overflow) => Ok(()),
+        }
+    }
+
+    /// Gives up waiting (the wait timed out). False if the device attached
+    /// the client first; the link is then attached.
+    pub fn cancel_wait(&mut self) -> bool {
+        let LinkState::Waiting { device_id, waiter } = &self.state else {
+            return false;
+        };
+        let mut maps = lock(&self.registry.maps);
+        if lock(&waiter.attached).is_some() {
+            drop(maps);
+            self.refresh();
+            return false;
+        }
+        if let Some(list) = maps.waiting.get_mut(device_id) {
+            list.retain(|w| !Arc::ptr_eq(w, waiter));
+            if list.is_empty() {
+                maps.waiting.remove(device_id);
+            }
+        }
+        drop(maps);
+        self.state = LinkState::Detached;
+        self.registry.metrics.clients.dec();
+        true
+    }
+}
+
+impl Drop for ClientLink {
+    fn drop(&mut self) {
+        // A waiting client may have been attached a moment ago: cancel_wait
+        // tells which, and when it did cancel it also did the accounting.
+        if matches!(self.state, LinkState::Waiting { .. }) && self.cancel_wait() {
+            return;
+        }
+        self.refresh();
+        if let LinkState::Attached { slot, client_id } =
+            std::mem::replace(&mut self.state, LinkState::Detached)
+        {
+            let mut clients = lock(&slot.clients);
+            // Absent when the device left first: it needs no notice.
+            if clients.live.remove(&client_id).is_some() {
+                let _ = slot
+                    .outbox
+                    .push_text(frames::client_disconnected(client_id));
+            }
+            drop(clients);
+            self.registry.metrics.clients.dec();
+        }
+    }
+}
