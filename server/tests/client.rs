@@ -1,0 +1,408 @@
+//! behavior.md rows C1–C14: the `/connect_client` endpoint, each against the
+//! real server with a real websocket client.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, test_config};
+use signaling_server::ServerConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+
+#[tokio::test]
+async fn c01_connect_gets_config_then_device_info() {
+    let server = TestServer::with_defaults().await;
+    let mut device = server.device().await;
+    let info = "{\n\t\"displays\" : [ { \"x_res\" : 720 } ],\n\t\"n\" : 1.0\n}";
+    device
+        .send(&format!(
+            r#"{{"message_type":"register","device_id":"c1","device_info":{info}}}"#
+        ))
+        .await;
+    device.recv_json().await;
+    let mut client = server.client().await;
+    client.send(r#"{"message_type":"connect","device_id":"c1"}"#).await;
+    assert_eq!(
+        client.recv_text().await,
+        r#"{"message_type":"config","ice_servers":[]}"#
+    );
+    assert_eq!(
+        client.recv_text().await,
+        format!(r#"{{"message_type":"device_info","device_info":{info}}}"#)
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn c01_device_info_absent_is_null() {
+    let server = TestServer::with_defaults().await;
+    let mut device = server.device().await;
+    device
+        .send(r#"{"message_type":"register","device_id":"bare"}"#)
+        .await;
+    device.recv_json().await;
+    let mut client = server.client().await;
+    client.send(r#"{"message_type":"connect","device_id":"bare"}"#).await;
+    client.recv_json().await;
+    assert_eq!(
+        client.recv_text().await,
+        r#"{"message_type":"device_info","device_info":null}"#
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn c02_unknown_device_gets_config_then_not_found() {
+    let server = TestServer::with_defaults().await;
+    let mut client = server.client().await;
+    client.send(r#"{"message_type":"connect","device_id":"nobody"}"#).await;
+    assert_eq!(client.recv_json().await["message_type"], "config");
+    assert_eq!(client.recv_error().await, "Device not found: nobody");
+    assert_eq!(
+        client.recv_close().await,
+        (CloseCode::Policy, "Device not found: nobody".to_owned())
+    );
+    server.stop().await.unwrap();
+}
+
+fn waiting_config(wait: Duration) -> ServerConfig {
+    ServerConfig {
+        client_wait: wait,
+        ..test_config()
+    }
+}
+
+#[tokio::test]
+async fn c03_alternative_flow_client_waits_for_its_device() {
+    let server = TestServer::start(waiting_config(Duration::from_secs(10))).await;
+    let mut client = server.client().await;
+    client.send(r#"{"message_type":"connect","device_id":"later"}"#).await;
+    assert_eq!(client.recv_json().await["message_type"], "config");
+    client.expect_silence(Duration::from_millis(100)).await;
+    // Forwarding while waiting is "Not connected" (C6).
+    assert_eq!(
+        client.roundtrip_error(r#"{"message_type":"forward","payload":1}"#).await,
+        "Not connected"
+    );
+
+    let mut device = server.device().await;
+    device
+        .send(r#"{"message_type":"register","device_id":"later","device_info":{"a":1}}"#)
+        .await;
+    assert_eq!(device.recv_json().await["message_type"], "config");
+    assert_eq!(
+        client.recv_text().await,
+        r#"{"message_type":"device_info","device_info":{"a":1}}"#
+    );
+    // The id was given at registration: 1.
+    client.send(r#"{"message_type":"forward","payload":"x"}"#).await;
+    assert_eq!(
+        device.recv_text().await,
+        r#"{"message_type":"client_msg","client_id":1,"payload":"x"}"#
+    );
+    device
+        .send(r#"{"message_type":"forward","client_id":1,"payload":"y"}"#)
+        .await;
+    assert_eq!(
+        client.recv_text().await,
+        r#"{"message_type":"device_msg","payload":"y"}"#
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn c03_alternative_flow_wait_ends_with_not_found() {
+    let server = TestServer::start(waiting_config(Duration::from_secs(1))).await;
+    let mut client = server.client().await;
+    let started = tokio::time::Instant::now();
+    client.send(r#"{"message_type":"connect","device_id":"never"}"#).await;
+    assert_eq!(client.recv_json().await["message_type"], "config");
+    assert_eq!(client.recv_error().await, "Device not found: never");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(client.recv_close().await.0, CloseCode::Policy);
+    // The waiter is gone: a device registering now has no client 1.
+    let mut device = server.registered_device("never").await;
+    assert_eq!(
+        device
+            .roundtrip_error(r#"{"message_type":"forward","client_id":1,"payload":1}"#)
+            .await,
+        "Unknown client: 1"
+    );
+    common::eventually("the client gauge is zero", || async {
+        server.metric("signaling_clients").await == 0.0
+    })
+    .await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn c03_alternative_flow_waiting_client_that_leaves_is_forgotten() {
+    let server = TestServer::start(waiting_config(Duration::from_secs(10))).await;
+    let mut client = server.client().await;
+    client.send(r#"{"message_type":"connect","device_id":"w"}"#).await;
+    client.recv_json().await;
+    client.close().await;
+    common::eventually("the client gauge is zero", || async {
+        server.metric("signaling_clients").await == 0.0
+    })
+    .await;
+    let mut device = server.registered_device("w").await;
+    device.expect_silence(Duration::from_millis(100)).await;
+    // A waiting client that leaves was never this device's: no client 1.
+    let mut second = server.connected_client("w").await;
+    second.send(r#"{"message_type":"forward","payload":1}"#).await;
+    assert_eq!(
+        device.recv_text().await,
+        r#"{"message_type":"client_msg","client_id":1,"payload":1}"#
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn c04_invalid_device_id_closes_1008() {
+    let server = TestServer::with_defaults().await;
+    for (text, want) in [
+        (r#"{"message_type":"connect"}"#.to_owned(), "Invalid device_id: missing device_id"),
+        (r#"{"message_type":"connect","device_id":{}}"#.to_owned(), "Invalid device_id: device_id must be a string"),
+        (r#"{"message_type":"connect","device_id":""}"#.to_owned(), "Invalid device_id: device_id must not be empty"),
+        (
+            format!(r#"{{"message_type":"connect","device_id":"{}"}}"#, "c".repeat(257)),
+            "Invalid device_id: device_id is 257 bytes, at most 256 allowed",
+        ),
+        (
+            r#"{"message_type":"connect","device_id":"a\u0007"}"#.to_owned(),
+            "Invalid device_id: device_id must not contain control characters",
+        ),
+    ] {
+        let mut client = server.client().await;
+        assert_eq!(client.roundtrip_error(&text).await, want);
+        assert_eq!(client.recv_close().await, (CloseCode::Policy, want.to_owned()));
+    }
+    // 256 bytes is a valid id: the answer is about the device, not the id.
+    let mut client = server.client().await;
+    client
+        .send(&format!(r#"{{"message_type":"connect","device_id":"{}"}}"#, "c".repeat(256)))
+        .await;
+    client.recv_json().await;
+    assert!(client.recv_error().await.starts_with("Device not found: ccc"));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn c05_connect_again() {
+    let server = TestServer::with_defaults().await;
+    let mut device = server.registered_device("c5").await;
+    let _other = server.registered_device("other").await;
+    let mut client = server.connected_client("c5").await;
+    assert_eq!(
+        client
+            .roundtrip_error(r#"{"message_type":"connect","device_id":"other"}"#)
+            .await,
+        "Already connected: c5"
+    );
+    client.send(r#"{"message_type":"forward","payload":2}"#).await;
+    assert_eq!(
+        device.recv_text().await,
+        r#"{"message_type":"client_msg","client_id":1,"payload":2}"#
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn c06_forward_before_connect_is_not_connected() {
+    let server = TestServer::with_defaults().await;
+    let _device = server.registered_device("c6").await;
+    let mut client = server.client().await;
+    assert_eq!(
+        client.roundtrip_error(r#"{"message_type":"forward","payload":1}"#).await,
+        "Not connected"
+    );
+    // Fields are not checked before the state.
+    assert_eq!(
+        client.roundtrip_error(r#"{"message_type":"forward"}"#).await,
+        "Not connected"
+    );
+    client.send(r#"{"message_type":"connect","device_id":"c6"}"#).await;
+    assert_eq!(client.recv_json().await["message_type"], "config");
+    assert_eq!(client.recv_json().await["message_type"], "device_info");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn c07_forward_reaches_the_device_with_the_client_id() {
+    let server = TestServer::with_defaults().await;
+    let mut device = server.registered_device("c7").await;
+    let mut first = server.connected_client("c7").await;
+    let mut second = server.connected_client("c7").await;
+    second.send(r#"{"message_type":"forward","payload":{"from":2}}"#).await;
+    assert_eq!(
+        device.recv_text().await,
+        r#"{"message_type":"client_msg","client_id":2,"payload":{"from":2}}"#
+    );
+    first.send(r#"{"message_type":"forward","payload":[1, 2.0]}"#).await;
+    assert_eq!(
+        device.recv_text().await,
+        r#"{"message_type":"client_msg","client_id":1,"payload":[1, 2.0]}"#
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn c08_missing_payload() {
+    let server = TestServer::with_defaults().await;
+    let mut device = server.registered_device("c8").await;
+    let mut client = server.connected_client("c8").await;
+    assert_eq!(
+        client.roundtrip_error(r#"{"message_type":"forward"}"#).await,
+        "Missing payload"
+    );
+    client.send(r#"{"message_type":"forward","payload":null}"#).await;
+    assert_eq!(
+        device.recv_text().await,
+        r#"{"message_type":"client_msg","client_id":1,"payload":null}"#
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn c09_unknown_message_type() {
+    let server = TestServer::with_defaults().await;
+    let mut client = server.client().await;
+    assert_eq!(
+        client
+            .roundtrip_error(r#"{"message_type":"register","device_id":"x"}"#)
+            .await,
+        "Unknown message type: register"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn c10_invalid_message() {
+    let server = TestServer::with_defaults().await;
+    let _device = server.registered_device("c10").await;
+    let mut client = server.connected_client("c10").await;
+    for (text, want) in [
+        ("nope", "Invalid message: expected a JSON object"),
+        ("null", "Invalid message: expected a JSON object"),
+        (r#"{"payload":1}"#, "Invalid message: missing message_type"),
+        (r#"{"message_type":1}"#, "Invalid message: message_type must be a string"),
+    ] {
+        assert_eq!(client.roundtrip_error(text).await, want);
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn c11_binary_frame_closes_1003_and_the_device_hears_it() {
+    let server = TestServer::with_defaults().await;
+    let mut device = server.registered_device("c11").await;
+    let mut client = server.connected_client("c11").await;
+    client.send_message(Message::binary(vec![0u8; 8])).await;
+    assert_eq!(
+        client.recv_close().await,
+        (CloseCode::Unsupported, "Binary messages are not supported".to_owned())
+    );
+    assert_eq!(
+        device.recv_text().await,
+        r#"{"message_type":"client_disconnected","client_id":1}"#
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn c11_invalid_utf8_closes_1007() {
+    let server = TestServer::with_defaults().await;
+    let mut client = server.client().await;
+    let frame = Frame::message(vec![0xc3, 0x28], OpCode::Data(Data::Text), true);
+    client.send_message(Message::Frame(frame)).await;
+    assert_eq!(client.recv_close().await.0, CloseCode::Invalid);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn c12_size_limit_is_exact() {
+    let server = TestServer::start(ServerConfig {
+        max_message_bytes: 1024,
+        ..test_config()
+    })
+    .await;
+    let mut device = server.registered_device("c12").await;
+    let mut client = server.connected_client("c12").await;
+    let message = |len: usize| {
+        let head = r#"{"message_type":"forward","payload":""#;
+        format!("{head}{}\"}}", "p".repeat(len - head.len() - 2))
+    };
+    client.send(&message(1024)).await;
+    let relayed = device.recv_json().await;
+    assert_eq!(relayed["payload"].as_str().map(str::len), Some(1024 - 39));
+    client.send(&message(1025)).await;
+    assert_eq!(
+        client.recv_close().await,
+        (CloseCode::Size, "Message too big: the limit is 1024 bytes".to_owned())
+    );
+    assert_eq!(
+        device.recv_text().await,
+        r#"{"message_type":"client_disconnected","client_id":1}"#
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn c13_connect_timeout() {
+    let server = TestServer::start(ServerConfig {
+        handshake_timeout: Duration::from_millis(400),
+        ..test_config()
+    })
+    .await;
+    let _device = server.registered_device("c13").await;
+    // Just inside: connecting before the timeout keeps the connection.
+    let mut quick = server.client().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    quick.send(r#"{"message_type":"connect","device_id":"c13"}"#).await;
+    quick.recv_json().await;
+    quick.recv_json().await;
+
+    let mut silent = server.client().await;
+    assert_eq!(silent.recv_error().await, "Connect timeout");
+    assert_eq!(
+        silent.recv_close().await,
+        (CloseCode::Policy, "Connect timeout".to_owned())
+    );
+    quick.expect_silence(Duration::from_millis(200)).await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn c14_client_disconnect_is_announced_exactly_once() {
+    let server = TestServer::with_defaults().await;
+    let mut device = server.registered_device("c14").await;
+
+    // A clean close.
+    let clean = server.connected_client("c14").await;
+    clean.close().await;
+    assert_eq!(
+        device.recv_text().await,
+        r#"{"message_type":"client_disconnected","client_id":1}"#
+    );
+    // A dropped TCP connection.
+    let dropped = server.connected_client("c14").await;
+    drop(dropped);
+    assert_eq!(
+        device.recv_text().await,
+        r#"{"message_type":"client_disconnected","client_id":2}"#
+    );
+    // A client closed by the server for a protocol violation.
+    let mut violator = server.connected_client("c14").await;
+    violator.send_message(Message::binary(vec![1])).await;
+    violator.recv_close().await;
+    assert_eq!(
+        device.recv_text().await,
+        r#"{"message_type":"client_disconnected","client_id":3}"#
+    );
+    // Exactly once: nothing more follows.
+    device.expect_silence(Duration::from_millis(200)).await;
+    server.stop().await.unwrap();
+}

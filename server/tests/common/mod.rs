@@ -1,0 +1,333 @@
+//! Test support: the real server on 127.0.0.1:0 and real websocket peers.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use signaling_server::ServerConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for something that should happen promptly.
+pub const PROMPT: Duration = Duration::from_secs(5);
+
+/// A running server; dropping it without `stop` aborts it.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), signaling_server::Error>>>,
+}
+
+impl TestServer {
+    pub async fn start(config: ServerConfig) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(signaling_server::run(listener, config, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn with_defaults() -> Self {
+        Self::start(test_config()).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// Shuts the server down and waits for `run` to return.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = self.task.take().context("already stopped")?;
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .context("server did not stop")???;
+        Ok(())
+    }
+
+    pub async fn device(&self) -> Peer {
+        Peer::connect(&self.url("/register_device")).await
+    }
+
+    pub async fn client(&self) -> Peer {
+        Peer::connect(&self.url("/connect_client")).await
+    }
+
+    /// A device registered under `id`, its `config` already read.
+    pub async fn registered_device(&self, id: &str) -> Peer {
+        let mut device = self.device().await;
+        device
+            .send(&format!(r#"{{"message_type":"register","device_id":"{id}","device_info":{{"name":"{id}"}}}}"#))
+            .await;
+        let config = device.recv_json().await;
+        assert_eq!(config["message_type"], "config", "{config}");
+        device
+    }
+
+    /// A client connected to `id`, its `config` and `device_info` read.
+    pub async fn connected_client(&self, id: &str) -> Peer {
+        let mut client = self.client().await;
+        client
+            .send(&format!(r#"{{"message_type":"connect","device_id":"{id}"}}"#))
+            .await;
+        let config = client.recv_json().await;
+        assert_eq!(config["message_type"], "config", "{config}");
+        let info = client.recv_json().await;
+        assert_eq!(info["message_type"], "device_info", "{info}");
+        client
+    }
+
+    pub async fn get(&self, path: &str) -> HttpResponse {
+        http_get(self.addr, path, &[]).await
+    }
+
+    /// The value of one metric line (name with labels), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let body = self.get("/metrics").await.body;
+        body.lines()
+            .find_map(|line| {
+                let (name, value) = line.rsplit_once(' ')?;
+                (name == series).then(|| value.parse().ok())?
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// The defaults, except: test peers held in a variable are not read while
+/// the server stops, so they never answer its close frame, and waiting the
+/// default 2 s for each would only slow the suite.
+pub fn test_config() -> ServerConfig {
+    ServerConfig {
+        close_timeout: Duration::from_millis(200),
+        max_connections: 10_000,
+        ..ServerConfig::default()
+    }
+}
+
+/// A websocket peer: a device or a client.
+pub struct Peer {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Peer {
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        Self { ws }
+    }
+
+    /// Connects with extra request headers; the error is the HTTP refusal.
+    pub async fn try_connect_with(url: &str, headers: &[(&'static str, &str)]) -> Result<Self, WsError> {
+        let mut request = url.into_client_request()?;
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(*name, HeaderValue::from_str(value).expect("header value"));
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Self { ws })
+    }
+
+    pub async fn send(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text))
+            .await
+            .unwrap_or_else(|e| panic!("send {text}: {e}"));
+    }
+
+    pub async fn send_message(&mut self, message: Message) {
+        self.ws.send(message).await.expect("send");
+    }
+
+    /// The next text frame; panics on anything else or after [`PROMPT`].
+    pub async fn recv_text(&mut self) -> String {
+        loop {
+            let message = tokio::time::timeout(PROMPT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("stream ended")
+                .expect("websocket error");
+            match message {
+                Message::Text(text) => return text.to_string(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    pub async fn recv_json(&mut self) -> Value {
+        let text = self.recv_text().await;
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    /// Expects `{"error": ...}` and returns the text.
+    pub async fn recv_error(&mut self) -> String {
+        let value = self.recv_json().await;
+        assert_eq!(value.as_object().map(|o| o.len()), Some(1), "{value}");
+        value["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not an error: {value}"))
+            .to_owned()
+    }
+
+    /// Expects the server's close frame next (after any pings) and returns
+    /// its code and reason; then checks the stream ends.
+    pub async fn recv_close(&mut self) -> (CloseCode, String) {
+        loop {
+            let message = tokio::time::timeout(PROMPT, self.ws.next())
+                .await
+                .expect("timed out waiting for close")
+                .expect("stream ended without a close frame")
+                .expect("websocket error");
+            match message {
+                Message::Close(Some(CloseFrame { code, reason })) => {
+                    return (code, reason.to_string());
+                }
+                Message::Close(None) => panic!("close frame without a code"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected close, got {other:?}"),
+            }
+        }
+    }
+
+    /// Checks nothing arrives within `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        loop {
+            match tokio::time::timeout(wait, self.ws.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(other) => panic!("expected silence, got {other:?}"),
+            }
+        }
+    }
+
+    /// Closes normally and waits for the server's reply.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(PROMPT, self.ws.next()).await {}
+    }
+
+    /// Sends a message and checks the reply is the one expected.
+    pub async fn roundtrip_error(&mut self, text: &str) -> String {
+        self.send(text).await;
+        self.recv_error().await
+    }
+}
+
+/// A plain HTTP response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+/// A minimal HTTP/1.1 GET, enough for the server's JSON and text endpoints.
+pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    http_request(addr, &format!("GET {path} HTTP/1.1"), headers).await
+}
+
+pub async fn http_request(addr: SocketAddr, request_line: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    try_http_request(addr, request_line, headers)
+        .await
+        .unwrap_or_else(|e| panic!("{request_line}: {e:#}"))
+}
+
+async fn try_http_request(addr: SocketAddr, request_line: &str, headers: &[(&str, &str)]) -> Result<HttpResponse> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let mut request = format!("{request_line}\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(PROMPT, stream.read_to_end(&mut raw)).await??;
+    let text = String::from_utf8(raw)?;
+    let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
+    let status_line = head.lines().next().context("no status line")?;
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .context("no status")?
+        .parse()?;
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)?
+    } else {
+        body.to_owned()
+    };
+    Ok(HttpResponse {
+        status,
+        headers: head.to_owned(),
+        body,
+    })
+}
+
+fn dechunk(mut body: &str) -> Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").context("chunk size")?;
+        let size = usize::from_str_radix(size.trim(), 16)?;
+        if size == 0 {
+            return Ok(out);
+        }
+        if rest.len() < size + 2 {
+            bail!("short chunk");
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+}
+
+/// The HTTP status of a refused websocket upgrade.
+pub fn refusal_status(error: &WsError) -> u16 {
+    match error {
+        WsError::Http(response) => response.status().as_u16(),
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
+}
+
+/// Polls `check` until it holds or [`PROMPT`] passes.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PROMPT;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting until {what}");
+}

@@ -1,0 +1,441 @@
+//! behavior.md rows D1–D16: the `/register_device` endpoint, each against
+//! the real server with a real websocket client.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, test_config};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+
+#[tokio::test]
+async fn d01_register_gets_config() {
+    let server = TestServer::start(signaling_server::ServerConfig {
+        ice_servers: vec![protocol::IceServer {
+            urls: vec!["stun:127.0.0.1:3478".into()],
+            username: None,
+            credential: None,
+        }],
+        ..test_config()
+    })
+    .await;
+    let mut device = server.device().await;
+    device
+        .send(r#"{"message_type":"register","device_id":"d1","device_info":{"x":1}}"#)
+        .await;
+    assert_eq!(
+        device.recv_text().await,
+        r#"{"message_type":"config","ice_servers":[{"urls":["stun:127.0.0.1:3478"]}]}"#
+    );
+    assert_eq!(server.get("/devices").await.body, r#"["d1"]"#);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn d02_invalid_device_id_closes_1008() {
+    let server = TestServer::with_defaults().await;
+    let too_long = format!(r#"{{"message_type":"register","device_id":"{}"}}"#, "d".repeat(257));
+    let cases = [
+        (r#"{"message_type":"register"}"#.to_owned(), "Invalid device_id: missing device_id"),
+        (r#"{"message_type":"register","device_id":7}"#.to_owned(), "Invalid device_id: device_id must be a string"),
+        (r#"{"message_type":"register","device_id":""}"#.to_owned(), "Invalid device_id: device_id must not be empty"),
+        (too_long, "Invalid device_id: device_id is 257 bytes, at most 256 allowed"),
+        (
+            r#"{"message_type":"register","device_id":"a\tb"}"#.to_owned(),
+            "Invalid device_id: device_id must not contain control characters",
+        ),
+    ];
+    for (text, want) in cases {
+        let mut device = server.device().await;
+        assert_eq!(device.roundtrip_error(&text).await, want);
+        let (code, reason) = device.recv_close().await;
+        assert_eq!(code, CloseCode::Policy);
+        assert_eq!(reason, want);
+    }
+    // Just inside the bound: 256 bytes is accepted.
+    let id = "d".repeat(256);
+    let _device = server.registered_device(&id).await;
+    assert_eq!(server.get("/devices").await.body, format!(r#"["{id}"]"#));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn d03_duplicate_id_is_refused_and_the_holder_is_untouched() {
+    let server = TestServer::with_defaults().await;
+    let mut holder = server.registered_device("dup").await;
+    let mut client = server.connected_client("dup").await;
+
+    let mut second = server.device().await;
+    assert_eq!(
+        second
+            .roundtrip_error(r#"{"message_type":"register","device_id":"dup"}"#)
+            .await,
+        "Device id already taken: dup"
+    );
+    assert_eq!(second.recv_close().await.0, CloseCode::Policy);
+
+    // The holder still relays both ways.
+    client.send(r#"{"message_type":"forward","payload":"hi"}"#).await;
+    assert_eq!(
+        holder.recv_text().await,
+        r#"{"message_type":"client_msg","client_id":1,"payload":"hi"}"#
+    );
+    holder
+        .send(r#"{"message_type":"forward","client_id":1,"payload":"back"}"#)
+        .await;
+    assert_eq!(
+        client.recv_text().await,
+        r#"{"message_type":"device_msg","payload":"back"}"#
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn d04_register_again_keeps_the_registration() {
+    let server = TestServer::with_defaults().await;
+    let mut device = server.registered_device("first").await;
+    assert_eq!(
+        device
+            .roundtrip_error(r#"{"message_type":"register","device_id":"second"}"#)
+            .await,
+        "Device already registered: first"
+    );
+    assert_eq!(server.get("/devices").await.body, r#"["first"]"#);
+    // Still open and still registered: a client reaches it.
+    let mut client = server.connected_client("first").await;
+    client.send(r#"{"message_type":"forward","payload":1}"#).await;
+    assert_eq!(
+        device.recv_text().await,
+        r#"{"message_type":"client_msg","client_id":1,"payload":1}"#
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn d05_forward_before_register_is_not_registered() {
+    let server = TestServer::with_defaults().await;
+    let mut device = server.device().await;
+    assert_eq!(
+        device
+            .roundtrip_error(r#"{"message_type":"forward","client_id":1,"payload":{}}"#)
+            .await,
+        "Not registered"
+    );
+    // Fields are not checked before the state: still "Not registered".
+    assert_eq!(
+        device.roundtrip_error(r#"{"message_type":"forward"}"#).await,
+        "Not registered"
+    );
+    // The connection stays open and can register.
+    device
+        .send(r#"{"message_type":"register","device_id":"late"}"#)
+        .await;
+    assert_eq!(device.recv_json().await["message_type"], "config");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn d06_forward_reaches_the_client_verbatim() {
+    let server = TestServer::with_defaults().await;
+    let mut device = server.registered_device("d6").await;
+    let mut client = server.connected_client("d6").await;
+    client.send(r#"{"message_type":"forward","payload":null}"#).await;
+    assert_eq!(
+        device.recv_text().await,
+        r#"{"message_type":"client_msg","client_id":1,"payload":null}"#
+    );
+    let payload = r#"{ "type" : "offer", "sdp":"v=0\r\n", "n": 1.50e3, "s":"\u00e9" }"#;
+    device
+        .send(&format!(
+            r#"{{"message_type":"forward","client_id":1,"payload":{payload}}}"#
+        ))
+        .await;
+    assert_eq!(
+        client.recv_text().await,
+        format!(r#"{{"message_type":"device_msg","payload":{payload}}}"#)
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn d07_forward_to_a_departed_client_answers_client_disconnected() {
+    let server = TestServer::with_defaults().await;
+    let mut device = server.registered_device("d7").await;
+    let client = server.connected_client("d7").await;
+    client.close().await;
+    assert_eq!(
+        device.recv_text().await,
+        r#"{"message_type":"client_disconnected","client_id":1}"#
+    );
+    for _ in 0..2 {
+        device
+            .send(r#"{"message_type":"forward","client_id":1,"payload":"late"}"#)
+            .await;
+        assert_eq!(
+            device.recv_text().await,
+            r#"{"message_type":"client_disconnected","client_id":1}"#
+        );
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn d08_forward_to_an_unknown_client() {
+    let server = TestServer::with_defaults().await;
+    let mut device = server.registered_device("d8").await;
+    let _client = server.connected_client("d8").await;
+    assert_eq!(
+        device
+            .roundtrip_error(r#"{"message_type":"forward","client_id":2,"payload":1}"#)
+            .await,
+        "Unknown client: 2"
+    );
+    assert_eq!(
+        device
+            .roundtrip_error(r#"{"message_type":"forward","client_id":18446744073709551615,"payload":1}"#)
+            .await,
+        "Unknown client: 18446744073709551615"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn d09_invalid_client_id() {
+    let server = TestServer::with_defaults().await;
+    let mut device = server.registered_device("d9").await;
+    for (text, want) in [
+        (r#"{"message_type":"forward","payload":1}"#, "Invalid client_id: missing client_id"),
+        (
+            r#"{"message_type":"forward","client_id":"1","payload":1}"#,
+            "Invalid client_id: client_id must be a positive integer, got \"1\"",
+        ),
+        (
+            r#"{"message_type":"forward","client_id":0,"payload":1}"#,
+            "Invalid client_id: client_id must be a positive integer, got 0",
+        ),
+        (
+            r#"{"message_type":"forward","client_id":-3,"payload":1}"#,
+            "Invalid client_id: client_id must be a positive integer, got -3",
+        ),
+        (
+            r#"{"message_type":"forward","client_id":1.5,"payload":1}"#,
+            "Invalid client_id: client_id must be a positive integer, got 1.5",
+        ),
+    ] {
+        assert_eq!(device.roundtrip_error(text).await, want);
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn d10_missing_payload() {
+    let server = TestServer::with_defaults().await;
+    let mut device = server.registered_device("d10").await;
+    let mut client = server.connected_client("d10").await;
+    assert_eq!(
+        device
+            .roundtrip_error(r#"{"message_type":"forward","client_id":1}"#)
+            .await,
+        "Missing payload"
+    );
+    // null is a payload.
+    device
+        .send(r#"{"message_type":"forward","client_id":1,"payload":null}"#)
+        .await;
+    assert_eq!(
+        client.recv_text().await,
+        r#"{"message_type":"device_msg","payload":null}"#
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn d11_unknown_message_type() {
+    let server = TestServer::with_defaults().await;
+    let mut device = server.device().await;
+    assert_eq!(
+        device.roundtrip_error(r#"{"message_type":"connect","device_id":"x"}"#).await,
+        "Unknown message type: connect"
+    );
+    let _ = server.registered_device("d11").await;
+    assert_eq!(
+        device.roundtrip_error(r#"{"message_type":"hello"}"#).await,
+        "Unknown message type: hello"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn d12_invalid_message() {
+    let server = TestServer::with_defaults().await;
+    let mut device = server.device().await;
+    let nested = |depth: usize| {
+        format!(
+            r#"{{"message_type":"register","device_id":"deep","device_info":{}1{}}}"#,
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        )
+    };
+    for (text, want) in [
+        ("hello".to_owned(), "Invalid message: expected a JSON object"),
+        ("[]".to_owned(), "Invalid message: expected a JSON object"),
+        ("42".to_owned(), "Invalid message: expected a JSON object"),
+        (r#"{"device_id":"x"}"#.to_owned(), "Invalid message: missing message_type"),
+        (r#"{"message_type":["register"]}"#.to_owned(), "Invalid message: message_type must be a string"),
+        (nested(129), "Invalid message: nested deeper than 128 levels"),
+    ] {
+        assert_eq!(device.roundtrip_error(&text).await, want, "{text}");
+    }
+    assert!(device.roundtrip_error("{").await.starts_with("Invalid message: EOF while parsing"));
+    // Just inside the nesting bound, the same connection registers.
+    device.send(&nested(128)).await;
+    assert_eq!(device.recv_json().await["message_type"], "config");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn d13_binary_frame_closes_1003() {
+    let server = TestServer::with_defaults().await;
+    let mut device = server.registered_device("d13").await;
+    let mut client = server.connected_client("d13").await;
+    device.send_message(Message::binary(vec![1, 2, 3])).await;
+    assert_eq!(
+        device.recv_close().await,
+        (CloseCode::Unsupported, "Binary messages are not supported".to_owned())
+    );
+    assert_eq!(client.recv_error().await, "Device disconnected");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn d13_invalid_utf8_closes_1007() {
+    let server = TestServer::with_defaults().await;
+    let mut device = server.registered_device("d13u").await;
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    device.send_message(Message::Frame(frame)).await;
+    assert_eq!(
+        device.recv_close().await,
+        (CloseCode::Invalid, "Invalid UTF-8 in text message".to_owned())
+    );
+    server.stop().await.unwrap();
+}
+
+/// A register message of exactly `len` bytes.
+fn register_of_len(id: &str, len: usize) -> String {
+    let head = format!(r#"{{"message_type":"register","device_id":"{id}","device_info":""#);
+    let tail = r#""}"#;
+    format!("{head}{}{tail}", "x".repeat(len - head.len() - tail.len()))
+}
+
+#[tokio::test]
+async fn d14_size_limit_is_exact() {
+    let server = TestServer::start(signaling_server::ServerConfig {
+        max_message_bytes: 4096,
+        ..test_config()
+    })
+    .await;
+    let mut other = server.registered_device("bystander").await;
+    let mut at_limit = server.device().await;
+    at_limit.send(&register_of_len("d14", 4096)).await;
+    assert_eq!(at_limit.recv_json().await["message_type"], "config");
+
+    let mut over = server.device().await;
+    over.send(&register_of_len("d14b", 4097)).await;
+    assert_eq!(
+        over.recv_close().await,
+        (CloseCode::Size, "Message too big: the limit is 4096 bytes".to_owned())
+    );
+    // Nobody else noticed.
+    let mut client = server.connected_client("bystander").await;
+    client.send(r#"{"message_type":"forward","payload":1}"#).await;
+    assert_eq!(other.recv_json().await["message_type"], "client_msg");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn d14_default_size_limit_is_64_kib() {
+    let server = TestServer::with_defaults().await;
+    let mut at_limit = server.device().await;
+    at_limit.send(&register_of_len("big", 65_536)).await;
+    assert_eq!(at_limit.recv_json().await["message_type"], "config");
+    let mut over = server.device().await;
+    over.send(&register_of_len("bigger", 65_537)).await;
+    assert_eq!(over.recv_close().await.0, CloseCode::Size);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn d15_registration_timeout() {
+    let server = TestServer::start(signaling_server::ServerConfig {
+        handshake_timeout: Duration::from_millis(400),
+        ..test_config()
+    })
+    .await;
+    // Just inside: registering before the timeout keeps the connection.
+    let mut quick = server.device().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    quick.send(r#"{"message_type":"register","device_id":"quick"}"#).await;
+    assert_eq!(quick.recv_json().await["message_type"], "config");
+
+    // Past it: a silent connection is told and closed.
+    let mut silent = server.device().await;
+    let started = tokio::time::Instant::now();
+    assert_eq!(silent.recv_error().await, "Registration timeout");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        silent.recv_close().await,
+        (CloseCode::Policy, "Registration timeout".to_owned())
+    );
+    // Errors before registering do not stop the clock.
+    let mut chatty = server.device().await;
+    assert_eq!(chatty.roundtrip_error("{}").await, "Invalid message: missing message_type");
+    assert_eq!(chatty.recv_error().await, "Registration timeout");
+
+    // The registered device outlived the timeout.
+    quick.expect_silence(Duration::from_millis(200)).await;
+    assert_eq!(server.get("/devices").await.body, r#"["quick"]"#);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn d16_device_disconnect_tells_clients_and_frees_the_id() {
+    let server = TestServer::with_defaults().await;
+    let device = server.registered_device("d16").await;
+    let mut first = server.connected_client("d16").await;
+    let mut second = server.connected_client("d16").await;
+    device.close().await;
+    for client in [&mut first, &mut second] {
+        assert_eq!(client.recv_error().await, "Device disconnected");
+        assert_eq!(
+            client.recv_close().await,
+            (CloseCode::Away, "Device disconnected".to_owned())
+        );
+    }
+    // The id is free at once, and client ids start again at 1.
+    let mut again = server.registered_device("d16").await;
+    let mut client = server.connected_client("d16").await;
+    client.send(r#"{"message_type":"forward","payload":1}"#).await;
+    assert_eq!(
+        again.recv_text().await,
+        r#"{"message_type":"client_msg","client_id":1,"payload":1}"#
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn d16_abrupt_device_drop_also_tells_clients() {
+    let server = TestServer::with_defaults().await;
+    let device = server.registered_device("abrupt").await;
+    let mut client = server.connected_client("abrupt").await;
+    // Drop the TCP connection without a close handshake.
+    drop(device);
+    assert_eq!(client.recv_error().await, "Device disconnected");
+    assert_eq!(client.recv_close().await.0, CloseCode::Away);
+    common::eventually("the id is free", || async {
+        server.get("/devices").await.body == "[]"
+    })
+    .await;
+    server.stop().await.unwrap();
+}
