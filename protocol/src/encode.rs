@@ -148,9 +148,11 @@ impl ServerToClient<'_> {
     pub fn encode(&self) -> String {
         match self {
             Self::Config(config) => encode_config(config),
-            Self::DeviceInfo(m) => ObjectWriter::typed("device_info", m.device_info.get().len() + 16)
-                .raw("device_info", m.device_info)
-                .finish(),
+            Self::DeviceInfo(m) => {
+                ObjectWriter::typed("device_info", m.device_info.get().len() + 16)
+                    .raw("device_info", m.device_info)
+                    .finish()
+            }
             Self::DeviceMsg(m) => ObjectWriter::typed("device_msg", m.payload.get().len() + 12)
                 .raw("payload", m.payload)
                 .finish(),

@@ -309,10 +309,10 @@ impl<'a> ServerToDevice<'a> {
     /// Decodes a frame the server sent to a device.
     pub fn decode(text: &'a str) -> Result<Self, DecodeError> {
         let fields = RawFields::parse(text)?;
-        if fields.message_type.is_none() {
-            if let Some(error) = fields.error()? {
-                return Ok(Self::Error(ErrorMsg { error }));
-            }
+        if fields.message_type.is_none()
+            && let Some(error) = fields.error()?
+        {
+            return Ok(Self::Error(ErrorMsg { error }));
         }
         let frame = Frame::<ServerToDeviceType>::from_fields(fields)?;
         let fields = frame.fields;
@@ -392,10 +392,10 @@ impl<'a> ServerToClient<'a> {
     /// Decodes a frame the server sent to a client.
     pub fn decode(text: &'a str) -> Result<Self, DecodeError> {
         let fields = RawFields::parse(text)?;
-        if fields.message_type.is_none() {
-            if let Some(error) = fields.error()? {
-                return Ok(Self::Error(ErrorMsg { error }));
-            }
+        if fields.message_type.is_none()
+            && let Some(error) = fields.error()?
+        {
+            return Ok(Self::Error(ErrorMsg { error }));
         }
         let frame = Frame::<ServerToClientType>::from_fields(fields)?;
         let fields = frame.fields;
@@ -495,9 +495,7 @@ impl<'a> RawFields<'a> {
             Some(b'{') => {}
             None => return Err(DecodeError::InvalidMessage("empty message".into())),
             Some(_) => {
-                return Err(DecodeError::InvalidMessage(
-                    "expected a JSON object".into(),
-                ));
+                return Err(DecodeError::InvalidMessage("expected a JSON object".into()));
             }
         }
         check_nesting(text)?;
@@ -537,9 +535,8 @@ impl<'a> RawFields<'a> {
 
     fn config(&self) -> Result<Config, DecodeError> {
         let ice_servers = match self.ice_servers {
-            Some(raw) => serde_json::from_str(raw.get()).map_err(|e| {
-                DecodeError::InvalidMessage(format!("invalid ice_servers: {e}"))
-            })?,
+            Some(raw) => serde_json::from_str(raw.get())
+                .map_err(|e| DecodeError::InvalidMessage(format!("invalid ice_servers: {e}")))?,
             None => Vec::new(),
         };
         Ok(Config { ice_servers })

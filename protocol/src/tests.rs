@@ -29,7 +29,10 @@ fn register_with_and_without_device_info() {
     };
     assert_eq!(register.device_id, "cvd-1");
     // Verbatim: key order and number spelling survive.
-    assert_eq!(register.device_info.unwrap().get(), r#"{"b":1,"a":[1.50,2]}"#);
+    assert_eq!(
+        register.device_info.unwrap().get(),
+        r#"{"b":1,"a":[1.50,2]}"#
+    );
 
     let msg = DeviceToServer::decode(r#"{"message_type":"register","device_id":"x"}"#).unwrap();
     assert_eq!(
@@ -82,9 +85,8 @@ fn device_forward() {
 
 #[test]
 fn null_is_a_payload_and_missing_is_not() {
-    let msg =
-        DeviceToServer::decode(r#"{"message_type":"forward","client_id":1,"payload":null}"#)
-            .unwrap();
+    let msg = DeviceToServer::decode(r#"{"message_type":"forward","client_id":1,"payload":null}"#)
+        .unwrap();
     let DeviceToServer::Forward(f) = msg else {
         panic!()
     };
@@ -101,7 +103,16 @@ fn null_is_a_payload_and_missing_is_not() {
 
 #[test]
 fn client_id_must_be_a_positive_integer() {
-    for bad in ["0", "-1", "1.0", "1e0", "\"1\"", "null", "18446744073709551616", "[]"] {
+    for bad in [
+        "0",
+        "-1",
+        "1.0",
+        "1e0",
+        "\"1\"",
+        "null",
+        "18446744073709551616",
+        "[]",
+    ] {
         let text = format!(r#"{{"message_type":"forward","client_id":{bad},"payload":1}}"#);
         let e = err(&text);
         assert!(e.starts_with("Invalid client_id: "), "{bad}: {e}");
@@ -132,7 +143,10 @@ fn device_id_rules() {
     assert!(DeviceToServer::decode(&text).is_ok());
 
     let cases = [
-        (r#"{"message_type":"register"}"#, "Invalid device_id: missing device_id"),
+        (
+            r#"{"message_type":"register"}"#,
+            "Invalid device_id: missing device_id",
+        ),
         (
             r#"{"message_type":"register","device_id":5}"#,
             "Invalid device_id: device_id must be a string",
@@ -159,7 +173,10 @@ fn device_id_rules() {
         let client_text = text.replace("register", "connect");
         assert_eq!(client_err(&client_text), want, "{client_text}");
     }
-    let long = format!(r#"{{"message_type":"register","device_id":"{}"}}"#, "d".repeat(257));
+    let long = format!(
+        r#"{{"message_type":"register","device_id":"{}"}}"#,
+        "d".repeat(257)
+    );
     assert_eq!(
         err(&long),
         "Invalid device_id: device_id is 257 bytes, at most 256 allowed"
@@ -174,10 +191,19 @@ fn envelope_errors() {
         ("[1,2]", "Invalid message: expected a JSON object"),
         ("\"register\"", "Invalid message: expected a JSON object"),
         ("{}", "Invalid message: missing message_type"),
-        (r#"{"message_type":5}"#, "Invalid message: message_type must be a string"),
-        (r#"{"message_type":null}"#, "Invalid message: message_type must be a string"),
+        (
+            r#"{"message_type":5}"#,
+            "Invalid message: message_type must be a string",
+        ),
+        (
+            r#"{"message_type":null}"#,
+            "Invalid message: message_type must be a string",
+        ),
         (r#"{"message_type":"hello"}"#, "Unknown message type: hello"),
-        (r#"{"message_type":"connect"}"#, "Unknown message type: connect"),
+        (
+            r#"{"message_type":"connect"}"#,
+            "Unknown message type: connect",
+        ),
     ];
     for (text, want) in cases {
         assert_eq!(err(text), want, "{text:?}");
@@ -230,10 +256,19 @@ fn nesting_limit_is_exact() {
         r#"{"a":"#.repeat(MAX_NESTING_DEPTH),
         "}".repeat(MAX_NESTING_DEPTH)
     );
-    assert_eq!(client_err(&objects), "Invalid message: nested deeper than 128 levels");
+    assert_eq!(
+        client_err(&objects),
+        "Invalid message: nested deeper than 128 levels"
+    );
     // Far deeper input fails the same way, without exhausting the stack.
-    let deep = format!(r#"{{"message_type":"forward","payload":{}}}"#, "[".repeat(100_000));
-    assert_eq!(client_err(&deep), "Invalid message: nested deeper than 128 levels");
+    let deep = format!(
+        r#"{{"message_type":"forward","payload":{}}}"#,
+        "[".repeat(100_000)
+    );
+    assert_eq!(
+        client_err(&deep),
+        "Invalid message: nested deeper than 128 levels"
+    );
 }
 
 #[test]
@@ -478,10 +513,9 @@ proptest! {
             .collect();
         let text = format!("{{{}}}", body.join(","));
         // Whatever the outcome, an error always renders with a known phrase.
-        for result in [DeviceToServer::decode(&text).err(), ClientToServer::decode(&text).err()] {
-            if let Some(e) = result {
-                prop_assert!(e.to_string().starts_with(e.phrase()));
-            }
+        let errors = [DeviceToServer::decode(&text).err(), ClientToServer::decode(&text).err()];
+        for e in errors.into_iter().flatten() {
+            prop_assert!(e.to_string().starts_with(e.phrase()));
         }
         let _ = ServerToDevice::decode(&text);
         let _ = ServerToClient::decode(&text);

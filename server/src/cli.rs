@@ -201,10 +201,11 @@ impl Cli {
             })
             .collect();
         if let Some(path) = &self.ice_servers {
-            let text = std::fs::read_to_string(path).map_err(|source| CliError::ReadIceServers {
-                path: path.clone(),
-                source,
-            })?;
+            let text =
+                std::fs::read_to_string(path).map_err(|source| CliError::ReadIceServers {
+                    path: path.clone(),
+                    source,
+                })?;
             let from_file: Vec<IceServer> =
                 serde_json::from_str(&text).map_err(|source| CliError::ParseIceServers {
                     path: path.clone(),

@@ -194,15 +194,22 @@ fn read_error(error: WsError, max_message_bytes: usize) -> Ending {
             debug!(error = %e, "message over the size limit");
             Ending::Close(
                 CloseCode::Size,
-                close_reason(format!("Message too big: the limit is {max_message_bytes} bytes")),
+                close_reason(format!(
+                    "Message too big: the limit is {max_message_bytes} bytes"
+                )),
             )
         }
-        WsError::Utf8(_) => Ending::Close(CloseCode::Invalid, "Invalid UTF-8 in text message".into()),
+        WsError::Utf8(_) => {
+            Ending::Close(CloseCode::Invalid, "Invalid UTF-8 in text message".into())
+        }
         WsError::Protocol(e) => {
             use tokio_tungstenite::tungstenite::error::ProtocolError;
             match e {
                 ProtocolError::ResetWithoutClosingHandshake => Ending::Gone,
-                e => Ending::Close(CloseCode::Protocol, close_reason(format!("Protocol error: {e}"))),
+                e => Ending::Close(
+                    CloseCode::Protocol,
+                    close_reason(format!("Protocol error: {e}")),
+                ),
             }
         }
         _ => Ending::Gone,
@@ -210,12 +217,19 @@ fn read_error(error: WsError, max_message_bytes: usize) -> Ending {
 }
 
 /// Sends a close frame and waits for the peer's, until `deadline`.
-async fn close<T>(ws: &mut WebSocketStream<T>, code: CloseCode, reason: Utf8Bytes, deadline: Instant)
-where
+async fn close<T>(
+    ws: &mut WebSocketStream<T>,
+    code: CloseCode,
+    reason: Utf8Bytes,
+    deadline: Instant,
+) where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let frame = CloseFrame { code, reason };
-    if !matches!(timeout_at(deadline, ws.send(Message::Close(Some(frame)))).await, Ok(Ok(()))) {
+    if !matches!(
+        timeout_at(deadline, ws.send(Message::Close(Some(frame)))).await,
+        Ok(Ok(()))
+    ) {
         return;
     }
     // Drain until the peer's close (or its end of stream) arrives.

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::body::Body;
@@ -28,6 +29,16 @@ use crate::outbox::{Outbox, OutboxLimits};
 use crate::session::client::ClientSession;
 use crate::session::device::DeviceSession;
 
+/// Set on an HTTP connection once it has answered a websocket upgrade.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Upgrading(Arc<AtomicBool>);
+
+impl Upgrading {
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 pub(crate) fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route(protocol::REGISTER_DEVICE_PATH, get(register_device))
@@ -45,7 +56,10 @@ fn json_error(status: StatusCode, text: &str) -> Response {
     let body = protocol::ServerToClient::Error(protocol::ErrorMsg { error: text.into() }).encode();
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body,
     )
         .into_response()
@@ -53,7 +67,10 @@ fn json_error(status: StatusCode, text: &str) -> Response {
 
 fn json(body: String) -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body,
     )
         .into_response()
@@ -82,7 +99,7 @@ async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
 }
 
 async fn devices(State(state): State<Arc<ServerState>>, request: Request) -> Response {
-    if let Err(refused) = authorize(&state, Endpoint::ConnectClient, &request) {
+    if let Some(refused) = refuse_unauthorized(&state, Endpoint::ConnectClient, &request) {
         return refused;
     }
     let ids = state.ctx.registry.device_ids();
@@ -90,7 +107,7 @@ async fn devices(State(state): State<Arc<ServerState>>, request: Request) -> Res
 }
 
 async fn infra_config(State(state): State<Arc<ServerState>>, request: Request) -> Response {
-    if let Err(refused) = authorize(&state, Endpoint::ConnectClient, &request) {
+    if let Some(refused) = refuse_unauthorized(&state, Endpoint::ConnectClient, &request) {
         return refused;
     }
     json(state.ctx.config_frame.to_string())
@@ -113,16 +130,19 @@ async fn connect_client(
 }
 
 /// Checks the token the endpoint needs, from `Authorization: Bearer` or
-/// `?token=` (browsers cannot set headers on a websocket).
-fn authorize(state: &ServerState, endpoint: Endpoint, request: &Request) -> Result<(), Response> {
+/// `?token=` (browsers cannot set headers on a websocket). Returns the 401
+/// refusal when the token is missing or wrong.
+fn refuse_unauthorized(
+    state: &ServerState,
+    endpoint: Endpoint,
+    request: &Request,
+) -> Option<Response> {
     let config = &state.ctx.config;
     let expected = match endpoint {
         Endpoint::RegisterDevice => config.device_token.as_deref(),
         Endpoint::ConnectClient => config.client_token.as_deref(),
     };
-    let Some(expected) = expected else {
-        return Ok(());
-    };
+    let expected = expected?;
     let presented = bearer_token(request.headers()).or_else(|| {
         let query = request.uri().query()?;
         form_urlencoded::parse(query.as_bytes())
@@ -131,7 +151,7 @@ fn authorize(state: &ServerState, endpoint: Endpoint, request: &Request) -> Resu
     });
     let valid = presented.is_some_and(|token| token.as_bytes().ct_eq(expected.as_bytes()).into());
     if valid {
-        return Ok(());
+        return None;
     }
     state.ctx.metrics.refused(RefusedReason::Unauthorized);
     let mut response = json_error(
@@ -141,7 +161,7 @@ fn authorize(state: &ServerState, endpoint: Endpoint, request: &Request) -> Resu
     response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    Err(response)
+    Some(response)
 }
 
 fn bearer_token(headers: &HeaderMap) -> Option<String> {
@@ -162,9 +182,17 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-fn upgrade(state: Arc<ServerState>, peer: SocketAddr, mut request: Request, endpoint: Endpoint) -> Response {
-    if let Err(refused) = authorize(&state, endpoint, &request) {
+fn upgrade(
+    state: Arc<ServerState>,
+    peer: SocketAddr,
+    mut request: Request,
+    endpoint: Endpoint,
+) -> Response {
+    if let Some(refused) = refuse_unauthorized(&state, endpoint, &request) {
         return refused;
+    }
+    if state.shutdown.is_cancelled() {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "Server shutting down");
     }
     let permit = match state.limiter.try_acquire(peer.ip()) {
         Ok(permit) => permit,
@@ -207,18 +235,29 @@ fn upgrade(state: Arc<ServerState>, peer: SocketAddr, mut request: Request, endp
             StatusCode::UPGRADE_REQUIRED,
             "Unsupported websocket version: 13 is required",
         );
-        response
-            .headers_mut()
-            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         return response;
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         state.ctx.metrics.refused(RefusedReason::BadUpgrade);
-        return json_error(StatusCode::BAD_REQUEST, "Bad request: missing Sec-WebSocket-Key");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "Bad request: missing Sec-WebSocket-Key",
+        );
     };
     let accept = derive_accept_key(key.as_bytes());
-    let subprotocol = header_has_token(headers, header::SEC_WEBSOCKET_PROTOCOL, protocol::SUBPROTOCOL);
+    let subprotocol = header_has_token(
+        headers,
+        header::SEC_WEBSOCKET_PROTOCOL,
+        protocol::SUBPROTOCOL,
+    );
     let on_upgrade = hyper::upgrade::on(&mut request);
+    if let Some(upgrading) = request.extensions().get::<Upgrading>() {
+        upgrading.0.store(true, Ordering::Release);
+    }
 
     let span = match endpoint {
         Endpoint::RegisterDevice => info_span!("device", %peer, device_id = field::Empty),
@@ -238,8 +277,12 @@ fn upgrade(state: Arc<ServerState>, peer: SocketAddr, mut request: Request, endp
                     return;
                 }
             };
-            let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                .await;
+            let ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(ws_config),
+            )
+            .await;
             let gauge = state.ctx.metrics.connections(endpoint);
             gauge.inc();
             let ctx = state.ctx.clone();
@@ -289,7 +332,12 @@ pub(crate) fn websocket_config(config: &crate::ServerConfig) -> WebSocketConfig 
         // Write each frame as soon as it is flushed; no write-side buffer
         // beyond the frame being written.
         .write_buffer_size(0)
-        .max_write_buffer_size(config.outbox_bytes.saturating_add(config.max_message_bytes).max(1 << 16))
+        .max_write_buffer_size(
+            config
+                .outbox_bytes
+                .saturating_add(config.max_message_bytes)
+                .max(1 << 16),
+        )
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_message_bytes))
 }

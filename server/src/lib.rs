@@ -129,7 +129,10 @@ pub async fn run(
     state.shutdown.cancel();
     state.tracker.close();
     let grace = state.ctx.config.shutdown_grace;
-    if tokio::time::timeout(grace, state.tracker.wait()).await.is_err() {
+    if tokio::time::timeout(grace, state.tracker.wait())
+        .await
+        .is_err()
+    {
         warn!(
             remaining = state.tracker.len(),
             "connections still open after the grace period"
@@ -144,10 +147,12 @@ async fn serve_http<S>(stream: S, peer: SocketAddr, router: axum::Router, state:
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let upgrading = http::Upgrading::default();
+    let service_upgrading = upgrading.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        request
-            .extensions_mut()
-            .insert(axum::extract::ConnectInfo(peer));
+        let extensions = request.extensions_mut();
+        extensions.insert(axum::extract::ConnectInfo(peer));
+        extensions.insert(service_upgrading.clone());
         router.clone().oneshot(request.map(axum::body::Body::new))
     });
     let connection = hyper::server::conn::http1::Builder::new()
@@ -163,7 +168,12 @@ where
             }
         }
         () = state.shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
+            // A connection that has just answered 101 is about to hand its
+            // socket to the websocket task, which closes it with 1001; a
+            // graceful shutdown now would drop the socket without a close.
+            if !upgrading.is_set() {
+                connection.as_mut().graceful_shutdown();
+            }
             let _ = connection.await;
         }
     }

@@ -61,7 +61,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
-    println!("signaling server on {scheme}://{local} (devices: {scheme}://{local}/register_device, clients: {scheme}://{local}/connect_client)");
+    println!(
+        "signaling server on {scheme}://{local} (devices: {scheme}://{local}/register_device, clients: {scheme}://{local}/connect_client)"
+    );
     signaling_server::run(listener, config, shutdown_signal()).await?;
     Ok(())
 }

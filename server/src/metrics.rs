@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// Which websocket endpoint a connection came in on.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, )]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Endpoint {
     RegisterDevice,
     ConnectClient,
@@ -31,7 +31,7 @@ struct EndpointLabel {
 }
 
 /// The direction of a relayed message.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, )]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Direction {
     ClientToDevice,
     DeviceToClient,
@@ -57,7 +57,7 @@ struct PhraseLabel {
 }
 
 /// Why a connection was refused before the websocket upgrade.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, )]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum RefusedReason {
     Unauthorized,
     ConnectionLimit,

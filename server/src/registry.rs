@@ -326,7 +326,10 @@ impl ClientLink {
         };
         // A device that cannot keep up is closed by its own task; its
         // clients are then told it disconnected.
-        match slot.outbox.push_text(frames::client_msg(*client_id, payload)) {
+        match slot
+            .outbox
+            .push_text(frames::client_msg(*client_id, payload))
+        {
             Ok(()) | Err(PushError::Closed | PushError::Overflow) => Ok(()),
         }
     }

@@ -1,6 +1,8 @@
 //! behavior.md rows C1–C14: the `/connect_client` endpoint, each against the
 //! real server with a real websocket client.
 
+#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
+
 mod common;
 
 use std::time::Duration;
@@ -8,8 +10,8 @@ use std::time::Duration;
 use common::{TestServer, test_config};
 use signaling_server::ServerConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 
 #[tokio::test]
 async fn c01_connect_gets_config_then_device_info() {
@@ -23,7 +25,9 @@ async fn c01_connect_gets_config_then_device_info() {
         .await;
     device.recv_json().await;
     let mut client = server.client().await;
-    client.send(r#"{"message_type":"connect","device_id":"c1"}"#).await;
+    client
+        .send(r#"{"message_type":"connect","device_id":"c1"}"#)
+        .await;
     assert_eq!(
         client.recv_text().await,
         r#"{"message_type":"config","ice_servers":[]}"#
@@ -44,7 +48,9 @@ async fn c01_device_info_absent_is_null() {
         .await;
     device.recv_json().await;
     let mut client = server.client().await;
-    client.send(r#"{"message_type":"connect","device_id":"bare"}"#).await;
+    client
+        .send(r#"{"message_type":"connect","device_id":"bare"}"#)
+        .await;
     client.recv_json().await;
     assert_eq!(
         client.recv_text().await,
@@ -57,7 +63,9 @@ async fn c01_device_info_absent_is_null() {
 async fn c02_unknown_device_gets_config_then_not_found() {
     let server = TestServer::with_defaults().await;
     let mut client = server.client().await;
-    client.send(r#"{"message_type":"connect","device_id":"nobody"}"#).await;
+    client
+        .send(r#"{"message_type":"connect","device_id":"nobody"}"#)
+        .await;
     assert_eq!(client.recv_json().await["message_type"], "config");
     assert_eq!(client.recv_error().await, "Device not found: nobody");
     assert_eq!(
@@ -78,12 +86,16 @@ fn waiting_config(wait: Duration) -> ServerConfig {
 async fn c03_alternative_flow_client_waits_for_its_device() {
     let server = TestServer::start(waiting_config(Duration::from_secs(10))).await;
     let mut client = server.client().await;
-    client.send(r#"{"message_type":"connect","device_id":"later"}"#).await;
+    client
+        .send(r#"{"message_type":"connect","device_id":"later"}"#)
+        .await;
     assert_eq!(client.recv_json().await["message_type"], "config");
     client.expect_silence(Duration::from_millis(100)).await;
     // Forwarding while waiting is "Not connected" (C6).
     assert_eq!(
-        client.roundtrip_error(r#"{"message_type":"forward","payload":1}"#).await,
+        client
+            .roundtrip_error(r#"{"message_type":"forward","payload":1}"#)
+            .await,
         "Not connected"
     );
 
@@ -97,7 +109,9 @@ async fn c03_alternative_flow_client_waits_for_its_device() {
         r#"{"message_type":"device_info","device_info":{"a":1}}"#
     );
     // The id was given at registration: 1.
-    client.send(r#"{"message_type":"forward","payload":"x"}"#).await;
+    client
+        .send(r#"{"message_type":"forward","payload":"x"}"#)
+        .await;
     assert_eq!(
         device.recv_text().await,
         r#"{"message_type":"client_msg","client_id":1,"payload":"x"}"#
@@ -117,7 +131,9 @@ async fn c03_alternative_flow_wait_ends_with_not_found() {
     let server = TestServer::start(waiting_config(Duration::from_secs(1))).await;
     let mut client = server.client().await;
     let started = tokio::time::Instant::now();
-    client.send(r#"{"message_type":"connect","device_id":"never"}"#).await;
+    client
+        .send(r#"{"message_type":"connect","device_id":"never"}"#)
+        .await;
     assert_eq!(client.recv_json().await["message_type"], "config");
     assert_eq!(client.recv_error().await, "Device not found: never");
     assert!(started.elapsed() >= Duration::from_millis(900));
@@ -141,7 +157,9 @@ async fn c03_alternative_flow_wait_ends_with_not_found() {
 async fn c03_alternative_flow_waiting_client_that_leaves_is_forgotten() {
     let server = TestServer::start(waiting_config(Duration::from_secs(10))).await;
     let mut client = server.client().await;
-    client.send(r#"{"message_type":"connect","device_id":"w"}"#).await;
+    client
+        .send(r#"{"message_type":"connect","device_id":"w"}"#)
+        .await;
     client.recv_json().await;
     client.close().await;
     common::eventually("the client gauge is zero", || async {
@@ -152,7 +170,9 @@ async fn c03_alternative_flow_waiting_client_that_leaves_is_forgotten() {
     device.expect_silence(Duration::from_millis(100)).await;
     // A waiting client that leaves was never this device's: no client 1.
     let mut second = server.connected_client("w").await;
-    second.send(r#"{"message_type":"forward","payload":1}"#).await;
+    second
+        .send(r#"{"message_type":"forward","payload":1}"#)
+        .await;
     assert_eq!(
         device.recv_text().await,
         r#"{"message_type":"client_msg","client_id":1,"payload":1}"#
@@ -164,11 +184,23 @@ async fn c03_alternative_flow_waiting_client_that_leaves_is_forgotten() {
 async fn c04_invalid_device_id_closes_1008() {
     let server = TestServer::with_defaults().await;
     for (text, want) in [
-        (r#"{"message_type":"connect"}"#.to_owned(), "Invalid device_id: missing device_id"),
-        (r#"{"message_type":"connect","device_id":{}}"#.to_owned(), "Invalid device_id: device_id must be a string"),
-        (r#"{"message_type":"connect","device_id":""}"#.to_owned(), "Invalid device_id: device_id must not be empty"),
         (
-            format!(r#"{{"message_type":"connect","device_id":"{}"}}"#, "c".repeat(257)),
+            r#"{"message_type":"connect"}"#.to_owned(),
+            "Invalid device_id: missing device_id",
+        ),
+        (
+            r#"{"message_type":"connect","device_id":{}}"#.to_owned(),
+            "Invalid device_id: device_id must be a string",
+        ),
+        (
+            r#"{"message_type":"connect","device_id":""}"#.to_owned(),
+            "Invalid device_id: device_id must not be empty",
+        ),
+        (
+            format!(
+                r#"{{"message_type":"connect","device_id":"{}"}}"#,
+                "c".repeat(257)
+            ),
             "Invalid device_id: device_id is 257 bytes, at most 256 allowed",
         ),
         (
@@ -178,15 +210,26 @@ async fn c04_invalid_device_id_closes_1008() {
     ] {
         let mut client = server.client().await;
         assert_eq!(client.roundtrip_error(&text).await, want);
-        assert_eq!(client.recv_close().await, (CloseCode::Policy, want.to_owned()));
+        assert_eq!(
+            client.recv_close().await,
+            (CloseCode::Policy, want.to_owned())
+        );
     }
     // 256 bytes is a valid id: the answer is about the device, not the id.
     let mut client = server.client().await;
     client
-        .send(&format!(r#"{{"message_type":"connect","device_id":"{}"}}"#, "c".repeat(256)))
+        .send(&format!(
+            r#"{{"message_type":"connect","device_id":"{}"}}"#,
+            "c".repeat(256)
+        ))
         .await;
     client.recv_json().await;
-    assert!(client.recv_error().await.starts_with("Device not found: ccc"));
+    assert!(
+        client
+            .recv_error()
+            .await
+            .starts_with("Device not found: ccc")
+    );
     server.stop().await.unwrap();
 }
 
@@ -202,7 +245,9 @@ async fn c05_connect_again() {
             .await,
         "Already connected: c5"
     );
-    client.send(r#"{"message_type":"forward","payload":2}"#).await;
+    client
+        .send(r#"{"message_type":"forward","payload":2}"#)
+        .await;
     assert_eq!(
         device.recv_text().await,
         r#"{"message_type":"client_msg","client_id":1,"payload":2}"#
@@ -216,15 +261,21 @@ async fn c06_forward_before_connect_is_not_connected() {
     let _device = server.registered_device("c6").await;
     let mut client = server.client().await;
     assert_eq!(
-        client.roundtrip_error(r#"{"message_type":"forward","payload":1}"#).await,
+        client
+            .roundtrip_error(r#"{"message_type":"forward","payload":1}"#)
+            .await,
         "Not connected"
     );
     // Fields are not checked before the state.
     assert_eq!(
-        client.roundtrip_error(r#"{"message_type":"forward"}"#).await,
+        client
+            .roundtrip_error(r#"{"message_type":"forward"}"#)
+            .await,
         "Not connected"
     );
-    client.send(r#"{"message_type":"connect","device_id":"c6"}"#).await;
+    client
+        .send(r#"{"message_type":"connect","device_id":"c6"}"#)
+        .await;
     assert_eq!(client.recv_json().await["message_type"], "config");
     assert_eq!(client.recv_json().await["message_type"], "device_info");
     server.stop().await.unwrap();
@@ -236,12 +287,16 @@ async fn c07_forward_reaches_the_device_with_the_client_id() {
     let mut device = server.registered_device("c7").await;
     let mut first = server.connected_client("c7").await;
     let mut second = server.connected_client("c7").await;
-    second.send(r#"{"message_type":"forward","payload":{"from":2}}"#).await;
+    second
+        .send(r#"{"message_type":"forward","payload":{"from":2}}"#)
+        .await;
     assert_eq!(
         device.recv_text().await,
         r#"{"message_type":"client_msg","client_id":2,"payload":{"from":2}}"#
     );
-    first.send(r#"{"message_type":"forward","payload":[1, 2.0]}"#).await;
+    first
+        .send(r#"{"message_type":"forward","payload":[1, 2.0]}"#)
+        .await;
     assert_eq!(
         device.recv_text().await,
         r#"{"message_type":"client_msg","client_id":1,"payload":[1, 2.0]}"#
@@ -255,10 +310,14 @@ async fn c08_missing_payload() {
     let mut device = server.registered_device("c8").await;
     let mut client = server.connected_client("c8").await;
     assert_eq!(
-        client.roundtrip_error(r#"{"message_type":"forward"}"#).await,
+        client
+            .roundtrip_error(r#"{"message_type":"forward"}"#)
+            .await,
         "Missing payload"
     );
-    client.send(r#"{"message_type":"forward","payload":null}"#).await;
+    client
+        .send(r#"{"message_type":"forward","payload":null}"#)
+        .await;
     assert_eq!(
         device.recv_text().await,
         r#"{"message_type":"client_msg","client_id":1,"payload":null}"#
@@ -288,7 +347,10 @@ async fn c10_invalid_message() {
         ("nope", "Invalid message: expected a JSON object"),
         ("null", "Invalid message: expected a JSON object"),
         (r#"{"payload":1}"#, "Invalid message: missing message_type"),
-        (r#"{"message_type":1}"#, "Invalid message: message_type must be a string"),
+        (
+            r#"{"message_type":1}"#,
+            "Invalid message: message_type must be a string",
+        ),
     ] {
         assert_eq!(client.roundtrip_error(text).await, want);
     }
@@ -303,7 +365,10 @@ async fn c11_binary_frame_closes_1003_and_the_device_hears_it() {
     client.send_message(Message::binary(vec![0u8; 8])).await;
     assert_eq!(
         client.recv_close().await,
-        (CloseCode::Unsupported, "Binary messages are not supported".to_owned())
+        (
+            CloseCode::Unsupported,
+            "Binary messages are not supported".to_owned()
+        )
     );
     assert_eq!(
         device.recv_text().await,
@@ -341,7 +406,10 @@ async fn c12_size_limit_is_exact() {
     client.send(&message(1025)).await;
     assert_eq!(
         client.recv_close().await,
-        (CloseCode::Size, "Message too big: the limit is 1024 bytes".to_owned())
+        (
+            CloseCode::Size,
+            "Message too big: the limit is 1024 bytes".to_owned()
+        )
     );
     assert_eq!(
         device.recv_text().await,
@@ -361,7 +429,9 @@ async fn c13_connect_timeout() {
     // Just inside: connecting before the timeout keeps the connection.
     let mut quick = server.client().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    quick.send(r#"{"message_type":"connect","device_id":"c13"}"#).await;
+    quick
+        .send(r#"{"message_type":"connect","device_id":"c13"}"#)
+        .await;
     quick.recv_json().await;
     quick.recv_json().await;
 

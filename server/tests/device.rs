@@ -1,14 +1,16 @@
 //! behavior.md rows D1–D16: the `/register_device` endpoint, each against
 //! the real server with a real websocket client.
 
+#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
+
 mod common;
 
 use std::time::Duration;
 
 use common::{TestServer, test_config};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 
 #[tokio::test]
 async fn d01_register_gets_config() {
@@ -36,12 +38,27 @@ async fn d01_register_gets_config() {
 #[tokio::test]
 async fn d02_invalid_device_id_closes_1008() {
     let server = TestServer::with_defaults().await;
-    let too_long = format!(r#"{{"message_type":"register","device_id":"{}"}}"#, "d".repeat(257));
+    let too_long = format!(
+        r#"{{"message_type":"register","device_id":"{}"}}"#,
+        "d".repeat(257)
+    );
     let cases = [
-        (r#"{"message_type":"register"}"#.to_owned(), "Invalid device_id: missing device_id"),
-        (r#"{"message_type":"register","device_id":7}"#.to_owned(), "Invalid device_id: device_id must be a string"),
-        (r#"{"message_type":"register","device_id":""}"#.to_owned(), "Invalid device_id: device_id must not be empty"),
-        (too_long, "Invalid device_id: device_id is 257 bytes, at most 256 allowed"),
+        (
+            r#"{"message_type":"register"}"#.to_owned(),
+            "Invalid device_id: missing device_id",
+        ),
+        (
+            r#"{"message_type":"register","device_id":7}"#.to_owned(),
+            "Invalid device_id: device_id must be a string",
+        ),
+        (
+            r#"{"message_type":"register","device_id":""}"#.to_owned(),
+            "Invalid device_id: device_id must not be empty",
+        ),
+        (
+            too_long,
+            "Invalid device_id: device_id is 257 bytes, at most 256 allowed",
+        ),
         (
             r#"{"message_type":"register","device_id":"a\tb"}"#.to_owned(),
             "Invalid device_id: device_id must not contain control characters",
@@ -77,7 +94,9 @@ async fn d03_duplicate_id_is_refused_and_the_holder_is_untouched() {
     assert_eq!(second.recv_close().await.0, CloseCode::Policy);
 
     // The holder still relays both ways.
-    client.send(r#"{"message_type":"forward","payload":"hi"}"#).await;
+    client
+        .send(r#"{"message_type":"forward","payload":"hi"}"#)
+        .await;
     assert_eq!(
         holder.recv_text().await,
         r#"{"message_type":"client_msg","client_id":1,"payload":"hi"}"#
@@ -105,7 +124,9 @@ async fn d04_register_again_keeps_the_registration() {
     assert_eq!(server.get("/devices").await.body, r#"["first"]"#);
     // Still open and still registered: a client reaches it.
     let mut client = server.connected_client("first").await;
-    client.send(r#"{"message_type":"forward","payload":1}"#).await;
+    client
+        .send(r#"{"message_type":"forward","payload":1}"#)
+        .await;
     assert_eq!(
         device.recv_text().await,
         r#"{"message_type":"client_msg","client_id":1,"payload":1}"#
@@ -125,7 +146,9 @@ async fn d05_forward_before_register_is_not_registered() {
     );
     // Fields are not checked before the state: still "Not registered".
     assert_eq!(
-        device.roundtrip_error(r#"{"message_type":"forward"}"#).await,
+        device
+            .roundtrip_error(r#"{"message_type":"forward"}"#)
+            .await,
         "Not registered"
     );
     // The connection stays open and can register.
@@ -141,7 +164,9 @@ async fn d06_forward_reaches_the_client_verbatim() {
     let server = TestServer::with_defaults().await;
     let mut device = server.registered_device("d6").await;
     let mut client = server.connected_client("d6").await;
-    client.send(r#"{"message_type":"forward","payload":null}"#).await;
+    client
+        .send(r#"{"message_type":"forward","payload":null}"#)
+        .await;
     assert_eq!(
         device.recv_text().await,
         r#"{"message_type":"client_msg","client_id":1,"payload":null}"#
@@ -194,7 +219,9 @@ async fn d08_forward_to_an_unknown_client() {
     );
     assert_eq!(
         device
-            .roundtrip_error(r#"{"message_type":"forward","client_id":18446744073709551615,"payload":1}"#)
+            .roundtrip_error(
+                r#"{"message_type":"forward","client_id":18446744073709551615,"payload":1}"#
+            )
             .await,
         "Unknown client: 18446744073709551615"
     );
@@ -206,7 +233,10 @@ async fn d09_invalid_client_id() {
     let server = TestServer::with_defaults().await;
     let mut device = server.registered_device("d9").await;
     for (text, want) in [
-        (r#"{"message_type":"forward","payload":1}"#, "Invalid client_id: missing client_id"),
+        (
+            r#"{"message_type":"forward","payload":1}"#,
+            "Invalid client_id: missing client_id",
+        ),
         (
             r#"{"message_type":"forward","client_id":"1","payload":1}"#,
             "Invalid client_id: client_id must be a positive integer, got \"1\"",
@@ -256,7 +286,9 @@ async fn d11_unknown_message_type() {
     let server = TestServer::with_defaults().await;
     let mut device = server.device().await;
     assert_eq!(
-        device.roundtrip_error(r#"{"message_type":"connect","device_id":"x"}"#).await,
+        device
+            .roundtrip_error(r#"{"message_type":"connect","device_id":"x"}"#)
+            .await,
         "Unknown message type: connect"
     );
     let _ = server.registered_device("d11").await;
@@ -279,16 +311,33 @@ async fn d12_invalid_message() {
         )
     };
     for (text, want) in [
-        ("hello".to_owned(), "Invalid message: expected a JSON object"),
+        (
+            "hello".to_owned(),
+            "Invalid message: expected a JSON object",
+        ),
         ("[]".to_owned(), "Invalid message: expected a JSON object"),
         ("42".to_owned(), "Invalid message: expected a JSON object"),
-        (r#"{"device_id":"x"}"#.to_owned(), "Invalid message: missing message_type"),
-        (r#"{"message_type":["register"]}"#.to_owned(), "Invalid message: message_type must be a string"),
-        (nested(129), "Invalid message: nested deeper than 128 levels"),
+        (
+            r#"{"device_id":"x"}"#.to_owned(),
+            "Invalid message: missing message_type",
+        ),
+        (
+            r#"{"message_type":["register"]}"#.to_owned(),
+            "Invalid message: message_type must be a string",
+        ),
+        (
+            nested(129),
+            "Invalid message: nested deeper than 128 levels",
+        ),
     ] {
         assert_eq!(device.roundtrip_error(&text).await, want, "{text}");
     }
-    assert!(device.roundtrip_error("{").await.starts_with("Invalid message: EOF while parsing"));
+    assert!(
+        device
+            .roundtrip_error("{")
+            .await
+            .starts_with("Invalid message: EOF while parsing")
+    );
     // Just inside the nesting bound, the same connection registers.
     device.send(&nested(128)).await;
     assert_eq!(device.recv_json().await["message_type"], "config");
@@ -303,7 +352,10 @@ async fn d13_binary_frame_closes_1003() {
     device.send_message(Message::binary(vec![1, 2, 3])).await;
     assert_eq!(
         device.recv_close().await,
-        (CloseCode::Unsupported, "Binary messages are not supported".to_owned())
+        (
+            CloseCode::Unsupported,
+            "Binary messages are not supported".to_owned()
+        )
     );
     assert_eq!(client.recv_error().await, "Device disconnected");
     server.stop().await.unwrap();
@@ -317,7 +369,10 @@ async fn d13_invalid_utf8_closes_1007() {
     device.send_message(Message::Frame(frame)).await;
     assert_eq!(
         device.recv_close().await,
-        (CloseCode::Invalid, "Invalid UTF-8 in text message".to_owned())
+        (
+            CloseCode::Invalid,
+            "Invalid UTF-8 in text message".to_owned()
+        )
     );
     server.stop().await.unwrap();
 }
@@ -345,11 +400,16 @@ async fn d14_size_limit_is_exact() {
     over.send(&register_of_len("d14b", 4097)).await;
     assert_eq!(
         over.recv_close().await,
-        (CloseCode::Size, "Message too big: the limit is 4096 bytes".to_owned())
+        (
+            CloseCode::Size,
+            "Message too big: the limit is 4096 bytes".to_owned()
+        )
     );
     // Nobody else noticed.
     let mut client = server.connected_client("bystander").await;
-    client.send(r#"{"message_type":"forward","payload":1}"#).await;
+    client
+        .send(r#"{"message_type":"forward","payload":1}"#)
+        .await;
     assert_eq!(other.recv_json().await["message_type"], "client_msg");
     server.stop().await.unwrap();
 }
@@ -376,7 +436,9 @@ async fn d15_registration_timeout() {
     // Just inside: registering before the timeout keeps the connection.
     let mut quick = server.device().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    quick.send(r#"{"message_type":"register","device_id":"quick"}"#).await;
+    quick
+        .send(r#"{"message_type":"register","device_id":"quick"}"#)
+        .await;
     assert_eq!(quick.recv_json().await["message_type"], "config");
 
     // Past it: a silent connection is told and closed.
@@ -390,7 +452,10 @@ async fn d15_registration_timeout() {
     );
     // Errors before registering do not stop the clock.
     let mut chatty = server.device().await;
-    assert_eq!(chatty.roundtrip_error("{}").await, "Invalid message: missing message_type");
+    assert_eq!(
+        chatty.roundtrip_error("{}").await,
+        "Invalid message: missing message_type"
+    );
     assert_eq!(chatty.recv_error().await, "Registration timeout");
 
     // The registered device outlived the timeout.
@@ -416,7 +481,9 @@ async fn d16_device_disconnect_tells_clients_and_frees_the_id() {
     // The id is free at once, and client ids start again at 1.
     let mut again = server.registered_device("d16").await;
     let mut client = server.connected_client("d16").await;
-    client.send(r#"{"message_type":"forward","payload":1}"#).await;
+    client
+        .send(r#"{"message_type":"forward","payload":1}"#)
+        .await;
     assert_eq!(
         again.recv_text().await,
         r#"{"message_type":"client_msg","client_id":1,"payload":1}"#

@@ -66,7 +66,11 @@ impl DeviceSession {
     }
 }
 
-fn forward(replies: &Replies, registration: &DeviceRegistration, frame: Frame<'_, DeviceMessageType>) {
+fn forward(
+    replies: &Replies,
+    registration: &DeviceRegistration,
+    frame: Frame<'_, DeviceMessageType>,
+) {
     let forward = match frame.into_message() {
         Ok(DeviceToServer::Forward(forward)) => forward,
         Ok(DeviceToServer::Register(_)) => return,

@@ -76,9 +76,10 @@ impl TestServer {
     /// A device registered under `id`, its `config` already read.
     pub async fn registered_device(&self, id: &str) -> Peer {
         let mut device = self.device().await;
-        device
-            .send(&format!(r#"{{"message_type":"register","device_id":"{id}","device_info":{{"name":"{id}"}}}}"#))
-            .await;
+        let register = serde_json::json!({
+            "message_type": "register", "device_id": id, "device_info": {"name": id},
+        });
+        device.send(&register.to_string()).await;
         let config = device.recv_json().await;
         assert_eq!(config["message_type"], "config", "{config}");
         device
@@ -87,9 +88,8 @@ impl TestServer {
     /// A client connected to `id`, its `config` and `device_info` read.
     pub async fn connected_client(&self, id: &str) -> Peer {
         let mut client = self.client().await;
-        client
-            .send(&format!(r#"{{"message_type":"connect","device_id":"{id}"}}"#))
-            .await;
+        let connect = serde_json::json!({"message_type": "connect", "device_id": id});
+        client.send(&connect.to_string()).await;
         let config = client.recv_json().await;
         assert_eq!(config["message_type"], "config", "{config}");
         let info = client.recv_json().await;
@@ -146,7 +146,10 @@ impl Peer {
     }
 
     /// Connects with extra request headers; the error is the HTTP refusal.
-    pub async fn try_connect_with(url: &str, headers: &[(&'static str, &str)]) -> Result<Self, WsError> {
+    pub async fn try_connect_with(
+        url: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Self, WsError> {
         let mut request = url.into_client_request()?;
         for (name, value) in headers {
             request
@@ -221,8 +224,9 @@ impl Peer {
 
     /// Checks nothing arrives within `wait`.
     pub async fn expect_silence(&mut self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
-            match tokio::time::timeout(wait, self.ws.next()).await {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Err(_) => return,
                 Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
                 Ok(other) => panic!("expected silence, got {other:?}"),
@@ -256,13 +260,21 @@ pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) ->
     http_request(addr, &format!("GET {path} HTTP/1.1"), headers).await
 }
 
-pub async fn http_request(addr: SocketAddr, request_line: &str, headers: &[(&str, &str)]) -> HttpResponse {
+pub async fn http_request(
+    addr: SocketAddr,
+    request_line: &str,
+    headers: &[(&str, &str)],
+) -> HttpResponse {
     try_http_request(addr, request_line, headers)
         .await
         .unwrap_or_else(|e| panic!("{request_line}: {e:#}"))
 }
 
-async fn try_http_request(addr: SocketAddr, request_line: &str, headers: &[(&str, &str)]) -> Result<HttpResponse> {
+async fn try_http_request(
+    addr: SocketAddr,
+    request_line: &str,
+    headers: &[(&str, &str)],
+) -> Result<HttpResponse> {
     let mut stream = TcpStream::connect(addr).await?;
     let mut request = format!("{request_line}\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
@@ -280,7 +292,10 @@ async fn try_http_request(addr: SocketAddr, request_line: &str, headers: &[(&str
         .nth(1)
         .context("no status")?
         .parse()?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)?
     } else {
         body.to_owned()

@@ -1,0 +1,235 @@
+//! The `signaling-server` binary: flags, refusals, signals.
+
+#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_signaling-server");
+
+/// A server process that is killed if the test ends early.
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Self {
+        Self::start_at("127.0.0.1:0", args)
+    }
+
+    fn start_at(listen: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(BINARY)
+            .args(["--listen", listen])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let address = lines
+            .find_map(|line| {
+                let line = line.ok()?;
+                let rest = line.strip_prefix("signaling server on ws://")?;
+                Some(rest.split_whitespace().next()?.to_owned())
+            })
+            .expect("the server prints its address");
+        Self { child, address }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "the server did not exit in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn sigterm_closes_sockets_with_1001_and_exits_0() {
+    for signal in ["TERM", "INT"] {
+        let mut server = Server::start(&["--shutdown-grace", "5s"]);
+        let url = format!("ws://{}/register_device", server.address);
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        server.signal(signal);
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(frame))) => return frame,
+                    Some(Ok(_)) => continue,
+                    other => panic!("expected a close frame, got {other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("no close frame");
+        let frame = closed.expect("a close code");
+        assert_eq!(frame.code, CloseCode::Away);
+        assert_eq!(frame.reason.as_str(), "Server shutting down");
+        drop(ws);
+        let status = server.wait_exit(Duration::from_secs(6));
+        assert!(status.success(), "SIG{signal}: {status}");
+    }
+}
+
+#[test]
+fn non_loopback_without_tls_is_refused() {
+    let output = Command::new(BINARY)
+        .args(["--listen", "0.0.0.0:0"])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("refusing to serve plain ws:// on the non-loopback address 0.0.0.0:0"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn insecure_flag_allows_non_loopback_and_self_signed_prints_a_fingerprint() {
+    let dir = std::env::temp_dir().join(format!("signaling-bin-tls-{}", std::process::id()));
+    let mut child = Command::new(BINARY)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-self-signed",
+            "--tls-self-signed-dir",
+        ])
+        .arg(&dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start");
+    let stdout = child.stdout.take().unwrap();
+    let lines: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .take(3)
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines[0].starts_with("self-signed certificate: "),
+        "{lines:?}"
+    );
+    assert!(dir.join("cert.pem").exists() && dir.join("key.pem").exists());
+    let fingerprint = lines[1]
+        .strip_prefix("SHA-256 fingerprint: ")
+        .expect("fingerprint");
+    assert_eq!(fingerprint.len(), 32 * 3 - 1, "{fingerprint}");
+    assert!(
+        lines[2].starts_with("signaling server on wss://127.0.0.1:"),
+        "{lines:?}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let _ = std::fs::remove_dir_all(dir);
+
+    // --allow-insecure lets a non-loopback address through the check. The
+    // test only talks to it over loopback.
+    let server = Server::start_at("0.0.0.0:0", &["--allow-insecure"]);
+    let port = server
+        .address
+        .strip_prefix("0.0.0.0:")
+        .expect("wildcard address");
+    let body = http_get_blocking(&format!("127.0.0.1:{port}"), "/devices");
+    assert!(
+        body.starts_with("HTTP/1.1 200") && body.ends_with("[]"),
+        "{body}"
+    );
+}
+
+#[test]
+fn bad_flags_get_clear_errors() {
+    for (args, want) in [
+        (
+            vec!["--idle-timeout", "1s", "--ping-interval", "2s"],
+            "must be longer than --ping-interval",
+        ),
+        (vec!["--handshake-timeout", "soon"], "write e.g. 10s"),
+        (
+            vec!["--ice-servers", "/nonexistent/ice.json"],
+            "cannot read --ice-servers",
+        ),
+        (vec!["--tls-cert", "/nonexistent.pem"], "--tls-key"),
+        (
+            vec!["--max-message-bytes", "10"],
+            "10 is not in 64..=16777216",
+        ),
+    ] {
+        let output = Command::new(BINARY).args(&args).output().expect("run");
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn ice_servers_file_and_stun_flags_fill_config() {
+    let path = std::env::temp_dir().join(format!("signaling-ice-{}.json", std::process::id()));
+    std::fs::write(
+        &path,
+        r#"[{"urls":"turn:127.0.0.1:3478","username":"u","credential":"c"}]"#,
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--stun-server",
+        "stun:127.0.0.1:3478",
+        "--ice-servers",
+        path.to_str().unwrap(),
+    ]);
+    let body = http_get_blocking(&server.address, "/infra_config");
+    assert!(
+        body.ends_with(r#"{"message_type":"config","ice_servers":[{"urls":["stun:127.0.0.1:3478"]},{"urls":["turn:127.0.0.1:3478"],"username":"u","credential":"c"}]}"#),
+        "{body}"
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+fn http_get_blocking(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}

@@ -1,0 +1,391 @@
+//! The HTTP side: endpoints, authentication, limits and refusals before the
+//! upgrade, subprotocol, metrics, TLS.
+
+#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Peer, TestServer, http_get, refusal_status, test_config};
+use signaling_server::ServerConfig;
+use tokio::net::TcpSocket;
+
+#[tokio::test]
+async fn devices_lists_sorted_ids_and_healthz_answers() {
+    let server = TestServer::with_defaults().await;
+    let response = server.get("/devices").await;
+    assert_eq!((response.status, response.body.as_str()), (200, "[]"));
+    assert!(
+        response
+            .headers
+            .to_ascii_lowercase()
+            .contains("content-type: application/json")
+    );
+    let _b = server.registered_device("b").await;
+    let _a = server.registered_device("a").await;
+    let _c = server.registered_device("c\"q").await;
+    assert_eq!(server.get("/devices").await.body, r#"["a","b","c\"q"]"#);
+    let health = server.get("/healthz").await;
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn infra_config_is_the_config_message() {
+    let server = TestServer::start(ServerConfig {
+        ice_servers: vec![protocol::IceServer {
+            urls: vec!["turn:127.0.0.1:3478".into()],
+            username: Some("u".into()),
+            credential: Some("secret".into()),
+        }],
+        ..test_config()
+    })
+    .await;
+    let response = server.get("/infra_config").await;
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.body,
+        r#"{"message_type":"config","ice_servers":[{"urls":["turn:127.0.0.1:3478"],"username":"u","credential":"secret"}]}"#
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404_also_for_upgrades() {
+    let server = TestServer::with_defaults().await;
+    let response = server.get("/nope").await;
+    assert_eq!(response.status, 404);
+    assert_eq!(response.body, r#"{"error":"Not found: /nope"}"#);
+    let error = Peer::try_connect_with(&server.url("/register"), &[])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refusal_status(&error), 404);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn plain_get_on_a_websocket_endpoint_is_426() {
+    let server = TestServer::with_defaults().await;
+    let response = server.get("/register_device").await;
+    assert_eq!(response.status, 426);
+    assert!(response.body.starts_with(r#"{"error":"Upgrade required"#));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn subprotocol_webrtc_operator_is_echoed() {
+    let server = TestServer::with_defaults().await;
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            server.url("/connect_client"),
+        )
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "webrtc-operator".parse().unwrap());
+    let (_ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(
+        response.headers().get("sec-websocket-protocol").unwrap(),
+        "webrtc-operator"
+    );
+    // None is required.
+    let (_ws, response) = tokio_tungstenite::connect_async(server.url("/connect_client"))
+        .await
+        .unwrap();
+    assert!(response.headers().get("sec-websocket-protocol").is_none());
+    server.stop().await.unwrap();
+}
+
+fn with_tokens() -> ServerConfig {
+    ServerConfig {
+        device_token: Some("dev-secret".into()),
+        client_token: Some("cli secret&=".into()),
+        ..test_config()
+    }
+}
+
+#[tokio::test]
+async fn device_token_is_checked_before_the_upgrade() {
+    let server = TestServer::start(with_tokens()).await;
+    let url = server.url("/register_device");
+    for (url, headers) in [
+        (url.clone(), vec![]),
+        (url.clone(), vec![("Authorization", "Bearer wrong")]),
+        (url.clone(), vec![("Authorization", "Basic dev-secret")]),
+        (format!("{url}?token=wrong"), vec![]),
+        // The client's token does not open the device endpoint.
+        (url.clone(), vec![("Authorization", "Bearer cli secret&=")]),
+    ] {
+        let error = Peer::try_connect_with(&url, &headers)
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(refusal_status(&error), 401, "{url} {headers:?}");
+    }
+    let mut by_header = Peer::try_connect_with(&url, &[("Authorization", "Bearer dev-secret")])
+        .await
+        .unwrap();
+    by_header
+        .send(r#"{"message_type":"register","device_id":"h"}"#)
+        .await;
+    assert_eq!(by_header.recv_json().await["message_type"], "config");
+    let mut by_query = Peer::try_connect_with(&format!("{url}?token=dev-secret"), &[])
+        .await
+        .unwrap();
+    by_query
+        .send(r#"{"message_type":"register","device_id":"q"}"#)
+        .await;
+    assert_eq!(by_query.recv_json().await["message_type"], "config");
+    assert_eq!(
+        server
+            .metric(r#"signaling_connections_refused_total{reason="unauthorized"}"#)
+            .await,
+        5.0
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn client_token_guards_the_client_endpoints() {
+    let server = TestServer::start(with_tokens()).await;
+    let url = server.url("/connect_client");
+    let error = Peer::try_connect_with(&url, &[]).await.err().unwrap();
+    assert_eq!(refusal_status(&error), 401);
+    // The query form is URL-decoded.
+    let mut client = Peer::try_connect_with(&format!("{url}?token=cli%20secret%26%3D"), &[])
+        .await
+        .unwrap();
+    client
+        .send(r#"{"message_type":"connect","device_id":"x"}"#)
+        .await;
+    assert_eq!(client.recv_json().await["message_type"], "config");
+
+    for path in ["/devices", "/infra_config"] {
+        let refused = server.get(path).await;
+        assert_eq!(refused.status, 401, "{path}");
+        assert_eq!(
+            refused.body,
+            r#"{"error":"Unauthorized: missing or invalid token"}"#
+        );
+        assert!(
+            refused.headers.contains("www-authenticate: Bearer"),
+            "{}",
+            refused.headers
+        );
+        let allowed = http_get(
+            server.addr,
+            path,
+            &[("Authorization", "Bearer cli secret&=")],
+        )
+        .await;
+        assert_eq!(allowed.status, 200, "{path}");
+        let by_query = server.get(&format!("{path}?token=cli+secret%26%3D")).await;
+        assert_eq!(by_query.status, 200, "{path}");
+    }
+    // Health and metrics carry no secrets and need no token.
+    assert_eq!(server.get("/healthz").await.status, 200);
+    assert_eq!(server.get("/metrics").await.status, 200);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn connection_limit_refuses_with_503_and_frees_places() {
+    let server = TestServer::start(ServerConfig {
+        max_connections: 2,
+        ..test_config()
+    })
+    .await;
+    let mut device = server.registered_device("full").await;
+    // Just below the limit: the second connection is accepted.
+    let client = server.connected_client("full").await;
+    // At the limit: the third is refused before the upgrade.
+    let error = Peer::try_connect_with(&server.url("/connect_client"), &[])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refusal_status(&error), 503);
+    assert_eq!(
+        server
+            .metric(r#"signaling_connections_refused_total{reason="connection_limit"}"#)
+            .await,
+        1.0
+    );
+    // The sessions already open are unaffected.
+    device
+        .send(r#"{"message_type":"forward","client_id":1,"payload":1}"#)
+        .await;
+    let mut client = client;
+    assert_eq!(client.recv_json().await["payload"], 1);
+    client.close().await;
+    assert_eq!(
+        device.recv_json().await["message_type"],
+        "client_disconnected"
+    );
+    common::eventually("a place is free again", || async {
+        Peer::try_connect_with(&server.url("/connect_client"), &[])
+            .await
+            .is_ok()
+    })
+    .await;
+    server.stop().await.unwrap();
+}
+
+/// A websocket connection from a chosen loopback source address.
+async fn connect_from(source: &str, url: &str, server: &TestServer) -> Result<Peer, u16> {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    match tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+        .await
+    {
+        Ok((ws, _)) => Ok(Peer { ws }),
+        Err(e) => Err(refusal_status(&e)),
+    }
+}
+
+#[tokio::test]
+async fn per_ip_limit_refuses_with_429() {
+    let server = TestServer::start(ServerConfig {
+        max_connections_per_ip: Some(2),
+        ..test_config()
+    })
+    .await;
+    let url = server.url("/register_device");
+    let mut first = connect_from("127.0.0.1", &url, &server).await.unwrap();
+    let _second = connect_from("127.0.0.1", &url, &server).await.unwrap();
+    assert_eq!(
+        connect_from("127.0.0.1", &url, &server).await.err(),
+        Some(429)
+    );
+    // Another address has its own allowance.
+    let _other = connect_from("127.0.0.2", &url, &server).await.unwrap();
+    assert_eq!(
+        server
+            .metric(r#"signaling_connections_refused_total{reason="per_ip_limit"}"#)
+            .await,
+        1.0
+    );
+    // The connections already open are unaffected.
+    first
+        .send(r#"{"message_type":"register","device_id":"ip"}"#)
+        .await;
+    assert_eq!(first.recv_json().await["message_type"], "config");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn metrics_count_connections_relays_errors_and_bytes() {
+    let server = TestServer::with_defaults().await;
+    let mut device = server.registered_device("m").await;
+    let mut client = server.connected_client("m").await;
+    client
+        .send(r#"{"message_type":"forward","payload":1}"#)
+        .await;
+    device.recv_json().await;
+    device
+        .send(r#"{"message_type":"forward","client_id":1,"payload":2}"#)
+        .await;
+    client.recv_json().await;
+    device
+        .send(r#"{"message_type":"forward","client_id":1,"payload":2}"#)
+        .await;
+    client.recv_json().await;
+    client.roundtrip_error("{}").await;
+
+    let body = server.get("/metrics").await.body;
+    for line in [
+        "signaling_devices 1",
+        "signaling_clients 1",
+        r#"signaling_websocket_connections{endpoint="register_device"} 1"#,
+        r#"signaling_websocket_connections{endpoint="connect_client"} 1"#,
+        r#"signaling_messages_relayed_total{direction="client_to_device"} 1"#,
+        r#"signaling_messages_relayed_total{direction="device_to_client"} 2"#,
+        r#"signaling_errors_total{phrase="Invalid message"} 1"#,
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing {line:?} in\n{body}"
+        );
+    }
+    assert!(server.metric("signaling_received_bytes_total").await > 100.0);
+    assert!(server.metric("signaling_sent_bytes_total").await > 100.0);
+    assert!(
+        server
+            .metric("signaling_process_resident_memory_bytes")
+            .await
+            > 1e6
+    );
+
+    device.close().await;
+    client.recv_error().await;
+    client.close().await;
+    common::eventually("every gauge is back to zero", || async {
+        let body = server.get("/metrics").await.body;
+        ["signaling_devices 0", "signaling_clients 0"]
+            .iter()
+            .all(|l| body.lines().any(|line| line == *l))
+            && body
+                .lines()
+                .filter(|l| l.starts_with("signaling_websocket_connections{"))
+                .all(|l| l.ends_with(" 0"))
+    })
+    .await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn tls_serves_wss_and_https() {
+    let dir = std::env::temp_dir().join(format!("signaling-tls-test-{}", std::process::id()));
+    let generated = signaling_server::tls::self_signed(&dir, "127.0.0.1".parse().unwrap()).unwrap();
+    let server = TestServer::start(ServerConfig {
+        tls: Some(generated.config.clone()),
+        ..test_config()
+    })
+    .await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&generated.cert_path).unwrap();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(
+        format!("wss://localhost:{}/register_device", server.addr.port()),
+        tls,
+    )
+    .await
+    .unwrap();
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(r#"{"message_type":"register","device_id":"secure"}"#.into())
+        .await
+        .unwrap();
+    let reply = ws.next().await.unwrap().unwrap();
+    assert_eq!(
+        reply.to_text().unwrap(),
+        r#"{"message_type":"config","ice_servers":[]}"#
+    );
+
+    // A plaintext client on the TLS port fails cleanly; the server goes on.
+    let plain = Peer::try_connect_with(&server.url("/register_device"), &[]).await;
+    assert!(plain.is_err());
+    ws.send(r#"{"message_type":"forward","client_id":1,"payload":1}"#.into())
+        .await
+        .unwrap();
+    let reply = ws.next().await.unwrap().unwrap();
+    assert_eq!(reply.to_text().unwrap(), r#"{"error":"Unknown client: 1"}"#);
+    let fingerprint_hex = generated.fingerprint.replace(':', "");
+    assert_eq!(fingerprint_hex.len(), 64);
+    server.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
