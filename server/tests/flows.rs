@@ -394,3 +394,36 @@ async fn graceful_shutdown_closes_every_socket_with_1001() {
     // The listener is closed.
     assert!(tokio::net::TcpStream::connect(address).await.is_err());
 }
+
+#[tokio::test]
+async fn close_timeout_bounds_the_wait_for_a_peer_that_never_answers() {
+    let server = TestServer::start(ServerConfig {
+        close_timeout: Duration::from_millis(300),
+        shutdown_grace: Duration::from_secs(20),
+        ..test_config()
+    })
+    .await;
+    // Never read, so it never answers the server's close frame.
+    let _deaf = server.registered_device("deaf").await;
+    let started = std::time::Instant::now();
+    server.stop().await.unwrap();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+#[tokio::test]
+async fn shutdown_grace_bounds_the_whole_shutdown() {
+    let server = TestServer::start(ServerConfig {
+        close_timeout: Duration::from_secs(20),
+        shutdown_grace: Duration::from_millis(300),
+        ..test_config()
+    })
+    .await;
+    let _deaf = server.registered_device("deaf").await;
+    let started = std::time::Instant::now();
+    server.stop().await.unwrap();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
