@@ -65,6 +65,19 @@ fn json_error(status: StatusCode, text: &str) -> Response {
         .into_response()
 }
 
+/// A refusal before the upgrade, counted on /metrics by its reason.
+fn refuse(state: &ServerState, reason: RefusedReason, status: StatusCode, text: &str) -> Response {
+    state.ctx.metrics.refused(reason);
+    json_error(status, text)
+}
+
+fn with_header(mut response: Response, name: header::HeaderName, value: &'static str) -> Response {
+    response
+        .headers_mut()
+        .insert(name, HeaderValue::from_static(value));
+    response
+}
+
 fn json(body: String) -> Response {
     (
         [(
@@ -153,15 +166,13 @@ fn refuse_unauthorized(
     if valid {
         return None;
     }
-    state.ctx.metrics.refused(RefusedReason::Unauthorized);
-    let mut response = json_error(
+    let refusal = refuse(
+        state,
+        RefusedReason::Unauthorized,
         StatusCode::UNAUTHORIZED,
         "Unauthorized: missing or invalid token",
     );
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    Some(response)
+    Some(with_header(refusal, header::WWW_AUTHENTICATE, "Bearer"))
 }
 
 fn bearer_token(headers: &HeaderMap) -> Option<String> {
@@ -197,15 +208,17 @@ fn upgrade(
     let permit = match state.limiter.try_acquire(peer.ip()) {
         Ok(permit) => permit,
         Err(Refusal::Full) => {
-            state.ctx.metrics.refused(RefusedReason::ConnectionLimit);
-            return json_error(
+            return refuse(
+                &state,
+                RefusedReason::ConnectionLimit,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Server full: connection limit reached",
             );
         }
         Err(Refusal::PerIp) => {
-            state.ctx.metrics.refused(RefusedReason::PerIpLimit);
-            return json_error(
+            return refuse(
+                &state,
+                RefusedReason::PerIpLimit,
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many connections from this address",
             );
@@ -216,34 +229,30 @@ fn upgrade(
     let is_upgrade = header_has_token(headers, header::CONNECTION, "upgrade")
         && header_has_token(headers, header::UPGRADE, "websocket");
     if !is_upgrade {
-        state.ctx.metrics.refused(RefusedReason::BadUpgrade);
-        let mut response = json_error(
+        let refusal = refuse(
+            &state,
+            RefusedReason::BadUpgrade,
             StatusCode::UPGRADE_REQUIRED,
             "Upgrade required: this endpoint takes websocket connections",
         );
-        response
-            .headers_mut()
-            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        return response;
+        return with_header(refusal, header::UPGRADE, "websocket");
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
         .is_none_or(|v| v.as_bytes() != b"13")
     {
-        state.ctx.metrics.refused(RefusedReason::BadUpgrade);
-        let mut response = json_error(
+        let refusal = refuse(
+            &state,
+            RefusedReason::BadUpgrade,
             StatusCode::UPGRADE_REQUIRED,
             "Unsupported websocket version: 13 is required",
         );
-        response.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return response;
+        return with_header(refusal, header::SEC_WEBSOCKET_VERSION, "13");
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        state.ctx.metrics.refused(RefusedReason::BadUpgrade);
-        return json_error(
+        return refuse(
+            &state,
+            RefusedReason::BadUpgrade,
             StatusCode::BAD_REQUEST,
             "Bad request: missing Sec-WebSocket-Key",
         );

@@ -395,35 +395,36 @@ async fn graceful_shutdown_closes_every_socket_with_1001() {
     assert!(tokio::net::TcpStream::connect(address).await.is_err());
 }
 
-#[tokio::test]
-async fn close_timeout_bounds_the_wait_for_a_peer_that_never_answers() {
+/// How long `run` takes to return once stopped, with one registered device
+/// that never reads, and so never answers the server's close frame.
+async fn shutdown_time_with_a_deaf_peer(
+    close_timeout: Duration,
+    shutdown_grace: Duration,
+) -> Duration {
     let server = TestServer::start(ServerConfig {
-        close_timeout: Duration::from_millis(300),
-        shutdown_grace: Duration::from_secs(20),
+        close_timeout,
+        shutdown_grace,
         ..test_config()
     })
     .await;
-    // Never read, so it never answers the server's close frame.
     let _deaf = server.registered_device("deaf").await;
     let started = std::time::Instant::now();
     server.stop().await.unwrap();
-    let took = started.elapsed();
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn close_timeout_bounds_the_wait_for_a_peer_that_never_answers() {
+    let took =
+        shutdown_time_with_a_deaf_peer(Duration::from_millis(300), Duration::from_secs(20)).await;
     assert!(took >= Duration::from_millis(250), "{took:?}");
     assert!(took < Duration::from_secs(10), "{took:?}");
 }
 
 #[tokio::test]
 async fn shutdown_grace_bounds_the_whole_shutdown() {
-    let server = TestServer::start(ServerConfig {
-        close_timeout: Duration::from_secs(20),
-        shutdown_grace: Duration::from_millis(300),
-        ..test_config()
-    })
-    .await;
-    let _deaf = server.registered_device("deaf").await;
-    let started = std::time::Instant::now();
-    server.stop().await.unwrap();
-    let took = started.elapsed();
+    let took =
+        shutdown_time_with_a_deaf_peer(Duration::from_secs(20), Duration::from_millis(300)).await;
     assert!(took >= Duration::from_millis(250), "{took:?}");
     assert!(took < Duration::from_secs(10), "{took:?}");
 }

@@ -75,6 +75,51 @@ async fn plain_get_on_a_websocket_endpoint_is_426() {
 }
 
 #[tokio::test]
+async fn malformed_upgrades_are_refused_with_the_reason() {
+    let server = TestServer::with_defaults().await;
+    let upgrade = [("Connection", "Upgrade"), ("Upgrade", "websocket")];
+    let wrong_version = [
+        upgrade[0],
+        upgrade[1],
+        ("Sec-WebSocket-Version", "8"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let response = common::http_get(server.addr, "/connect_client", &wrong_version).await;
+    assert_eq!(response.status, 426);
+    assert!(
+        response
+            .headers
+            .to_ascii_lowercase()
+            .contains("sec-websocket-version: 13")
+    );
+    assert_eq!(
+        response.body,
+        r#"{"error":"Unsupported websocket version: 13 is required"}"#
+    );
+    let no_key = [upgrade[0], upgrade[1], ("Sec-WebSocket-Version", "13")];
+    let response = common::http_get(server.addr, "/connect_client", &no_key).await;
+    assert_eq!(response.status, 400);
+    assert_eq!(
+        response.body,
+        r#"{"error":"Bad request: missing Sec-WebSocket-Key"}"#
+    );
+    assert_eq!(
+        server
+            .metric(r#"signaling_connections_refused_total{reason="bad_upgrade"}"#)
+            .await,
+        2.0
+    );
+    // Refused upgrades leave no connection counted.
+    assert_eq!(
+        server
+            .metric(r#"signaling_websocket_connections{endpoint="connect_client"}"#)
+            .await,
+        0.0
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn subprotocol_webrtc_operator_is_echoed() {
     let server = TestServer::with_defaults().await;
     let mut request =
