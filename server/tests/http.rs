@@ -84,7 +84,7 @@ async fn malformed_upgrades_are_refused_with_the_reason() {
         ("Sec-WebSocket-Version", "8"),
         ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
     ];
-    let response = common::http_get(server.addr, "/connect_client", &wrong_version).await;
+    let response = http_get(server.addr, "/connect_client", &wrong_version).await;
     assert_eq!(response.status, 426);
     assert!(
         response
@@ -97,7 +97,7 @@ async fn malformed_upgrades_are_refused_with_the_reason() {
         r#"{"error":"Unsupported websocket version: 13 is required"}"#
     );
     let no_key = [upgrade[0], upgrade[1], ("Sec-WebSocket-Version", "13")];
-    let response = common::http_get(server.addr, "/connect_client", &no_key).await;
+    let response = http_get(server.addr, "/connect_client", &no_key).await;
     assert_eq!(response.status, 400);
     assert_eq!(
         response.body,
