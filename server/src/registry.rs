@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::frames;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, PushError};
+use crate::outbox::Outbox;
 
 /// Locks a mutex whose data stays consistent even if a holder panicked:
 /// every update below is complete before any call that could panic.
@@ -324,14 +324,13 @@ impl ClientLink {
         let LinkState::Attached { slot, client_id } = &self.state else {
             return Err(NotAttached);
         };
-        // A device that cannot keep up is closed by its own task; its
-        // clients are then told it disconnected.
-        match slot
+        // A full outbox means the device cannot keep up: its own task closes
+        // it, and its clients are then told it disconnected. A closed one
+        // means it is already leaving. Either way the client hears of it.
+        let _ = slot
             .outbox
-            .push_text(frames::client_msg(*client_id, payload))
-        {
-            Ok(()) | Err(PushError::Closed | PushError::Overflow) => Ok(()),
-        }
+            .push_text(frames::client_msg(*client_id, payload));
+        Ok(())
     }
 
     /// Gives up waiting (the wait timed out). False if the device attached
