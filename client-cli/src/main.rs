@@ -1,1 +1,96 @@
-fn main() {}
+//! `client-cli`: a client of the signaling server.
+//!
+//! - `devices` lists the registered devices;
+//! - `connect DEVICE_ID` completes a real WebRTC handshake with a device
+//!   (offer, answer, trickled candidates, DTLS, a data channel), checks the
+//!   echo of N messages, and prints a timeline of the phases;
+//! - `raw device|client` is a line console: each stdin line is sent as a
+//!   frame, each frame received is printed.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use peer::signaling::ConnectOptions;
+
+mod connect;
+mod raw;
+
+/// A client for Cuttlefish-style signaling servers.
+#[derive(Debug, Parser)]
+#[command(name = "client-cli", version)]
+struct Cli {
+    #[command(flatten)]
+    connect: ConnectOptions,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the registered devices.
+    Devices {
+        /// Print the JSON array as the server sent it.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Connect to a device and complete a WebRTC handshake with it.
+    Connect(connect::ConnectArgs),
+    /// A line console: stdin lines are sent as frames, frames are printed.
+    Raw {
+        #[command(subcommand)]
+        role: raw::Role,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Devices { json } => devices(&cli.connect, json).await,
+        Command::Connect(args) => connect::run(&cli.connect, args).await,
+        Command::Raw { role } => raw::run(&cli.connect, role).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("client-cli: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn devices(options: &ConnectOptions, json: bool) -> anyhow::Result<()> {
+    let (status, body) = options.http_get("/devices").await?;
+    match status {
+        200 => {}
+        401 if options.token.is_none() => {
+            anyhow::bail!("the server requires a token (HTTP 401); pass --token")
+        }
+        401 => anyhow::bail!("the server refused the token (HTTP 401)"),
+        other => anyhow::bail!("the server answered HTTP {other}: {}", body.trim()),
+    }
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
+    let ids: Vec<String> = serde_json::from_str(&body)
+        .map_err(|e| anyhow::anyhow!("the server's device list is not a JSON array of ids: {e}"))?;
+    if ids.is_empty() {
+        eprintln!("no devices registered");
+    }
+    for id in ids {
+        println!("{id}");
+    }
+    Ok(())
+}

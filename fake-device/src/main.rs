@@ -1,1 +1,399 @@
-fn main() {}
+//! `fake-device`: registers like a Cuttlefish device and answers every
+//! client with its own WebRTC peer connection, offering a data channel
+//! labelled `echo` that sends back whatever it receives.
+//!
+//! It speaks the payload layer of PROTOCOL.md: `request-offer` from a client
+//! starts a peer; the device sends its offer and trickles candidates (flat
+//! shape, as Cuttlefish devices do); it applies the client's answer and
+//! candidates (either shape), buffering candidates that arrive before the
+//! remote description. A client may renegotiate with its own offer. When the
+//! server connection drops, it re-registers with backoff, as real devices do.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use futures_util::SinkExt;
+use peer::rtc_peer::{
+    PeerEvent, PeerSettings, RTCSessionDescription, build_peer, to_rtc_candidate,
+};
+use peer::signaling::{ConnectError, ConnectOptions, Socket};
+use protocol::payload::{CandidateInit, Payload};
+use protocol::{DeviceForward, DeviceToServer, IceServer, RawValue, Register, ServerToDevice};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tracing::{Instrument, debug, info, info_span, warn};
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::peer_connection::PeerConnection;
+
+/// A device for testing signaling servers and WebRTC clients.
+#[derive(Debug, Parser)]
+#[command(name = "fake-device", version)]
+struct Cli {
+    #[command(flatten)]
+    connect: ConnectOptions,
+
+    /// The id to register under.
+    #[arg(long)]
+    device_id: String,
+
+    /// `device_info` to register with: JSON text, or @FILE to read it from
+    /// a file.
+    #[arg(long, value_name = "JSON|@FILE")]
+    device_info: Option<String>,
+
+    /// First wait before re-registering after the server connection drops;
+    /// doubles on each failure.
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    reconnect_min: Duration,
+
+    /// Longest wait between re-registration attempts.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    reconnect_max: Duration,
+
+    #[command(flatten)]
+    peer: PeerSettings,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,webrtc=warn,rtc=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fake-device: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The `device_info` text, checked to be JSON.
+fn device_info(arg: Option<&str>) -> Result<Option<Box<RawValue>>> {
+    let Some(arg) = arg else { return Ok(None) };
+    let text = match arg.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --device-info file {path}"))?,
+        None => arg.to_owned(),
+    };
+    let raw =
+        RawValue::from_string(text.trim().to_owned()).context("--device-info is not valid JSON")?;
+    Ok(Some(raw))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    protocol::validate_device_id(&cli.device_id).context("--device-id")?;
+    let info = device_info(cli.device_info.as_deref())?;
+    let mut backoff = cli.reconnect_min;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let session = serve(&cli, info.as_deref());
+        let outcome = tokio::select! {
+            outcome = session => outcome,
+            () = &mut shutdown => {
+                info!("stopping");
+                return Ok(());
+            }
+        };
+        match outcome {
+            Ok(Served::Registered) => backoff = cli.reconnect_min,
+            Ok(Served::NotRegistered) => {}
+            Err(e) if !e.retryable => bail!("{}", e.message),
+            Err(e) => warn!("{}", e.message),
+        }
+        warn!(
+            retry_in = %humantime::format_duration(backoff),
+            "server connection lost; re-registering"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = &mut shutdown => return Ok(()),
+        }
+        backoff = (backoff * 2).min(cli.reconnect_max);
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// How a connection to the server ended without an error worth stopping for.
+enum Served {
+    /// It was registered for a while: the next attempt starts a fresh backoff.
+    Registered,
+    NotRegistered,
+}
+
+fn lost(error: impl std::fmt::Display) -> ConnectError {
+    ConnectError {
+        message: error.to_string(),
+        retryable: true,
+    }
+}
+
+/// One connection to the server: register, then serve clients until it
+/// drops.
+async fn serve(cli: &Cli, info: Option<&RawValue>) -> Result<Served, ConnectError> {
+    let mut socket = cli.connect.connect(protocol::REGISTER_DEVICE_PATH).await?;
+    let register = DeviceToServer::Register(Register {
+        device_id: cli.device_id.as_str().into(),
+        device_info: info,
+    });
+    socket
+        .send(Message::text(register.encode()))
+        .await
+        .map_err(lost)?;
+    let mut ice_servers = match next_message(&mut socket).await? {
+        Some(text) => match ServerToDevice::decode(&text) {
+            Ok(ServerToDevice::Config(config)) => config.ice_servers,
+            Ok(ServerToDevice::Error(e)) => {
+                return Err(lost(format!("registration refused: {}", e.error)));
+            }
+            other => return Err(lost(format!("expected config, got {other:?}"))),
+        },
+        None => return Ok(Served::NotRegistered),
+    };
+    info!(device_id = %cli.device_id, "registered");
+
+    // Frames from client tasks to the server.
+    let (outgoing, mut to_send) = mpsc::unbounded_channel::<String>();
+    let mut clients: HashMap<u64, mpsc::UnboundedSender<Payload>> = HashMap::new();
+    loop {
+        tokio::select! {
+            text = next_message(&mut socket) => {
+                let Some(text) = text? else { break };
+                match ServerToDevice::decode(&text) {
+                    Ok(ServerToDevice::ClientMsg(message)) => {
+                        let payload: Payload = match serde_json::from_str(message.payload.get()) {
+                            Ok(payload) => payload,
+                            Err(e) => {
+                                debug!(client_id = message.client_id, error = %e, "ignoring a payload of another layer");
+                                continue;
+                            }
+                        };
+                        let inbox = clients.entry(message.client_id).or_insert_with(|| {
+                            spawn_client(message.client_id, outgoing.clone(), cli.peer.clone(), ice_servers.clone())
+                        });
+                        let _ = inbox.send(payload);
+                    }
+                    Ok(ServerToDevice::ClientDisconnected(gone)) => {
+                        // Dropping its inbox ends the client's task, which
+                        // closes its peer connection.
+                        if clients.remove(&gone.client_id).is_some() {
+                            info!(client_id = gone.client_id, "client disconnected");
+                        }
+                    }
+                    Ok(ServerToDevice::Config(config)) => ice_servers = config.ice_servers,
+                    Ok(ServerToDevice::Error(e)) => warn!(error = %e.error, "the server reports an error"),
+                    Err(e) => warn!(error = %e, "undecodable message from the server"),
+                }
+            }
+            Some(frame) = to_send.recv() => {
+                socket.send(Message::text(frame)).await.map_err(lost)?;
+            }
+        }
+    }
+    // Dropping the inboxes closes every peer.
+    drop(clients);
+    Ok(Served::Registered)
+}
+
+async fn next_message(socket: &mut Socket) -> Result<Option<String>, ConnectError> {
+    peer::signaling::next_text(socket).await.map_err(lost)
+}
+
+fn spawn_client(
+    client_id: u64,
+    outgoing: mpsc::UnboundedSender<String>,
+    settings: PeerSettings,
+    ice_servers: Vec<IceServer>,
+) -> mpsc::UnboundedSender<Payload> {
+    let (inbox, payloads) = mpsc::unbounded_channel();
+    info!(client_id, "new client");
+    let task = async move {
+        if let Err(e) = serve_client(client_id, payloads, &outgoing, &settings, ice_servers).await {
+            warn!(error = %format!("{e:#}"), "client session failed");
+            send(
+                &outgoing,
+                client_id,
+                &Payload::Error {
+                    error: format!("{e:#}"),
+                },
+            );
+        }
+    };
+    tokio::spawn(task.instrument(info_span!("client", client_id)));
+    inbox
+}
+
+/// Sends `payload` to client `client_id`.
+fn send(outgoing: &mpsc::UnboundedSender<String>, client_id: u64, payload: &Payload) {
+    let text = payload.to_json();
+    let Ok(raw) = RawValue::from_string(text) else {
+        return;
+    };
+    let forward = DeviceToServer::Forward(DeviceForward {
+        client_id,
+        payload: &raw,
+    });
+    let _ = outgoing.send(forward.encode());
+}
+
+/// One client's peer, for as long as the client stays.
+async fn serve_client(
+    client_id: u64,
+    mut payloads: mpsc::UnboundedReceiver<Payload>,
+    outgoing: &mpsc::UnboundedSender<String>,
+    settings: &PeerSettings,
+    default_ice_servers: Vec<IceServer>,
+) -> Result<()> {
+    let mut peer = None;
+    let mut events: Option<mpsc::UnboundedReceiver<PeerEvent>> = None;
+    // Candidates that came before the remote description.
+    let mut early_candidates: Vec<CandidateInit> = Vec::new();
+    let mut have_remote = false;
+    loop {
+        tokio::select! {
+            payload = payloads.recv() => {
+                let Some(payload) = payload else { break };
+                match payload {
+                    Payload::RequestOffer { ice_servers } => {
+                        if let Some(old) = peer.take() {
+                            close_peer(old).await;
+                        }
+                        let servers = if ice_servers.is_empty() { &default_ice_servers } else { &ice_servers };
+                        let (pc, receiver) = build_peer(settings, servers).await?;
+                        let channel = pc.create_data_channel("echo", None).await?;
+                        tokio::spawn(echo(channel).in_current_span());
+                        let offer = pc.create_offer(None).await?;
+                        pc.set_local_description(offer).await?;
+                        let sdp = pc.local_description().await.context("no local description")?.sdp;
+                        send(outgoing, client_id, &Payload::Offer { sdp });
+                        info!("offer sent");
+                        have_remote = false;
+                        early_candidates.clear();
+                        peer = Some(pc);
+                        events = Some(receiver);
+                    }
+                    Payload::Answer { sdp } => {
+                        let Some(pc) = &peer else {
+                            warn!("answer without an offer; ignored");
+                            continue;
+                        };
+                        pc.set_remote_description(RTCSessionDescription::answer(sdp)?).await?;
+                        have_remote = true;
+                        for candidate in early_candidates.drain(..) {
+                            pc.add_ice_candidate(to_rtc_candidate(candidate)).await?;
+                        }
+                        info!("answer applied");
+                    }
+                    Payload::Offer { sdp } => {
+                        // The client renegotiates (or offers first).
+                        if peer.is_none() {
+                            let (pc, receiver) = build_peer(settings, &default_ice_servers).await?;
+                            peer = Some(pc);
+                            events = Some(receiver);
+                        }
+                        let Some(pc) = &peer else { continue };
+                        pc.set_remote_description(RTCSessionDescription::offer(sdp)?).await?;
+                        have_remote = true;
+                        for candidate in early_candidates.drain(..) {
+                            pc.add_ice_candidate(to_rtc_candidate(candidate)).await?;
+                        }
+                        let answer = pc.create_answer(None).await?;
+                        pc.set_local_description(answer).await?;
+                        let sdp = pc.local_description().await.context("no local description")?.sdp;
+                        send(outgoing, client_id, &Payload::Answer { sdp });
+                        info!("answered the client's offer");
+                    }
+                    Payload::IceCandidate(candidate) => {
+                        if candidate.is_end_of_candidates() {
+                            continue;
+                        }
+                        let candidate = candidate.into_init();
+                        match &peer {
+                            Some(pc) if have_remote => pc.add_ice_candidate(to_rtc_candidate(candidate)).await?,
+                            _ => early_candidates.push(candidate),
+                        }
+                    }
+                    Payload::Error { error } => warn!(%error, "the client reports an error"),
+                }
+            }
+            Some(event) = next_event(&mut events) => match event {
+                PeerEvent::LocalCandidate(candidate) => {
+                    send(outgoing, client_id, &Payload::flat_candidate(candidate));
+                }
+                PeerEvent::ConnectionState(state) => info!(%state, "peer connection state"),
+                PeerEvent::IceConnectionState(state) => debug!(%state, "ICE connection state"),
+                PeerEvent::DataChannel(channel) => {
+                    tokio::spawn(echo(channel).in_current_span());
+                }
+            },
+        }
+    }
+    if let Some(pc) = peer {
+        close_peer(pc).await;
+    }
+    Ok(())
+}
+
+async fn next_event(events: &mut Option<mpsc::UnboundedReceiver<PeerEvent>>) -> Option<PeerEvent> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn close_peer(pc: impl PeerConnection) {
+    if let Err(e) = pc.close().await {
+        debug!(error = %e, "closing the peer connection");
+    }
+}
+
+/// Sends back every message the channel receives, text as text.
+async fn echo(channel: std::sync::Arc<dyn DataChannel>) {
+    let label = channel.label().await.unwrap_or_default();
+    while let Some(event) = channel.poll().await {
+        match event {
+            DataChannelEvent::OnOpen => info!(%label, "data channel open"),
+            DataChannelEvent::OnMessage(message) => {
+                let result = if message.is_string {
+                    match std::str::from_utf8(&message.data) {
+                        Ok(text) => channel.send_text(text).await,
+                        Err(_) => channel.send(message.data).await,
+                    }
+                } else {
+                    channel.send(message.data).await
+                };
+                if let Err(e) = result {
+                    warn!(%label, error = %e, "echo failed");
+                    break;
+                }
+            }
+            DataChannelEvent::OnClose => break,
+            _ => {}
+        }
+    }
+    debug!(%label, "data channel closed");
+}

@@ -34,6 +34,7 @@ pub use serde_json::value::RawValue;
 
 mod encode;
 mod error;
+pub mod payload;
 
 pub use error::DecodeError;
 

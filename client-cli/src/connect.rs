@@ -1,0 +1,321 @@
+//! `client-cli connect`: a full WebRTC handshake with a device through the
+//! server, reported as a timeline of its phases.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use futures_util::SinkExt;
+use peer::rtc_peer::{
+    PeerEvent, PeerSettings, RTCSessionDescription, build_peer, to_rtc_candidate,
+};
+use peer::signaling::{ConnectOptions, Socket};
+use protocol::payload::{CandidateInit, Payload};
+use protocol::{ClientForward, ClientToServer, Connect, RawValue, ServerToClient};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::peer_connection::{PeerConnection, RTCIceConnectionState, RTCPeerConnectionState};
+
+#[derive(Debug, clap::Args)]
+pub struct ConnectArgs {
+    /// The device to connect to.
+    device_id: String,
+
+    /// How many messages to send on the data channel, each checked for its
+    /// echo.
+    #[arg(long, default_value_t = 3)]
+    messages: u32,
+
+    /// Print one JSON object with the timeline instead of the human view.
+    #[arg(long)]
+    json: bool,
+
+    /// Give up after this long, saying which phase was not reached.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+
+    #[command(flatten)]
+    peer: PeerSettings,
+}
+
+/// The phases of a handshake, in the order they normally happen.
+const PHASES: [&str; 8] = [
+    "websocket open",
+    "config",
+    "device_info",
+    "offer received",
+    "answer sent",
+    "ICE connected",
+    "DTLS connected",
+    "data channel open",
+];
+
+/// What happened when, printed as it happens (or collected for --json).
+struct Timeline {
+    started: Instant,
+    json: bool,
+    reached: Vec<(&'static str, f64)>,
+    notes: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Timeline {
+    fn mark(&mut self, phase: &'static str, detail: &str) {
+        let ms = self.started.elapsed().as_secs_f64() * 1e3;
+        if self.reached.iter().any(|(p, _)| *p == phase) {
+            return;
+        }
+        self.reached.push((phase, ms));
+        if !self.json {
+            if detail.is_empty() {
+                println!("{ms:>9.1} ms  {phase}");
+            } else {
+                println!("{ms:>9.1} ms  {phase}  {detail}");
+            }
+        }
+    }
+
+    fn missing(&self) -> Vec<&'static str> {
+        PHASES
+            .iter()
+            .copied()
+            .filter(|p| !self.reached.iter().any(|(r, _)| r == p))
+            .collect()
+    }
+
+    fn report(&self, ok: bool, error: Option<&str>, rtts: &[f64]) {
+        if !self.json {
+            return;
+        }
+        let phases: serde_json::Map<String, serde_json::Value> = self
+            .reached
+            .iter()
+            .map(|(phase, ms)| ((*phase).to_owned(), json!(round(*ms))))
+            .collect();
+        let mut out = json!({
+            "ok": ok,
+            "phases_ms": phases,
+            "echo_rtt_ms": rtts.iter().map(|r| round(*r)).collect::<Vec<_>>(),
+        });
+        if let Some(error) = error {
+            out["error"] = json!(error);
+        }
+        for (key, value) in &self.notes {
+            out[key] = value.clone();
+        }
+        println!("{out}");
+    }
+}
+
+fn round(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}
+
+pub async fn run(options: &ConnectOptions, args: ConnectArgs) -> Result<()> {
+    let mut timeline = Timeline {
+        started: Instant::now(),
+        json: args.json,
+        reached: Vec::new(),
+        notes: serde_json::Map::new(),
+    };
+    let mut rtts = Vec::new();
+    let outcome = tokio::time::timeout(
+        args.timeout,
+        handshake(options, &args, &mut timeline, &mut rtts),
+    )
+    .await;
+    let result = match outcome {
+        Ok(result) => result,
+        Err(_) => Err(anyhow!(
+            "timed out after {} waiting for: {}",
+            humantime::format_duration(args.timeout),
+            timeline.missing().first().copied().unwrap_or("the echoes")
+        )),
+    };
+    match &result {
+        Ok(()) => timeline.report(true, None, &rtts),
+        Err(e) => timeline.report(false, Some(&format!("{e:#}")), &rtts),
+    }
+    result
+}
+
+async fn forward(socket: &mut Socket, payload: &Payload) -> Result<()> {
+    let raw = RawValue::from_string(payload.to_json())?;
+    let message = ClientToServer::Forward(ClientForward { payload: &raw });
+    socket.send(Message::text(message.encode())).await?;
+    Ok(())
+}
+
+/// The next message from the server; its error frames become errors.
+async fn next(socket: &mut Socket) -> Result<ServerMessage> {
+    let text = peer::signaling::next_text(socket)
+        .await?
+        .context("the server closed the connection")?;
+    let message = ServerToClient::decode(&text)
+        .map_err(|e| anyhow!("undecodable message from the server ({e}): {text}"))?;
+    Ok(match message {
+        ServerToClient::Config(config) => ServerMessage::Config(config.ice_servers),
+        ServerToClient::DeviceInfo(info) => {
+            ServerMessage::DeviceInfo(info.device_info.get().to_owned())
+        }
+        ServerToClient::DeviceMsg(msg) => ServerMessage::Payload(msg.payload.get().to_owned()),
+        ServerToClient::Error(e) => bail!("the server says: {}", e.error),
+    })
+}
+
+enum ServerMessage {
+    Config(Vec<protocol::IceServer>),
+    DeviceInfo(String),
+    Payload(String),
+}
+
+async fn handshake(
+    options: &ConnectOptions,
+    args: &ConnectArgs,
+    timeline: &mut Timeline,
+    rtts: &mut Vec<f64>,
+) -> Result<()> {
+    let mut socket = options.connect(protocol::CONNECT_CLIENT_PATH).await?;
+    timeline.mark(
+        "websocket open",
+        &options.endpoint_url(protocol::CONNECT_CLIENT_PATH)?,
+    );
+    let connect = ClientToServer::Connect(Connect {
+        device_id: args.device_id.as_str().into(),
+    });
+    socket.send(Message::text(connect.encode())).await?;
+
+    let ServerMessage::Config(ice_servers) = next(&mut socket).await? else {
+        bail!("the server did not send config first");
+    };
+    timeline.mark("config", &format!("{} ICE server(s)", ice_servers.len()));
+    let ServerMessage::DeviceInfo(info) = next(&mut socket).await? else {
+        bail!("the server did not send device_info after config");
+    };
+    timeline.mark("device_info", &info.chars().take(100).collect::<String>());
+    if let Ok(value) = serde_json::from_str::<serde_json::Value>(&info) {
+        timeline.notes.insert("device_info".into(), value);
+    }
+
+    let (pc, mut events) = build_peer(&args.peer, &ice_servers).await?;
+    forward(
+        &mut socket,
+        &Payload::RequestOffer {
+            ice_servers: ice_servers.clone(),
+        },
+    )
+    .await?;
+
+    let mut early_candidates: Vec<CandidateInit> = Vec::new();
+    let mut have_remote = false;
+    let mut channel: Option<Arc<dyn DataChannel>> = None;
+    let mut channel_open = false;
+    while !channel_open {
+        tokio::select! {
+            message = next(&mut socket) => {
+                let ServerMessage::Payload(text) = message? else { continue };
+                let payload: Payload = match serde_json::from_str(&text) {
+                    Ok(payload) => payload,
+                    Err(_) => continue,
+                };
+                match payload {
+                    Payload::Offer { sdp } => {
+                        timeline.mark("offer received", &format!("{} bytes of SDP", sdp.len()));
+                        pc.set_remote_description(RTCSessionDescription::offer(sdp)?).await?;
+                        have_remote = true;
+                        for candidate in early_candidates.drain(..) {
+                            pc.add_ice_candidate(to_rtc_candidate(candidate)).await?;
+                        }
+                        let answer = pc.create_answer(None).await?;
+                        pc.set_local_description(answer).await?;
+                        let sdp = pc.local_description().await.context("no local description")?.sdp;
+                        forward(&mut socket, &Payload::Answer { sdp }).await?;
+                        timeline.mark("answer sent", "");
+                    }
+                    Payload::IceCandidate(candidate) if !candidate.is_end_of_candidates() => {
+                        let candidate = candidate.into_init();
+                        if have_remote {
+                            pc.add_ice_candidate(to_rtc_candidate(candidate)).await?;
+                        } else {
+                            early_candidates.push(candidate);
+                        }
+                    }
+                    Payload::Error { error } => bail!("the device says: {error}"),
+                    _ => {}
+                }
+            }
+            event = events.recv() => match event.context("the peer connection stopped reporting")? {
+                // Sent nested, as a browser's RTCIceCandidate.toJSON() gives it.
+                PeerEvent::LocalCandidate(candidate) => {
+                    forward(&mut socket, &Payload::nested_candidate(candidate)).await?;
+                }
+                PeerEvent::IceConnectionState(RTCIceConnectionState::Connected) => {
+                    timeline.mark("ICE connected", "");
+                }
+                PeerEvent::IceConnectionState(RTCIceConnectionState::Failed) => {
+                    bail!("ICE failed: no candidate pair works");
+                }
+                PeerEvent::ConnectionState(RTCPeerConnectionState::Connected) => {
+                    timeline.mark("DTLS connected", "");
+                }
+                PeerEvent::ConnectionState(RTCPeerConnectionState::Failed) => {
+                    bail!("the peer connection failed");
+                }
+                PeerEvent::DataChannel(dc) => channel = Some(dc),
+                _ => {}
+            },
+            event = channel_event(&channel) => match event {
+                Some(DataChannelEvent::OnOpen) => {
+                    let label = match &channel {
+                        Some(dc) => dc.label().await.unwrap_or_default(),
+                        None => String::new(),
+                    };
+                    timeline.mark("data channel open", &format!("label {label:?}"));
+                    channel_open = true;
+                }
+                Some(DataChannelEvent::OnClose) | None => bail!("the data channel closed before opening"),
+                _ => {}
+            },
+        }
+    }
+    let channel = channel.context("no data channel")?;
+
+    for n in 0..args.messages {
+        let text = format!("echo {n} from client-cli {}", std::process::id());
+        let sent = Instant::now();
+        channel.send_text(&text).await?;
+        loop {
+            match channel.poll().await {
+                Some(DataChannelEvent::OnMessage(message)) => {
+                    let echoed = String::from_utf8_lossy(&message.data);
+                    if echoed != text {
+                        bail!("echo {n} came back different: sent {text:?}, got {echoed:?}");
+                    }
+                    let rtt = sent.elapsed().as_secs_f64() * 1e3;
+                    rtts.push(rtt);
+                    if !timeline.json {
+                        println!(
+                            "{:>9.1} ms  echo {n} round trip {rtt:.2} ms",
+                            timeline.started.elapsed().as_secs_f64() * 1e3
+                        );
+                    }
+                    break;
+                }
+                Some(DataChannelEvent::OnClose) | None => {
+                    bail!("the data channel closed waiting for echo {n}")
+                }
+                _ => {}
+            }
+        }
+    }
+    let _ = pc.close().await;
+    let _ = socket.close(None).await;
+    Ok(())
+}
+
+async fn channel_event(channel: &Option<Arc<dyn DataChannel>>) -> Option<DataChannelEvent> {
+    match channel {
+        Some(channel) => channel.poll().await,
+        None => std::future::pending().await,
+    }
+}

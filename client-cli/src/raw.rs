@@ -1,0 +1,77 @@
+//! `client-cli raw`: a line console on a signaling websocket.
+
+use anyhow::Result;
+use futures_util::{SinkExt, StreamExt};
+use peer::signaling::ConnectOptions;
+use protocol::{ClientToServer, Connect, DeviceToServer, Register};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Role {
+    /// Open /register_device; with an id, send the register for you.
+    Device { device_id: Option<String> },
+    /// Open /connect_client; with an id, send the connect for you.
+    Client { device_id: Option<String> },
+}
+
+pub async fn run(options: &ConnectOptions, role: Role) -> Result<()> {
+    let (path, first) = match &role {
+        Role::Device { device_id } => (
+            protocol::REGISTER_DEVICE_PATH,
+            device_id.as_ref().map(|id| {
+                DeviceToServer::Register(Register {
+                    device_id: id.as_str().into(),
+                    device_info: None,
+                })
+                .encode()
+            }),
+        ),
+        Role::Client { device_id } => (
+            protocol::CONNECT_CLIENT_PATH,
+            device_id.as_ref().map(|id| {
+                ClientToServer::Connect(Connect {
+                    device_id: id.as_str().into(),
+                })
+                .encode()
+            }),
+        ),
+    };
+    let mut socket = options.connect(path).await?;
+    eprintln!(
+        "connected to {}; each line you type is sent as one frame",
+        options.endpoint_url(path)?
+    );
+    if let Some(first) = first {
+        println!("> {first}");
+        socket.send(Message::text(first)).await?;
+    }
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            line = lines.next_line(), if stdin_open => match line? {
+                Some(line) if line.trim().is_empty() => {}
+                Some(line) => socket.send(Message::text(line)).await?,
+                None => {
+                    // End of input: close politely and print what is left.
+                    stdin_open = false;
+                    socket.close(None).await?;
+                }
+            },
+            message = socket.next() => match message {
+                Some(Ok(Message::Text(text))) => println!("{text}"),
+                Some(Ok(Message::Close(frame))) => {
+                    match frame {
+                        Some(frame) => eprintln!("closed by the server: {} {}", u16::from(frame.code), frame.reason),
+                        None => eprintln!("closed"),
+                    }
+                    return Ok(());
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => return Ok(()),
+            },
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! Connecting to a signaling server: the URL, TLS, the token, and errors
+//! that say what to do about them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use futures_util::{SinkExt, StreamExt};
+use protocol::{ClientToServer, DeviceToServer};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::either::Either;
+
+/// A connection to the server, plain or TLS.
+pub type Stream = Either<TcpStream, TlsStream<TcpStream>>;
+/// A websocket to the server.
+pub type Socket = WebSocketStream<Stream>;
+
+/// Why a connection to the server failed, and whether trying again later
+/// can help (a server that is down may come back; a refused token will not
+/// change).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ConnectError {
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl ConnectError {
+    fn retry(error: anyhow::Error) -> Self {
+        Self {
+            message: format!("{error:#}"),
+            retryable: true,
+        }
+    }
+
+    fn fatal(error: anyhow::Error) -> Self {
+        Self {
+            message: format!("{error:#}"),
+            retryable: false,
+        }
+    }
+}
+
+/// How to reach the server; the flags both tools share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectOptions {
+    /// The server's base URL: ws://HOST:PORT or wss://HOST:PORT (http:// and
+    /// https:// are taken to mean the same).
+    #[arg(long, env = "SIGNALING_SERVER", default_value = "ws://127.0.0.1:8443")]
+    pub server: String,
+
+    /// Token to present (as Authorization: Bearer).
+    #[arg(long, env = "SIGNALING_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Trust the server certificate(s) in this PEM file (for a self-signed
+    /// server) instead of the public roots.
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Do not check the server's certificate at all (development only).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// The parts of the server URL.
+#[derive(Debug, Clone)]
+struct Target {
+    tls: bool,
+    host: String,
+    port: u16,
+    /// Path prefix under which the server's endpoints live (usually empty).
+    base_path: String,
+}
+
+impl ConnectOptions {
+    fn target(&self) -> Result<Target> {
+        let uri: Uri = self
+            .server
+            .parse()
+            .with_context(|| format!("--server {:?} is not a URL", self.server))?;
+        let tls = match uri.scheme_str() {
+            Some("ws" | "http") => false,
+            Some("wss" | "https") => true,
+            Some(other) => bail!(
+                "--server {:?}: unsupported scheme {other:?}; use ws://HOST:PORT or wss://HOST:PORT",
+                self.server
+            ),
+            None => bail!(
+                "--server {:?} has no scheme; use ws://HOST:PORT or wss://HOST:PORT",
+                self.server
+            ),
+        };
+        let host = uri
+            .host()
+            .with_context(|| format!("--server {:?} names no host", self.server))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        Ok(Target {
+            tls,
+            host,
+            port,
+            base_path,
+        })
+    }
+
+    /// The websocket URL of an endpoint such as `/register_device`.
+    pub fn endpoint_url(&self, path: &str) -> Result<String> {
+        let target = self.target()?;
+        let scheme = if target.tls { "wss" } else { "ws" };
+        Ok(format!(
+            "{scheme}://{}{}{path}",
+            authority(&target),
+            target.base_path
+        ))
+    }
+
+    fn tls_connector(&self) -> Result<TlsConnector> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let config = if self.insecure {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+                .with_no_client_auth()
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            match &self.ca_cert {
+                Some(path) => {
+                    let pem = std::fs::read(path)
+                        .with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
+                    let mut found = 0;
+                    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                        let cert = cert
+                            .with_context(|| format!("--ca-cert {} is not PEM", path.display()))?;
+                        roots.add(cert).with_context(|| {
+                            format!("--ca-cert {} holds an unusable certificate", path.display())
+                        })?;
+                        found += 1;
+                    }
+                    if found == 0 {
+                        bail!("--ca-cert {} holds no PEM certificate", path.display());
+                    }
+                }
+                None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        };
+        Ok(TlsConnector::from(Arc::new(config)))
+    }
+
+    /// Opens a TCP (and, for wss, TLS) connection to the server.
+    async fn open_stream(&self) -> Result<(Stream, Target), ConnectError> {
+        let target = self.target().map_err(ConnectError::fatal)?;
+        let address = authority(&target);
+        let tcp = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| {
+                ConnectError::retry(if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    anyhow!("cannot connect to {address}: connection refused (is the server running, on this port?)")
+                } else {
+                    anyhow!("cannot connect to {address}: {e}")
+                })
+            })?;
+        // Signaling messages are small and latency-bound.
+        let _ = tcp.set_nodelay(true);
+        if !target.tls {
+            return Ok((Either::Left(tcp), target));
+        }
+        let name = ServerName::try_from(target.host.clone()).map_err(|_| {
+            ConnectError::fatal(anyhow!("{:?} is not a valid TLS server name", target.host))
+        })?;
+        let connector = self.tls_connector().map_err(ConnectError::fatal)?;
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| tls_error(&e, &address))?;
+        Ok((Either::Right(tls), target))
+    }
+
+    /// Opens a websocket to `path` (`/register_device` or `/connect_client`).
+    pub async fn connect(&self, path: &str) -> Result<Socket, ConnectError> {
+        let url = self.endpoint_url(path).map_err(ConnectError::fatal)?;
+        let (stream, target) = self.open_stream().await?;
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ConnectError::fatal(e.into()))?;
+        if let Some(token) = &self.token {
+            let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                ConnectError::fatal(anyhow!("the token has characters a header cannot carry"))
+            })?;
+            request.headers_mut().insert("Authorization", value);
+        }
+        match tokio_tungstenite::client_async(request, stream).await {
+            Ok((socket, _)) => Ok(socket),
+            Err(e) => Err(self.handshake_error(e, &target, &url)),
+        }
+    }
+
+    fn handshake_error(&self, error: WsError, target: &Target, url: &str) -> ConnectError {
+        match error {
+            WsError::Http(response) => {
+                let status = response.status();
+                let body = response
+                    .body()
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+                    .and_then(|v| v["error"].as_str().map(str::to_owned));
+                let said = body.map(|b| format!(": {b}")).unwrap_or_default();
+                match status.as_u16() {
+                    401 if self.token.is_none() => ConnectError::fatal(anyhow!(
+                        "the server requires a token (HTTP 401{said}); pass --token"
+                    )),
+                    401 => ConnectError::fatal(anyhow!(
+                        "the server refused the token (HTTP 401{said})"
+                    )),
+                    404 => ConnectError::fatal(anyhow!(
+                        "{url}: HTTP 404{said} (is --server the signaling server's base URL?)"
+                    )),
+                    _ => ConnectError::retry(anyhow!(
+                        "the server refused the websocket: HTTP {status}{said}"
+                    )),
+                }
+            }
+            WsError::Protocol(_) | WsError::HttpFormat(_) if !target.tls => {
+                ConnectError::fatal(anyhow!(
+                    "{url}: the server did not answer as a websocket server; if it serves TLS, use wss://"
+                ))
+            }
+            other => ConnectError::retry(anyhow!("websocket handshake with {url} failed: {other}")),
+        }
+    }
+
+    /// A plain HTTP GET of `path`, for `/devices` and friends.
+    pub async fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        let (mut stream, target) = self.open_stream().await?;
+        let mut request = format!(
+            "GET {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            target.base_path,
+            authority(&target)
+        );
+        if let Some(token) = &self.token {
+            request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        let text = String::from_utf8_lossy(&raw);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            bail!(
+                "the server at {} did not answer HTTP; if it serves TLS, use wss://",
+                authority(&target)
+            );
+        };
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("the server's answer has no HTTP status")?;
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)?
+        } else {
+            body.to_owned()
+        };
+        Ok((status, body))
+    }
+}
+
+fn authority(target: &Target) -> String {
+    if target.host.contains(':') {
+        format!("[{}]:{}", target.host, target.port)
+    } else {
+        format!("{}:{}", target.host, target.port)
+    }
+}
+
+fn dechunk(mut body: &str) -> Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").context("bad chunked body")?;
+        let size = usize::from_str_radix(size.trim(), 16).context("bad chunk size")?;
+        if size == 0 || rest.len() < size {
+            return Ok(out);
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+}
+
+fn tls_error(error: &std::io::Error, address: &str) -> ConnectError {
+    if let Some(inner) = error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        return match inner {
+            rustls::Error::InvalidCertificate(why) => ConnectError::fatal(anyhow!(
+                "the certificate of {address} is not trusted ({why:?}); pass --ca-cert FILE with \
+                 the server's certificate, or --insecure for development"
+            )),
+            rustls::Error::InvalidMessage(_) => ConnectError::fatal(anyhow!(
+                "TLS with {address} failed ({inner}); if the server serves plain ws://, use ws://"
+            )),
+            other => ConnectError::retry(anyhow!("TLS with {address} failed: {other}")),
+        };
+    }
+    ConnectError::retry(anyhow!("TLS with {address} failed: {error}"))
+}
+
+/// `--insecure`: accepts any certificate, still checking the handshake
+/// signatures so the connection itself is sound.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Sends a device's message.
+pub async fn send_device(socket: &mut Socket, message: &DeviceToServer<'_>) -> Result<()> {
+    socket.send(Message::text(message.encode())).await?;
+    Ok(())
+}
+
+/// Sends a client's message.
+pub async fn send_client(socket: &mut Socket, message: &ClientToServer<'_>) -> Result<()> {
+    socket.send(Message::text(message.encode())).await?;
+    Ok(())
+}
+
+/// The next text frame, skipping pings; `None` when the server closed.
+/// A close frame from the server becomes an error naming its code and
+/// reason.
+pub async fn next_text(socket: &mut Socket) -> Result<Option<String>> {
+    while let Some(message) = socket.next().await {
+        match message? {
+            Message::Text(text) => return Ok(Some(text.to_string())),
+            Message::Close(Some(frame)) => {
+                bail!(
+                    "the server closed the connection ({}): {}",
+                    u16::from(frame.code),
+                    frame.reason
+                )
+            }
+            Message::Close(None) => return Ok(None),
+            _ => {}
+        }
+    }
+    Ok(None)
+}
