@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use futures_util::SinkExt;
 use peer::rtc_peer::{
-    PeerEvent, PeerSettings, RTCSessionDescription, build_peer, to_rtc_candidate,
+    PeerEvent, PeerSettings, RTCSessionDescription, build_peer, nudge_until_open, to_rtc_candidate,
 };
 use peer::signaling::{ConnectError, ConnectOptions, Socket};
 use protocol::payload::{CandidateInit, Payload};
@@ -27,6 +27,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::{Instrument, debug, info, info_span, warn};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::PeerConnection;
+
+/// How long a new peer's driver is nudged while its data channel opens.
+const NUDGE_LIMIT: Duration = Duration::from_secs(10);
 
 /// A device for testing signaling servers and WebRTC clients.
 #[derive(Debug, Parser)]
@@ -58,8 +61,9 @@ struct Cli {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,webrtc=warn,rtc=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(peer::QUIET_WEBRTC_LOGS.replace("{default}", "info"))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -285,6 +289,7 @@ async fn serve_client(
                         let servers = if ice_servers.is_empty() { &default_ice_servers } else { &ice_servers };
                         let (pc, receiver) = build_peer(settings, servers).await?;
                         let channel = pc.create_data_channel("echo", None).await?;
+                        tokio::spawn(nudge_until_open(channel.clone(), NUDGE_LIMIT));
                         tokio::spawn(echo(channel).in_current_span());
                         let offer = pc.create_offer(None).await?;
                         pc.set_local_description(offer).await?;

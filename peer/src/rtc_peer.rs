@@ -15,8 +15,9 @@ use anyhow::{Context as _, Result};
 use protocol::IceServer;
 use protocol::payload::CandidateInit;
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::peer_connection::transport::RTCDtlsRole;
 use tokio::sync::mpsc;
-use webrtc::data_channel::DataChannel;
+use webrtc::data_channel::{DataChannel, RTCDataChannelState};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
     RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceConnectionState, RTCIceServer,
@@ -47,10 +48,26 @@ pub struct PeerSettings {
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub prflx_wait_ms: u64,
 
-    /// Interval between ICE connectivity checks (the crate's default is
-    /// 200 ms).
-    #[arg(long, value_name = "MS", default_value_t = 200)]
+    /// Interval between ICE connectivity checks. The offerer nominates a
+    /// pair on its next check, so this bounds the step from ICE to DTLS;
+    /// the crate's default is 200 ms. A candidate is still given up after
+    /// the crate's 1.4 s (the number of checks scales to match).
+    #[arg(long, value_name = "MS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1400))]
     pub ice_check_interval_ms: u64,
+
+    /// The DTLS role this peer takes when it answers an offer. `server`
+    /// leaves the offerer (the device) to start DTLS and SCTP, which lets it
+    /// speed up the handshake (see `nudge_until_open`); `client` is the
+    /// crate's (and browsers') default.
+    #[arg(long, value_enum, default_value_t = AnswerDtlsRole::Server)]
+    pub answer_dtls_role: AnswerDtlsRole,
+}
+
+/// The DTLS role of an answering peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AnswerDtlsRole {
+    Client,
+    Server,
 }
 
 /// What a peer connection reports, in order.
@@ -113,6 +130,15 @@ pub fn to_rtc_candidate(init: CandidateInit) -> RTCIceCandidateInit {
     }
 }
 
+/// How long the crate tries one candidate pair by default: 7 checks, 200 ms
+/// apart.
+const CANDIDATE_PATIENCE_MS: u64 = 1400;
+
+/// Checks per candidate pair at `interval_ms`, keeping the crate's patience.
+fn binding_requests(interval_ms: u64) -> u16 {
+    u16::try_from((CANDIDATE_PATIENCE_MS / interval_ms.max(1)).max(1)).unwrap_or(u16::MAX)
+}
+
 /// A new peer connection with `ice_servers`, reporting on the returned
 /// channel.
 pub async fn build_peer(
@@ -135,8 +161,12 @@ pub async fn build_peer(
         .with_prflx_acceptance_min_wait(Some(Duration::from_millis(settings.prflx_wait_ms)))
         .with_ice_connection_attempts(
             Some(Duration::from_millis(settings.ice_check_interval_ms)),
-            None,
+            Some(binding_requests(settings.ice_check_interval_ms)),
         )
+        .with_answering_dtls_role(match settings.answer_dtls_role {
+            AnswerDtlsRole::Client => RTCDtlsRole::Client,
+            AnswerDtlsRole::Server => RTCDtlsRole::Server,
+        })
         .build();
     let configuration = RTCConfigurationBuilder::new()
         .with_ice_servers(
@@ -164,4 +194,38 @@ pub async fn build_peer(
         .await
         .context("cannot create a WebRTC peer connection")?;
     Ok((peer, receiver))
+}
+
+/// How often [`nudge_until_open`] wakes the peer's driver.
+pub const NUDGE_INTERVAL: Duration = Duration::from_millis(2);
+
+/// Wakes the peer connection's driver every [`NUDGE_INTERVAL`] until
+/// `channel` opens (or `limit` passes).
+///
+/// Why: the crate's driver flushes outgoing packets at the top of its loop,
+/// before it processes the core's events, and some handshake steps queue
+/// packets while their events are processed (the SCTP INIT once DTLS
+/// completes, the data channel OPEN once SCTP is up). Those packets then
+/// wait for the driver's next timer, about 200 ms each. Any call that wakes
+/// the driver flushes them; re-setting a data channel threshold to its own
+/// value is one that changes nothing.
+pub async fn nudge_until_open(channel: Arc<dyn DataChannel>, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        match channel.ready_state().await {
+            Ok(RTCDataChannelState::Connecting) => {}
+            _ => return,
+        }
+        let Ok(threshold) = channel.buffered_amount_low_threshold().await else {
+            return;
+        };
+        if channel
+            .set_buffered_amount_low_threshold(threshold)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tokio::time::sleep(NUDGE_INTERVAL).await;
+    }
 }
