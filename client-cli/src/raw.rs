@@ -4,7 +4,7 @@ use anyhow::Result;
 use futures_util::{SinkExt, StreamExt};
 use peer::signaling::ConnectOptions;
 use protocol::{ClientToServer, Connect, DeviceToServer, Register};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Debug, clap::Subcommand)]
@@ -46,11 +46,11 @@ pub async fn run(options: &ConnectOptions, role: Role) -> Result<()> {
         println!("> {first}");
         socket.send(Message::text(first)).await?;
     }
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut lines = stdin_lines();
     let mut stdin_open = true;
     loop {
         tokio::select! {
-            line = lines.next_line(), if stdin_open => match line? {
+            line = lines.recv(), if stdin_open => match line {
                 Some(line) if line.trim().is_empty() => {}
                 Some(line) => socket.send(Message::text(line)).await?,
                 None => {
@@ -74,4 +74,20 @@ pub async fn run(options: &ConnectOptions, role: Role) -> Result<()> {
             },
         }
     }
+}
+
+/// Standard input, line by line. Read on a plain thread rather than with
+/// tokio's stdin, whose blocking read would keep the runtime (and so the
+/// process) alive after the server has closed the connection.
+fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
 }

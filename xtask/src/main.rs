@@ -1,15 +1,14 @@
 //! `cargo xtask <task>`: project chores, run with cargo alone.
 //!
-//! - `e2e`: builds the server, starts it on a free loopback port, and runs
-//!   the whole signaling flow against the real binary: a device registers,
-//!   a client connects, they exchange a Cuttlefish-style offer, answer and
-//!   ICE candidates, the client leaves and the device is told, the device
-//!   leaves, and SIGTERM stops the server cleanly. Every process it starts
-//!   it stops, also on failure.
+//! - `e2e`: builds the binaries and runs the whole flow against them: the
+//!   signaling relay itself, then six WebRTC scenarios (see `e2e.rs`).
+//! - `bench-handshake`: release build; times `client-cli connect` to a fake
+//!   device 20 times and writes the figures into BENCHMARKS.md.
+//!
+//! Every process a task starts, it stops, also on failure.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -19,13 +18,18 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+mod bench;
+mod e2e;
+mod process;
+
 fn main() -> ExitCode {
     let task = std::env::args().nth(1);
     let result = match task.as_deref() {
-        Some("e2e") => e2e(),
+        Some("e2e") => run_e2e(),
+        Some("bench-handshake") => bench::handshake(&workspace_root()),
         _ => {
             eprintln!(
-                "usage: cargo xtask e2e\n\n  e2e   build the server and run the whole signaling flow against it"
+                "usage: cargo xtask <task>\n\n  e2e               build, then run the whole flow end to end\n  bench-handshake   time the WebRTC handshake through the server (release build)"
             );
             return ExitCode::from(2);
         }
@@ -33,7 +37,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("e2e: FAILED: {e:#}");
+            eprintln!("xtask: FAILED: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -46,74 +50,42 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+fn target_dir(root: &std::path::Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
 }
 
-/// A child process that is killed and reaped when dropped.
-struct Process {
-    child: Child,
-    name: &'static str,
+/// The tools of one build profile, with a fresh log folder.
+fn tools(root: &std::path::Path, profile: &str, logs: &str) -> Result<e2e::Tools> {
+    let target = target_dir(root);
+    let log_dir = target.join(logs);
+    let _ = std::fs::remove_dir_all(&log_dir);
+    std::fs::create_dir_all(&log_dir)?;
+    Ok(e2e::Tools {
+        bin_dir: target.join(profile),
+        log_dir,
+    })
 }
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-fn e2e() -> Result<()> {
+fn run_e2e() -> Result<()> {
     let root = workspace_root();
     let started = Instant::now();
-    let status = cargo()
-        .current_dir(&root)
-        .args([
-            "build",
-            "--quiet",
-            "--package",
-            "signaling-server",
-            "--bin",
-            "signaling-server",
-        ])
-        .status()
-        .context("run cargo build")?;
-    ensure!(status.success(), "cargo build failed");
-    step("build", started);
+    e2e::build(&root, false)?;
+    println!(
+        "e2e: build {:>8.0} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let tools = tools(&root, "debug", "e2e-logs")?;
+    println!("e2e: logs in {}", tools.log_dir.display());
 
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let binary = target.join("debug").join("signaling-server");
     let started = Instant::now();
-    let mut child = Command::new(&binary)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--stun-server",
-            "stun:127.0.0.1:3478",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("start {}", binary.display()))?;
-    let stdout = child.stdout.take().context("server stdout")?;
-    let mut server = Process {
-        child,
-        name: "signaling-server",
-    };
-    let address = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|line| {
-            let rest = line.strip_prefix("signaling server on ws://")?;
-            Some(rest.split_whitespace().next()?.to_owned())
-        })
-        .context("the server did not print its address")?;
-    step(&format!("server listening on {address}"), started);
-
+    let server = tools.server("0-relay", &["--stun-server", "stun:127.0.0.1:3478"])?;
+    let address = server
+        .url
+        .strip_prefix("ws://")
+        .context("a plain server")?
+        .to_owned();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -121,38 +93,42 @@ fn e2e() -> Result<()> {
         .block_on(async {
             tokio::time::timeout(Duration::from_secs(30), signaling_flow(&address)).await
         })
-        .context("the flow took longer than 30 s")??;
-
-    let started = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .context("send SIGTERM")?;
-    ensure!(status.success(), "kill -TERM failed");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let exit = loop {
-        if let Some(exit) = server.child.try_wait()? {
-            break exit;
-        }
-        if Instant::now() > deadline {
-            bail!("{} did not exit within 15 s of SIGTERM", server.name);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    ensure!(
-        exit.success(),
-        "the server exited with {exit} after SIGTERM"
+        .context("the relay flow took longer than 30 s")??;
+    drop(server);
+    println!(
+        "e2e: 0. {:<44} ok {:>8.0} ms  offer, candidate, answer relayed verbatim",
+        "signaling relay, no WebRTC",
+        started.elapsed().as_secs_f64() * 1e3
     );
-    step("SIGTERM: server exited 0", started);
+
+    e2e::run_scenarios(&tools)?;
     println!("e2e: ok");
     Ok(())
 }
 
-fn step(what: &str, started: Instant) {
-    println!(
-        "e2e: {what:<58} {:>8.1} ms",
-        started.elapsed().as_secs_f64() * 1e3
-    );
+/// "N cores, MODEL" from /proc/cpuinfo, for benchmark reports.
+fn machine_description() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    format!("{cores} cores, {model}")
+}
+
+/// Replaces the text between `start` and `end` (markers included) in
+/// `path` with `section`, or appends it.
+fn replace_section(path: &std::path::Path, start: &str, end: &str, section: &str) -> Result<()> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let updated = match (text.find(start), text.find(end)) {
+        (Some(from), Some(to)) if to > from => {
+            format!("{}{section}{}", &text[..from], &text[to + end.len()..])
+        }
+        _ => format!("{}\n{section}\n", text.trim_end()),
+    };
+    std::fs::write(path, updated).with_context(|| format!("write {}", path.display()))
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -192,7 +168,6 @@ async fn connect(url: &str) -> Result<Socket> {
 
 /// The signaling flow of a Cuttlefish device and a browser-like client.
 async fn signaling_flow(address: &str) -> Result<()> {
-    let started = Instant::now();
     let mut device = connect(&format!("ws://{address}/register_device")).await?;
     let device_info = json!({"displays": [{"x_res": 720, "y_res": 1280, "dpi": 320}]});
     send(
@@ -205,9 +180,6 @@ async fn signaling_flow(address: &str) -> Result<()> {
         config["ice_servers"] == json!([{"urls": ["stun:127.0.0.1:3478"]}]),
         "device config: {config}"
     );
-    step("device registered, got config", started);
-
-    let started = Instant::now();
     let mut client = connect(&format!("ws://{address}/connect_client")).await?;
     send(
         &mut client,
@@ -217,9 +189,6 @@ async fn signaling_flow(address: &str) -> Result<()> {
     let config = expect_type(&mut client, "config").await?;
     let info = expect_type(&mut client, "device_info").await?;
     ensure!(info["device_info"] == device_info, "device_info: {info}");
-    step("client connected, got config and device_info", started);
-
-    let started = Instant::now();
     send(
         &mut client,
         json!({"message_type": "forward", "payload": {"type": "request-offer", "ice_servers": config["ice_servers"]}}),
@@ -260,17 +229,10 @@ async fn signaling_flow(address: &str) -> Result<()> {
         expect_type(&mut device, "client_msg").await?["payload"] == answer,
         "answer mangled"
     );
-    step("offer, candidate and answer relayed verbatim", started);
-
-    let started = Instant::now();
     client.close(None).await?;
     let left = expect_type(&mut device, "client_disconnected").await?;
     ensure!(left["client_id"] == client_id, "{left}");
-    step("client left, device told", started);
-
-    let started = Instant::now();
     device.close(None).await?;
     while let Some(Ok(_)) = device.next().await {}
-    step("device left", started);
     Ok(())
 }

@@ -1,0 +1,443 @@
+//! `cargo xtask e2e`: the whole flow against the real binaries.
+//!
+//! Starts the server on a free loopback port, fake devices and client-cli,
+//! and checks each scenario end to end: the signaling relay itself, then a
+//! real WebRTC handshake over plain ws, over wss with a self-signed
+//! certificate, with tokens, with five clients on one device, in the
+//! alternative flow, and across a device restart.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+
+use crate::process::{Process, read_stdout_until};
+
+/// Where the binaries are and where logs go.
+pub struct Tools {
+    pub bin_dir: PathBuf,
+    pub log_dir: PathBuf,
+}
+
+/// A running server and the URL its tools use.
+pub struct Server {
+    pub process: Process,
+    pub url: String,
+    /// Flags every tool needs to reach it (`--ca-cert`, `--token`, ...).
+    pub tool_flags: Vec<String>,
+}
+
+/// The eight phases `client-cli connect` reports on success.
+const PHASES: [&str; 8] = [
+    "websocket open",
+    "config",
+    "device_info",
+    "offer received",
+    "answer sent",
+    "ICE connected",
+    "DTLS connected",
+    "data channel open",
+];
+
+impl Tools {
+    fn command(&self, binary: &str) -> Command {
+        let mut command = Command::new(self.bin_dir.join(binary));
+        command.env("RUST_LOG", "info");
+        command
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.log_dir.join(format!("{name}.log"))
+    }
+
+    /// Starts the server with `args` on 127.0.0.1:0.
+    pub fn server(&self, name: &str, args: &[&str]) -> Result<Server> {
+        let mut command = self.command("signaling-server");
+        command
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let mut process = Process::start(
+            command,
+            &format!("{name}-server"),
+            &self.log(&format!("{name}-server")),
+        )?;
+        let line = read_stdout_until(&mut process, "signaling server on ")?;
+        let url = line
+            .split_whitespace()
+            .next()
+            .context("no URL in the server's banner")?
+            .to_owned();
+        Ok(Server {
+            process,
+            url,
+            tool_flags: Vec::new(),
+        })
+    }
+
+    /// Starts a fake device and waits until the server lists it.
+    pub fn fake_device(&self, name: &str, server: &Server, device_id: &str) -> Result<Process> {
+        let mut command = self.command("fake-device");
+        command
+            .args(["--server", &server.url])
+            .args(&server.tool_flags)
+            .args(["--device-id", device_id])
+            .args([
+                "--device-info",
+                &format!(r#"{{"e2e":"{name}","displays":[{{"x_res":640,"y_res":360}}]}}"#),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let process = Process::start(
+            command,
+            &format!("{name}-fake-device"),
+            &self.log(&format!("{name}-fake-device")),
+        )?;
+        self.wait_listed(server, device_id, &process)?;
+        Ok(process)
+    }
+
+    /// Polls `client-cli devices` until `device_id` is listed.
+    fn wait_listed(&self, server: &Server, device_id: &str, device: &Process) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            let output = self
+                .command("client-cli")
+                .args(["--server", &server.url])
+                .args(&server.tool_flags)
+                .arg("devices")
+                .output()?;
+            if String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .any(|l| l == device_id)
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "{device_id} never registered; fake-device log:\n{}",
+            device.log_tail(20)
+        )
+    }
+
+    /// A `client-cli connect` command with --json.
+    fn connect_command(&self, server: &Server, device_id: &str, extra: &[&str]) -> Command {
+        let mut command = self.command("client-cli");
+        command
+            .args(["--server", &server.url])
+            .args(&server.tool_flags)
+            .args(["connect", device_id, "--json", "--messages", "3"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `client-cli connect` to completion and checks its report.
+    pub fn connect(&self, server: &Server, device_id: &str) -> Result<Handshake> {
+        let output = self.connect_command(server, device_id, &[]).output()?;
+        check_connect(&output).map(|report| Handshake {
+            data_channel_open_ms: data_channel_open_ms(&report),
+        })
+    }
+
+    /// Runs `client-cli connect` and returns its checked JSON report.
+    pub fn connect_report(&self, server: &Server, device_id: &str) -> Result<Value> {
+        let output = self.connect_command(server, device_id, &[]).output()?;
+        check_connect(&output)
+    }
+}
+
+/// What a successful `client-cli connect` reported.
+pub struct Handshake {
+    pub data_channel_open_ms: f64,
+}
+
+/// Checks a `client-cli connect --json` run: exit 0, every phase reached,
+/// three echoes. Returns the report.
+fn check_connect(output: &std::process::Output) -> Result<Value> {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.success(),
+        "client-cli connect failed ({}): {}{}",
+        output.status,
+        stdout.trim(),
+        stderr.trim()
+    );
+    let report: Value = serde_json::from_str(stdout.trim())
+        .with_context(|| format!("client-cli printed no JSON report: {stdout}"))?;
+    ensure!(
+        report["ok"] == true,
+        "client-cli reported failure: {report}"
+    );
+    for phase in PHASES {
+        ensure!(
+            report["phases_ms"][phase].is_number(),
+            "phase {phase:?} missing from {report}"
+        );
+    }
+    let echoes = report["echo_rtt_ms"].as_array().map_or(0, Vec::len);
+    ensure!(
+        echoes == 3,
+        "expected 3 echo round trips, got {echoes}: {report}"
+    );
+    Ok(report)
+}
+
+fn data_channel_open_ms(report: &Value) -> f64 {
+    report["phases_ms"]["data channel open"]
+        .as_f64()
+        .unwrap_or_default()
+}
+
+fn report(number: usize, name: &str, started: Instant, detail: &str) {
+    println!(
+        "e2e: {number}. {name:<44} ok {:>8.0} ms  {detail}",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+}
+
+/// A scenario: runs against the tools, returns a line of detail.
+type Scenario = fn(&Tools) -> Result<String>;
+
+/// Runs every scenario; the first failure stops the run.
+pub fn run_scenarios(tools: &Tools) -> Result<()> {
+    let scenarios: [(&str, Scenario); 6] = [
+        ("plain ws, one client", plain_ws),
+        (
+            "wss, self-signed certificate via --ca-cert",
+            wss_self_signed,
+        ),
+        ("token auth, and a wrong token refused", tokens),
+        ("five clients on one device at once", five_clients),
+        ("alternative flow: client first", alternative_flow),
+        ("device restart", device_restart),
+    ];
+    for (index, (name, scenario)) in scenarios.iter().enumerate() {
+        let started = Instant::now();
+        let detail = scenario(tools).with_context(|| format!("scenario {}: {name}", index + 1))?;
+        report(index + 1, name, started, &detail);
+    }
+    Ok(())
+}
+
+fn plain_ws(tools: &Tools) -> Result<String> {
+    let mut server = tools.server("1-plain", &[])?;
+    let _device = tools.fake_device("1-plain", &server, "e2e-plain")?;
+    let handshake = tools.connect(&server, "e2e-plain")?;
+    // A clean stop: SIGTERM, exit 0.
+    server.process.signal("TERM")?;
+    let status = server.process.wait_exit(Duration::from_secs(15))?;
+    ensure!(
+        status.success(),
+        "the server exited with {status} after SIGTERM"
+    );
+    Ok(format!(
+        "data channel open at {:.1} ms; SIGTERM exit 0",
+        handshake.data_channel_open_ms
+    ))
+}
+
+fn wss_self_signed(tools: &Tools) -> Result<String> {
+    let cert_dir = tools.log_dir.join("2-tls");
+    let cert_dir_arg = cert_dir.to_string_lossy().into_owned();
+    let mut server = tools.server(
+        "2-wss",
+        &["--tls-self-signed", "--tls-self-signed-dir", &cert_dir_arg],
+    )?;
+    ensure!(
+        server.url.starts_with("wss://"),
+        "not a TLS server: {}",
+        server.url
+    );
+    let cert = cert_dir.join("cert.pem");
+    server.tool_flags = vec!["--ca-cert".into(), cert.to_string_lossy().into_owned()];
+    let _device = tools.fake_device("2-wss", &server, "e2e-tls")?;
+    let handshake = tools.connect(&server, "e2e-tls")?;
+
+    // Without --ca-cert the tool says the certificate is not trusted.
+    let output = tools
+        .command("client-cli")
+        .args(["--server", &server.url, "devices"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        !output.status.success() && stderr.contains("is not trusted"),
+        "an untrusted certificate was not reported: {stderr}"
+    );
+    Ok(format!(
+        "data channel open at {:.1} ms; untrusted cert reported",
+        handshake.data_channel_open_ms
+    ))
+}
+
+fn tokens(tools: &Tools) -> Result<String> {
+    let mut server = tools.server(
+        "3-tokens",
+        &[
+            "--device-token",
+            "e2e-device-secret",
+            "--client-token",
+            "e2e-client-secret",
+        ],
+    )?;
+    server.tool_flags = vec!["--token".into(), "e2e-device-secret".into()];
+    let _device = {
+        // fake-device presents the device token; listing devices needs the
+        // client token, so wait for it with that one.
+        let mut command = tools.command("fake-device");
+        command
+            .args([
+                "--server",
+                &server.url,
+                "--token",
+                "e2e-device-secret",
+                "--device-id",
+                "e2e-token",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let device = Process::start(
+            command,
+            "3-tokens-fake-device",
+            &tools.log("3-tokens-fake-device"),
+        )?;
+        server.tool_flags = vec!["--token".into(), "e2e-client-secret".into()];
+        tools.wait_listed(&server, "e2e-token", &device)?;
+        device
+    };
+    let handshake = tools.connect(&server, "e2e-token")?;
+
+    server.tool_flags = vec!["--token".into(), "wrong".into()];
+    let output = tools.connect_command(&server, "e2e-token", &[]).output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(!output.status.success(), "a wrong token was accepted");
+    ensure!(
+        stderr.contains("the server refused the token (HTTP 401"),
+        "the refusal was not reported in the tool's words: {stderr}"
+    );
+    Ok(format!(
+        "data channel open at {:.1} ms; wrong token refused",
+        handshake.data_channel_open_ms
+    ))
+}
+
+fn five_clients(tools: &Tools) -> Result<String> {
+    let server = tools.server("4-five", &[])?;
+    let _device = tools.fake_device("4-five", &server, "e2e-five")?;
+    let children: Vec<_> = (0..5)
+        .map(|_| {
+            tools
+                .connect_command(&server, "e2e-five", &[])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    let mut slowest: f64 = 0.0;
+    for child in children {
+        let report = check_connect(&child.wait_with_output()?)?;
+        slowest = slowest.max(data_channel_open_ms(&report));
+    }
+    Ok(format!("slowest data channel open at {slowest:.1} ms"))
+}
+
+fn alternative_flow(tools: &Tools) -> Result<String> {
+    let server = tools.server("5-wait", &["--client-wait-secs", "15"])?;
+    let client = tools
+        .connect_command(&server, "e2e-later", &["--timeout", "30s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // The client is connected and waiting before the device exists.
+    std::thread::sleep(Duration::from_millis(500));
+    let _device = tools.fake_device("5-wait", &server, "e2e-later")?;
+    let report = check_connect(&client.wait_with_output()?)?;
+    Ok(format!(
+        "client waited, then data channel open at {:.1} ms",
+        data_channel_open_ms(&report)
+    ))
+}
+
+fn device_restart(tools: &Tools) -> Result<String> {
+    let server = tools.server("6-restart", &[])?;
+    let device = tools.fake_device("6-restart", &server, "e2e-restart")?;
+    // A client that stays connected, watching what the server tells it.
+    let mut command = tools.command("client-cli");
+    command
+        .args(["--server", &server.url, "raw", "client", "e2e-restart"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut watcher = Process::start(
+        command,
+        "6-restart-raw-client",
+        &tools.log("6-restart-raw-client"),
+    )?;
+    let stdout = watcher.child.stdout.take().context("raw client stdout")?;
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let expect_line = |what: &str, check: &dyn Fn(&str) -> bool| -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match lines.recv_timeout(left) {
+                Ok(line) if check(&line) => return Ok(()),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        bail!("the watching client never saw {what}")
+    };
+    expect_line("device_info", &|l| {
+        l.contains(r#""message_type":"device_info""#)
+    })?;
+
+    // Kill the device without warning.
+    device.signal("KILL")?;
+    expect_line("Device disconnected", &|l| {
+        l == r#"{"error":"Device disconnected"}"#
+    })?;
+    watcher.wait_exit(Duration::from_secs(10))?;
+    drop(device);
+
+    // It comes back under the same id, and a new client gets through.
+    let _device = tools.fake_device("6-restart-again", &server, "e2e-restart")?;
+    let handshake = tools.connect(&server, "e2e-restart")?;
+    Ok(format!(
+        "Device disconnected seen; after re-registering, data channel open at {:.1} ms",
+        handshake.data_channel_open_ms
+    ))
+}
+
+/// The build step: every binary the scenarios run.
+pub fn build(root: &Path, release: bool) -> Result<()> {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(root).args([
+        "build",
+        "--quiet",
+        "--package",
+        "signaling-server",
+        "--package",
+        "fake-device",
+        "--package",
+        "client-cli",
+        "--bins",
+    ]);
+    if release {
+        command.arg("--release");
+    }
+    let status = command.status().context("run cargo build")?;
+    ensure!(status.success(), "cargo build failed");
+    Ok(())
+}
