@@ -4,7 +4,7 @@
 //! and checks each scenario end to end: the signaling relay itself, then a
 //! real WebRTC handshake over plain ws, over wss with a self-signed
 //! certificate, with tokens, with five clients on one device, in the
-//! alternative flow, and across a device restart.
+//! alternative flow, across a device restart, and across a server restart.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -56,8 +56,10 @@ impl Tools {
     /// Starts the server with `args` on 127.0.0.1:0.
     pub fn server(&self, name: &str, args: &[&str]) -> Result<Server> {
         let mut command = self.command("signaling-server");
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
-            .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
@@ -208,7 +210,7 @@ type Scenario = fn(&Tools) -> Result<String>;
 
 /// Runs every scenario; the first failure stops the run.
 pub fn run_scenarios(tools: &Tools) -> Result<()> {
-    let scenarios: [(&str, Scenario); 6] = [
+    let scenarios: [(&str, Scenario); 7] = [
         ("plain ws, one client", plain_ws),
         (
             "wss, self-signed certificate via --ca-cert",
@@ -218,6 +220,7 @@ pub fn run_scenarios(tools: &Tools) -> Result<()> {
         ("five clients on one device at once", five_clients),
         ("alternative flow: client first", alternative_flow),
         ("device restart", device_restart),
+        ("server restart: the device re-registers", server_restart),
     ];
     for (index, (name, scenario)) in scenarios.iter().enumerate() {
         let started = Instant::now();
@@ -416,6 +419,32 @@ fn device_restart(tools: &Tools) -> Result<String> {
     let handshake = tools.connect(&server, "e2e-restart")?;
     Ok(format!(
         "Device disconnected seen; after re-registering, data channel open at {:.1} ms",
+        handshake.data_channel_open_ms
+    ))
+}
+
+fn server_restart(tools: &Tools) -> Result<String> {
+    let mut server = tools.server("7-server", &[])?;
+    let device = tools.fake_device("7-server", &server, "e2e-comeback")?;
+    let address = server
+        .url
+        .strip_prefix("ws://")
+        .context("a plain server")?
+        .to_owned();
+    server.process.signal("TERM")?;
+    server.process.wait_exit(Duration::from_secs(15))?;
+    // The same address again, so the device's URL still points at it.
+    let server = tools.server("7-server-again", &["--listen", &address])?;
+    tools.wait_listed(&server, "e2e-comeback", &device)?;
+    let handshake = tools.connect(&server, "e2e-comeback")?;
+    let log = std::fs::read_to_string(&device.log).unwrap_or_default();
+    ensure!(
+        log.contains("server connection lost; re-registering"),
+        "fake-device did not say it re-registered:\n{}",
+        device.log_tail(20)
+    );
+    Ok(format!(
+        "re-registered; data channel open at {:.1} ms",
         handshake.data_channel_open_ms
     ))
 }

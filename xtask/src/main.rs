@@ -1,7 +1,7 @@
 //! `cargo xtask <task>`: project chores, run with cargo alone.
 //!
 //! - `e2e`: builds the binaries and runs the whole flow against them: the
-//!   signaling relay itself, then six WebRTC scenarios (see `e2e.rs`).
+//!   signaling relay itself, then seven WebRTC scenarios (see `e2e.rs`).
 //! - `bench-handshake`: release build; times `client-cli connect` to a fake
 //!   device 20 times and writes the figures into BENCHMARKS.md.
 //!
