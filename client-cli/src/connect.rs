@@ -6,11 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use futures_util::SinkExt;
-use peer::rtc_peer::{
-    PeerEvent, PeerSettings, RTCSessionDescription, build_peer, to_rtc_candidate,
-};
+use peer::rtc_peer::{PeerEvent, PeerSettings, RemoteCandidates, answer_offer, build_peer};
 use peer::signaling::{ConnectOptions, Socket};
-use protocol::payload::{CandidateInit, Payload};
+use protocol::payload::Payload;
 use protocol::{ClientForward, ClientToServer, Connect, RawValue, ServerToClient};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -206,8 +204,7 @@ async fn handshake(
     )
     .await?;
 
-    let mut early_candidates: Vec<CandidateInit> = Vec::new();
-    let mut have_remote = false;
+    let mut candidates = RemoteCandidates::default();
     let mut channel: Option<Arc<dyn DataChannel>> = None;
     let mut channel_open = false;
     while !channel_open {
@@ -221,25 +218,11 @@ async fn handshake(
                 match payload {
                     Payload::Offer { sdp } => {
                         timeline.mark("offer received", &format!("{} bytes of SDP", sdp.len()));
-                        pc.set_remote_description(RTCSessionDescription::offer(sdp)?).await?;
-                        have_remote = true;
-                        for candidate in early_candidates.drain(..) {
-                            pc.add_ice_candidate(to_rtc_candidate(candidate)).await?;
-                        }
-                        let answer = pc.create_answer(None).await?;
-                        pc.set_local_description(answer).await?;
-                        let sdp = pc.local_description().await.context("no local description")?.sdp;
+                        let sdp = answer_offer(&pc, &mut candidates, sdp).await?;
                         forward(&mut socket, &Payload::Answer { sdp }).await?;
                         timeline.mark("answer sent", "");
                     }
-                    Payload::IceCandidate(candidate) if !candidate.is_end_of_candidates() => {
-                        let candidate = candidate.into_init();
-                        if have_remote {
-                            pc.add_ice_candidate(to_rtc_candidate(candidate)).await?;
-                        } else {
-                            early_candidates.push(candidate);
-                        }
-                    }
+                    Payload::IceCandidate(candidate) => candidates.add(&pc, candidate).await?,
                     Payload::Error { error } => bail!("the device says: {error}"),
                     _ => {}
                 }

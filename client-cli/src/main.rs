@@ -43,20 +43,10 @@ enum Command {
     },
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(peer::QUIET_WEBRTC_LOGS.replace("{default}", "warn"))
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    peer::init_logging("warn");
     let result = match cli.command {
         Command::Devices { json } => devices(&cli.connect, json).await,
         Command::Connect(args) => connect::run(&cli.connect, args).await,

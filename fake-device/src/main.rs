@@ -17,10 +17,11 @@ use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use futures_util::SinkExt;
 use peer::rtc_peer::{
-    PeerEvent, PeerSettings, RTCSessionDescription, build_peer, nudge_until_open, to_rtc_candidate,
+    PeerEvent, PeerSettings, RTCSessionDescription, RemoteCandidates, answer_offer, build_peer,
+    make_offer, nudge_until_open,
 };
 use peer::signaling::{ConnectError, ConnectOptions, Socket};
-use protocol::payload::{CandidateInit, Payload};
+use protocol::payload::Payload;
 use protocol::{DeviceForward, DeviceToServer, IceServer, RawValue, Register, ServerToDevice};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -60,20 +61,10 @@ struct Cli {
     peer: PeerSettings,
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(peer::QUIET_WEBRTC_LOGS.replace("{default}", "info"))
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    peer::init_logging("info");
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -274,9 +265,7 @@ async fn serve_client(
 ) -> Result<()> {
     let mut peer = None;
     let mut events: Option<mpsc::UnboundedReceiver<PeerEvent>> = None;
-    // Candidates that came before the remote description.
-    let mut early_candidates: Vec<CandidateInit> = Vec::new();
-    let mut have_remote = false;
+    let mut candidates = RemoteCandidates::default();
     loop {
         tokio::select! {
             payload = payloads.recv() => {
@@ -291,13 +280,10 @@ async fn serve_client(
                         let channel = pc.create_data_channel("echo", None).await?;
                         tokio::spawn(nudge_until_open(channel.clone(), NUDGE_LIMIT));
                         tokio::spawn(echo(channel).in_current_span());
-                        let offer = pc.create_offer(None).await?;
-                        pc.set_local_description(offer).await?;
-                        let sdp = pc.local_description().await.context("no local description")?.sdp;
+                        let sdp = make_offer(&pc).await?;
                         send(outgoing, client_id, &Payload::Offer { sdp });
                         info!("offer sent");
-                        have_remote = false;
-                        early_candidates.clear();
+                        candidates.reset();
                         peer = Some(pc);
                         events = Some(receiver);
                     }
@@ -306,11 +292,7 @@ async fn serve_client(
                             warn!("answer without an offer; ignored");
                             continue;
                         };
-                        pc.set_remote_description(RTCSessionDescription::answer(sdp)?).await?;
-                        have_remote = true;
-                        for candidate in early_candidates.drain(..) {
-                            pc.add_ice_candidate(to_rtc_candidate(candidate)).await?;
-                        }
+                        candidates.set_remote(pc, RTCSessionDescription::answer(sdp)?).await?;
                         info!("answer applied");
                     }
                     Payload::Offer { sdp } => {
@@ -321,27 +303,15 @@ async fn serve_client(
                             events = Some(receiver);
                         }
                         let Some(pc) = &peer else { continue };
-                        pc.set_remote_description(RTCSessionDescription::offer(sdp)?).await?;
-                        have_remote = true;
-                        for candidate in early_candidates.drain(..) {
-                            pc.add_ice_candidate(to_rtc_candidate(candidate)).await?;
-                        }
-                        let answer = pc.create_answer(None).await?;
-                        pc.set_local_description(answer).await?;
-                        let sdp = pc.local_description().await.context("no local description")?.sdp;
+                        let sdp = answer_offer(pc, &mut candidates, sdp).await?;
                         send(outgoing, client_id, &Payload::Answer { sdp });
                         info!("answered the client's offer");
                     }
-                    Payload::IceCandidate(candidate) => {
-                        if candidate.is_end_of_candidates() {
-                            continue;
-                        }
-                        let candidate = candidate.into_init();
-                        match &peer {
-                            Some(pc) if have_remote => pc.add_ice_candidate(to_rtc_candidate(candidate)).await?,
-                            _ => early_candidates.push(candidate),
-                        }
-                    }
+                    Payload::IceCandidate(candidate) => match &peer {
+                        Some(pc) => candidates.add(pc, candidate).await?,
+                        // Before any peer exists there is nothing to hold it for.
+                        None => debug!("candidate before request-offer; ignored"),
+                    },
                     Payload::Error { error } => warn!(%error, "the client reports an error"),
                 }
             }
