@@ -5,13 +5,15 @@
 //!   (offer, answer, trickled candidates, DTLS, a data channel), checks the
 //!   echo of N messages, and prints a timeline of the phases;
 //! - `raw device|client` is a line console: each stdin line is sent as a
-//!   frame, each frame received is printed.
+//!   frame, each frame received is printed;
+//! - `bench relay|idle|churn` loads a server and measures it.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use peer::signaling::ConnectOptions;
 
+mod bench;
 mod connect;
 mod raw;
 
@@ -36,6 +38,8 @@ enum Command {
     },
     /// Connect to a device and complete a WebRTC handshake with it.
     Connect(connect::ConnectArgs),
+    /// Load the server with simulated devices and clients, and measure it.
+    Bench(bench::BenchArgs),
     /// A line console: stdin lines are sent as frames, frames are printed.
     Raw {
         #[command(subcommand)]
@@ -51,6 +55,7 @@ async fn main() -> ExitCode {
         Command::Devices { json } => devices(&cli.connect, json).await,
         Command::Connect(args) => connect::run(&cli.connect, args).await,
         Command::Raw { role } => raw::run(&cli.connect, role).await,
+        Command::Bench(args) => bench::run(&cli.connect, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

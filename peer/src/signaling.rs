@@ -1,6 +1,7 @@
 //! Connecting to a signaling server: the URL, TLS, the token, and errors
 //! that say what to do about them.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -9,12 +10,13 @@ use futures_util::{SinkExt, StreamExt};
 use protocol::{ClientToServer, DeviceToServer};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::either::Either;
 
@@ -161,12 +163,17 @@ impl ConnectOptions {
         Ok(TlsConnector::from(Arc::new(config)))
     }
 
-    /// Opens a TCP (and, for wss, TLS) connection to the server.
-    async fn open_stream(&self) -> Result<(Stream, Target), ConnectError> {
+    /// Opens a TCP (and, for wss, TLS) connection to the server, from
+    /// `source` when given (a load generator spreads its connections over
+    /// several loopback addresses, since one address has ~28,000 ports).
+    async fn open_stream(&self, source: Option<IpAddr>) -> Result<(Stream, Target), ConnectError> {
         let target = self.target().map_err(ConnectError::fatal)?;
         let address = authority(&target);
-        let tcp = TcpStream::connect((target.host.as_str(), target.port))
-            .await
+        let connected = match source {
+            None => TcpStream::connect((target.host.as_str(), target.port)).await,
+            Some(source) => connect_from(source, &target).await,
+        };
+        let tcp = connected
             .map_err(|e| {
                 ConnectError::retry(if e.kind() == std::io::ErrorKind::ConnectionRefused {
                     anyhow!("cannot connect to {address}: connection refused (is the server running, on this port?)")
@@ -192,8 +199,17 @@ impl ConnectOptions {
 
     /// Opens a websocket to `path` (`/register_device` or `/connect_client`).
     pub async fn connect(&self, path: &str) -> Result<Socket, ConnectError> {
+        self.connect_from(path, None).await
+    }
+
+    /// Opens a websocket to `path` from the local address `source`.
+    pub async fn connect_from(
+        &self,
+        path: &str,
+        source: Option<IpAddr>,
+    ) -> Result<Socket, ConnectError> {
         let url = self.endpoint_url(path).map_err(ConnectError::fatal)?;
-        let (stream, target) = self.open_stream().await?;
+        let (stream, target) = self.open_stream(source).await?;
         let mut request = url
             .as_str()
             .into_client_request()
@@ -204,7 +220,9 @@ impl ConnectOptions {
             })?;
             request.headers_mut().insert("Authorization", value);
         }
-        match tokio_tungstenite::client_async(request, stream).await {
+        match tokio_tungstenite::client_async_with_config(request, stream, Some(websocket_config()))
+            .await
+        {
             Ok((socket, _)) => Ok(socket),
             Err(e) => Err(self.handshake_error(e, &target, &url)),
         }
@@ -246,7 +264,7 @@ impl ConnectOptions {
 
     /// A plain HTTP GET of `path`, for `/devices` and friends.
     pub async fn http_get(&self, path: &str) -> Result<(u16, String)> {
-        let (mut stream, target) = self.open_stream().await?;
+        let (mut stream, target) = self.open_stream(None).await?;
         let mut request = format!(
             "GET {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
             target.base_path,
@@ -281,6 +299,31 @@ impl ConnectOptions {
         };
         Ok((status, body))
     }
+}
+
+/// Small buffers: signaling messages are small, and a load generator holds
+/// thousands of these (tungstenite's default read buffer is 128 KiB).
+fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+}
+
+async fn connect_from(source: IpAddr, target: &Target) -> std::io::Result<TcpStream> {
+    let mut last_error = None;
+    for remote in tokio::net::lookup_host((target.host.as_str(), target.port)).await? {
+        let socket = if remote.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        match socket.connect(remote).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("the server's host has no address")))
 }
 
 fn authority(target: &Target) -> String {

@@ -1,0 +1,842 @@
+//! `client-cli bench`: drives a server with many simulated devices and
+//! clients speaking the real protocol, and measures it.
+//!
+//! - `relay`: D devices × C clients each; every client keeps W messages in
+//!   flight (closed loop) or sends at a fixed rate (open loop); devices echo
+//!   to the sender. Every payload carries a sequence number, so loss and
+//!   reordering are counted, and must be zero.
+//! - `idle`: holds N registered devices (and clients) and reports the
+//!   server's resident memory per connection, and the connect rate.
+//! - `churn`: devices and clients connect, exchange one message and leave,
+//!   as fast as possible; the server's gauges must come back to zero.
+//!
+//! Connections are spread over 127.0.0.x source addresses (one address has
+//! about 28,000 ephemeral ports). With `--server-pid`, the server's CPU time
+//! over the measured window is read from /proc and divided by the messages
+//! it relayed in that window (from its /metrics).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use peer::signaling::{ConnectOptions, Socket};
+use protocol::{
+    ClientForward, ClientToServer, Connect, DeviceForward, DeviceToServer, RawValue, Register,
+    ServerToClient, ServerToDevice,
+};
+use serde_json::json;
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    mode: Mode,
+
+    /// Print one JSON result line instead of the human summary.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Spread connections over this many source addresses, 127.0.0.1 up.
+    #[arg(long, global = true, default_value_t = 16, value_parser = clap::value_parser!(u8).range(1..=254))]
+    source_addrs: u8,
+
+    /// The server's process id: report its CPU time per relayed message
+    /// (from /proc) over the measured window.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Mode {
+    /// Relay messages between clients and echoing devices.
+    Relay(RelayArgs),
+    /// Hold idle registered devices and measure the server's memory.
+    Idle(IdleArgs),
+    /// Connect, exchange one message and leave, over and over.
+    Churn(ChurnArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RelayArgs {
+    /// Devices.
+    #[arg(long, default_value_t = 50)]
+    devices: usize,
+    /// Clients per device.
+    #[arg(long, default_value_t = 1)]
+    clients_per_device: usize,
+    /// Messages each client keeps in flight (closed loop).
+    #[arg(long, default_value_t = 4, conflicts_with = "rate")]
+    in_flight: usize,
+    /// Messages per second each client sends, whatever comes back (open
+    /// loop).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Size of each payload in bytes (200 is an ICE candidate, 4096 an SDP).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(64..=60_000))]
+    payload_bytes: u64,
+    /// Measured time, after the warm-up.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Time before measuring starts.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct IdleArgs {
+    /// Devices to register and hold.
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    /// Clients to connect to each device.
+    #[arg(long, default_value_t = 0)]
+    clients_per_device: usize,
+    /// Connections opened at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// How long to hold them once all are connected.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    hold: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct ChurnArgs {
+    /// How long to churn.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Device/client pairs cycling at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+}
+
+pub async fn run(options: &ConnectOptions, args: BenchArgs) -> Result<()> {
+    let context = Bench {
+        options: options.clone(),
+        sources: (1..=args.source_addrs)
+            .map(|n| IpAddr::from([127, 0, 0, n]))
+            .collect(),
+        next_source: AtomicU64::new(0),
+        run_id: format!("{:x}", std::process::id()),
+        json: args.json,
+        server_pid: args.server_pid,
+    };
+    match args.mode {
+        Mode::Relay(relay) => run_relay(Arc::new(context), relay).await,
+        Mode::Idle(idle) => run_idle(Arc::new(context), idle).await,
+        Mode::Churn(churn) => run_churn(Arc::new(context), churn).await,
+    }
+}
+
+/// What every mode shares.
+struct Bench {
+    options: ConnectOptions,
+    sources: Vec<IpAddr>,
+    next_source: AtomicU64,
+    /// Makes device ids unique per run, so runs do not collide.
+    run_id: String,
+    json: bool,
+    server_pid: Option<u32>,
+}
+
+impl Bench {
+    async fn connect(&self, path: &str) -> Result<Socket> {
+        let n = self.next_source.fetch_add(1, Ordering::Relaxed) as usize;
+        let source = (self.sources.len() > 1 || self.sources[0] != IpAddr::from([127, 0, 0, 1]))
+            .then(|| self.sources[n % self.sources.len()]);
+        Ok(self.options.connect_from(path, source).await?)
+    }
+
+    /// A registered device, its `config` read.
+    async fn device(&self, device_id: &str) -> Result<Socket> {
+        let mut socket = self.connect(protocol::REGISTER_DEVICE_PATH).await?;
+        let register = DeviceToServer::Register(Register {
+            device_id: device_id.into(),
+            device_info: None,
+        });
+        socket.send(Message::text(register.encode())).await?;
+        match next_text(&mut socket)
+            .await?
+            .as_deref()
+            .map(ServerToDevice::decode)
+        {
+            Some(Ok(ServerToDevice::Config(_))) => Ok(socket),
+            other => bail!("registering {device_id}: expected config, got {other:?}"),
+        }
+    }
+
+    /// A client connected to `device_id`, its `config` and `device_info` read.
+    async fn client(&self, device_id: &str) -> Result<Socket> {
+        let mut socket = self.connect(protocol::CONNECT_CLIENT_PATH).await?;
+        let connect = ClientToServer::Connect(Connect {
+            device_id: device_id.into(),
+        });
+        socket.send(Message::text(connect.encode())).await?;
+        for expected in ["config", "device_info"] {
+            let text = next_text(&mut socket)
+                .await?
+                .context("closed while connecting")?;
+            match ServerToClient::decode(&text) {
+                Ok(ServerToClient::Config(_)) if expected == "config" => {}
+                Ok(ServerToClient::DeviceInfo(_)) if expected == "device_info" => {}
+                other => bail!("connecting to {device_id}: expected {expected}, got {other:?}"),
+            }
+        }
+        Ok(socket)
+    }
+
+    async fn metrics(&self) -> Result<String> {
+        let (status, body) = self.options.http_get("/metrics").await?;
+        ensure!(status == 200, "GET /metrics answered {status}");
+        Ok(body)
+    }
+
+    fn progress(&self, message: &str) -> ProgressBar {
+        let bar = if self.json {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new_spinner()
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.set_message(message.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    }
+}
+
+/// The next text frame, skipping pings.
+async fn next_text(socket: &mut Socket) -> Result<Option<String>> {
+    peer::signaling::next_text(socket).await
+}
+
+/// One sample of a Prometheus text exposition, 0 when absent.
+fn metric(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+const RELAYED: [&str; 2] = [
+    r#"signaling_messages_relayed_total{direction="client_to_device"}"#,
+    r#"signaling_messages_relayed_total{direction="device_to_client"}"#,
+];
+
+fn relayed_total(body: &str) -> f64 {
+    RELAYED.iter().map(|series| metric(body, series)).sum()
+}
+
+/// CPU seconds (user + system) a process has used, from /proc. Linux
+/// reports them in USER_HZ ticks, which is 100 per second on every
+/// architecture it runs on.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("read /proc/{pid}/stat"))?;
+    // The command name may hold spaces; fields count from after its ")".
+    let after_name = stat.rsplit_once(')').context("odd /proc stat")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: f64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("no stime")?.parse()?;
+    Ok((utime + stime) / 100.0)
+}
+
+// ---------------------------------------------------------------------------
+// relay
+// ---------------------------------------------------------------------------
+
+/// Counters every relay task updates.
+#[derive(Default)]
+struct RelayCounters {
+    /// Round trips completed inside the measured window.
+    measured: AtomicU64,
+    /// Round trips completed in all.
+    completed: AtomicU64,
+    reordered: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// A payload of about `size` bytes carrying a sequence number and the send
+/// time: `{"seq":N,"t":NANOS,"pad":"xx…"}`.
+fn relay_payload(seq: u64, sent_ns: u64, size: usize) -> String {
+    let head = format!(r#"{{"seq":{seq},"t":{sent_ns},"pad":""#);
+    let pad = size.saturating_sub(head.len() + 2);
+    let mut payload = String::with_capacity(head.len() + pad + 2);
+    payload.push_str(&head);
+    payload.extend(std::iter::repeat_n('x', pad));
+    payload.push_str("\"}");
+    payload
+}
+
+/// Reads `seq` and `t` back from a payload made by [`relay_payload`]
+/// without a second JSON parse (the frame was already validated).
+fn parse_relay_payload(payload: &str) -> Option<(u64, u64)> {
+    let rest = payload.strip_prefix(r#"{"seq":"#)?;
+    let (seq, rest) = rest.split_once(',')?;
+    let rest = rest.strip_prefix(r#""t":"#)?;
+    let (sent, _) = rest.split_once(',')?;
+    Some((seq.parse().ok()?, sent.parse().ok()?))
+}
+
+async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
+    let bar = bench.progress("connecting");
+    let epoch = Instant::now();
+    let counters = Arc::new(RelayCounters::default());
+    let measuring = Arc::new(AtomicBool::new(false));
+    let sending = Arc::new(AtomicBool::new(true));
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1,
+        60_000_000_000,
+        3,
+    )?));
+    let payload_bytes = usize::try_from(args.payload_bytes)?;
+
+    // Devices first, then their clients; all connected before any sends.
+    let mut devices = Vec::with_capacity(args.devices);
+    for d in 0..args.devices {
+        let id = format!("bench-{}-{d}", bench.run_id);
+        devices.push((id.clone(), bench.device(&id).await?));
+    }
+    let mut clients = Vec::new();
+    for (id, _) in &devices {
+        for _ in 0..args.clients_per_device {
+            clients.push(bench.client(id).await?);
+        }
+    }
+    let device_tasks: Vec<_> = devices
+        .into_iter()
+        .map(|(_, socket)| tokio::spawn(echo_device(socket, counters.clone())))
+        .collect();
+    let client_tasks: Vec<_> = clients
+        .into_iter()
+        .map(|socket| {
+            let task = RelayClient {
+                epoch,
+                counters: counters.clone(),
+                measuring: measuring.clone(),
+                sending: sending.clone(),
+                histogram: histogram.clone(),
+                payload_bytes,
+                in_flight: args.in_flight.max(1),
+                rate: args.rate,
+            };
+            tokio::spawn(task.run(socket))
+        })
+        .collect();
+
+    bar.set_message("warming up");
+    tokio::time::sleep(args.warmup).await;
+    let metrics_before = match bench.server_pid {
+        Some(_) => Some(bench.metrics().await?),
+        None => None,
+    };
+    let cpu_before = bench.server_pid.map(cpu_seconds).transpose()?;
+    measuring.store(true, Ordering::Release);
+    let started = Instant::now();
+    let completed_before = counters.completed.load(Ordering::Relaxed);
+    while started.elapsed() < args.duration {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let done = counters.completed.load(Ordering::Relaxed) - completed_before;
+        bar.set_message(format!(
+            "{:.0} round trips/s",
+            done as f64 / started.elapsed().as_secs_f64()
+        ));
+    }
+    measuring.store(false, Ordering::Release);
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = bench.server_pid.map(cpu_seconds).transpose()?;
+    let metrics_after = match bench.server_pid {
+        Some(_) => Some(bench.metrics().await?),
+        None => None,
+    };
+
+    // Stop sending and collect what is still in flight.
+    sending.store(false, Ordering::Release);
+    bar.set_message("draining");
+    let mut lost = 0u64;
+    for task in client_tasks {
+        match task.await? {
+            Ok(outcome) => lost += outcome.lost,
+            Err(e) => {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                bar.println(format!("client error: {e:#}"));
+            }
+        }
+    }
+    for task in device_tasks {
+        task.abort();
+    }
+    bar.finish_and_clear();
+
+    let round_trips = counters.measured.load(Ordering::Relaxed);
+    let histogram = histogram.lock().await;
+    let micros = |q: f64| histogram.value_at_quantile(q) as f64 / 1e3;
+    let server = match (cpu_before, cpu_after, &metrics_before, &metrics_after) {
+        (Some(before), Some(after), Some(m0), Some(m1)) => {
+            let relayed = relayed_total(m1) - relayed_total(m0);
+            let cpu = after - before;
+            Some((cpu, relayed, cpu / relayed.max(1.0) * 1e6))
+        }
+        _ => None,
+    };
+    let reordered = counters.reordered.load(Ordering::Relaxed);
+    let errors = counters.errors.load(Ordering::Relaxed);
+    let result = json!({
+        "mode": "relay",
+        "devices": args.devices,
+        "clients": args.devices * args.clients_per_device,
+        "in_flight": args.rate.is_none().then_some(args.in_flight),
+        "rate_per_client": args.rate,
+        "payload_bytes": args.payload_bytes,
+        "seconds": elapsed,
+        "round_trips_per_s": round_trips as f64 / elapsed,
+        "relayed_per_s": 2.0 * round_trips as f64 / elapsed,
+        "rtt_us": {
+            "p50": micros(0.5), "p90": micros(0.9), "p99": micros(0.99),
+            "p999": micros(0.999), "max": histogram.max() as f64 / 1e3,
+        },
+        "server_cpu_s": server.map(|s| s.0),
+        "server_relayed": server.map(|s| s.1),
+        "server_cpu_us_per_msg": server.map(|s| s.2),
+        "lost": lost,
+        "reordered": reordered,
+        "errors": errors,
+    });
+    if bench.json {
+        println!("{result}");
+    } else {
+        println!(
+            "relay: {} clients, {} B payloads, {:.1} s measured\n  {:.0} relayed messages/s ({:.0} round trips/s)\n  round trip µs: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            args.devices * args.clients_per_device,
+            args.payload_bytes,
+            elapsed,
+            2.0 * round_trips as f64 / elapsed,
+            round_trips as f64 / elapsed,
+            micros(0.5),
+            micros(0.9),
+            micros(0.99),
+            micros(0.999),
+            histogram.max() as f64 / 1e3
+        );
+        if let Some((cpu, relayed, per)) = server {
+            println!(
+                "  server CPU: {cpu:.2} s for {relayed:.0} relayed messages = {per:.2} µs per message"
+            );
+        }
+        println!("  lost {lost}, reordered {reordered}, errors {errors}");
+    }
+    ensure!(
+        lost == 0 && reordered == 0 && errors == 0,
+        "{lost} lost, {reordered} reordered, {errors} errors"
+    );
+    ensure!(round_trips > 0, "no message made a round trip");
+    Ok(())
+}
+
+/// A device that sends every client's message back to it, verbatim.
+async fn echo_device(mut socket: Socket, counters: Arc<RelayCounters>) {
+    while let Some(Ok(message)) = socket.next().await {
+        let Message::Text(text) = message else {
+            continue;
+        };
+        match ServerToDevice::decode(&text) {
+            Ok(ServerToDevice::ClientMsg(message)) => {
+                let back = DeviceToServer::Forward(DeviceForward {
+                    client_id: message.client_id,
+                    payload: message.payload,
+                });
+                if socket.send(Message::text(back.encode())).await.is_err() {
+                    break;
+                }
+            }
+            Ok(ServerToDevice::ClientDisconnected(_)) => {}
+            _ => {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// One simulated client of the relay mode.
+struct RelayClient {
+    epoch: Instant,
+    counters: Arc<RelayCounters>,
+    measuring: Arc<AtomicBool>,
+    sending: Arc<AtomicBool>,
+    histogram: Arc<Mutex<Histogram<u64>>>,
+    payload_bytes: usize,
+    in_flight: usize,
+    rate: Option<f64>,
+}
+
+struct ClientOutcome {
+    lost: u64,
+}
+
+impl RelayClient {
+    async fn send(&self, socket: &mut Socket, seq: u64) -> Result<()> {
+        let sent_ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let payload = RawValue::from_string(relay_payload(seq, sent_ns, self.payload_bytes))?;
+        let forward = ClientToServer::Forward(ClientForward { payload: &payload });
+        socket.send(Message::text(forward.encode())).await?;
+        Ok(())
+    }
+
+    async fn run(self, mut socket: Socket) -> Result<ClientOutcome> {
+        let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+        let mut next_seq = 0u64;
+        let mut expected = 0u64;
+        let mut ticker = self
+            .rate
+            .map(|rate| tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001))));
+        if ticker.is_none() {
+            for _ in 0..self.in_flight {
+                self.send(&mut socket, next_seq).await?;
+                next_seq += 1;
+            }
+        }
+        let drain_limit = Duration::from_secs(10);
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            if !self.sending.load(Ordering::Acquire) && drain_deadline.is_none() {
+                drain_deadline = Some(tokio::time::Instant::now() + drain_limit);
+            }
+            if drain_deadline.is_some() && expected == next_seq {
+                break;
+            }
+            let tick = async {
+                match &mut ticker {
+                    Some(ticker) if drain_deadline.is_none() => {
+                        ticker.tick().await;
+                    }
+                    _ => std::future::pending::<()>().await,
+                }
+            };
+            let deadline = async {
+                match drain_deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    // Wake now and then to notice the end of sending.
+                    None => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            };
+            tokio::select! {
+                () = tick => {
+                    self.send(&mut socket, next_seq).await?;
+                    next_seq += 1;
+                }
+                message = socket.next() => {
+                    let Some(message) = message else { bail!("the server closed the connection") };
+                    let Message::Text(text) = message? else { continue };
+                    let ServerToClient::DeviceMsg(reply) = ServerToClient::decode(&text)
+                        .map_err(|e| anyhow::anyhow!("undecodable frame ({e}): {text}"))?
+                    else {
+                        bail!("unexpected frame: {text}");
+                    };
+                    let (seq, sent_ns) = parse_relay_payload(reply.payload.get())
+                        .context("a payload that is not ours")?;
+                    if seq != expected {
+                        self.counters.reordered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    expected = seq + 1;
+                    let now_ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    self.counters.completed.fetch_add(1, Ordering::Relaxed);
+                    if self.measuring.load(Ordering::Acquire) {
+                        self.counters.measured.fetch_add(1, Ordering::Relaxed);
+                        let _ = local.record(now_ns.saturating_sub(sent_ns).max(1));
+                    }
+                    if ticker.is_none() && drain_deadline.is_none() {
+                        self.send(&mut socket, next_seq).await?;
+                        next_seq += 1;
+                    }
+                }
+                () = deadline => {
+                    if drain_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                        break;
+                    }
+                }
+            }
+        }
+        self.histogram.lock().await.add(&local)?;
+        let _ = socket.close(None).await;
+        Ok(ClientOutcome {
+            lost: next_seq - expected,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// idle
+// ---------------------------------------------------------------------------
+
+async fn run_idle(bench: Arc<Bench>, args: IdleArgs) -> Result<()> {
+    let bar = bench.progress("connecting");
+    let before = metric(
+        &bench.metrics().await?,
+        "signaling_process_resident_memory_bytes",
+    );
+    let started = Instant::now();
+    let connections = args.devices * (1 + args.clients_per_device);
+    let opened = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..args.concurrency.max(1))
+        .map(|_| {
+            let bench = bench.clone();
+            let opened = opened.clone();
+            let next = next.clone();
+            let devices = args.devices as u64;
+            let clients_per_device = args.clients_per_device;
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                loop {
+                    let d = next.fetch_add(1, Ordering::Relaxed);
+                    if d >= devices {
+                        return Ok::<_, anyhow::Error>(held);
+                    }
+                    let id = format!("idle-{}-{d}", bench.run_id);
+                    held.push(bench.device(&id).await?);
+                    opened.fetch_add(1, Ordering::Relaxed);
+                    for _ in 0..clients_per_device {
+                        held.push(bench.client(&id).await?);
+                        opened.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let progress = {
+        let bar = bar.clone();
+        let opened = opened.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                bar.set_message(format!(
+                    "{} of {connections} connections",
+                    opened.load(Ordering::Relaxed)
+                ));
+            }
+        })
+    };
+    let mut held = Vec::with_capacity(connections);
+    for worker in workers {
+        held.extend(worker.await??);
+    }
+    progress.abort();
+    let connect_seconds = started.elapsed().as_secs_f64();
+    bar.set_message(format!("holding {connections} connections"));
+    // Keep every socket read (answering the server's pings) while holding.
+    let readers: Vec<_> = held
+        .into_iter()
+        .map(|mut socket| {
+            tokio::spawn(async move { while let Some(Ok(_)) = socket.next().await {} })
+        })
+        .collect();
+    tokio::time::sleep(args.hold).await;
+    let after_body = bench.metrics().await?;
+    let after = metric(&after_body, "signaling_process_resident_memory_bytes");
+    let registered = metric(&after_body, "signaling_devices");
+    for reader in readers {
+        reader.abort();
+    }
+    bar.finish_and_clear();
+    let per_connection = (after - before) / connections as f64;
+    let result = json!({
+        "mode": "idle",
+        "devices": args.devices,
+        "clients": args.devices * args.clients_per_device,
+        "connections": connections,
+        "connect_seconds": connect_seconds,
+        "connects_per_s": connections as f64 / connect_seconds,
+        "server_rss_before": before,
+        "server_rss_after": after,
+        "server_rss_per_connection": per_connection,
+        "server_devices_gauge": registered,
+    });
+    if bench.json {
+        println!("{result}");
+    } else {
+        println!(
+            "idle: {connections} connections ({} devices) in {connect_seconds:.1} s = {:.0} connects/s\n  server RSS {:.1} MiB -> {:.1} MiB: {per_connection:.0} bytes per connection",
+            args.devices,
+            connections as f64 / connect_seconds,
+            before / 1048576.0,
+            after / 1048576.0,
+        );
+    }
+    ensure!(
+        registered >= args.devices as f64,
+        "the server lists {registered} devices, expected at least {}",
+        args.devices
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// churn
+// ---------------------------------------------------------------------------
+
+async fn run_churn(bench: Arc<Bench>, args: ChurnArgs) -> Result<()> {
+    let bar = bench.progress("churning");
+    let cycles = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..args.concurrency.max(1))
+        .map(|worker| {
+            let bench = bench.clone();
+            let cycles = cycles.clone();
+            let errors = errors.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    let id = format!("churn-{}-{worker}-{n}", bench.run_id);
+                    n += 1;
+                    match churn_cycle(&bench, &id).await {
+                        Ok(()) => cycles.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            if errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                                eprintln!("churn error: {e:#}");
+                            }
+                            0
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    while started.elapsed() < args.duration {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        bar.set_message(format!(
+            "{:.0} cycles/s",
+            cycles.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+        ));
+    }
+    stop.store(true, Ordering::Release);
+    for worker in workers {
+        worker.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    bar.set_message("waiting for the server's gauges to return to zero");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let gauges = [
+        "signaling_devices",
+        "signaling_clients",
+        r#"signaling_websocket_connections{endpoint="register_device"}"#,
+        r#"signaling_websocket_connections{endpoint="connect_client"}"#,
+    ];
+    let left = loop {
+        let body = bench.metrics().await?;
+        let left = gauges
+            .iter()
+            .map(|g| (*g, metric(&body, g)))
+            .filter(|(_, v)| *v != 0.0)
+            .collect::<Vec<_>>();
+        if left.is_empty() || Instant::now() > deadline {
+            break left;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    bar.finish_and_clear();
+    let cycles = cycles.load(Ordering::Relaxed);
+    let errors = errors.load(Ordering::Relaxed);
+    let result = json!({
+        "mode": "churn",
+        "concurrency": args.concurrency,
+        "seconds": elapsed,
+        "cycles": cycles,
+        "cycles_per_s": cycles as f64 / elapsed,
+        "connections_per_s": 2.0 * cycles as f64 / elapsed,
+        "errors": errors,
+        "gauges_not_zero": left.iter().map(|(g, v)| json!({"series": g, "value": v})).collect::<Vec<_>>(),
+    });
+    if bench.json {
+        println!("{result}");
+    } else {
+        println!(
+            "churn: {cycles} register/connect/exchange/leave cycles in {elapsed:.1} s = {:.0} cycles/s ({:.0} connections/s)\n  errors {errors}; server gauges back to zero: {}",
+            cycles as f64 / elapsed,
+            2.0 * cycles as f64 / elapsed,
+            if left.is_empty() {
+                "yes".to_owned()
+            } else {
+                format!("no: {left:?}")
+            }
+        );
+    }
+    ensure!(errors == 0, "{errors} churn cycles failed");
+    ensure!(left.is_empty(), "server gauges not back to zero: {left:?}");
+    Ok(())
+}
+
+/// One device and one client: register, connect, one message each way,
+/// leave (the device is told exactly once).
+async fn churn_cycle(bench: &Bench, device_id: &str) -> Result<()> {
+    let mut device = bench.device(device_id).await?;
+    let mut client = bench.client(device_id).await?;
+    let payload = RawValue::from_string(r#"{"type":"ping"}"#.to_owned())?;
+    let forward = ClientToServer::Forward(ClientForward { payload: &payload });
+    client.send(Message::text(forward.encode())).await?;
+    let text = next_text(&mut device).await?.context("device closed")?;
+    let Ok(ServerToDevice::ClientMsg(message)) = ServerToDevice::decode(&text) else {
+        bail!("device expected client_msg, got {text}");
+    };
+    let back = DeviceToServer::Forward(DeviceForward {
+        client_id: message.client_id,
+        payload: message.payload,
+    });
+    device.send(Message::text(back.encode())).await?;
+    let text = next_text(&mut client).await?.context("client closed")?;
+    ensure!(
+        matches!(
+            ServerToClient::decode(&text),
+            Ok(ServerToClient::DeviceMsg(_))
+        ),
+        "client expected device_msg, got {text}"
+    );
+    client.close(None).await?;
+    let text = next_text(&mut device).await?.context("device closed")?;
+    ensure!(
+        matches!(
+            ServerToDevice::decode(&text),
+            Ok(ServerToDevice::ClientDisconnected(_))
+        ),
+        "device expected client_disconnected, got {text}"
+    );
+    device.close(None).await?;
+    // Read the server's close replies so both sockets end cleanly.
+    while let Some(Ok(_)) = client.next().await {}
+    while let Some(Ok(_)) = device.next().await {}
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_payloads_are_sized_and_parse_back() {
+        for size in [64, 200, 4096] {
+            let payload = relay_payload(42, 123_456_789, size);
+            assert_eq!(payload.len(), size, "{payload}");
+            assert!(serde_json::from_str::<serde_json::Value>(&payload).is_ok());
+            assert_eq!(parse_relay_payload(&payload), Some((42, 123_456_789)));
+        }
+        assert_eq!(parse_relay_payload(r#"{"other":1}"#), None);
+    }
+
+    #[test]
+    fn metrics_are_read_by_series() {
+        let body = "# HELP x\nsignaling_devices 3\nsignaling_messages_relayed_total{direction=\"client_to_device\"} 10\nsignaling_messages_relayed_total{direction=\"device_to_client\"} 12\n";
+        assert_eq!(metric(body, "signaling_devices"), 3.0);
+        assert_eq!(metric(body, "signaling_clients"), 0.0);
+        assert_eq!(relayed_total(body), 22.0);
+    }
+}
