@@ -20,6 +20,8 @@ use crate::process::{Process, read_stdout_until};
 pub struct Tools {
     pub bin_dir: PathBuf,
     pub log_dir: PathBuf,
+    /// Pin the server to this CPU core (with taskset), for benchmarks.
+    pub server_core: Option<u32>,
 }
 
 /// A running server and the URL its tools use.
@@ -43,19 +45,32 @@ const PHASES: [&str; 8] = [
 ];
 
 impl Tools {
-    fn command(&self, binary: &str) -> Command {
+    pub fn command(&self, binary: &str) -> Command {
         let mut command = Command::new(self.bin_dir.join(binary));
         command.env("RUST_LOG", "info");
         command
     }
 
-    fn log(&self, name: &str) -> PathBuf {
+    /// `binary` pinned to `core` with taskset.
+    pub fn pinned_command(&self, binary: &str, core: u32) -> Command {
+        let mut command = Command::new("taskset");
+        command
+            .args(["-c", &core.to_string()])
+            .arg(self.bin_dir.join(binary))
+            .env("RUST_LOG", "info");
+        command
+    }
+
+    pub fn log(&self, name: &str) -> PathBuf {
         self.log_dir.join(format!("{name}.log"))
     }
 
     /// Starts the server with `args` on 127.0.0.1:0.
     pub fn server(&self, name: &str, args: &[&str]) -> Result<Server> {
-        let mut command = self.command("signaling-server");
+        let mut command = match self.server_core {
+            Some(core) => self.pinned_command("signaling-server", core),
+            None => self.command("signaling-server"),
+        };
         if !args.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }

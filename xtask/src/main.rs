@@ -2,6 +2,9 @@
 //!
 //! - `e2e`: builds the binaries and runs the whole flow against them: the
 //!   signaling relay itself, then seven WebRTC scenarios (see `e2e.rs`).
+//! - `bench [--quick]`: release build; the standard load scenarios of
+//!   `client-cli bench` with the server pinned to one core, written into
+//!   BENCHMARKS.md (`--quick`: a few seconds, small numbers, nothing written).
 //! - `bench-handshake`: release build; times `client-cli connect` to a fake
 //!   device 20 times and writes the figures into BENCHMARKS.md.
 //!
@@ -20,6 +23,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 mod bench;
 mod e2e;
+mod load;
 mod process;
 
 fn main() -> ExitCode {
@@ -27,9 +31,13 @@ fn main() -> ExitCode {
     let result = match task.as_deref() {
         Some("e2e") => run_e2e(),
         Some("bench-handshake") => bench::handshake(&workspace_root()),
+        Some("bench") => {
+            let quick = std::env::args().any(|a| a == "--quick");
+            load::run(&workspace_root(), quick)
+        }
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  e2e               build, then run the whole flow end to end\n  bench-handshake   time the WebRTC handshake through the server (release build)"
+                "usage: cargo xtask <task>\n\n  e2e               build, then run the whole flow end to end\n  bench [--quick]   load the server with client-cli bench; --quick is a few seconds for CI\n  bench-handshake   time the WebRTC handshake through the server (release build)"
             );
             return ExitCode::from(2);
         }
@@ -65,6 +73,7 @@ fn tools(root: &std::path::Path, profile: &str, logs: &str) -> Result<e2e::Tools
     Ok(e2e::Tools {
         bin_dir: target.join(profile),
         log_dir,
+        server_core: None,
     })
 }
 

@@ -1,0 +1,410 @@
+//! `cargo xtask bench`: the standard load scenarios of `client-cli bench`
+//! against a release server pinned to one core, the load on the other.
+//!
+//! Each relay and churn scenario runs several times; the table gives the
+//! median and the spread (min–max) and is rewritten in BENCHMARKS.md between
+//! its `load` markers, with the machine and the exact commands. `--quick`
+//! runs each mode briefly with small numbers, checks it succeeds, and writes
+//! nothing: CI runs it so the tool cannot rot.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+
+use crate::e2e::{Server, Tools};
+
+const START_MARK: &str = "<!-- load:start -->";
+const END_MARK: &str = "<!-- load:end -->";
+
+/// One `client-cli bench` invocation.
+struct Scenario {
+    name: &'static str,
+    /// Arguments after `bench`.
+    args: Vec<String>,
+    runs: usize,
+    /// Extra server flags; a scenario with flags gets its own server.
+    server_args: Vec<&'static str>,
+    /// Whether it needs a fresh server (idle memory is RSS growth).
+    fresh_server: bool,
+    tls: bool,
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn standard() -> Vec<Scenario> {
+    let relay = |payload: &str, extra: &[&str]| {
+        let mut a = args(&[
+            "relay",
+            "--devices",
+            "50",
+            "--in-flight",
+            "4",
+            "--payload-bytes",
+            payload,
+            "--duration",
+            "10s",
+            "--warmup",
+            "2s",
+        ]);
+        a.extend(args(extra));
+        a
+    };
+    vec![
+        Scenario {
+            name: "relay 50 pairs × 4 in flight, 200 B",
+            args: relay("200", &[]),
+            runs: 3,
+            server_args: vec![],
+            fresh_server: false,
+            tls: false,
+        },
+        Scenario {
+            name: "relay 50 pairs × 4 in flight, 4 KiB",
+            args: relay("4096", &[]),
+            runs: 3,
+            server_args: vec![],
+            fresh_server: false,
+            tls: false,
+        },
+        Scenario {
+            name: "unloaded round trip: 1 pair, 1 in flight, 200 B",
+            args: args(&[
+                "relay",
+                "--devices",
+                "1",
+                "--in-flight",
+                "1",
+                "--payload-bytes",
+                "200",
+                "--duration",
+                "10s",
+                "--warmup",
+                "2s",
+            ]),
+            runs: 3,
+            server_args: vec![],
+            fresh_server: false,
+            tls: false,
+        },
+        Scenario {
+            name: "relay over TLS (wss), 50 × 4, 200 B",
+            args: relay("200", &[]),
+            runs: 1,
+            server_args: vec![],
+            fresh_server: true,
+            tls: true,
+        },
+        Scenario {
+            name: "idle: 5,000 registered devices",
+            args: args(&["idle", "--devices", "5000", "--hold", "3s"]),
+            runs: 1,
+            server_args: vec![],
+            fresh_server: true,
+            tls: false,
+        },
+        Scenario {
+            name: "idle: 19,000 registered devices",
+            args: args(&[
+                "idle",
+                "--devices",
+                "19000",
+                "--hold",
+                "3s",
+                "--source-addrs",
+                "32",
+            ]),
+            runs: 1,
+            server_args: vec!["--max-connections", "19500"],
+            fresh_server: true,
+            tls: false,
+        },
+        Scenario {
+            name: "churn: register/connect/exchange/leave",
+            args: args(&[
+                "churn",
+                "--duration",
+                "10s",
+                "--concurrency",
+                "32",
+                "--source-addrs",
+                "64",
+            ]),
+            runs: 3,
+            server_args: vec![],
+            fresh_server: false,
+            tls: false,
+        },
+    ]
+}
+
+fn quick() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "relay (quick)",
+            args: args(&[
+                "relay",
+                "--devices",
+                "4",
+                "--in-flight",
+                "2",
+                "--duration",
+                "1s",
+                "--warmup",
+                "200ms",
+            ]),
+            runs: 1,
+            server_args: vec![],
+            fresh_server: false,
+            tls: false,
+        },
+        Scenario {
+            name: "relay open loop (quick)",
+            args: args(&[
+                "relay",
+                "--devices",
+                "2",
+                "--rate",
+                "200",
+                "--payload-bytes",
+                "4096",
+                "--duration",
+                "1s",
+                "--warmup",
+                "200ms",
+            ]),
+            runs: 1,
+            server_args: vec![],
+            fresh_server: false,
+            tls: false,
+        },
+        Scenario {
+            name: "idle (quick)",
+            args: args(&["idle", "--devices", "100", "--hold", "200ms"]),
+            runs: 1,
+            server_args: vec![],
+            fresh_server: false,
+            tls: false,
+        },
+        Scenario {
+            name: "churn (quick)",
+            args: args(&["churn", "--duration", "1s", "--concurrency", "4"]),
+            runs: 1,
+            server_args: vec![],
+            fresh_server: false,
+            tls: false,
+        },
+    ]
+}
+
+pub fn run(root: &Path, quick_run: bool) -> Result<()> {
+    crate::e2e::build(root, true)?;
+    let mut tools = crate::tools(root, "release", "load-logs")?;
+    let pinned = !quick_run && taskset_works();
+    if pinned {
+        tools.server_core = Some(0);
+    }
+    let scenarios = if quick_run { quick() } else { standard() };
+    let mut shared: Option<Server> = None;
+    let mut rows = Vec::new();
+    let mut commands = Vec::new();
+    for scenario in &scenarios {
+        let mut own_server = None;
+        let server: &Server =
+            if scenario.fresh_server || !scenario.server_args.is_empty() || scenario.tls {
+                own_server = Some(start_server(&tools, scenario)?);
+                own_server.as_ref().context("server")?
+            } else {
+                if shared.is_none() {
+                    shared = Some(start_server(&tools, scenario)?);
+                }
+                shared.as_ref().context("server")?
+            };
+        let mut results = Vec::new();
+        for run in 0..scenario.runs {
+            let result = bench_once(&tools, server, scenario, pinned)
+                .with_context(|| format!("{} (run {})", scenario.name, run + 1))?;
+            results.push(result);
+        }
+        println!("bench: {:<52} ok", scenario.name);
+        commands.push(format!(
+            "client-cli --server {} bench {}{}",
+            if scenario.tls {
+                "wss://localhost:PORT --ca-cert cert.pem"
+            } else {
+                "ws://127.0.0.1:PORT"
+            },
+            scenario.args.join(" "),
+            " --server-pid PID --json"
+        ));
+        rows.push(row(scenario, &results));
+        drop(own_server);
+    }
+    if quick_run {
+        println!("bench: quick run ok");
+        return Ok(());
+    }
+    let mut table = String::from("| scenario | result (median of runs; min–max) |\n|---|---|\n");
+    for (scenario, row) in scenarios.iter().zip(&rows) {
+        table.push_str(&format!("| {} | {row} |\n", scenario.name));
+    }
+    let section = format!(
+        "{START_MARK}\n## Load: `cargo xtask bench`\n\n\
+         Release build. The server runs pinned to core 0 (`taskset -c 0 signaling-server --listen 127.0.0.1:0`), \
+         `client-cli bench` pinned to core 1{}. Server CPU per message is the server's user+system \
+         time from /proc over the measured window divided by the messages it relayed in that window \
+         (from its /metrics). Machine: {}.\n\n{table}\nCommands (one line per scenario, in order):\n\n```\n{}\n```\n{END_MARK}",
+        if pinned {
+            ""
+        } else {
+            " (taskset was not available: nothing was pinned)"
+        },
+        crate::machine_description(),
+        commands.join("\n")
+    );
+    print!("{table}");
+    crate::replace_section(&root.join("BENCHMARKS.md"), START_MARK, END_MARK, &section)?;
+    println!("bench: BENCHMARKS.md updated");
+    Ok(())
+}
+
+fn taskset_works() -> bool {
+    std::process::Command::new("taskset")
+        .args(["-c", "0", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn start_server(tools: &Tools, scenario: &Scenario) -> Result<Server> {
+    let name = scenario
+        .name
+        .split(':')
+        .next()
+        .unwrap_or("server")
+        .replace(' ', "-");
+    let mut flags: Vec<String> = scenario
+        .server_args
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let cert_dir = tools.log_dir.join("tls");
+    if scenario.tls {
+        flags.extend(["--tls-self-signed".into(), "--tls-self-signed-dir".into()]);
+        flags.push(cert_dir.to_string_lossy().into_owned());
+    }
+    let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut server = tools.server(&name, &flag_refs)?;
+    if scenario.tls {
+        // The certificate names localhost; connect by that name.
+        server.url = server.url.replace("127.0.0.1", "localhost");
+        server.tool_flags = vec![
+            "--ca-cert".into(),
+            cert_dir.join("cert.pem").to_string_lossy().into_owned(),
+        ];
+    }
+    Ok(server)
+}
+
+fn bench_once(tools: &Tools, server: &Server, scenario: &Scenario, pinned: bool) -> Result<Value> {
+    let mut command = if pinned {
+        tools.pinned_command("client-cli", 1)
+    } else {
+        tools.command("client-cli")
+    };
+    command
+        .env("RUST_LOG", "warn")
+        .args(["--server", &server.url])
+        .args(&server.tool_flags)
+        .arg("bench")
+        .args(&scenario.args)
+        .args(["--json", "--server-pid", &server.process.pid().to_string()])
+        .stdin(Stdio::null());
+    // With taskset the server's pid is taskset's, which exec'd the server.
+    let output = command.output().context("run client-cli bench")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success(),
+        "client-cli bench failed ({}): {}{}",
+        output.status,
+        stdout.trim(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    serde_json::from_str(stdout.trim()).with_context(|| format!("not a JSON result: {stdout}"))
+}
+
+/// Median, min and max of one field over the runs.
+fn stat(results: &[Value], pointer: &str) -> (f64, f64, f64) {
+    let mut values: Vec<f64> = results
+        .iter()
+        .filter_map(|r| r.pointer(pointer).and_then(Value::as_f64))
+        .collect();
+    values.sort_by(f64::total_cmp);
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let mid = values.len() / 2;
+    let median = if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    };
+    (median, values[0], values[values.len() - 1])
+}
+
+fn fmt_stat((median, min, max): (f64, f64, f64), digits: usize) -> String {
+    if min == max {
+        format!("{median:.digits$}")
+    } else {
+        format!("{median:.digits$} ({min:.digits$}–{max:.digits$})")
+    }
+}
+
+fn row(scenario: &Scenario, results: &[Value]) -> String {
+    let mode = results
+        .first()
+        .and_then(|r| r["mode"].as_str())
+        .unwrap_or_default();
+    match mode {
+        "relay" => format!(
+            "server CPU {} µs/message; {} relayed messages/s; round trip p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs; lost 0, reordered 0",
+            fmt_stat(stat(results, "/server_cpu_us_per_msg"), 2),
+            fmt_stat(stat(results, "/relayed_per_s"), 0),
+            fmt_stat(stat(results, "/rtt_us/p50"), 1),
+            fmt_stat(stat(results, "/rtt_us/p99"), 1),
+            fmt_stat(stat(results, "/rtt_us/p999"), 1),
+            fmt_stat(stat(results, "/rtt_us/max"), 0),
+        ),
+        "idle" => format!(
+            "{} bytes of server RSS per connection ({} MiB → {} MiB); {} connects/s",
+            fmt_stat(stat(results, "/server_rss_per_connection"), 0),
+            fmt_stat(
+                stat(results, "/server_rss_before").map3(|v| v / 1048576.0),
+                1
+            ),
+            fmt_stat(
+                stat(results, "/server_rss_after").map3(|v| v / 1048576.0),
+                1
+            ),
+            fmt_stat(stat(results, "/connects_per_s"), 0),
+        ),
+        "churn" => format!(
+            "{} cycles/s ({} connections/s); gauges back to zero",
+            fmt_stat(stat(results, "/cycles_per_s"), 0),
+            fmt_stat(stat(results, "/connections_per_s"), 0),
+        ),
+        other => format!("unknown mode {other:?} in {}", scenario.name),
+    }
+}
+
+trait Map3 {
+    fn map3(self, f: impl Fn(f64) -> f64) -> Self;
+}
+
+impl Map3 for (f64, f64, f64) {
+    fn map3(self, f: impl Fn(f64) -> f64) -> Self {
+        (f(self.0), f(self.1), f(self.2))
+    }
+}
