@@ -116,8 +116,9 @@ pub struct Cli {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// Initial read buffer of each websocket, in bytes.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(256..))]
+    /// Initial read buffer of each websocket, in bytes; it grows for larger
+    /// frames. Small keeps idle connections small.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(256..))]
     pub read_buffer_bytes: u64,
 
     /// Log format.

@@ -43,7 +43,10 @@ pub struct ServerConfig {
     pub max_connections_per_ip: Option<usize>,
     /// How long shutdown waits for connections to close.
     pub shutdown_grace: Duration,
-    /// The initial read buffer of each websocket, in bytes.
+    /// The initial read buffer of each websocket, in bytes. It grows for a
+    /// larger frame; small keeps idle connections small (measured: 512 B
+    /// gives about 4.3 KB of server memory per idle device, 4 KiB about
+    /// 8 KB, for about 10% more CPU per 4 KiB message).
     pub read_buffer_bytes: usize,
     /// Serve TLS with this configuration.
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -69,7 +72,7 @@ impl Default for ServerConfig {
             max_connections: default_max_connections(),
             max_connections_per_ip: None,
             shutdown_grace: Duration::from_secs(10),
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 512,
             tls: None,
         }
     }

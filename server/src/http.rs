@@ -334,18 +334,23 @@ fn upgrade(
     response
 }
 
+/// How many bytes of frames may wait for the end of a batch before
+/// tungstenite writes them out anyway.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
 /// The websocket settings every connection gets.
 pub(crate) fn websocket_config(config: &crate::ServerConfig) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(config.read_buffer_bytes)
-        // Write each frame as soon as it is flushed; no write-side buffer
-        // beyond the frame being written.
-        .write_buffer_size(0)
+        // Frames queue in the write buffer until the connection task
+        // flushes after its batch: one write syscall per batch, not per
+        // frame. This is a threshold, not an allocation.
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(
             config
                 .outbox_bytes
                 .saturating_add(config.max_message_bytes)
-                .max(1 << 16),
+                .max(2 * WRITE_BUFFER_BYTES),
         )
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_message_bytes))
