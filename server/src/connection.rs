@@ -4,6 +4,8 @@
 //! One task per connection, selecting over the socket, the outbox, one timer
 //! and the shutdown signal, so an idle connection is a single parked future.
 
+use std::future::Future;
+
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep_until, timeout_at};
@@ -68,19 +70,26 @@ pub(crate) async fn drive<S, T>(
                 if batch.overflowed {
                     break slow_consumer(ctx);
                 }
-                let written = tokio::select! {
-                    biased;
-                    result = write_batch(&mut ws, &mut batch, ctx) => result,
-                    () = outbox.overflowed() => break slow_consumer(ctx),
-                    () = shutdown.cancelled() => {
-                        break Ending::Close(CloseCode::Away, "Server shutting down".into());
-                    }
-                };
-                batch.items.clear();
+                // Boxed: the write path's futures exist only while writing,
+                // so an idle connection does not carry their space.
+                let written = Box::pin(guarded_write(
+                    write_batch(&mut ws, &mut batch, ctx),
+                    &outbox,
+                    &shutdown,
+                    ctx,
+                ))
+                .await;
+                // Keep a small batch allocation for the next burst; give a
+                // large one back, so an idle connection holds little.
+                if batch.items.capacity() > 8 {
+                    batch.items = Vec::new();
+                } else {
+                    batch.items.clear();
+                }
                 match written {
                     Ok(None) => {}
-                    Ok(Some((code, reason))) => break Ending::Close(code, reason),
-                    Err(_) => break Ending::Gone,
+                    Ok(Some(ending)) => break ending,
+                    Err(ending) => break ending,
                 }
             }
             message = ws.next() => {
@@ -122,16 +131,16 @@ pub(crate) async fn drive<S, T>(
                 }
                 if now >= next_ping {
                     next_ping = now + config.ping_interval;
-                    let sent = tokio::select! {
-                        biased;
-                        result = ws.send(Message::Ping(Default::default())) => result,
-                        () = outbox.overflowed() => break slow_consumer(ctx),
-                        () = shutdown.cancelled() => {
-                            break Ending::Close(CloseCode::Away, "Server shutting down".into());
-                        }
+                    let ping = async {
+                        ws.send(Message::Ping(Default::default()))
+                            .await
+                            .map(|()| None)
+                            .map_err(|_| Ending::Gone)
                     };
-                    if sent.is_err() {
-                        break Ending::Gone;
+                    if let Err(ending) =
+                        Box::pin(guarded_write(ping, &outbox, &shutdown, ctx)).await
+                    {
+                        break ending;
                     }
                 }
             }
@@ -142,14 +151,36 @@ pub(crate) async fn drive<S, T>(
     match ending {
         Ending::Close(code, reason) => {
             debug!(%code, %reason, "closing");
-            close(&mut ws, code, reason, deadline).await;
+            Box::pin(close(&mut ws, code, reason, deadline)).await;
         }
         Ending::PeerClosed => {
-            let _ = timeout_at(deadline, ws.flush()).await;
+            let _ = Box::pin(timeout_at(deadline, ws.flush())).await;
         }
         Ending::Gone => {}
     }
     info!("connection closed");
+}
+
+/// Runs a write, unless the outbox overflows (the peer is not reading, so
+/// the write may never finish) or the server shuts down first. `Ok(Some)`
+/// is a close the write asked for.
+async fn guarded_write<F>(
+    write: F,
+    outbox: &Outbox,
+    shutdown: &CancellationToken,
+    ctx: &Context,
+) -> Result<Option<Ending>, Ending>
+where
+    F: Future<Output = Result<Option<Ending>, Ending>>,
+{
+    tokio::select! {
+        biased;
+        result = write => result,
+        () = outbox.overflowed() => Err(slow_consumer(ctx)),
+        () = shutdown.cancelled() => {
+            Err(Ending::Close(CloseCode::Away, "Server shutting down".into()))
+        }
+    }
 }
 
 /// Writes a batch, stopping at a close. Returns the close, if there was one.
@@ -157,7 +188,7 @@ async fn write_batch<T>(
     ws: &mut WebSocketStream<T>,
     batch: &mut Batch,
     ctx: &Context,
-) -> Result<Option<(CloseCode, Utf8Bytes)>, WsError>
+) -> Result<Option<Ending>, Ending>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -166,15 +197,17 @@ where
         match item {
             Outgoing::Text(text) => {
                 ctx.metrics.bytes_out.inc_by(text.len() as u64);
-                ws.feed(Message::Text(text)).await?;
+                ws.feed(Message::Text(text))
+                    .await
+                    .map_err(|_| Ending::Gone)?;
             }
             Outgoing::Close(code, reason) => {
-                close = Some((code, reason));
+                close = Some(Ending::Close(code, reason));
                 break;
             }
         }
     }
-    ws.flush().await?;
+    ws.flush().await.map_err(|_| Ending::Gone)?;
     Ok(close)
 }
 

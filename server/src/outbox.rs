@@ -143,13 +143,11 @@ impl Outbox {
             {
                 let mut state = self.lock();
                 if state.overflowed || !state.queue.is_empty() {
-                    batch.items.extend(state.queue.drain(..));
+                    // Take the queue's allocation along: an idle outbox
+                    // then holds no memory at all.
+                    batch.items.extend(std::mem::take(&mut state.queue));
                     state.bytes = 0;
                     batch.overflowed = state.overflowed;
-                    // Give back the memory of a burst; an idle outbox holds none.
-                    if state.queue.capacity() > 64 {
-                        state.queue = VecDeque::new();
-                    }
                     return;
                 }
             }
