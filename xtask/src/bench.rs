@@ -37,12 +37,12 @@ pub fn handshake(root: &Path) -> Result<()> {
     let mut table =
         String::from("| phase (ms from connect) | median | min | max |\n|---|---|---|---|\n");
     for (phase, values) in phases.iter().zip(&mut samples) {
-        let (median, min, max) = spread(values);
+        let (median, min, max) = crate::spread(values);
         table.push_str(&format!(
             "| {phase} | {median:.1} | {min:.1} | {max:.1} |\n"
         ));
     }
-    let (median, min, max) = spread(&mut rtts);
+    let (median, min, max) = crate::spread(&mut rtts);
     table.push_str(&format!(
         "| data channel echo round trip | {median:.2} | {min:.2} | {max:.2} |\n"
     ));
@@ -58,19 +58,4 @@ pub fn handshake(root: &Path) -> Result<()> {
     crate::replace_section(&root.join("BENCHMARKS.md"), START_MARK, END_MARK, &section)?;
     println!("bench-handshake: BENCHMARKS.md updated");
     Ok(())
-}
-
-/// Median, min and max; sorts `values`.
-fn spread(values: &mut [f64]) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    if values.is_empty() {
-        return (f64::NAN, f64::NAN, f64::NAN);
-    }
-    let mid = values.len() / 2;
-    let median = if values.len().is_multiple_of(2) {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    };
-    (median, values[0], values[values.len() - 1])
 }

@@ -341,17 +341,7 @@ fn stat(results: &[Value], pointer: &str) -> (f64, f64, f64) {
         .iter()
         .filter_map(|r| r.pointer(pointer).and_then(Value::as_f64))
         .collect();
-    values.sort_by(f64::total_cmp);
-    if values.is_empty() {
-        return (f64::NAN, f64::NAN, f64::NAN);
-    }
-    let mid = values.len() / 2;
-    let median = if values.len().is_multiple_of(2) {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    };
-    (median, values[0], values[values.len() - 1])
+    crate::spread(&mut values)
 }
 
 fn fmt_stat((median, min, max): (f64, f64, f64), digits: usize) -> String {

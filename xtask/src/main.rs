@@ -115,6 +115,21 @@ fn run_e2e() -> Result<()> {
     Ok(())
 }
 
+/// Median, min and max of `values` (sorting them); NaN when empty.
+fn spread(values: &mut [f64]) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let mid = values.len() / 2;
+    let median = if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    };
+    (median, values[0], values[values.len() - 1])
+}
+
 /// "N cores, MODEL" from /proc/cpuinfo, for benchmark reports.
 fn machine_description() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
