@@ -88,8 +88,7 @@ pub(crate) async fn drive<S, T>(
                 }
                 match written {
                     Ok(None) => {}
-                    Ok(Some(ending)) => break ending,
-                    Err(ending) => break ending,
+                    Ok(Some(ending)) | Err(ending) => break ending,
                 }
             }
             message = ws.next() => {
