@@ -86,6 +86,11 @@ struct RelayArgs {
     /// Time before measuring starts.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
+    /// Drive the bare relay (`server/examples/bare_relay.rs`), which
+    /// forwards frames unchanged: devices echo the client's frame as it
+    /// came, and clients read their payload back from it.
+    #[arg(long)]
+    bare: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -313,7 +318,7 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
     }
     let device_tasks: Vec<_> = devices
         .into_iter()
-        .map(|(_, socket)| tokio::spawn(echo_device(socket, counters.clone())))
+        .map(|(_, socket)| tokio::spawn(echo_device(socket, counters.clone(), args.bare)))
         .collect();
     let client_tasks: Vec<_> = clients
         .into_iter()
@@ -327,6 +332,7 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
                 payload_bytes,
                 in_flight: args.in_flight.max(1),
                 rate: args.rate,
+                bare: args.bare,
             };
             tokio::spawn(task.run(socket))
         })
@@ -334,9 +340,10 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
 
     bar.set_message("warming up");
     tokio::time::sleep(args.warmup).await;
+    // The bare relay has no /metrics: count its messages ourselves.
     let metrics_before = match bench.server_pid {
-        Some(_) => Some(bench.metrics().await?),
-        None => None,
+        Some(_) if !args.bare => Some(bench.metrics().await?),
+        _ => None,
     };
     let cpu_before = bench.server_pid.map(cpu_seconds).transpose()?;
     measuring.store(true, Ordering::Release);
@@ -354,8 +361,8 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = bench.server_pid.map(cpu_seconds).transpose()?;
     let metrics_after = match bench.server_pid {
-        Some(_) => Some(bench.metrics().await?),
-        None => None,
+        Some(_) if !args.bare => Some(bench.metrics().await?),
+        _ => None,
     };
 
     // Stop sending and collect what is still in flight.
@@ -379,9 +386,13 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
     let round_trips = counters.measured.load(Ordering::Relaxed);
     let histogram = histogram.lock().await;
     let micros = |q: f64| histogram.value_at_quantile(q) as f64 / 1e3;
-    let server = match (cpu_before, cpu_after, &metrics_before, &metrics_after) {
-        (Some(before), Some(after), Some(m0), Some(m1)) => {
-            let relayed = relayed_total(m1) - relayed_total(m0);
+    let server = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) => {
+            let relayed = match (&metrics_before, &metrics_after) {
+                (Some(m0), Some(m1)) => relayed_total(m1) - relayed_total(m0),
+                // Two relayed messages per round trip.
+                _ => 2.0 * counters.measured.load(Ordering::Relaxed) as f64,
+            };
             let cpu = after - before;
             Some((cpu, relayed, cpu / relayed.max(1.0) * 1e6))
         }
@@ -442,11 +453,18 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
 }
 
 /// A device that sends every client's message back to it, verbatim.
-async fn echo_device(mut socket: Socket, counters: Arc<RelayCounters>) {
+async fn echo_device(mut socket: Socket, counters: Arc<RelayCounters>, bare: bool) {
     while let Some(Ok(message)) = socket.next().await {
         let Message::Text(text) = message else {
             continue;
         };
+        if bare {
+            // The bare relay passes the client's frame through unchanged.
+            if socket.send(Message::Text(text)).await.is_err() {
+                break;
+            }
+            continue;
+        }
         match ServerToDevice::decode(&text) {
             Ok(ServerToDevice::ClientMsg(message)) => {
                 let back = DeviceToServer::Forward(DeviceForward {
@@ -475,6 +493,7 @@ struct RelayClient {
     payload_bytes: usize,
     in_flight: usize,
     rate: Option<f64>,
+    bare: bool,
 }
 
 struct ClientOutcome {
@@ -535,12 +554,18 @@ impl RelayClient {
                 message = socket.next() => {
                     let Some(message) = message else { bail!("the server closed the connection") };
                     let Message::Text(text) = message? else { continue };
-                    let ServerToClient::DeviceMsg(reply) = ServerToClient::decode(&text)
-                        .map_err(|e| anyhow::anyhow!("undecodable frame ({e}): {text}"))?
-                    else {
-                        bail!("unexpected frame: {text}");
+                    let payload = if self.bare {
+                        match ClientToServer::decode(&text) {
+                            Ok(ClientToServer::Forward(forward)) => forward.payload,
+                            _ => bail!("unexpected frame from the bare relay: {text}"),
+                        }
+                    } else {
+                        match ServerToClient::decode(&text) {
+                            Ok(ServerToClient::DeviceMsg(reply)) => reply.payload,
+                            _ => bail!("unexpected frame: {text}"),
+                        }
                     };
-                    let (seq, sent_ns) = parse_relay_payload(reply.payload.get())
+                    let (seq, sent_ns) = parse_relay_payload(payload.get())
                         .context("a payload that is not ours")?;
                     if seq != expected {
                         self.counters.reordered.fetch_add(1, Ordering::Relaxed);

@@ -29,6 +29,8 @@ struct Scenario {
     /// Whether it needs a fresh server (idle memory is RSS growth).
     fresh_server: bool,
     tls: bool,
+    /// Run against the bare relay example instead of the server.
+    bare: bool,
 }
 
 fn args(list: &[&str]) -> Vec<String> {
@@ -61,6 +63,25 @@ fn standard() -> Vec<Scenario> {
             server_args: vec![],
             fresh_server: false,
             tls: false,
+            bare: false,
+        },
+        Scenario {
+            name: "bare relay baseline, 50 × 4, 200 B",
+            args: relay("200", &["--bare"]),
+            runs: 3,
+            server_args: vec![],
+            fresh_server: true,
+            tls: false,
+            bare: true,
+        },
+        Scenario {
+            name: "bare relay baseline, 50 × 4, 4 KiB",
+            args: relay("4096", &["--bare"]),
+            runs: 3,
+            server_args: vec![],
+            fresh_server: true,
+            tls: false,
+            bare: true,
         },
         Scenario {
             name: "relay 50 pairs × 4 in flight, 4 KiB",
@@ -69,6 +90,7 @@ fn standard() -> Vec<Scenario> {
             server_args: vec![],
             fresh_server: false,
             tls: false,
+            bare: false,
         },
         Scenario {
             name: "unloaded round trip: 1 pair, 1 in flight, 200 B",
@@ -89,6 +111,7 @@ fn standard() -> Vec<Scenario> {
             server_args: vec![],
             fresh_server: false,
             tls: false,
+            bare: false,
         },
         Scenario {
             name: "relay over TLS (wss), 50 × 4, 200 B",
@@ -97,6 +120,7 @@ fn standard() -> Vec<Scenario> {
             server_args: vec![],
             fresh_server: true,
             tls: true,
+            bare: false,
         },
         Scenario {
             name: "idle: 5,000 registered devices",
@@ -105,6 +129,7 @@ fn standard() -> Vec<Scenario> {
             server_args: vec![],
             fresh_server: true,
             tls: false,
+            bare: false,
         },
         Scenario {
             name: "idle: 19,000 registered devices",
@@ -121,6 +146,7 @@ fn standard() -> Vec<Scenario> {
             server_args: vec!["--max-connections", "19500"],
             fresh_server: true,
             tls: false,
+            bare: false,
         },
         Scenario {
             name: "churn: register/connect/exchange/leave",
@@ -137,6 +163,7 @@ fn standard() -> Vec<Scenario> {
             server_args: vec![],
             fresh_server: false,
             tls: false,
+            bare: false,
         },
     ]
 }
@@ -160,6 +187,7 @@ fn quick() -> Vec<Scenario> {
             server_args: vec![],
             fresh_server: false,
             tls: false,
+            bare: false,
         },
         Scenario {
             name: "relay open loop (quick)",
@@ -180,6 +208,7 @@ fn quick() -> Vec<Scenario> {
             server_args: vec![],
             fresh_server: false,
             tls: false,
+            bare: false,
         },
         Scenario {
             name: "idle (quick)",
@@ -188,6 +217,7 @@ fn quick() -> Vec<Scenario> {
             server_args: vec![],
             fresh_server: false,
             tls: false,
+            bare: false,
         },
         Scenario {
             name: "churn (quick)",
@@ -196,12 +226,16 @@ fn quick() -> Vec<Scenario> {
             server_args: vec![],
             fresh_server: false,
             tls: false,
+            bare: false,
         },
     ]
 }
 
 pub fn run(root: &Path, quick_run: bool) -> Result<()> {
     crate::e2e::build(root, true)?;
+    if !quick_run {
+        build_bare_relay(root)?;
+    }
     let mut tools = crate::tools(root, "release", "load-logs")?;
     let pinned = !quick_run && taskset_works();
     if pinned {
@@ -210,6 +244,7 @@ pub fn run(root: &Path, quick_run: bool) -> Result<()> {
     let scenarios = if quick_run { quick() } else { standard() };
     let mut shared: Option<Server> = None;
     let mut rows = Vec::new();
+    let mut all_results: Vec<Vec<Value>> = Vec::new();
     let mut commands = Vec::new();
     for scenario in &scenarios {
         let mut own_server = None;
@@ -241,6 +276,7 @@ pub fn run(root: &Path, quick_run: bool) -> Result<()> {
             " --server-pid PID --json"
         ));
         rows.push(row(scenario, &results));
+        all_results.push(results);
         drop(own_server);
     }
     if quick_run {
@@ -250,6 +286,31 @@ pub fn run(root: &Path, quick_run: bool) -> Result<()> {
     let mut table = String::from("| scenario | result (median of runs; min–max) |\n|---|---|\n");
     for (scenario, row) in scenarios.iter().zip(&rows) {
         table.push_str(&format!("| {} | {row} |\n", scenario.name));
+    }
+    for (payload, ours, bare) in [
+        (
+            "200 B",
+            "relay 50 pairs × 4 in flight, 200 B",
+            "bare relay baseline, 50 × 4, 200 B",
+        ),
+        (
+            "4 KiB",
+            "relay 50 pairs × 4 in flight, 4 KiB",
+            "bare relay baseline, 50 × 4, 4 KiB",
+        ),
+    ] {
+        let median = |name: &str| {
+            scenarios
+                .iter()
+                .position(|s| s.name == name)
+                .map(|i| stat(&all_results[i], "/server_cpu_us_per_msg").0)
+        };
+        if let (Some(ours), Some(bare)) = (median(ours), median(bare)) {
+            table.push_str(&format!(
+                "| server CPU per message relative to the bare relay, {payload} | {:.2}× ({ours:.2} µs vs {bare:.2} µs) |\n",
+                ours / bare
+            ));
+        }
     }
     let section = format!(
         "{START_MARK}\n## Load: `cargo xtask bench`\n\n\
@@ -271,6 +332,25 @@ pub fn run(root: &Path, quick_run: bool) -> Result<()> {
     Ok(())
 }
 
+fn build_bare_relay(root: &Path) -> Result<()> {
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(root)
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--package",
+                "signaling-server",
+                "--example",
+                "bare_relay",
+            ])
+            .status()
+            .context("build the bare relay")?;
+    ensure!(status.success(), "building the bare relay failed");
+    Ok(())
+}
+
 fn taskset_works() -> bool {
     std::process::Command::new("taskset")
         .args(["-c", "0", "true"])
@@ -278,7 +358,35 @@ fn taskset_works() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The bare relay example, pinned like the server.
+fn start_bare_relay(tools: &Tools) -> Result<Server> {
+    let binary = tools.bin_dir.join("examples").join("bare_relay");
+    let mut command = match tools.server_core {
+        Some(core) => {
+            let mut command = std::process::Command::new("taskset");
+            command.args(["-c", &core.to_string()]).arg(binary);
+            command
+        }
+        None => std::process::Command::new(binary),
+    };
+    command
+        .arg("127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let mut process =
+        crate::process::Process::start(command, "bare-relay", &tools.log("bare-relay"))?;
+    let url = crate::process::read_stdout_until(&mut process, "bare relay on ")?;
+    Ok(Server {
+        process,
+        url,
+        tool_flags: Vec::new(),
+    })
+}
+
 fn start_server(tools: &Tools, scenario: &Scenario) -> Result<Server> {
+    if scenario.bare {
+        return start_bare_relay(tools);
+    }
     let name = scenario
         .name
         .split(':')
