@@ -33,6 +33,19 @@ struct Scenario {
     bare: bool,
 }
 
+/// A scenario on the shared plain server, with no extra flags.
+fn scenario(name: &'static str, args: Vec<String>, runs: usize) -> Scenario {
+    Scenario {
+        name,
+        args,
+        runs,
+        server_args: vec![],
+        fresh_server: false,
+        tls: false,
+        bare: false,
+    }
+}
+
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -56,45 +69,29 @@ fn standard() -> Vec<Scenario> {
         a
     };
     vec![
+        scenario("relay 50 pairs × 4 in flight, 200 B", relay("200", &[]), 3),
         Scenario {
-            name: "relay 50 pairs × 4 in flight, 200 B",
-            args: relay("200", &[]),
-            runs: 3,
-            server_args: vec![],
-            fresh_server: false,
-            tls: false,
-            bare: false,
-        },
-        Scenario {
-            name: "bare relay baseline, 50 × 4, 200 B",
-            args: relay("200", &["--bare"]),
-            runs: 3,
-            server_args: vec![],
             fresh_server: true,
-            tls: false,
             bare: true,
+            ..scenario(
+                "bare relay baseline, 50 × 4, 200 B",
+                relay("200", &["--bare"]),
+                3,
+            )
         },
         Scenario {
-            name: "bare relay baseline, 50 × 4, 4 KiB",
-            args: relay("4096", &["--bare"]),
-            runs: 3,
-            server_args: vec![],
             fresh_server: true,
-            tls: false,
             bare: true,
+            ..scenario(
+                "bare relay baseline, 50 × 4, 4 KiB",
+                relay("4096", &["--bare"]),
+                3,
+            )
         },
-        Scenario {
-            name: "relay 50 pairs × 4 in flight, 4 KiB",
-            args: relay("4096", &[]),
-            runs: 3,
-            server_args: vec![],
-            fresh_server: false,
-            tls: false,
-            bare: false,
-        },
-        Scenario {
-            name: "unloaded round trip: 1 pair, 1 in flight, 200 B",
-            args: args(&[
+        scenario("relay 50 pairs × 4 in flight, 4 KiB", relay("4096", &[]), 3),
+        scenario(
+            "unloaded round trip: 1 pair, 1 in flight, 200 B",
+            args(&[
                 "relay",
                 "--devices",
                 "1",
@@ -107,50 +104,41 @@ fn standard() -> Vec<Scenario> {
                 "--warmup",
                 "2s",
             ]),
-            runs: 3,
-            server_args: vec![],
-            fresh_server: false,
-            tls: false,
-            bare: false,
-        },
+            3,
+        ),
         Scenario {
-            name: "relay over TLS (wss), 50 × 4, 200 B",
-            args: relay("200", &[]),
-            runs: 1,
-            server_args: vec![],
             fresh_server: true,
             tls: true,
-            bare: false,
+            ..scenario("relay over TLS (wss), 50 × 4, 200 B", relay("200", &[]), 1)
         },
         Scenario {
-            name: "idle: 5,000 registered devices",
-            args: args(&["idle", "--devices", "5000", "--hold", "3s"]),
-            runs: 1,
-            server_args: vec![],
             fresh_server: true,
-            tls: false,
-            bare: false,
+            ..scenario(
+                "idle: 5,000 registered devices",
+                args(&["idle", "--devices", "5000", "--hold", "3s"]),
+                1,
+            )
         },
         Scenario {
-            name: "idle: 19,000 registered devices",
-            args: args(&[
-                "idle",
-                "--devices",
-                "19000",
-                "--hold",
-                "3s",
-                "--source-addrs",
-                "32",
-            ]),
-            runs: 1,
             server_args: vec!["--max-connections", "19500"],
             fresh_server: true,
-            tls: false,
-            bare: false,
+            ..scenario(
+                "idle: 19,000 registered devices",
+                args(&[
+                    "idle",
+                    "--devices",
+                    "19000",
+                    "--hold",
+                    "3s",
+                    "--source-addrs",
+                    "32",
+                ]),
+                1,
+            )
         },
-        Scenario {
-            name: "churn: register/connect/exchange/leave",
-            args: args(&[
+        scenario(
+            "churn: register/connect/exchange/leave",
+            args(&[
                 "churn",
                 "--duration",
                 "10s",
@@ -159,20 +147,16 @@ fn standard() -> Vec<Scenario> {
                 "--source-addrs",
                 "64",
             ]),
-            runs: 3,
-            server_args: vec![],
-            fresh_server: false,
-            tls: false,
-            bare: false,
-        },
+            3,
+        ),
     ]
 }
 
 fn quick() -> Vec<Scenario> {
     vec![
-        Scenario {
-            name: "relay (quick)",
-            args: args(&[
+        scenario(
+            "relay (quick)",
+            args(&[
                 "relay",
                 "--devices",
                 "4",
@@ -183,15 +167,11 @@ fn quick() -> Vec<Scenario> {
                 "--warmup",
                 "200ms",
             ]),
-            runs: 1,
-            server_args: vec![],
-            fresh_server: false,
-            tls: false,
-            bare: false,
-        },
-        Scenario {
-            name: "relay open loop (quick)",
-            args: args(&[
+            1,
+        ),
+        scenario(
+            "relay open loop (quick)",
+            args(&[
                 "relay",
                 "--devices",
                 "2",
@@ -204,30 +184,18 @@ fn quick() -> Vec<Scenario> {
                 "--warmup",
                 "200ms",
             ]),
-            runs: 1,
-            server_args: vec![],
-            fresh_server: false,
-            tls: false,
-            bare: false,
-        },
-        Scenario {
-            name: "idle (quick)",
-            args: args(&["idle", "--devices", "100", "--hold", "200ms"]),
-            runs: 1,
-            server_args: vec![],
-            fresh_server: false,
-            tls: false,
-            bare: false,
-        },
-        Scenario {
-            name: "churn (quick)",
-            args: args(&["churn", "--duration", "1s", "--concurrency", "4"]),
-            runs: 1,
-            server_args: vec![],
-            fresh_server: false,
-            tls: false,
-            bare: false,
-        },
+            1,
+        ),
+        scenario(
+            "idle (quick)",
+            args(&["idle", "--devices", "100", "--hold", "200ms"]),
+            1,
+        ),
+        scenario(
+            "churn (quick)",
+            args(&["churn", "--duration", "1s", "--concurrency", "4"]),
+            1,
+        ),
     ]
 }
 
