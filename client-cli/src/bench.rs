@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use peer::signaling::{ConnectOptions, Socket};
@@ -117,6 +117,11 @@ struct ChurnArgs {
     /// Device/client pairs cycling at once.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Drive the bare relay (`server/examples/bare_relay.rs`), the baseline
+    /// of a bare accept loop: the echo comes back verbatim, no
+    /// `client_disconnected` is expected and there are no gauges to check.
+    #[arg(long)]
+    bare: bool,
 }
 
 pub async fn run(options: &ConnectOptions, args: BenchArgs) -> Result<()> {
@@ -153,7 +158,10 @@ impl Bench {
         let n = self.next_source.fetch_add(1, Ordering::Relaxed) as usize;
         let source = (self.sources.len() > 1 || self.sources[0] != IpAddr::from([127, 0, 0, 1]))
             .then(|| self.sources[n % self.sources.len()]);
-        Ok(self.options.connect_from(path, source).await?)
+        // Frames fed in a burst go out in one write at the flush, as a
+        // busy peer's would; see `echo_device` and `RelayClient::run`.
+        let config = peer::signaling::websocket_config().write_buffer_size(64 * 1024);
+        Ok(self.options.connect_with(path, source, config).await?)
     }
 
     /// A registered device, its `config` read.
@@ -453,34 +461,56 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
 }
 
 /// A device that sends every client's message back to it, verbatim.
+///
+/// It answers every frame that has already arrived before writing, so a
+/// burst of frames read at once goes back in one write: the generator then
+/// spends its core on messages, not on a syscall per frame, and can load a
+/// server harder than one core's worth of single-frame writes.
 async fn echo_device(mut socket: Socket, counters: Arc<RelayCounters>, bare: bool) {
     while let Some(Ok(message)) = socket.next().await {
-        let Message::Text(text) = message else {
-            continue;
-        };
-        if bare {
-            // The bare relay passes the client's frame through unchanged.
-            if socket.send(Message::Text(text)).await.is_err() {
-                break;
-            }
-            continue;
+        if echo(&mut socket, message, &counters, bare).await.is_err() {
+            return;
         }
-        match ServerToDevice::decode(&text) {
-            Ok(ServerToDevice::ClientMsg(message)) => {
-                let back = DeviceToServer::Forward(DeviceForward {
-                    client_id: message.client_id,
-                    payload: message.payload,
-                });
-                if socket.send(Message::text(back.encode())).await.is_err() {
-                    break;
-                }
+        while let Some(Some(Ok(message))) = socket.next().now_or_never() {
+            if echo(&mut socket, message, &counters, bare).await.is_err() {
+                return;
             }
-            Ok(ServerToDevice::ClientDisconnected(_)) => {}
-            _ => {
-                counters.errors.fetch_add(1, Ordering::Relaxed);
-            }
+        }
+        if socket.flush().await.is_err() {
+            return;
         }
     }
+}
+
+/// Queues the echo of one frame; `echo_device` flushes.
+async fn echo(
+    socket: &mut Socket,
+    message: Message,
+    counters: &RelayCounters,
+    bare: bool,
+) -> Result<()> {
+    let Message::Text(text) = message else {
+        return Ok(());
+    };
+    if bare {
+        // The bare relay passes the client's frame through unchanged.
+        socket.feed(Message::Text(text)).await?;
+        return Ok(());
+    }
+    match ServerToDevice::decode(&text) {
+        Ok(ServerToDevice::ClientMsg(message)) => {
+            let back = DeviceToServer::Forward(DeviceForward {
+                client_id: message.client_id,
+                payload: message.payload,
+            });
+            socket.feed(Message::text(back.encode())).await?;
+        }
+        Ok(ServerToDevice::ClientDisconnected(_)) => {}
+        _ => {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(())
 }
 
 /// One simulated client of the relay mode.
@@ -501,11 +531,40 @@ struct ClientOutcome {
 }
 
 impl RelayClient {
-    async fn send(&self, socket: &mut Socket, seq: u64) -> Result<()> {
+    /// Queues message `seq`; the caller flushes.
+    async fn feed(&self, socket: &mut Socket, seq: u64) -> Result<()> {
         let sent_ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let payload = RawValue::from_string(relay_payload(seq, sent_ns, self.payload_bytes))?;
         let forward = ClientToServer::Forward(ClientForward { payload: &payload });
-        socket.send(Message::text(forward.encode())).await?;
+        socket.feed(Message::text(forward.encode())).await?;
+        Ok(())
+    }
+
+    /// Checks one echoed frame: ours, in order; records its round trip.
+    fn on_echo(&self, text: &str, expected: &mut u64, local: &mut Histogram<u64>) -> Result<()> {
+        let payload = if self.bare {
+            match ClientToServer::decode(text) {
+                Ok(ClientToServer::Forward(forward)) => forward.payload,
+                _ => bail!("unexpected frame from the bare relay: {text}"),
+            }
+        } else {
+            match ServerToClient::decode(text) {
+                Ok(ServerToClient::DeviceMsg(reply)) => reply.payload,
+                _ => bail!("unexpected frame: {text}"),
+            }
+        };
+        let (seq, sent_ns) =
+            parse_relay_payload(payload.get()).context("a payload that is not ours")?;
+        if seq != *expected {
+            self.counters.reordered.fetch_add(1, Ordering::Relaxed);
+        }
+        *expected = seq + 1;
+        let now_ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.counters.completed.fetch_add(1, Ordering::Relaxed);
+        if self.measuring.load(Ordering::Acquire) {
+            self.counters.measured.fetch_add(1, Ordering::Relaxed);
+            let _ = local.record(now_ns.saturating_sub(sent_ns).max(1));
+        }
         Ok(())
     }
 
@@ -518,9 +577,10 @@ impl RelayClient {
             .map(|rate| tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001))));
         if ticker.is_none() {
             for _ in 0..self.in_flight {
-                self.send(&mut socket, next_seq).await?;
+                self.feed(&mut socket, next_seq).await?;
                 next_seq += 1;
             }
+            socket.flush().await?;
         }
         let drain_limit = Duration::from_secs(10);
         let mut drain_deadline: Option<tokio::time::Instant> = None;
@@ -548,39 +608,28 @@ impl RelayClient {
             };
             tokio::select! {
                 () = tick => {
-                    self.send(&mut socket, next_seq).await?;
+                    self.feed(&mut socket, next_seq).await?;
                     next_seq += 1;
+                    socket.flush().await?;
                 }
                 message = socket.next() => {
-                    let Some(message) = message else { bail!("the server closed the connection") };
-                    let Message::Text(text) = message? else { continue };
-                    let payload = if self.bare {
-                        match ClientToServer::decode(&text) {
-                            Ok(ClientToServer::Forward(forward)) => forward.payload,
-                            _ => bail!("unexpected frame from the bare relay: {text}"),
+                    // Handle every echo that has already arrived, then
+                    // write their successors at once (closed loop).
+                    let mut ready = Some(message);
+                    while let Some(message) = ready {
+                        let Some(message) = message else {
+                            bail!("the server closed the connection")
+                        };
+                        if let Message::Text(text) = message? {
+                            self.on_echo(&text, &mut expected, &mut local)?;
+                            if ticker.is_none() && drain_deadline.is_none() {
+                                self.feed(&mut socket, next_seq).await?;
+                                next_seq += 1;
+                            }
                         }
-                    } else {
-                        match ServerToClient::decode(&text) {
-                            Ok(ServerToClient::DeviceMsg(reply)) => reply.payload,
-                            _ => bail!("unexpected frame: {text}"),
-                        }
-                    };
-                    let (seq, sent_ns) = parse_relay_payload(payload.get())
-                        .context("a payload that is not ours")?;
-                    if seq != expected {
-                        self.counters.reordered.fetch_add(1, Ordering::Relaxed);
+                        ready = socket.next().now_or_never();
                     }
-                    expected = seq + 1;
-                    let now_ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                    self.counters.completed.fetch_add(1, Ordering::Relaxed);
-                    if self.measuring.load(Ordering::Acquire) {
-                        self.counters.measured.fetch_add(1, Ordering::Relaxed);
-                        let _ = local.record(now_ns.saturating_sub(sent_ns).max(1));
-                    }
-                    if ticker.is_none() && drain_deadline.is_none() {
-                        self.send(&mut socket, next_seq).await?;
-                        next_seq += 1;
-                    }
+                    socket.flush().await?;
                 }
                 () = deadline => {
                     if drain_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
@@ -712,6 +761,7 @@ async fn run_churn(bench: Arc<Bench>, args: ChurnArgs) -> Result<()> {
     let cycles = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    let cpu_before = bench.server_pid.map(cpu_seconds).transpose()?;
     let started = Instant::now();
     let workers: Vec<_> = (0..args.concurrency.max(1))
         .map(|worker| {
@@ -719,12 +769,13 @@ async fn run_churn(bench: Arc<Bench>, args: ChurnArgs) -> Result<()> {
             let cycles = cycles.clone();
             let errors = errors.clone();
             let stop = stop.clone();
+            let bare = args.bare;
             tokio::spawn(async move {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Acquire) {
                     let id = format!("churn-{}-{worker}-{n}", bench.run_id);
                     n += 1;
-                    match churn_cycle(&bench, &id).await {
+                    match churn_cycle(&bench, &id, bare).await {
                         Ok(()) => cycles.fetch_add(1, Ordering::Relaxed),
                         Err(e) => {
                             if errors.fetch_add(1, Ordering::Relaxed) < 5 {
@@ -749,6 +800,7 @@ async fn run_churn(bench: Arc<Bench>, args: ChurnArgs) -> Result<()> {
         worker.await?;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = bench.server_pid.map(cpu_seconds).transpose()?;
     bar.set_message("waiting for the server's gauges to return to zero");
     let deadline = Instant::now() + Duration::from_secs(10);
     let gauges = [
@@ -758,6 +810,9 @@ async fn run_churn(bench: Arc<Bench>, args: ChurnArgs) -> Result<()> {
         r#"signaling_websocket_connections{endpoint="connect_client"}"#,
     ];
     let left = loop {
+        if args.bare {
+            break Vec::new();
+        }
         let body = bench.metrics().await?;
         let left = gauges
             .iter()
@@ -772,8 +827,14 @@ async fn run_churn(bench: Arc<Bench>, args: ChurnArgs) -> Result<()> {
     bar.finish_and_clear();
     let cycles = cycles.load(Ordering::Relaxed);
     let errors = errors.load(Ordering::Relaxed);
+    // Server CPU per cycle (two connections opened, used and closed).
+    let server_us_per_cycle = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) => Some((after - before) / cycles.max(1) as f64 * 1e6),
+        _ => None,
+    };
     let result = json!({
         "mode": "churn",
+        "server_cpu_us_per_cycle": server_us_per_cycle,
         "concurrency": args.concurrency,
         "seconds": elapsed,
         "cycles": cycles,
@@ -795,6 +856,9 @@ async fn run_churn(bench: Arc<Bench>, args: ChurnArgs) -> Result<()> {
                 format!("no: {left:?}")
             }
         );
+        if let Some(per_cycle) = server_us_per_cycle {
+            println!("  server CPU: {per_cycle:.1} µs per cycle");
+        }
     }
     ensure!(errors == 0, "{errors} churn cycles failed");
     ensure!(left.is_empty(), "server gauges not back to zero: {left:?}");
@@ -802,14 +866,23 @@ async fn run_churn(bench: Arc<Bench>, args: ChurnArgs) -> Result<()> {
 }
 
 /// One device and one client: register, connect, one message each way,
-/// leave (the device is told exactly once).
-async fn churn_cycle(bench: &Bench, device_id: &str) -> Result<()> {
+/// leave (the device is told exactly once; the bare relay tells nothing).
+async fn churn_cycle(bench: &Bench, device_id: &str, bare: bool) -> Result<()> {
     let mut device = bench.device(device_id).await?;
     let mut client = bench.client(device_id).await?;
     let payload = RawValue::from_string(r#"{"type":"ping"}"#.to_owned())?;
     let forward = ClientToServer::Forward(ClientForward { payload: &payload });
     client.send(Message::text(forward.encode())).await?;
     let text = next_text(&mut device).await?.context("device closed")?;
+    if bare {
+        device.send(Message::text(text)).await?;
+        next_text(&mut client).await?.context("client closed")?;
+        client.close(None).await?;
+        device.close(None).await?;
+        while let Some(Ok(_)) = client.next().await {}
+        while let Some(Ok(_)) = device.next().await {}
+        return Ok(());
+    }
     let Ok(ServerToDevice::ClientMsg(message)) = ServerToDevice::decode(&text) else {
         bail!("device expected client_msg, got {text}");
     };

@@ -208,6 +208,17 @@ impl ConnectOptions {
         path: &str,
         source: Option<IpAddr>,
     ) -> Result<Socket, ConnectError> {
+        self.connect_with(path, source, websocket_config()).await
+    }
+
+    /// Opens a websocket to `path` from `source` with these websocket
+    /// settings (a load generator buffers its writes; the tools do not).
+    pub async fn connect_with(
+        &self,
+        path: &str,
+        source: Option<IpAddr>,
+        config: WebSocketConfig,
+    ) -> Result<Socket, ConnectError> {
         let url = self.endpoint_url(path).map_err(ConnectError::fatal)?;
         let (stream, target) = self.open_stream(source).await?;
         let mut request = url
@@ -220,9 +231,7 @@ impl ConnectOptions {
             })?;
             request.headers_mut().insert("Authorization", value);
         }
-        match tokio_tungstenite::client_async_with_config(request, stream, Some(websocket_config()))
-            .await
-        {
+        match tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await {
             Ok((socket, _)) => Ok(socket),
             Err(e) => Err(self.handshake_error(e, &target, &url)),
         }
@@ -302,8 +311,9 @@ impl ConnectOptions {
 }
 
 /// Small buffers: signaling messages are small, and a load generator holds
-/// thousands of these (tungstenite's default read buffer is 128 KiB).
-fn websocket_config() -> WebSocketConfig {
+/// thousands of these (tungstenite's default read buffer is 128 KiB). No
+/// write buffer: every frame is written as it is sent.
+pub fn websocket_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)
