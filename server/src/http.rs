@@ -275,7 +275,6 @@ fn upgrade(
         }
     };
     let task_state = state.clone();
-    let ws_config = state.ws_config;
     state.tracker.spawn(
         async move {
             let state = task_state;
@@ -289,7 +288,7 @@ fn upgrade(
             let ws = WebSocketStream::from_raw_socket(
                 TokioIo::new(upgraded),
                 Role::Server,
-                Some(ws_config),
+                Some(state.ws_config),
             )
             .await;
             let gauge = state.ctx.metrics.connections(endpoint);
@@ -300,14 +299,13 @@ fn upgrade(
                 max_bytes: ctx.config.outbox_bytes,
             });
             let shutdown = state.shutdown.clone();
-            let span = tracing::Span::current();
             match endpoint {
                 Endpoint::RegisterDevice => {
-                    let session = DeviceSession::new(ctx.clone(), outbox.clone(), span);
+                    let session = DeviceSession::new(ctx.clone(), outbox.clone());
                     drive(ws, session, outbox, &ctx, shutdown).await;
                 }
                 Endpoint::ConnectClient => {
-                    let session = ClientSession::new(ctx.clone(), outbox.clone(), span);
+                    let session = ClientSession::new(ctx.clone(), outbox.clone());
                     drive(ws, session, outbox, &ctx, shutdown).await;
                 }
             }

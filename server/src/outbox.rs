@@ -70,7 +70,7 @@ struct State {
 /// What the connection task takes from its outbox at once.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
-    pub items: Vec<Outgoing>,
+    pub items: VecDeque<Outgoing>,
     /// The outbox overflowed: close the connection as a slow consumer.
     pub overflowed: bool,
 }
@@ -137,15 +137,17 @@ impl Outbox {
     }
 
     /// Waits until there is something to send or the outbox overflowed, then
-    /// takes everything queued. Only the connection task calls this.
+    /// takes everything queued. `batch` must have been emptied. Only the
+    /// connection task calls this.
     pub async fn next_batch(&self, batch: &mut Batch) {
         loop {
             {
                 let mut state = self.lock();
                 if state.overflowed || !state.queue.is_empty() {
-                    // Take the queue's allocation along: an idle outbox
-                    // then holds no memory at all.
-                    batch.items.extend(std::mem::take(&mut state.queue));
+                    // Take the queue itself, allocation and all, leaving
+                    // the batch's empty one: no copy, and an idle outbox
+                    // holds no memory at all.
+                    std::mem::swap(&mut batch.items, &mut state.queue);
                     state.bytes = 0;
                     batch.overflowed = state.overflowed;
                     return;

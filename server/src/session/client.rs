@@ -15,7 +15,6 @@ use crate::registry::{ClientLink, Connection, NotAttached};
 pub(crate) struct ClientSession {
     replies: Replies,
     state: State,
-    span: Span,
 }
 
 #[derive(Debug)]
@@ -33,12 +32,11 @@ enum State {
 }
 
 impl ClientSession {
-    pub fn new(ctx: Arc<Context>, outbox: Outbox, span: Span) -> Self {
+    pub fn new(ctx: Arc<Context>, outbox: Outbox) -> Self {
         let connect_by = Instant::now() + ctx.config.handshake_timeout;
         Self {
             replies: Replies { ctx, outbox },
             state: State::AwaitingConnect { connect_by },
-            span,
         }
     }
 
@@ -51,7 +49,7 @@ impl ClientSession {
         };
         let ctx = self.replies.ctx.clone();
         let device_id = connect.device_id.into_owned();
-        self.span.record("device_id", device_id.as_str());
+        Span::current().record("device_id", device_id.as_str());
         // The reference sends config first in every case (C1, C2, C3).
         self.replies.frame(ctx.config_frame.clone());
         let wait = !ctx.config.client_wait.is_zero();
@@ -92,7 +90,7 @@ impl ClientSession {
             && let Some(client_id) = link.client_id()
         {
             *logged = true;
-            self.span.record("client_id", client_id);
+            Span::current().record("client_id", client_id);
             info!("client connected");
         }
     }

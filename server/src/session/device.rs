@@ -18,17 +18,15 @@ pub(crate) struct DeviceSession {
     registration: Option<DeviceRegistration>,
     /// `register` must arrive before this (D15).
     register_by: Instant,
-    span: Span,
 }
 
 impl DeviceSession {
-    pub fn new(ctx: Arc<Context>, outbox: Outbox, span: Span) -> Self {
+    pub fn new(ctx: Arc<Context>, outbox: Outbox) -> Self {
         let register_by = Instant::now() + ctx.config.handshake_timeout;
         Self {
             replies: Replies { ctx, outbox },
             registration: None,
             register_by,
-            span,
         }
     }
 
@@ -51,7 +49,7 @@ impl DeviceSession {
         {
             Ok(registration) => {
                 // D1
-                self.span.record("device_id", registration.device_id());
+                Span::current().record("device_id", registration.device_id());
                 info!("device registered");
                 self.replies.frame(ctx.config_frame.clone());
                 self.registration = Some(registration);

@@ -52,6 +52,10 @@ impl Context {
 }
 
 /// A connection's state machine, as the connection task sees it.
+///
+/// Its methods run inside the connection's tracing span (the task is
+/// instrumented with it), so a session names its device and client ids on
+/// `Span::current()` instead of keeping a handle of its own.
 pub(crate) trait Session {
     /// A text frame arrived.
     fn on_text(&mut self, text: &str);
