@@ -118,7 +118,7 @@ pub struct Cli {
 
     /// Initial read buffer of each websocket, in bytes; it grows for larger
     /// frames. Small keeps idle connections small.
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(256..))]
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(256..))]
     pub read_buffer_bytes: u64,
 
     /// Log format.

@@ -26,6 +26,7 @@ use crate::connection::drive;
 use crate::limits::Refusal;
 use crate::metrics::{Endpoint, RefusedReason};
 use crate::outbox::{Outbox, OutboxLimits};
+use crate::read_ahead::ReadAhead;
 use crate::session::client::ClientSession;
 use crate::session::device::DeviceSession;
 
@@ -286,7 +287,7 @@ fn upgrade(
                 }
             };
             let ws = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
+                ReadAhead::new(TokioIo::new(upgraded)),
                 Role::Server,
                 Some(state.ws_config),
             )

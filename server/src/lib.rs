@@ -36,6 +36,7 @@ mod http;
 mod limits;
 pub mod metrics;
 mod outbox;
+mod read_ahead;
 mod registry;
 mod session;
 pub mod tls;
