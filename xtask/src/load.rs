@@ -136,20 +136,27 @@ fn standard() -> Vec<Scenario> {
                 1,
             )
         },
-        scenario(
-            "churn: register/connect/exchange/leave",
-            args(&[
-                "churn",
-                "--duration",
-                "10s",
-                "--concurrency",
-                "32",
-                "--source-addrs",
-                "64",
-            ]),
-            3,
-        ),
+        scenario("churn: register/connect/exchange/leave", churn(&[]), 3),
+        Scenario {
+            fresh_server: true,
+            bare: true,
+            ..scenario("bare relay baseline: churn", churn(&["--bare"]), 3)
+        },
     ]
+}
+
+fn churn(extra: &[&str]) -> Vec<String> {
+    let mut a = args(&[
+        "churn",
+        "--duration",
+        "10s",
+        "--concurrency",
+        "32",
+        "--source-addrs",
+        "64",
+    ]);
+    a.extend(args(extra));
+    a
 }
 
 fn quick() -> Vec<Scenario> {
@@ -210,43 +217,60 @@ pub fn run(root: &Path, quick_run: bool) -> Result<()> {
         tools.server_core = Some(0);
     }
     let scenarios = if quick_run { quick() } else { standard() };
+    // Rounds: each round runs every scenario that has runs left once, so
+    // a scenario and its bare-relay baseline are measured minutes apart at
+    // most, under the same load from the machine's other tenants.
     let mut shared: Option<Server> = None;
-    let mut rows = Vec::new();
-    let mut all_results: Vec<Vec<Value>> = Vec::new();
-    let mut commands = Vec::new();
-    for scenario in &scenarios {
-        let mut own_server = None;
-        let server: &Server =
-            if scenario.fresh_server || !scenario.server_args.is_empty() || scenario.tls {
-                own_server = Some(start_server(&tools, scenario)?);
-                own_server.as_ref().context("server")?
-            } else {
-                if shared.is_none() {
-                    shared = Some(start_server(&tools, scenario)?);
-                }
-                shared.as_ref().context("server")?
+    let mut all_results: Vec<Vec<Value>> = scenarios.iter().map(|_| Vec::new()).collect();
+    let rounds = scenarios.iter().map(|s| s.runs).max().unwrap_or(0);
+    for round in 0..rounds {
+        for (scenario, results) in scenarios.iter().zip(&mut all_results) {
+            if round >= scenario.runs {
+                continue;
+            }
+            let own_server =
+                if scenario.fresh_server || !scenario.server_args.is_empty() || scenario.tls {
+                    Some(start_server(&tools, scenario)?)
+                } else {
+                    None
+                };
+            let server = match &own_server {
+                Some(server) => server,
+                None => match &mut shared {
+                    Some(server) => server,
+                    none => none.insert(start_server(&tools, scenario)?),
+                },
             };
-        let mut results = Vec::new();
-        for run in 0..scenario.runs {
             let result = bench_once(&tools, server, scenario, pinned)
-                .with_context(|| format!("{} (run {})", scenario.name, run + 1))?;
+                .with_context(|| format!("{} (run {})", scenario.name, round + 1))?;
             results.push(result);
+            println!(
+                "bench: {:<52} run {} of {} ok",
+                scenario.name,
+                round + 1,
+                scenario.runs
+            );
         }
-        println!("bench: {:<52} ok", scenario.name);
-        commands.push(format!(
-            "client-cli --server {} bench {}{}",
-            if scenario.tls {
-                "wss://localhost:PORT --ca-cert cert.pem"
-            } else {
-                "ws://127.0.0.1:PORT"
-            },
-            scenario.args.join(" "),
-            " --server-pid PID --json"
-        ));
-        rows.push(row(scenario, &results));
-        all_results.push(results);
-        drop(own_server);
     }
+    let rows: Vec<String> = scenarios
+        .iter()
+        .zip(&all_results)
+        .map(|(scenario, results)| row(scenario, results))
+        .collect();
+    let commands: Vec<String> = scenarios
+        .iter()
+        .map(|scenario| {
+            format!(
+                "client-cli --server {} bench {} --server-pid PID --json",
+                if scenario.tls {
+                    "wss://localhost:PORT --ca-cert cert.pem"
+                } else {
+                    "ws://127.0.0.1:PORT"
+                },
+                scenario.args.join(" "),
+            )
+        })
+        .collect();
     if quick_run {
         println!("bench: quick run ok");
         return Ok(());
@@ -255,27 +279,47 @@ pub fn run(root: &Path, quick_run: bool) -> Result<()> {
     for (scenario, row) in scenarios.iter().zip(&rows) {
         table.push_str(&format!("| {} | {row} |\n", scenario.name));
     }
-    for (payload, ours, bare) in [
+    // Each of ours against the bare relay: (what, ours, bare, field, unit).
+    let comparisons = [
         (
-            "200 B",
+            "server CPU per message relative to the bare relay, 200 B",
             "relay 50 pairs × 4 in flight, 200 B",
             "bare relay baseline, 50 × 4, 200 B",
+            "/server_cpu_us_per_msg",
+            "µs",
         ),
         (
-            "4 KiB",
+            "server CPU per message relative to the bare relay, 4 KiB",
             "relay 50 pairs × 4 in flight, 4 KiB",
             "bare relay baseline, 50 × 4, 4 KiB",
+            "/server_cpu_us_per_msg",
+            "µs",
         ),
-    ] {
+        (
+            "churn rate relative to the bare relay",
+            "churn: register/connect/exchange/leave",
+            "bare relay baseline: churn",
+            "/cycles_per_s",
+            "cycles/s",
+        ),
+        (
+            "server CPU per churn cycle relative to the bare relay",
+            "churn: register/connect/exchange/leave",
+            "bare relay baseline: churn",
+            "/server_cpu_us_per_cycle",
+            "µs",
+        ),
+    ];
+    for (what, ours, bare, field, unit) in comparisons {
         let median = |name: &str| {
             scenarios
                 .iter()
                 .position(|s| s.name == name)
-                .map(|i| stat(&all_results[i], "/server_cpu_us_per_msg").0)
+                .map(|i| stat(&all_results[i], field).0)
         };
         if let (Some(ours), Some(bare)) = (median(ours), median(bare)) {
             table.push_str(&format!(
-                "| server CPU per message relative to the bare relay, {payload} | {:.2}× ({ours:.2} µs vs {bare:.2} µs) |\n",
+                "| {what} | {:.2}× ({ours:.2} {unit} vs {bare:.2} {unit}) |\n",
                 ours / bare
             ));
         }
@@ -285,7 +329,10 @@ pub fn run(root: &Path, quick_run: bool) -> Result<()> {
          Release build. The server runs pinned to core 0 (`taskset -c 0 signaling-server --listen 127.0.0.1:0`), \
          `client-cli bench` pinned to core 1{}. Server CPU per message is the server's user+system \
          time from /proc over the measured window divided by the messages it relayed in that window \
-         (from its /metrics). Machine: {}.\n\n{table}\nCommands (one line per scenario, in order):\n\n```\n{}\n```\n{END_MARK}",
+         (from its /metrics). The baseline is the bare relay (`server/examples/bare_relay.rs`: frames \
+         forwarded unparsed, 4 KiB read buffers). The generator writes each burst of frames it has \
+         ready with one syscall, as a busy peer does. Scenarios run in rounds, a run of each per round. \
+         Machine: {}.\n\n{table}\nCommands (one line per scenario, in order):\n\n```\n{}\n```\n{END_MARK}",
         if pinned {
             ""
         } else {
@@ -457,9 +504,15 @@ fn row(scenario: &Scenario, results: &[Value]) -> String {
             fmt_stat(stat(results, "/connects_per_s"), 0),
         ),
         "churn" => format!(
-            "{} cycles/s ({} connections/s); gauges back to zero",
+            "{} cycles/s ({} connections/s); server CPU {} µs per cycle; {}",
             fmt_stat(stat(results, "/cycles_per_s"), 0),
             fmt_stat(stat(results, "/connections_per_s"), 0),
+            fmt_stat(stat(results, "/server_cpu_us_per_cycle"), 1),
+            if scenario.bare {
+                "no gauges to check"
+            } else {
+                "gauges back to zero"
+            },
         ),
         other => format!("unknown mode {other:?} in {}", scenario.name),
     }
