@@ -116,6 +116,17 @@ pub struct Cli {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Most messages per second one connection may send, on average; past
+    /// it the connection gets `Rate limit exceeded` and close 1008. 0 turns
+    /// the limit off.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub rate_limit: u32,
+
+    /// Messages one connection may send at once before --rate-limit
+    /// applies.
+    #[arg(long, default_value_t = 20_000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_burst: u32,
+
     /// Initial read buffer of each websocket, in bytes; it grows for larger
     /// frames. Small keeps idle connections small.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(256..))]
@@ -235,6 +246,10 @@ impl Cli {
                 .then(|| to_usize(self.max_connections_per_ip)),
             shutdown_grace: self.shutdown_grace,
             read_buffer_bytes: to_usize(self.read_buffer_bytes),
+            rate_limit: (self.rate_limit > 0).then_some(crate::RateLimit {
+                per_second: self.rate_limit,
+                burst: self.rate_burst,
+            }),
             tls,
         };
         Ok((config, notes))

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use protocol::IceServer;
 
+use crate::rate::RateLimit;
+
 /// Everything [`crate::run`] needs to know. [`ServerConfig::default`] gives
 /// the documented defaults; the binary fills it from its flags.
 #[derive(Debug, Clone)]
@@ -49,6 +51,9 @@ pub struct ServerConfig {
     /// no extra syscalls: 256 B and 2 KiB measured the same CPU per 4 KiB
     /// message, and each 256 B more is 256 B more per idle connection.
     pub read_buffer_bytes: usize,
+    /// The most messages one connection may send (behavior.md D17, C15);
+    /// `None` is no limit.
+    pub rate_limit: Option<RateLimit>,
     /// Serve TLS with this configuration.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -74,6 +79,12 @@ impl Default for ServerConfig {
             max_connections_per_ip: None,
             shutdown_grace: Duration::from_secs(10),
             read_buffer_bytes: 256,
+            // High enough that no real handshake (tens of messages) meets
+            // it: a burst of 20,000, then 1,000 a second.
+            rate_limit: Some(RateLimit {
+                per_second: 1000,
+                burst: 20_000,
+            }),
             tls: None,
         }
     }

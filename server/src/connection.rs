@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::outbox::{Batch, Outbox, Outgoing};
-use crate::session::{Context, Session, close_reason};
+use crate::session::{Context, Session, close_reason, rate_limited};
 
 /// How a connection ends.
 #[derive(Debug)]
@@ -59,6 +59,8 @@ where
         let mut last_seen = Instant::now();
         let mut next_ping = last_seen + config.ping_interval;
         let mut batch = Batch::default();
+        // The rate limit's state (see `rate.rs`).
+        let mut rate_due = last_seen;
 
         let ending = loop {
             let idle_at = last_seen + config.idle_timeout;
@@ -108,7 +110,14 @@ where
                             // After a fatal error the session is over; what the
                             // peer sends meanwhile is not acted on.
                             if !outbox.is_closing() {
-                                session.on_text(&text);
+                                let within_rate = ctx
+                                    .rate
+                                    .is_none_or(|rate| rate.allow(&mut rate_due, last_seen));
+                                if within_rate {
+                                    session.on_text(&text);
+                                } else {
+                                    rate_limited(ctx, &outbox);
+                                }
                             }
                         }
                         Some(Ok(Message::Binary(_))) => {

@@ -36,12 +36,14 @@ mod http;
 mod limits;
 pub mod metrics;
 mod outbox;
+mod rate;
 mod read_ahead;
 mod registry;
 mod session;
 pub mod tls;
 
 pub use config::ServerConfig;
+pub use rate::RateLimit;
 
 use crate::limits::Limiter;
 use crate::metrics::Metrics;

@@ -174,6 +174,64 @@ fn insecure_flag_allows_non_loopback_and_self_signed_prints_a_fingerprint() {
     );
 }
 
+/// `--rate-limit N --rate-burst B` reach the server (D17); `--rate-limit 0`
+/// turns the limit off whatever the burst.
+#[tokio::test]
+async fn rate_limit_flags() {
+    use futures_util::SinkExt;
+
+    for (flags, answered, limited) in [
+        (["--rate-limit", "1", "--rate-burst", "3"], 2, true),
+        (["--rate-limit", "0", "--rate-burst", "3"], 10, false),
+    ] {
+        let server = Server::start(&flags);
+        let url = format!("ws://{}/register_device", server.address);
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        // A registration, then ten forwards, in one write.
+        ws.feed(Message::text(
+            r#"{"message_type":"register","device_id":"fast"}"#,
+        ))
+        .await
+        .unwrap();
+        for _ in 0..10 {
+            ws.feed(Message::text(
+                r#"{"message_type":"forward","client_id":9,"payload":1}"#,
+            ))
+            .await
+            .unwrap();
+        }
+        ws.flush().await.unwrap();
+        let mut texts = Vec::new();
+        let close = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        texts.push(text.to_string());
+                        if !limited && texts.len() == 1 + answered {
+                            return None;
+                        }
+                    }
+                    Some(Ok(Message::Close(frame))) => return frame,
+                    Some(Ok(_)) => continue,
+                    other => panic!("{flags:?}: got {other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("the server answered");
+        assert!(texts[0].contains(r#""message_type":"config""#), "{texts:?}");
+        let unknown = texts.iter().filter(|t| t.contains("Unknown client: 9"));
+        assert_eq!(unknown.count(), answered, "{flags:?}: {texts:?}");
+        if limited {
+            assert!(
+                texts.last().unwrap().contains("Rate limit exceeded"),
+                "{texts:?}"
+            );
+            assert_eq!(close.expect("a close frame").code, CloseCode::Policy);
+        }
+    }
+}
+
 #[test]
 fn bad_flags_get_clear_errors() {
     for (args, want) in [
@@ -191,6 +249,7 @@ fn bad_flags_get_clear_errors() {
             vec!["--max-message-bytes", "10"],
             "10 is not in 64..=16777216",
         ),
+        (vec!["--rate-burst", "0"], "--rate-burst"),
     ] {
         let output = Command::new(BINARY).args(&args).output().expect("run");
         assert!(!output.status.success(), "{args:?}");

@@ -476,3 +476,45 @@ async fn c14_client_disconnect_is_announced_exactly_once() {
     device.expect_silence(Duration::from_millis(200)).await;
     server.stop().await.unwrap();
 }
+
+/// C15: as D17, for a client; its device is told it left.
+#[tokio::test]
+async fn c15_rate_limit_is_exact() {
+    use futures_util::SinkExt;
+
+    let server = TestServer::start(ServerConfig {
+        rate_limit: Some(signaling_server::RateLimit {
+            per_second: 1,
+            burst: 3,
+        }),
+        ..test_config()
+    })
+    .await;
+    let mut device = server.registered_device("c15").await;
+    let mut client = server.connected_client("c15").await;
+    for _ in 0..3 {
+        client
+            .ws
+            .feed(Message::text(r#"{"message_type":"forward","payload":2}"#))
+            .await
+            .unwrap();
+    }
+    client.ws.flush().await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            device.recv_text().await,
+            r#"{"message_type":"client_msg","client_id":1,"payload":2}"#
+        );
+    }
+    let text = "Rate limit exceeded: more than 1 messages per second (bursts of 3)";
+    assert_eq!(client.recv_error().await, text);
+    assert_eq!(
+        client.recv_close().await,
+        (CloseCode::Policy, text.to_owned())
+    );
+    assert_eq!(
+        device.recv_text().await,
+        r#"{"message_type":"client_disconnected","client_id":1}"#
+    );
+    server.stop().await.unwrap();
+}

@@ -506,3 +506,52 @@ async fn d16_abrupt_device_drop_also_tells_clients() {
     .await;
     server.stop().await.unwrap();
 }
+
+/// D17: `burst` messages at once pass, the next one ends the session; the
+/// device's clients hear it as a departure (D16); the refusal is counted.
+#[tokio::test]
+async fn d17_rate_limit_is_exact() {
+    use futures_util::SinkExt;
+
+    let server = TestServer::start(signaling_server::ServerConfig {
+        rate_limit: Some(signaling_server::RateLimit {
+            per_second: 1,
+            burst: 5,
+        }),
+        ..test_config()
+    })
+    .await;
+    let mut device = server.registered_device("d17").await;
+    let mut client = server.connected_client("d17").await;
+    // The register was one message: four more fit the burst, the fifth
+    // forward does not. All in one write, well inside the one-second
+    // interval in which the burst could earn a message back.
+    for _ in 0..5 {
+        device
+            .ws
+            .feed(Message::text(
+                r#"{"message_type":"forward","client_id":1,"payload":"x"}"#,
+            ))
+            .await
+            .unwrap();
+    }
+    device.ws.flush().await.unwrap();
+    for _ in 0..4 {
+        assert_eq!(client.recv_json().await["message_type"], "device_msg");
+    }
+    let text = "Rate limit exceeded: more than 1 messages per second (bursts of 5)";
+    assert_eq!(device.recv_error().await, text);
+    assert_eq!(
+        device.recv_close().await,
+        (CloseCode::Policy, text.to_owned())
+    );
+    assert_eq!(client.recv_error().await, "Device disconnected");
+    assert_eq!(client.recv_close().await.0, CloseCode::Away);
+    assert_eq!(
+        server
+            .metric(r#"signaling_errors_total{phrase="Rate limit exceeded"}"#)
+            .await,
+        1.0
+    );
+    server.stop().await.unwrap();
+}

@@ -326,7 +326,7 @@ pub fn run(root: &Path, quick_run: bool) -> Result<()> {
     }
     let section = format!(
         "{START_MARK}\n## Load: `cargo xtask bench`\n\n\
-         Release build. The server runs pinned to core 0 (`taskset -c 0 signaling-server --listen 127.0.0.1:0`), \
+         Release build. The server runs pinned to core 0 (`taskset -c 0 signaling-server --listen 127.0.0.1:0 --rate-limit 0`), \
          `client-cli bench` pinned to core 1{}. Server CPU per message is the server's user+system \
          time from /proc over the measured window divided by the messages it relayed in that window \
          (from its /metrics). The baseline is the bare relay (`server/examples/bare_relay.rs`: frames \
@@ -408,11 +408,9 @@ fn start_server(tools: &Tools, scenario: &Scenario) -> Result<Server> {
         .next()
         .unwrap_or("server")
         .replace(' ', "-");
-    let mut flags: Vec<String> = scenario
-        .server_args
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+    // The bench measures the relay, not the rate limiter.
+    let mut flags: Vec<String> = vec!["--rate-limit".into(), "0".into()];
+    flags.extend(scenario.server_args.iter().map(|s| (*s).to_owned()));
     let cert_dir = tools.log_dir.join("tls");
     if scenario.tls {
         flags.extend(["--tls-self-signed".into(), "--tls-self-signed-dir".into()]);

@@ -16,6 +16,7 @@ use crate::config::ServerConfig;
 use crate::frames;
 use crate::metrics::{Direction, Metrics};
 use crate::outbox::Outbox;
+use crate::rate::Gcra;
 use crate::registry::Registry;
 
 pub(crate) mod client;
@@ -29,6 +30,8 @@ pub(crate) struct Context {
     pub metrics: Arc<Metrics>,
     /// The `config` message, encoded once.
     pub config_frame: Utf8Bytes,
+    /// The per-connection rate limit, if one is set.
+    pub rate: Option<Gcra>,
     pub relayed_to_device: Counter,
     pub relayed_to_client: Counter,
 }
@@ -41,6 +44,7 @@ impl Context {
         .encode()
         .into();
         Self {
+            rate: config.rate_limit.and_then(Gcra::new),
             config,
             registry: Arc::new(Registry::new(metrics.clone())),
             relayed_to_device: metrics.relayed(Direction::ClientToDevice),
@@ -81,14 +85,31 @@ impl Replies {
 
     /// Sends an error frame, then closes with 1008: the session is over.
     fn fatal(&self, phrase: &'static str, text: String) {
-        self.error(phrase, text.clone());
-        self.outbox
-            .push_close(CloseCode::Policy, close_reason(text));
+        end_session(&self.ctx, &self.outbox, phrase, text);
     }
 
     fn frame(&self, frame: Utf8Bytes) {
         let _ = self.outbox.push_text(frame);
     }
+}
+
+/// Sends an error frame, then closes with 1008: the session is over.
+pub(crate) fn end_session(ctx: &Context, outbox: &Outbox, phrase: &'static str, text: String) {
+    ctx.metrics.error_sent(phrase);
+    let _ = outbox.push_text(frames::error(text.clone()));
+    outbox.push_close(CloseCode::Policy, close_reason(text));
+}
+
+/// Ends a session that sent more than the rate limit allows (D17, C15).
+pub(crate) fn rate_limited(ctx: &Context, outbox: &Outbox) {
+    let text = match ctx.config.rate_limit {
+        Some(limit) => format!(
+            "Rate limit exceeded: more than {} messages per second (bursts of {})",
+            limit.per_second, limit.burst
+        ),
+        None => "Rate limit exceeded".to_owned(),
+    };
+    end_session(ctx, outbox, "Rate limit exceeded", text);
 }
 
 /// A close reason must fit the 123 bytes a close frame allows.
