@@ -671,5 +671,8 @@ impl fmt::Display for ClientMessageType {
     }
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(test)]
 mod tests;

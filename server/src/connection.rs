@@ -107,18 +107,14 @@ where
                     match message {
                         Some(Ok(Message::Text(text))) => {
                             ctx.metrics.bytes_in.inc_by(text.len() as u64);
-                            // After a fatal error the session is over; what the
-                            // peer sends meanwhile is not acted on.
-                            if !outbox.is_closing() {
-                                let within_rate = ctx
-                                    .rate
-                                    .is_none_or(|rate| rate.allow(&mut rate_due, last_seen));
-                                if within_rate {
-                                    session.on_text(&text);
-                                } else {
-                                    rate_limited(ctx, &outbox);
-                                }
-                            }
+                            on_text_frame(
+                                &mut session,
+                                &text,
+                                &outbox,
+                                ctx,
+                                &mut rate_due,
+                                last_seen,
+                            );
                         }
                         Some(Ok(Message::Binary(_))) => {
                             break Ending::Close(
@@ -176,6 +172,28 @@ where
             Ending::Gone => {}
         }
         info!("connection closed");
+    }
+}
+
+/// What a connection does with a text frame that arrived at `now`: its
+/// session acts on it, unless the session is already over (after a fatal
+/// error, what the peer sends meanwhile is not acted on) or the sender is
+/// past its rate limit. `rate_due` is the limit's state (see `rate.rs`).
+pub(crate) fn on_text_frame<S: Session + ?Sized>(
+    session: &mut S,
+    text: &str,
+    outbox: &Outbox,
+    ctx: &Context,
+    rate_due: &mut Instant,
+    now: Instant,
+) {
+    if outbox.is_closing() {
+        return;
+    }
+    if ctx.rate.is_none_or(|rate| rate.allow(rate_due, now)) {
+        session.on_text(text);
+    } else {
+        rate_limited(ctx, outbox);
     }
 }
 

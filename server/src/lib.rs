@@ -40,6 +40,9 @@ mod rate;
 mod read_ahead;
 mod registry;
 mod session;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod sim;
 pub mod tls;
 
 pub use config::ServerConfig;

@@ -181,6 +181,12 @@ impl Registry {
         link
     }
 
+    /// How many clients wait for a device to register.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn waiting_clients(&self) -> usize {
+        lock(&self.maps).waiting.values().map(Vec::len).sum()
+    }
+
     /// The ids of every registered device, sorted.
     pub fn device_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = lock(&self.maps)

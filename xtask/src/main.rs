@@ -7,6 +7,8 @@
 //!   BENCHMARKS.md (`--quick`: a few seconds, small numbers, nothing written).
 //! - `bench-handshake`: release build; times `client-cli connect` to a fake
 //!   device 20 times and writes the figures into BENCHMARKS.md.
+//! - `fuzz [SECONDS]`: each fuzz target for SECONDS (default 30), from the
+//!   committed corpus (see `fuzz.rs`).
 //!
 //! Every process a task starts, it stops, also on failure.
 
@@ -23,6 +25,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 mod bench;
 mod e2e;
+mod fuzz;
 mod load;
 mod process;
 
@@ -31,13 +34,21 @@ fn main() -> ExitCode {
     let result = match task.as_deref() {
         Some("e2e") => run_e2e(),
         Some("bench-handshake") => bench::handshake(&workspace_root()),
+        Some("fuzz") => match std::env::args().nth(2).map(|s| s.parse::<u64>()) {
+            None => fuzz::run(&workspace_root(), 30),
+            Some(Ok(seconds)) => fuzz::run(&workspace_root(), seconds),
+            Some(Err(_)) => {
+                eprintln!("usage: cargo xtask fuzz [SECONDS]");
+                return ExitCode::from(2);
+            }
+        },
         Some("bench") => {
             let quick = std::env::args().any(|a| a == "--quick");
             load::run(&workspace_root(), quick)
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  e2e               build, then run the whole flow end to end\n  bench [--quick]   load the server with client-cli bench; --quick is a few seconds for CI\n  bench-handshake   time the WebRTC handshake through the server (release build)"
+                "usage: cargo xtask <task>\n\n  e2e               build, then run the whole flow end to end\n  bench [--quick]   load the server with client-cli bench; --quick is a few seconds for CI\n  bench-handshake   time the WebRTC handshake through the server (release build)\n  fuzz [SECONDS]    run each fuzz target for SECONDS (default 30)"
             );
             return ExitCode::from(2);
         }
