@@ -390,18 +390,7 @@ async fn tls_serves_wss_and_https() {
     })
     .await;
 
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(&generated.cert_path).unwrap();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client_config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let connector = tls_connector(&generated.cert_path, rustls::DEFAULT_VERSIONS);
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tls = connector.connect(name, tcp).await.unwrap();
@@ -431,6 +420,116 @@ async fn tls_serves_wss_and_https() {
     assert_eq!(reply.to_text().unwrap(), r#"{"error":"Unknown client: 1"}"#);
     let fingerprint_hex = generated.fingerprint.replace(':', "");
     assert_eq!(fingerprint_hex.len(), 64);
+    server.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A TLS connector trusting the certificate at `cert_path`, offering
+/// `versions`.
+fn tls_connector(
+    cert_path: &std::path::Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(cert_path).unwrap();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(client_config))
+}
+
+/// TLS 1.2 and 1.3 are served; a client that offers only TLS 1.0 (a
+/// hand-made ClientHello: rustls cannot speak it) gets a fatal alert and
+/// the connection ends, while an open wss session goes on.
+#[tokio::test]
+async fn tls_is_1_2_or_newer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = std::env::temp_dir().join(format!("signaling-tls-versions-{}", std::process::id()));
+    let generated = signaling_server::tls::self_signed(&dir, "127.0.0.1".parse().unwrap()).unwrap();
+    let server = TestServer::start(ServerConfig {
+        tls: Some(generated.config.clone()),
+        ..test_config()
+    })
+    .await;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let connector = tls_connector(&generated.cert_path, &[version]);
+        let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let tls = connector.connect(name.clone(), tcp).await.unwrap();
+        assert_eq!(tls.get_ref().1.protocol_version(), Some(version.version));
+    }
+
+    let connector = tls_connector(&generated.cert_path, rustls::DEFAULT_VERSIONS);
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (mut open, _) = tokio_tungstenite::client_async(
+        format!("wss://localhost:{}/register_device", server.addr.port()),
+        tls,
+    )
+    .await
+    .unwrap();
+
+    // record: handshake, TLS 1.0, 57 bytes; ClientHello, 53 bytes: version
+    // 3.1, a zero random, no session, one cipher suite
+    // (TLS_RSA_WITH_AES_128_CBC_SHA), no compression, and the one extension
+    // rustls needs to get as far as the version check,
+    // signature_algorithms (ecdsa_secp256r1_sha256, rsa_pkcs1_sha256).
+    let mut hello = vec![
+        0x16, 0x03, 0x01, 0x00, 0x39, 0x01, 0x00, 0x00, 0x35, 0x03, 0x01,
+    ];
+    hello.extend([0; 32]);
+    hello.extend([0x00, 0x00, 0x02, 0x00, 0x2f, 0x01, 0x00]);
+    hello.extend([
+        0x00, 0x0a, 0x00, 0x0d, 0x00, 0x06, 0x00, 0x04, 0x04, 0x03, 0x04, 0x01,
+    ]);
+    let mut old = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    old.write_all(&hello).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(common::PROMPT, old.read_to_end(&mut reply))
+        .await
+        .expect("the server ends the connection")
+        .unwrap();
+    // An alert record (21): fatal (2), protocol_version (70).
+    assert_eq!(reply.first(), Some(&0x15), "{reply:?}");
+    assert_eq!(reply.get(5..7), Some(&[2, 70][..]), "{reply:?}");
+
+    use futures_util::{SinkExt, StreamExt};
+    open.send(r#"{"message_type":"register","device_id":"still"}"#.into())
+        .await
+        .unwrap();
+    let config = open.next().await.unwrap().unwrap();
+    assert!(config.to_text().unwrap().contains("config"));
+    server.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A TLS client on a plain port fails with an error, promptly; a plain
+/// session already open there goes on.
+#[tokio::test]
+async fn tls_client_on_a_plain_port_fails_cleanly() {
+    let server = TestServer::with_defaults().await;
+    let mut device = server.registered_device("plain").await;
+    let dir = std::env::temp_dir().join(format!("signaling-tls-plain-{}", std::process::id()));
+    let generated = signaling_server::tls::self_signed(&dir, "127.0.0.1".parse().unwrap()).unwrap();
+    let connector = tls_connector(&generated.cert_path, rustls::DEFAULT_VERSIONS);
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let attempt = tokio::time::timeout(common::PROMPT, connector.connect(name, tcp))
+        .await
+        .expect("the TLS attempt ends promptly");
+    assert!(attempt.is_err());
+    let mut client = server.connected_client("plain").await;
+    client
+        .send(r#"{"message_type":"forward","payload":7}"#)
+        .await;
+    assert_eq!(device.recv_json().await["payload"], 7);
     server.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
