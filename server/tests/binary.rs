@@ -16,6 +16,7 @@ const BINARY: &str = env!("CARGO_BIN_EXE_signaling-server");
 struct Server {
     child: Child,
     address: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
@@ -29,9 +30,21 @@ impl Server {
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start the server");
+        // Keep stderr drained, so the server never blocks on it, and
+        // kept, for tests that read it.
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let address = lines
@@ -41,7 +54,16 @@ impl Server {
                 Some(rest.split_whitespace().next()?.to_owned())
             })
             .expect("the server prints its address");
-        Self { child, address }
+        Self {
+            child,
+            address,
+            log,
+        }
+    }
+
+    /// What the server wrote to stderr so far.
+    fn stderr(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     fn signal(&self, name: &str) {
@@ -172,6 +194,118 @@ fn insecure_flag_allows_non_loopback_and_self_signed_prints_a_fingerprint() {
         body.starts_with("HTTP/1.1 200") && body.ends_with("[]"),
         "{body}"
     );
+}
+
+/// Graceful shutdown under load: SIGTERM while 1,000 device/client pairs
+/// relay. Every one of the 2,000 sockets gets close 1001, the process
+/// exits 0 within the grace period (10 s), and nothing panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_closes_1000_pairs_with_1001() {
+    use futures_util::SinkExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    const PAIRS: usize = 1_000;
+    let grace = Duration::from_secs(10);
+    let mut server = Server::start(&["--shutdown-grace", "10s"]);
+    let relayed = Arc::new(AtomicU64::new(0));
+    let mut sockets = Vec::with_capacity(2 * PAIRS);
+    for n in 0..PAIRS {
+        let device_url = format!("ws://{}/register_device", server.address);
+        let (mut device, _) = tokio_tungstenite::connect_async(&device_url).await.unwrap();
+        device
+            .send(Message::text(format!(
+                r#"{{"message_type":"register","device_id":"pair-{n}"}}"#
+            )))
+            .await
+            .unwrap();
+        let config = device.next().await.unwrap().unwrap();
+        assert!(config.to_text().unwrap().contains("config"), "{config}");
+        let client_url = format!("ws://{}/connect_client", server.address);
+        let (mut client, _) = tokio_tungstenite::connect_async(&client_url).await.unwrap();
+        client
+            .send(Message::text(format!(
+                r#"{{"message_type":"connect","device_id":"pair-{n}"}}"#
+            )))
+            .await
+            .unwrap();
+        sockets.push((device, client));
+    }
+    // Each pair relays one message at a time, back and forth, until the
+    // server closes; each socket reports the close it got.
+    let mut tasks = Vec::with_capacity(2 * PAIRS);
+    for (mut device, mut client) in sockets {
+        let count = relayed.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(Ok(message)) = device.next().await {
+                match message {
+                    Message::Text(text) if text.contains("client_msg") => {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        let back = r#"{"message_type":"forward","client_id":1,"payload":"pong"}"#;
+                        let _ = device.send(Message::text(back)).await;
+                    }
+                    Message::Close(frame) => return frame,
+                    _ => {}
+                }
+            }
+            None
+        }));
+        let count = relayed.clone();
+        tasks.push(tokio::spawn(async move {
+            let ping = r#"{"message_type":"forward","payload":"ping"}"#;
+            let _ = client.send(Message::text(ping)).await;
+            while let Some(Ok(message)) = client.next().await {
+                match message {
+                    Message::Text(text) if text.contains("device_msg") => {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        let _ = client.send(Message::text(ping)).await;
+                    }
+                    Message::Close(frame) => return frame,
+                    _ => {}
+                }
+            }
+            None
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = relayed.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        relayed.load(Ordering::Relaxed) > before,
+        "the pairs are relaying when the signal comes"
+    );
+
+    let signalled = Instant::now();
+    server.signal("TERM");
+    let mut closes = 0;
+    for task in tasks {
+        let frame = tokio::time::timeout(grace, task)
+            .await
+            .expect("every socket is closed within the grace period")
+            .unwrap()
+            .expect("a close frame, not a dropped connection");
+        assert_eq!(frame.code, CloseCode::Away, "{frame:?}");
+        // A client whose device was closed first hears that instead.
+        assert!(
+            ["Server shutting down", "Device disconnected"].contains(&frame.reason.as_str()),
+            "{frame:?}"
+        );
+        closes += 1;
+    }
+    assert_eq!(closes, 2 * PAIRS);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < grace,
+            "the server did not exit within the grace period"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+    let stderr = server.stderr();
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 /// `--rate-limit N --rate-burst B` reach the server (D17); `--rate-limit 0`
