@@ -91,6 +91,12 @@ struct RelayArgs {
     /// came, and clients read their payload back from it.
     #[arg(long)]
     bare: bool,
+    /// Beside the relay, make this many abrupt disconnects (sockets dropped
+    /// without a close frame, half of them reset) of other devices and
+    /// clients, checking what the server tells the other side each time;
+    /// then the server's gauges must return to zero.
+    #[arg(long, default_value_t = 0, conflicts_with = "bare")]
+    disconnects: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -200,6 +206,30 @@ impl Bench {
             }
         }
         Ok(socket)
+    }
+
+    /// Waits up to 10 s for the server's connection gauges to return to
+    /// zero; returns those that did not.
+    async fn gauges_not_zero(&self) -> Result<Vec<(&'static str, f64)>> {
+        const GAUGES: [&str; 4] = [
+            "signaling_devices",
+            "signaling_clients",
+            r#"signaling_websocket_connections{endpoint="register_device"}"#,
+            r#"signaling_websocket_connections{endpoint="connect_client"}"#,
+        ];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let body = self.metrics().await?;
+            let left: Vec<_> = GAUGES
+                .iter()
+                .map(|g| (*g, metric(&body, g)))
+                .filter(|(_, v)| *v != 0.0)
+                .collect();
+            if left.is_empty() || Instant::now() > deadline {
+                return Ok(left);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn metrics(&self) -> Result<String> {
@@ -346,6 +376,15 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
         })
         .collect();
 
+    let faults = Arc::new(AtomicU64::new(0));
+    let fault_workers: Vec<_> = (0..args.disconnects.div_ceil(2).min(16))
+        .map(|worker| {
+            let (bench, faults) = (bench.clone(), faults.clone());
+            let total = args.disconnects;
+            tokio::spawn(async move { fault_worker(&bench, worker, total, &faults).await })
+        })
+        .collect();
+
     bar.set_message("warming up");
     tokio::time::sleep(args.warmup).await;
     // The bare relay has no /metrics: count its messages ourselves.
@@ -382,13 +421,25 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
             Ok(outcome) => lost += outcome.lost,
             Err(e) => {
                 counters.errors.fetch_add(1, Ordering::Relaxed);
-                bar.println(format!("client error: {e:#}"));
+                bar.suspend(|| eprintln!("client error: {e:#}"));
             }
         }
     }
     for task in device_tasks {
         task.abort();
     }
+    for worker in fault_workers {
+        if let Err(e) = worker.await? {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            bar.suspend(|| eprintln!("disconnect check failed: {e:#}"));
+        }
+    }
+    let gauges_left = if args.disconnects > 0 {
+        bar.set_message("waiting for the server's gauges to return to zero");
+        bench.gauges_not_zero().await?
+    } else {
+        Vec::new()
+    };
     bar.finish_and_clear();
 
     let round_trips = counters.measured.load(Ordering::Relaxed);
@@ -428,6 +479,8 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
         "lost": lost,
         "reordered": reordered,
         "errors": errors,
+        "disconnects": faults.load(Ordering::Relaxed),
+        "gauges_not_zero": gauges_left.iter().map(|(g, v)| json!({"series": g, "value": v})).collect::<Vec<_>>(),
     });
     if bench.json {
         println!("{result}");
@@ -451,13 +504,100 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
             );
         }
         println!("  lost {lost}, reordered {reordered}, errors {errors}");
+        if args.disconnects > 0 {
+            println!(
+                "  {} abrupt disconnects beside the relay, each announced as it should be; gauges back to zero: {}",
+                faults.load(Ordering::Relaxed),
+                if gauges_left.is_empty() {
+                    "yes".to_owned()
+                } else {
+                    format!("no: {gauges_left:?}")
+                }
+            );
+        }
     }
     ensure!(
         lost == 0 && reordered == 0 && errors == 0,
         "{lost} lost, {reordered} reordered, {errors} errors"
     );
     ensure!(round_trips > 0, "no message made a round trip");
+    ensure!(
+        gauges_left.is_empty(),
+        "server gauges not back to zero: {gauges_left:?}"
+    );
     Ok(())
+}
+
+/// Abrupt disconnects beside the relay, until `total` have been made in
+/// all, each followed by a check of what the server tells the other side:
+/// a client that vanishes is announced to its device exactly once (the
+/// next client's first message comes next, with nothing between), and a
+/// device that vanishes is reported to its client, then closed 1001.
+async fn fault_worker(bench: &Bench, worker: u64, total: u64, done: &AtomicU64) -> Result<()> {
+    let payload = RawValue::from_string(r#"{"type":"probe"}"#.to_owned())?;
+    let forward =
+        Message::text(ClientToServer::Forward(ClientForward { payload: &payload }).encode());
+    for cycle in 0u64.. {
+        if done.load(Ordering::Relaxed) >= total {
+            return Ok(());
+        }
+        let id = format!("fault-{}-{worker}-{cycle}", bench.run_id);
+        let mut device = bench.device(&id).await?;
+        let mut first = bench.client(&id).await?;
+        first.send(forward.clone()).await?;
+        let text = expect_text(&mut device).await?;
+        ensure!(
+            text.starts_with(r#"{"message_type":"client_msg","client_id":1,"#),
+            "{id}: expected client 1's message, got {text}"
+        );
+        // Half the drops are resets, half plain ends of stream.
+        vanish(first, cycle % 2 == 0);
+        done.fetch_add(1, Ordering::Relaxed);
+        let text = expect_text(&mut device).await?;
+        ensure!(
+            text == r#"{"message_type":"client_disconnected","client_id":1}"#,
+            "{id}: expected client 1's departure, got {text}"
+        );
+        let mut second = bench.client(&id).await?;
+        second.send(forward.clone()).await?;
+        let text = expect_text(&mut device).await?;
+        ensure!(
+            text.starts_with(r#"{"message_type":"client_msg","client_id":2,"#),
+            "{id}: expected client 2's message and nothing before it, got {text}"
+        );
+        vanish(device, cycle % 2 == 1);
+        done.fetch_add(1, Ordering::Relaxed);
+        let text = expect_text(&mut second).await?;
+        ensure!(
+            text == r#"{"error":"Device disconnected"}"#,
+            "{id}: expected the device's departure, got {text}"
+        );
+        match tokio::time::timeout(FAULT_WAIT, second.next()).await? {
+            Some(Ok(Message::Close(Some(frame)))) if u16::from(frame.code) == 1001 => {}
+            other => bail!("{id}: expected close 1001, got {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+/// How long a fault check waits for the server's word.
+const FAULT_WAIT: Duration = Duration::from_secs(10);
+
+/// The next text frame, within [`FAULT_WAIT`].
+async fn expect_text(socket: &mut Socket) -> Result<String> {
+    tokio::time::timeout(FAULT_WAIT, next_text(socket))
+        .await
+        .context("no word from the server in 10 s")??
+        .context("the server closed the connection")
+}
+
+/// Drops a socket without a close frame; with `reset`, the kernel sends
+/// a TCP reset instead of a FIN.
+fn vanish(socket: Socket, reset: bool) {
+    if reset {
+        let _ = peer::signaling::tcp_stream(&socket).set_zero_linger();
+    }
+    drop(socket);
 }
 
 /// A device that sends every client's message back to it, verbatim.
@@ -802,27 +942,10 @@ async fn run_churn(bench: Arc<Bench>, args: ChurnArgs) -> Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = bench.server_pid.map(cpu_seconds).transpose()?;
     bar.set_message("waiting for the server's gauges to return to zero");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let gauges = [
-        "signaling_devices",
-        "signaling_clients",
-        r#"signaling_websocket_connections{endpoint="register_device"}"#,
-        r#"signaling_websocket_connections{endpoint="connect_client"}"#,
-    ];
-    let left = loop {
-        if args.bare {
-            break Vec::new();
-        }
-        let body = bench.metrics().await?;
-        let left = gauges
-            .iter()
-            .map(|g| (*g, metric(&body, g)))
-            .filter(|(_, v)| *v != 0.0)
-            .collect::<Vec<_>>();
-        if left.is_empty() || Instant::now() > deadline {
-            break left;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let left = if args.bare {
+        Vec::new()
+    } else {
+        bench.gauges_not_zero().await?
     };
     bar.finish_and_clear();
     let cycles = cycles.load(Ordering::Relaxed);

@@ -25,6 +25,14 @@ pub type Stream = Either<TcpStream, TlsStream<TcpStream>>;
 /// A websocket to the server.
 pub type Socket = WebSocketStream<Stream>;
 
+/// The TCP connection under a socket, plain or TLS.
+pub fn tcp_stream(socket: &Socket) -> &TcpStream {
+    match socket.get_ref() {
+        Either::Left(tcp) => tcp,
+        Either::Right(tls) => tls.get_ref().0,
+    }
+}
+
 /// Why a connection to the server failed, and whether trying again later
 /// can help (a server that is down may come back; a refused token will not
 /// change).

@@ -108,6 +108,14 @@ fn standard() -> Vec<Scenario> {
         ),
         Scenario {
             fresh_server: true,
+            ..scenario(
+                "relay 50 × 4, 200 B, beside 5,000 abrupt disconnects",
+                relay("200", &["--disconnects", "5000"]),
+                1,
+            )
+        },
+        Scenario {
+            fresh_server: true,
             tls: true,
             ..scenario("relay over TLS (wss), 50 × 4, 200 B", relay("200", &[]), 1)
         },
@@ -162,7 +170,7 @@ fn churn(extra: &[&str]) -> Vec<String> {
 fn quick() -> Vec<Scenario> {
     vec![
         scenario(
-            "relay (quick)",
+            "relay with abrupt disconnects beside it (quick)",
             args(&[
                 "relay",
                 "--devices",
@@ -173,6 +181,8 @@ fn quick() -> Vec<Scenario> {
                 "1s",
                 "--warmup",
                 "200ms",
+                "--disconnects",
+                "200",
             ]),
             1,
         ),
@@ -480,13 +490,20 @@ fn row(scenario: &Scenario, results: &[Value]) -> String {
         .unwrap_or_default();
     match mode {
         "relay" => format!(
-            "server CPU {} µs/message; {} relayed messages/s; round trip p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs; lost 0, reordered 0",
+            "server CPU {} µs/message; {} relayed messages/s; round trip p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs; lost 0, reordered 0{}",
             fmt_stat(stat(results, "/server_cpu_us_per_msg"), 2),
             fmt_stat(stat(results, "/relayed_per_s"), 0),
             fmt_stat(stat(results, "/rtt_us/p50"), 1),
             fmt_stat(stat(results, "/rtt_us/p99"), 1),
             fmt_stat(stat(results, "/rtt_us/p999"), 1),
             fmt_stat(stat(results, "/rtt_us/max"), 0),
+            match stat(results, "/disconnects") {
+                (d, ..) if d > 0.0 => format!(
+                    "; {} abrupt disconnects beside it, each announced, gauges back to zero",
+                    fmt_stat(stat(results, "/disconnects"), 0)
+                ),
+                _ => String::new(),
+            },
         ),
         "idle" => format!(
             "{} bytes of server RSS per connection ({} MiB → {} MiB); {} connects/s",
