@@ -225,7 +225,7 @@ type Scenario = fn(&Tools) -> Result<String>;
 
 /// Runs every scenario; the first failure stops the run.
 pub fn run_scenarios(tools: &Tools) -> Result<()> {
-    let scenarios: [(&str, Scenario); 7] = [
+    let scenarios: [(&str, Scenario); 8] = [
         ("plain ws, one client", plain_ws),
         (
             "wss, self-signed certificate via --ca-cert",
@@ -236,6 +236,10 @@ pub fn run_scenarios(tools: &Tools) -> Result<()> {
         ("alternative flow: client first", alternative_flow),
         ("device restart", device_restart),
         ("server restart: the device re-registers", server_restart),
+        (
+            "kill -9 mid-handshake: clients and a device",
+            killed_mid_handshake,
+        ),
     ];
     for (index, (name, scenario)) in scenarios.iter().enumerate() {
         let started = Instant::now();
@@ -462,6 +466,89 @@ fn server_restart(tools: &Tools) -> Result<String> {
         "re-registered; data channel open at {:.1} ms",
         handshake.data_channel_open_ms
     ))
+}
+
+/// Clients and a device killed with SIGKILL at points through the
+/// handshake: the server keeps serving, the killed device's id is freed,
+/// and its client gauge returns to zero (every killed client was let go).
+fn killed_mid_handshake(tools: &Tools) -> Result<String> {
+    let server = tools.server("8-kill", &[])?;
+    let _steady = tools.fake_device("8-kill-steady", &server, "e2e-steady")?;
+    // The handshake takes about 30 ms to the data channel: kill at points
+    // from before the offer to after it.
+    let delays_ms = [0u64, 2, 5, 8, 12, 16, 20, 25, 30, 40, 60, 100];
+    for (n, delay) in delays_ms.iter().enumerate() {
+        let mut command = tools.connect_command(&server, "e2e-steady", &[]);
+        command.stdout(Stdio::null());
+        let client = Process::start(
+            command,
+            &format!("8-kill-client-{n}"),
+            &tools.log(&format!("8-kill-client-{n}")),
+        )?;
+        std::thread::sleep(Duration::from_millis(*delay));
+        client.signal("KILL")?;
+    }
+    // A device killed while a client is half way through its handshake.
+    let doomed = tools.fake_device("8-kill-doomed", &server, "e2e-doomed")?;
+    let mut command = tools.connect_command(&server, "e2e-doomed", &[]);
+    command.stdout(Stdio::null());
+    let mut watching = Process::start(
+        command,
+        "8-kill-doomed-client",
+        &tools.log("8-kill-doomed-client"),
+    )?;
+    std::thread::sleep(Duration::from_millis(10));
+    doomed.signal("KILL")?;
+    // It ends either way (it reports the failure, or it finished first).
+    let watched = watching.wait_exit(Duration::from_secs(30))?;
+
+    // Everyone killed is gone from the server; the steady device serves.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (devices, clients) = (
+            metric(&server, "signaling_devices")?,
+            metric(&server, "signaling_clients")?,
+        );
+        if devices == 1.0 && clients == 0.0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "after the kills the server still counts {devices} devices and {clients} clients"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let handshake = tools.connect(&server, "e2e-steady")?;
+    Ok(format!(
+        "{} clients and a device killed (its client {}); gauges back to 1 device, 0 clients; then data channel open at {:.1} ms",
+        delays_ms.len(),
+        if watched.success() {
+            "had finished"
+        } else {
+            "failed, as it should"
+        },
+        handshake.data_channel_open_ms
+    ))
+}
+
+/// One sample of the server's /metrics, 0 when absent.
+fn metric(server: &Server, series: &str) -> Result<f64> {
+    use std::io::{Read, Write};
+    let address = server.url.strip_prefix("ws://").context("a plain server")?;
+    let mut stream = std::net::TcpStream::connect(address)?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0))
 }
 
 /// The build step: every binary the scenarios run.

@@ -1,7 +1,7 @@
 //! `cargo xtask <task>`: project chores, run with cargo alone.
 //!
 //! - `e2e`: builds the binaries and runs the whole flow against them: the
-//!   signaling relay itself, then seven WebRTC scenarios (see `e2e.rs`).
+//!   signaling relay itself, then eight WebRTC scenarios (see `e2e.rs`).
 //! - `bench [--quick]`: release build; the standard load scenarios of
 //!   `client-cli bench` with the server pinned to one core, written into
 //!   BENCHMARKS.md (`--quick`: a few seconds, small numbers, nothing written).
