@@ -189,3 +189,67 @@ async fn a_60000_byte_device_id_is_refused() {
     bystander_still_served(&server, &mut bystander).await;
     server.stop().await.unwrap();
 }
+
+/// Principle 5 for a device that stops reading while a client floods it:
+/// once its outbox holds more than `--outbox-messages` (8 here) the device
+/// is closed with 1008 and a reason naming the bound, and its client is
+/// told the device left, however much it still sends.
+#[tokio::test]
+async fn a_device_that_stops_reading_is_closed_as_a_slow_consumer() {
+    let server = TestServer::start(ServerConfig {
+        outbox_messages: 8,
+        ..test_config()
+    })
+    .await;
+    // This device never reads while the flood lasts.
+    let mut slow = server.registered_device("slow").await;
+    let client = server.connected_client("slow").await;
+    let (mut tx, mut rx) = client.ws.split();
+    let payload = "x".repeat(60_000);
+    let flood = tokio::spawn(async move {
+        // Bounded: far more than the socket buffers and the outbox hold.
+        for _ in 0..2_000 {
+            let text = format!(r#"{{"message_type":"forward","payload":"{payload}"}}"#);
+            if tx.send(Message::text(text)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let told = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match rx.next().await {
+                Some(Ok(Message::Text(text))) => return text.to_string(),
+                Some(Ok(_)) => {}
+                other => panic!("the client was not told: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the client was told in time");
+    assert_eq!(told, r#"{"error":"Device disconnected"}"#);
+    flood.abort();
+    // The slow device finds what was relayed before the bound, then 1008.
+    let end = loop {
+        match tokio::time::timeout(common::PROMPT, slow.ws.next())
+            .await
+            .expect("stalled")
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let frame = end.expect("a close code");
+    assert_eq!(frame.code, CloseCode::Policy);
+    assert_eq!(
+        frame.reason.as_str(),
+        "Slow consumer: more than 8 messages or 1048576 bytes queued"
+    );
+    assert_eq!(
+        server
+            .metric(r#"signaling_errors_total{phrase="Slow consumer"}"#)
+            .await,
+        1.0
+    );
+    server.stop().await.unwrap();
+}
