@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -14,7 +15,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::{debug, info};
 
 use crate::outbox::{Batch, Outbox, Outgoing};
@@ -61,6 +62,10 @@ where
         let mut batch = Batch::default();
         // The rate limit's state (see `rate.rs`).
         let mut rate_due = last_seen;
+        // Made once: a new one on every pass of the loop would join and
+        // leave the token's waiter list each time.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
 
         let ending = loop {
             let idle_at = last_seen + config.idle_timeout;
@@ -77,7 +82,7 @@ where
 
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => {
+                () = &mut cancelled => {
                     break Ending::Close(CloseCode::Away, "Server shutting down".into());
                 }
                 () = outbox.next_batch(&mut batch) => {
@@ -89,7 +94,7 @@ where
                     let written = Box::pin(guarded_write(
                         write_batch(&mut ws, &mut batch, ctx),
                         &outbox,
-                        &shutdown,
+                        cancelled.as_mut(),
                         ctx,
                     ))
                     .await;
@@ -151,7 +156,7 @@ where
                                 .map_err(|_| Ending::Gone)
                         };
                         if let Err(ending) =
-                            Box::pin(guarded_write(ping, &outbox, &shutdown, ctx)).await
+                            Box::pin(guarded_write(ping, &outbox, cancelled.as_mut(), ctx)).await
                         {
                             break ending;
                         }
@@ -203,7 +208,7 @@ pub(crate) fn on_text_frame<S: Session + ?Sized>(
 async fn guarded_write<F>(
     write: F,
     outbox: &Outbox,
-    shutdown: &CancellationToken,
+    shutdown: Pin<&mut WaitForCancellationFuture<'_>>,
     ctx: &Context,
 ) -> Result<Option<Ending>, Ending>
 where
@@ -213,7 +218,7 @@ where
         biased;
         result = write => result,
         () = outbox.overflowed() => Err(slow_consumer(ctx)),
-        () = shutdown.cancelled() => {
+        () = shutdown => {
             Err(Ending::Close(CloseCode::Away, "Server shutting down".into()))
         }
     }
