@@ -23,6 +23,44 @@ pub struct Cli {
     #[arg(long, env = "SIGNALING_LISTEN", default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
 
+    /// The reference server's port flag (--http_server_port=N): listen on
+    /// this port of the --listen address (127.0.0.1 unless given).
+    #[arg(long = "http_server_port", value_name = "N", conflicts_with = "listen")]
+    pub http_server_port: Option<u16>,
+
+    /// The reference server's TLS switch (--use_secure_http=true|false):
+    /// true needs a certificate (--certs_dir, --tls-cert/--tls-key or
+    /// --tls-self-signed); false serves plain ws:// even if --certs_dir is
+    /// given.
+    #[arg(
+        long = "use_secure_http",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+    )]
+    pub use_secure_http: Option<bool>,
+
+    /// gflags' negative form, --nouse_secure_http: the same as
+    /// --use_secure_http=false.
+    #[arg(
+        long = "nouse_secure_http",
+        conflicts_with = "use_secure_http",
+        hide = true
+    )]
+    pub nouse_secure_http: bool,
+
+    /// The reference server's certificate folder (--certs_dir=DIR):
+    /// DIR/server.crt and DIR/server.key serve wss:// and https://.
+    #[arg(long = "certs_dir", value_name = "DIR", conflicts_with_all = ["tls_cert", "tls_self_signed"])]
+    pub certs_dir: Option<PathBuf>,
+
+    /// Serve this directory's files on every other GET path (`/` is
+    /// index.html), e.g. Cuttlefish's web UI. Also --assets_dir=DIR.
+    #[arg(long, alias = "assets_dir", value_name = "DIR")]
+    pub assets_dir: Option<PathBuf>,
+
     /// Serve plain ws:// and http:// on a non-loopback address. Tokens and
     /// signaling then cross the network unencrypted.
     #[arg(long)]
@@ -45,8 +83,10 @@ pub struct Cli {
     #[arg(long, default_value_os_t = std::env::temp_dir().join("signaling-server-tls"))]
     pub tls_self_signed_dir: PathBuf,
 
-    /// A STUN (or TURN) server URL for `ice_servers`; repeatable.
-    #[arg(long = "stun-server", value_name = "URL")]
+    /// A STUN (or TURN) server URL for `ice_servers`; repeatable. Also
+    /// --stun_server=HOST:PORT; `stun:` is added when the URL has no
+    /// scheme.
+    #[arg(long = "stun-server", alias = "stun_server", value_name = "URL")]
     pub stun_servers: Vec<String>,
 
     /// A JSON file holding an array of IceServer dictionaries ({"urls",
@@ -168,6 +208,15 @@ pub enum CliError {
     },
     #[error("--idle-timeout ({idle:?}) must be longer than --ping-interval ({ping:?})")]
     IdleShorterThanPing { idle: Duration, ping: Duration },
+    #[error(
+        "--use_secure_http=true needs a certificate: --certs_dir DIR (holding server.crt and \
+         server.key), --tls-cert and --tls-key, or --tls-self-signed"
+    )]
+    SecureWithoutCertificate,
+    #[error("--use_secure_http=false contradicts --tls-cert or --tls-self-signed")]
+    PlainWithCertificate,
+    #[error("--assets-dir {0} is not a directory")]
+    AssetsDir(PathBuf),
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
 }
@@ -180,21 +229,56 @@ pub struct Notes {
 }
 
 impl Cli {
+    /// The address to listen on: --listen, or its host with
+    /// --http_server_port.
+    pub fn listen_address(&self) -> SocketAddr {
+        match self.http_server_port {
+            Some(port) => SocketAddr::new(self.listen.ip(), port),
+            None => self.listen,
+        }
+    }
+
     /// Builds the server's configuration, reading the files named.
     pub fn into_config(self) -> Result<(ServerConfig, Notes), CliError> {
         let mut notes = Notes::default();
-        let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(tls::load_pem(cert, key)?),
+        let listen = self.listen_address();
+        let secure = if self.nouse_secure_http {
+            Some(false)
+        } else {
+            self.use_secure_http
+        };
+        let explicit_tls = self.tls_cert.is_some() || self.tls_self_signed;
+        if secure == Some(false) && explicit_tls {
+            return Err(CliError::PlainWithCertificate);
+        }
+        // The reference's certificate folder turns TLS on, as the
+        // reference's default (--use_secure_http=true) does, unless TLS
+        // was turned off.
+        let certs_dir = self.certs_dir.as_ref().filter(|_| secure != Some(false));
+        let tls = match (&self.tls_cert, &self.tls_key, certs_dir) {
+            (Some(cert), Some(key), _) => Some(tls::load_pem(cert, key)?),
+            (_, _, Some(dir)) => Some(tls::load_pem(
+                &dir.join("server.crt"),
+                &dir.join("server.key"),
+            )?),
             _ if self.tls_self_signed => {
-                let generated = tls::self_signed(&self.tls_self_signed_dir, self.listen.ip())?;
+                let generated = tls::self_signed(&self.tls_self_signed_dir, listen.ip())?;
                 let config = generated.config.clone();
                 notes.self_signed = Some(generated);
                 Some(config)
             }
             _ => None,
         };
-        if tls.is_none() && !self.listen.ip().is_loopback() && !self.allow_insecure {
-            return Err(CliError::InsecureListen(self.listen));
+        if secure == Some(true) && tls.is_none() {
+            return Err(CliError::SecureWithoutCertificate);
+        }
+        if tls.is_none() && !listen.ip().is_loopback() && !self.allow_insecure {
+            return Err(CliError::InsecureListen(listen));
+        }
+        if let Some(dir) = &self.assets_dir
+            && !dir.is_dir()
+        {
+            return Err(CliError::AssetsDir(dir.clone()));
         }
         if self.idle_timeout <= self.ping_interval {
             return Err(CliError::IdleShorterThanPing {
@@ -207,7 +291,7 @@ impl Cli {
             .stun_servers
             .iter()
             .map(|url| IceServer {
-                urls: vec![url.clone()],
+                urls: vec![with_scheme(url)],
                 username: None,
                 credential: None,
             })
@@ -246,6 +330,7 @@ impl Cli {
                 .then(|| to_usize(self.max_connections_per_ip)),
             shutdown_grace: self.shutdown_grace,
             read_buffer_bytes: to_usize(self.read_buffer_bytes),
+            assets_dir: self.assets_dir,
             rate_limit: (self.rate_limit > 0).then_some(crate::RateLimit {
                 per_second: self.rate_limit,
                 burst: self.rate_burst,
@@ -253,5 +338,16 @@ impl Cli {
             tls,
         };
         Ok((config, notes))
+    }
+}
+
+/// A STUN or TURN URL as given, or `stun:` and the given `host:port` (the
+/// reference's --stun_server takes a bare `host:port`).
+fn with_scheme(url: &str) -> String {
+    const SCHEMES: [&str; 4] = ["stun:", "stuns:", "turn:", "turns:"];
+    if SCHEMES.iter().any(|scheme| url.starts_with(scheme)) {
+        url.to_owned()
+    } else {
+        format!("stun:{url}")
     }
 }

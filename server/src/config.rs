@@ -1,5 +1,6 @@
 //! The server's settings, as the library takes them.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +55,9 @@ pub struct ServerConfig {
     /// The most messages one connection may send (behavior.md D17, C15);
     /// `None` is no limit.
     pub rate_limit: Option<RateLimit>,
+    /// Serve the files of this directory on every other GET path (the
+    /// reference's `--assets_dir`).
+    pub assets_dir: Option<PathBuf>,
     /// Serve TLS with this configuration.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -85,6 +89,7 @@ impl Default for ServerConfig {
                 per_second: 1000,
                 burst: 20_000,
             }),
+            assets_dir: None,
             tls: None,
         }
     }

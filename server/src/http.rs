@@ -53,7 +53,7 @@ pub(crate) fn router(state: Arc<ServerState>) -> Router {
 }
 
 /// A JSON error body, the same shape as the websocket error frames.
-fn json_error(status: StatusCode, text: &str) -> Response {
+pub(crate) fn json_error(status: StatusCode, text: &str) -> Response {
     let body = protocol::ServerToClient::Error(protocol::ErrorMsg { error: text.into() }).encode();
     (
         status,
@@ -90,7 +90,16 @@ fn json(body: String) -> Response {
         .into_response()
 }
 
-async fn not_found(request: Request) -> Response {
+/// Any other path: a file of `--assets-dir`, if there is one, else 404.
+async fn not_found(State(state): State<Arc<ServerState>>, request: Request) -> Response {
+    // An upgrade on an unknown path is a 404 whatever files there are.
+    if let Some(dir) = &state.ctx.config.assets_dir
+        && !request.headers().contains_key(header::UPGRADE)
+        && let Some(response) =
+            crate::assets::serve(dir, request.method(), request.uri().path()).await
+    {
+        return response;
+    }
     json_error(
         StatusCode::NOT_FOUND,
         &format!("Not found: {}", request.uri().path()),

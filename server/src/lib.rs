@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
+mod assets;
 pub mod cli;
 pub mod config;
 mod connection;

@@ -41,7 +41,7 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let listen = cli.listen;
+    let listen = cli.listen_address();
     let (config, notes) = cli.into_config()?;
     let scheme = if config.tls.is_some() { "wss" } else { "ws" };
     if let Some(generated) = &notes.self_signed {

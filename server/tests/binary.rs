@@ -16,6 +16,8 @@ const BINARY: &str = env!("CARGO_BIN_EXE_signaling-server");
 struct Server {
     child: Child,
     address: String,
+    /// `ws` or `wss`, from the banner.
+    scheme: String,
     log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
@@ -25,8 +27,14 @@ impl Server {
     }
 
     fn start_at(listen: &str, args: &[&str]) -> Self {
+        let mut all = vec!["--listen", listen];
+        all.extend(args);
+        Self::start_with(&all)
+    }
+
+    /// Starts the server with exactly `args`.
+    fn start_with(args: &[&str]) -> Self {
         let mut child = Command::new(BINARY)
-            .args(["--listen", listen])
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -47,16 +55,21 @@ impl Server {
         });
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let address = lines
+        let (scheme, address) = lines
             .find_map(|line| {
                 let line = line.ok()?;
-                let rest = line.strip_prefix("signaling server on ws://")?;
-                Some(rest.split_whitespace().next()?.to_owned())
+                let rest = line.strip_prefix("signaling server on ")?;
+                let (scheme, rest) = rest.split_once("://")?;
+                Some((
+                    scheme.to_owned(),
+                    rest.split_whitespace().next()?.to_owned(),
+                ))
             })
             .expect("the server prints its address");
         Self {
             child,
             address,
+            scheme,
             log,
         }
     }
@@ -425,4 +438,134 @@ fn http_get_blocking(address: &str, path: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
+}
+
+// ---------------------------------------------------------------------------
+// The reference server's flags, in its value forms (README: "Replacing the
+// reference server"); one test each.
+// ---------------------------------------------------------------------------
+
+/// A folder holding a certificate as the reference expects it:
+/// server.crt and server.key.
+fn certs_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("signaling-{name}-{}", std::process::id()));
+    let generated = signaling_server::tls::self_signed(&dir, "127.0.0.1".parse().unwrap()).unwrap();
+    std::fs::rename(&generated.cert_path, dir.join("server.crt")).unwrap();
+    std::fs::rename(&generated.key_path, dir.join("server.key")).unwrap();
+    dir
+}
+
+#[test]
+fn reference_http_server_port() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Server::start_with(&[&format!("--http_server_port={port}")]);
+    assert_eq!(server.address, format!("127.0.0.1:{port}"));
+    assert!(http_get_blocking(&server.address, "/healthz").ends_with("ok\n"));
+    // It names a port, so it cannot be given with --listen.
+    let output = Command::new(BINARY)
+        .args(["--listen", "127.0.0.1:0", "--http_server_port=1"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--http_server_port"));
+}
+
+#[test]
+fn reference_use_secure_http() {
+    let output = Command::new(BINARY)
+        .args(["--listen", "127.0.0.1:0", "--use_secure_http=true"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--use_secure_http=true needs a certificate"),
+        "{stderr}"
+    );
+
+    let dir = certs_dir("secure-http");
+    let certs = format!("--certs_dir={}", dir.display());
+    let secure = Server::start(&["--use_secure_http=true", &certs]);
+    assert_eq!(secure.scheme, "wss");
+    // false serves plain, even beside the reference's --certs_dir; so does
+    // gflags' negative form.
+    for off in ["--use_secure_http=false", "--nouse_secure_http"] {
+        let plain = Server::start(&[off, &certs]);
+        assert_eq!(plain.scheme, "ws", "{off}");
+        assert!(http_get_blocking(&plain.address, "/healthz").ends_with("ok\n"));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn reference_certs_dir() {
+    let dir = certs_dir("certs-dir");
+    let server = Server::start(&[&format!("--certs_dir={}", dir.display())]);
+    assert_eq!(server.scheme, "wss");
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let reply = http_get_blocking(&server.address, "/healthz");
+    assert!(!reply.starts_with("HTTP/1.1"), "{reply}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn reference_assets_dir() {
+    let dir = std::env::temp_dir().join(format!("signaling-assets-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("js")).unwrap();
+    std::fs::write(dir.join("index.html"), "<h1>devices</h1>").unwrap();
+    std::fs::write(dir.join("js").join("app.js"), "let x = 1;").unwrap();
+    std::fs::write(dir.with_extension("secret"), "outside").unwrap();
+    let server = Server::start(&[&format!("--assets_dir={}", dir.display())]);
+    let index = http_get_blocking(&server.address, "/");
+    assert!(index.starts_with("HTTP/1.1 200"), "{index}");
+    assert!(
+        index.contains("content-type: text/html; charset=utf-8"),
+        "{index}"
+    );
+    assert!(index.ends_with("<h1>devices</h1>"), "{index}");
+    let script = http_get_blocking(&server.address, "/js/app.js");
+    assert!(script.contains("content-type: text/javascript"), "{script}");
+    assert!(script.ends_with("let x = 1;"), "{script}");
+    let name = dir.with_extension("secret");
+    let name = name.file_name().unwrap().to_str().unwrap();
+    for outside in [format!("/../{name}"), format!("/js/%2e%2e/../{name}")] {
+        let reply = http_get_blocking(&server.address, &outside);
+        assert!(reply.starts_with("HTTP/1.1 404"), "{outside}: {reply}");
+    }
+    let missing = http_get_blocking(&server.address, "/nothing.html");
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    // The server's own endpoints come first.
+    assert!(http_get_blocking(&server.address, "/devices").ends_with("[]"));
+    // A folder that is not there is refused at start.
+    let output = Command::new(BINARY)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--assets-dir",
+            "/nonexistent/assets",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is not a directory"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(dir.with_extension("secret"));
+}
+
+#[test]
+fn reference_stun_server() {
+    let server = Server::start(&[
+        "--stun_server=127.0.0.1:3478",
+        "--stun-server",
+        "turn:127.0.0.1:3479",
+    ]);
+    let body = http_get_blocking(&server.address, "/infra_config");
+    assert!(
+        body.ends_with(r#"{"message_type":"config","ice_servers":[{"urls":["stun:127.0.0.1:3478"]},{"urls":["turn:127.0.0.1:3479"]}]}"#),
+        "{body}"
+    );
 }
