@@ -167,6 +167,11 @@ pub struct Cli {
     #[arg(long, default_value_t = 20_000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_burst: u32,
 
+    /// A polling client (POST /connect, /forward, /poll_messages) that
+    /// makes no request for this long is dropped, and its device told.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub poll_timeout: Duration,
+
     /// Initial read buffer of each websocket, in bytes; it grows for larger
     /// frames. Small keeps idle connections small.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(256..))]
@@ -331,6 +336,7 @@ impl Cli {
             shutdown_grace: self.shutdown_grace,
             read_buffer_bytes: to_usize(self.read_buffer_bytes),
             assets_dir: self.assets_dir,
+            poll_timeout: self.poll_timeout,
             rate_limit: (self.rate_limit > 0).then_some(crate::RateLimit {
                 per_second: self.rate_limit,
                 burst: self.rate_burst,

@@ -55,6 +55,9 @@ pub struct ServerConfig {
     /// The most messages one connection may send (behavior.md D17, C15);
     /// `None` is no limit.
     pub rate_limit: Option<RateLimit>,
+    /// A polling client (`POST /connect`) that makes no request for this
+    /// long is dropped, and its device told.
+    pub poll_timeout: Duration,
     /// Serve the files of this directory on every other GET path (the
     /// reference's `--assets_dir`).
     pub assets_dir: Option<PathBuf>,
@@ -90,6 +93,7 @@ impl Default for ServerConfig {
                 burst: 20_000,
             }),
             assets_dir: None,
+            poll_timeout: Duration::from_secs(30),
             tls: None,
         }
     }

@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use hyper_util::rt::TokioIo;
 use subtle::ConstantTimeEq;
 use tokio_tungstenite::WebSocketStream;
@@ -48,6 +48,9 @@ pub(crate) fn router(state: Arc<ServerState>) -> Router {
         .route("/infra_config", get(infra_config))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/connect", post(poll_connect))
+        .route("/forward", post(poll_forward))
+        .route("/poll_messages", post(poll_messages))
         .fallback(not_found)
         .with_state(state)
 }
@@ -136,6 +139,59 @@ async fn infra_config(State(state): State<Arc<ServerState>>, request: Request) -
     json(state.ctx.config_frame.to_string())
 }
 
+/// A polling request's body, within the message size limit (with room for
+/// the request's own fields); or the refusal, in the polling flow's shape.
+async fn polling_body(
+    state: &ServerState,
+    request: Request,
+) -> Result<axum::body::Bytes, Response> {
+    if !token_accepted(state, Endpoint::ConnectClient, &request) {
+        state.ctx.metrics.refused(RefusedReason::Unauthorized);
+        return Err(crate::polling::error(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized: missing or invalid token",
+        ));
+    }
+    let limit = state.ctx.config.max_message_bytes + 1024;
+    axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|_| {
+            crate::polling::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "Message too big: the limit is {} bytes",
+                    state.ctx.config.max_message_bytes
+                ),
+            )
+        })
+}
+
+async fn poll_connect(State(state): State<Arc<ServerState>>, request: Request) -> Response {
+    if state.shutdown.is_cancelled() {
+        return crate::polling::error(StatusCode::SERVICE_UNAVAILABLE, "Server shutting down");
+    }
+    match polling_body(&state, request).await {
+        Ok(body) => state
+            .polling
+            .connect(&state.ctx, &state.tracker, &state.shutdown, &body),
+        Err(refusal) => refusal,
+    }
+}
+
+async fn poll_forward(State(state): State<Arc<ServerState>>, request: Request) -> Response {
+    match polling_body(&state, request).await {
+        Ok(body) => state.polling.forward(&state.ctx, &body),
+        Err(refusal) => refusal,
+    }
+}
+
+async fn poll_messages(State(state): State<Arc<ServerState>>, request: Request) -> Response {
+    match polling_body(&state, request).await {
+        Ok(body) => state.polling.poll(&body),
+        Err(refusal) => refusal,
+    }
+}
+
 async fn register_device(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -160,20 +216,7 @@ fn refuse_unauthorized(
     endpoint: Endpoint,
     request: &Request,
 ) -> Option<Response> {
-    let config = &state.ctx.config;
-    let expected = match endpoint {
-        Endpoint::RegisterDevice => config.device_token.as_deref(),
-        Endpoint::ConnectClient => config.client_token.as_deref(),
-    };
-    let expected = expected?;
-    let presented = bearer_token(request.headers()).or_else(|| {
-        let query = request.uri().query()?;
-        form_urlencoded::parse(query.as_bytes())
-            .find(|(key, _)| key == "token")
-            .map(|(_, value)| value.into_owned())
-    });
-    let valid = presented.is_some_and(|token| token.as_bytes().ct_eq(expected.as_bytes()).into());
-    if valid {
+    if token_accepted(state, endpoint, request) {
         return None;
     }
     let refusal = refuse(
@@ -183,6 +226,26 @@ fn refuse_unauthorized(
         "Unauthorized: missing or invalid token",
     );
     Some(with_header(refusal, header::WWW_AUTHENTICATE, "Bearer"))
+}
+
+/// Whether the request carries the token the endpoint needs (or none is
+/// needed).
+fn token_accepted(state: &ServerState, endpoint: Endpoint, request: &Request) -> bool {
+    let config = &state.ctx.config;
+    let expected = match endpoint {
+        Endpoint::RegisterDevice => config.device_token.as_deref(),
+        Endpoint::ConnectClient => config.client_token.as_deref(),
+    };
+    let Some(expected) = expected else {
+        return true;
+    };
+    let presented = bearer_token(request.headers()).or_else(|| {
+        let query = request.uri().query()?;
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(key, _)| key == "token")
+            .map(|(_, value)| value.into_owned())
+    });
+    presented.is_some_and(|token| token.as_bytes().ct_eq(expected.as_bytes()).into())
 }
 
 fn bearer_token(headers: &HeaderMap) -> Option<String> {

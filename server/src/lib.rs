@@ -37,6 +37,7 @@ mod http;
 mod limits;
 pub mod metrics;
 mod outbox;
+mod polling;
 mod rate;
 mod read_ahead;
 mod registry;
@@ -70,6 +71,8 @@ pub(crate) struct ServerState {
     shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     tracker: TaskTracker,
+    /// The clients of the HTTP polling flow.
+    polling: Arc<polling::Polling>,
 }
 
 /// Serves on `listener` until `shutdown` resolves, then closes every
@@ -90,6 +93,7 @@ pub async fn run(
         ctx: Arc::new(Context::new(config, metrics)),
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
+        polling: Arc::default(),
     });
     let router = http::router(state.clone());
     let local = listener.local_addr()?;

@@ -151,6 +151,17 @@ impl Outbox {
     fn poll_next_batch(&self, cx: &mut Context<'_>, batch: &mut Batch) -> Poll<()> {
         // Register before looking, so a push after the look wakes us.
         self.shared.wake.register(cx.waker());
+        if self.take(batch) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Takes everything queued into `batch` (which must have been emptied)
+    /// without waiting; whether there was anything, or an overflow. For an
+    /// outbox drained by requests (the polling flow) rather than a task.
+    pub fn take(&self, batch: &mut Batch) -> bool {
         let mut state = self.lock();
         if state.overflowed || !state.queue.is_empty() {
             // Take the queue itself, allocation and all, leaving the
@@ -159,9 +170,19 @@ impl Outbox {
             std::mem::swap(&mut batch.items, &mut state.queue);
             state.bytes = 0;
             batch.overflowed = state.overflowed;
-            return Poll::Ready(());
+            return true;
         }
-        Poll::Pending
+        false
+    }
+
+    /// Takes the oldest item, if any, without waiting.
+    pub fn pop(&self) -> Option<Outgoing> {
+        let mut state = self.lock();
+        let item = state.queue.pop_front()?;
+        if let Outgoing::Text(text) = &item {
+            state.bytes -= text.len();
+        }
+        Some(item)
     }
 
     /// Resolves once the outbox has overflowed, for a task blocked writing to

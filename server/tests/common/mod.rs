@@ -265,22 +265,40 @@ pub async fn http_request(
     request_line: &str,
     headers: &[(&str, &str)],
 ) -> HttpResponse {
-    try_http_request(addr, request_line, headers)
+    try_http_request(addr, request_line, headers, "")
         .await
         .unwrap_or_else(|e| panic!("{request_line}: {e:#}"))
+}
+
+/// `POST path` with a JSON body.
+pub async fn http_post(addr: SocketAddr, path: &str, body: &str) -> HttpResponse {
+    let request_line = format!("POST {path} HTTP/1.1");
+    try_http_request(
+        addr,
+        &request_line,
+        &[("Content-Type", "application/json")],
+        body,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{request_line}: {e:#}"))
 }
 
 async fn try_http_request(
     addr: SocketAddr,
     request_line: &str,
     headers: &[(&str, &str)],
+    body: &str,
 ) -> Result<HttpResponse> {
     let mut stream = TcpStream::connect(addr).await?;
     let mut request = format!("{request_line}\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
+    if !body.is_empty() {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     request.push_str("\r\n");
+    request.push_str(body);
     stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(PROMPT, stream.read_to_end(&mut raw)).await??;
