@@ -93,15 +93,19 @@ fn json(body: String) -> Response {
         .into_response()
 }
 
-/// Any other path: a file of `--assets-dir`, if there is one, else 404.
+/// Any other path: a file of `--assets-dir` if one is given, else of the
+/// built-in web client; else 404.
 async fn not_found(State(state): State<Arc<ServerState>>, request: Request) -> Response {
     // An upgrade on an unknown path is a 404 whatever files there are.
-    if let Some(dir) = &state.ctx.config.assets_dir
-        && !request.headers().contains_key(header::UPGRADE)
-        && let Some(response) =
-            crate::assets::serve(dir, request.method(), request.uri().path()).await
-    {
-        return response;
+    if !request.headers().contains_key(header::UPGRADE) {
+        let (method, path) = (request.method(), request.uri().path());
+        let file = match &state.ctx.config.assets_dir {
+            Some(dir) => crate::assets::serve(dir, method, path).await,
+            None => crate::web::serve(method, path),
+        };
+        if let Some(response) = file {
+            return response;
+        }
     }
     json_error(
         StatusCode::NOT_FOUND,

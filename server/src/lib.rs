@@ -46,6 +46,7 @@ mod session;
 #[doc(hidden)]
 pub mod sim;
 pub mod tls;
+mod web;
 
 pub use config::ServerConfig;
 pub use rate::RateLimit;

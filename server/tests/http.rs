@@ -533,3 +533,28 @@ async fn tls_client_on_a_plain_port_fails_cleanly() {
     server.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The built-in web client is served without a token (it carries no
+/// secret; it asks for the token in its own requests).
+#[tokio::test]
+async fn the_web_client_is_built_in() {
+    let server = TestServer::start(ServerConfig {
+        client_token: Some("secret".into()),
+        ..test_config()
+    })
+    .await;
+    let page = server.get("/").await;
+    assert_eq!(page.status, 200);
+    assert!(page.headers.contains("text/html"), "{}", page.headers);
+    assert!(page.body.contains(r#"<script src="/web-client.js">"#));
+    let script = server.get("/web-client.js").await;
+    assert_eq!(script.status, 200);
+    assert!(
+        script.headers.contains("text/javascript"),
+        "{}",
+        script.headers
+    );
+    assert!(script.body.contains("RTCPeerConnection"));
+    assert_eq!(server.get("/other.js").await.status, 404);
+    server.stop().await.unwrap();
+}

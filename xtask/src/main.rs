@@ -9,6 +9,9 @@
 //!   device 20 times and writes the figures into BENCHMARKS.md.
 //! - `fuzz [SECONDS]`: each fuzz target for SECONDS (default 30), from the
 //!   committed corpus (see `fuzz.rs`).
+//! - `browser`: the built-in web client in headless Chromium (see
+//!   `browser.rs`), installing Chromium and playwright-core when missing.
+//! - `test`: every test: `cargo test --workspace`, then `browser`.
 //!
 //! Every process a task starts, it stops, also on failure.
 
@@ -24,6 +27,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 mod bench;
+mod browser;
 mod e2e;
 mod fuzz;
 mod load;
@@ -34,6 +38,8 @@ fn main() -> ExitCode {
     let result = match task.as_deref() {
         Some("e2e") => run_e2e(),
         Some("bench-handshake") => bench::handshake(&workspace_root()),
+        Some("browser") => browser::run(&workspace_root()),
+        Some("test") => run_all_tests(),
         Some("fuzz") => match std::env::args().nth(2).map(|s| s.parse::<u64>()) {
             None => fuzz::run(&workspace_root(), 30),
             Some(Ok(seconds)) => fuzz::run(&workspace_root(), seconds),
@@ -48,7 +54,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  e2e               build, then run the whole flow end to end\n  bench [--quick]   load the server with client-cli bench; --quick is a few seconds for CI\n  bench-handshake   time the WebRTC handshake through the server (release build)\n  fuzz [SECONDS]    run each fuzz target for SECONDS (default 30)"
+                "usage: cargo xtask <task>\n\n  e2e               build, then run the whole flow end to end\n  bench [--quick]   load the server with client-cli bench; --quick is a few seconds for CI\n  bench-handshake   time the WebRTC handshake through the server (release build)\n  fuzz [SECONDS]    run each fuzz target for SECONDS (default 30)\n  browser           the web client in headless Chromium (installs it when missing)\n  test              every test: cargo test --workspace, then browser"
             );
             return ExitCode::from(2);
         }
@@ -60,6 +66,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cargo test --workspace`, then the browser tests.
+fn run_all_tests() -> Result<()> {
+    let root = workspace_root();
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(&root)
+            .args(["test", "--workspace"])
+            .status()
+            .context("run cargo test")?;
+    ensure!(status.success(), "cargo test --workspace failed: {status}");
+    browser::run(&root)
 }
 
 fn workspace_root() -> PathBuf {

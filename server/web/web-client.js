@@ -1,0 +1,300 @@
+// The built-in web client: lists the registered devices and connects to
+// one with the browser's own RTCPeerConnection, speaking the protocol and
+// payload layer of PROTOCOL.md (the same as client-cli). Over a websocket
+// to /connect_client, or over the HTTP polling flow when websockets are
+// not available (or with ?transport=poll). ?deviceId=ID connects at once;
+// ?token=T is carried to every request.
+'use strict';
+
+const params = new URLSearchParams(location.search);
+const token = params.get('token');
+const $ = (id) => document.getElementById(id);
+
+function withToken(path) {
+  if (!token) return path;
+  return path + (path.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(token);
+}
+
+function setStatus(text, state) {
+  $('status').textContent = text;
+  $('status').dataset.state = state;
+}
+
+// ---------------------------------------------------------------------------
+// The device list, refreshed every two seconds.
+// ---------------------------------------------------------------------------
+
+let current = null;
+
+async function refreshDevices() {
+  let ids;
+  try {
+    const response = await fetch(withToken('/devices'));
+    if (!response.ok) throw new Error('HTTP ' + response.status);
+    ids = await response.json();
+  } catch (e) {
+    $('no-devices').hidden = false;
+    $('no-devices').textContent = 'Cannot list devices: ' + e.message;
+    return;
+  }
+  const list = $('devices');
+  list.replaceChildren(...ids.map((id) => {
+    const item = document.createElement('li');
+    item.dataset.deviceId = id;
+    const link = document.createElement('a');
+    link.textContent = id;
+    const query = new URLSearchParams(params);
+    query.set('deviceId', id);
+    link.href = '?' + query.toString();
+    link.addEventListener('click', (event) => {
+      event.preventDefault();
+      history.replaceState(null, '', link.href);
+      connect(id);
+    });
+    if (current && current.deviceId === id) link.setAttribute('aria-current', 'true');
+    item.append(link);
+    return item;
+  }));
+  $('no-devices').hidden = ids.length > 0;
+  $('no-devices').textContent = 'No device is registered.';
+}
+
+// ---------------------------------------------------------------------------
+// Transports: the same three calls over a websocket or HTTP polling.
+// ---------------------------------------------------------------------------
+
+// Over /connect_client: config, device_info, then device_msg payloads.
+class WebSocketTransport {
+  constructor(deviceId, events) {
+    const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
+    this.ws = new WebSocket(scheme + location.host + withToken('/connect_client'));
+    this.ws.onopen = () => {
+      events.mark('websocket open');
+      this.ws.send(JSON.stringify({ message_type: 'connect', device_id: deviceId }));
+    };
+    this.ws.onmessage = (event) => {
+      const message = JSON.parse(event.data);
+      if (message.error !== undefined) events.error(message.error);
+      else if (message.message_type === 'config') events.config(message.ice_servers || []);
+      else if (message.message_type === 'device_info') events.deviceInfo(message.device_info);
+      else if (message.message_type === 'device_msg') events.payload(message.payload);
+    };
+    this.ws.onclose = (event) => events.closed(event.code + ' ' + event.reason);
+  }
+  send(payload) {
+    if (this.ws.readyState === WebSocket.OPEN) {
+      this.ws.send(JSON.stringify({ message_type: 'forward', payload }));
+    }
+  }
+  close() { this.ws.close(); }
+}
+
+// The reference's polling flow: POST /connect, /forward, /poll_messages.
+class PollingTransport {
+  constructor(deviceId, events) {
+    this.events = events;
+    this.open = true;
+    this.start(deviceId);
+  }
+  async post(path, body) {
+    const response = await fetch(withToken(path), {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    const value = await response.json();
+    if (!response.ok) throw new Error(value.error || 'HTTP ' + response.status);
+    return value;
+  }
+  async start(deviceId) {
+    try {
+      this.events.mark('polling');
+      const config = await (await fetch(withToken('/infra_config'))).json();
+      this.events.config(config.ice_servers || []);
+      const answer = await this.post('/connect', { device_id: deviceId });
+      this.id = answer.connection_id;
+      this.events.deviceInfo(answer.device_info);
+      while (this.open) {
+        this.deliver(await this.post('/poll_messages', { connection_id: this.id }));
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+    } catch (e) {
+      if (this.open) this.events.error(e.message);
+      this.open = false;
+      this.events.closed('polling ended');
+    }
+  }
+  deliver(payloads) {
+    for (const payload of payloads) this.events.payload(payload);
+  }
+  async send(payload) {
+    if (!this.id || !this.open) return;
+    try {
+      this.deliver(await this.post('/forward', { connection_id: this.id, payload }));
+    } catch (e) {
+      this.events.error(e.message);
+    }
+  }
+  close() { this.open = false; }
+}
+
+// ---------------------------------------------------------------------------
+// One connection to a device.
+// ---------------------------------------------------------------------------
+
+class Session {
+  constructor(deviceId) {
+    this.deviceId = deviceId;
+    this.started = performance.now();
+    this.iceServers = [];
+    this.pendingCandidates = [];
+    $('timeline').replaceChildren();
+    $('device-info').textContent = '–';
+    $('console-log').replaceChildren();
+    $('video').srcObject = null;
+    this.enableConsole(false);
+    setStatus('Connecting to ' + deviceId + '…', 'connecting');
+    const events = {
+      mark: (what) => this.mark(what),
+      config: (servers) => { this.iceServers = servers; this.mark('config'); },
+      deviceInfo: (info) => this.onDeviceInfo(info),
+      payload: (payload) => this.onPayload(payload).catch((e) => this.fail(e.message)),
+      error: (text) => this.fail(text),
+      closed: (why) => this.onClosed(why),
+    };
+    const polling = params.get('transport') === 'poll' || typeof WebSocket !== 'function';
+    this.transport = polling
+      ? new PollingTransport(deviceId, events)
+      : new WebSocketTransport(deviceId, events);
+  }
+
+  mark(what) {
+    const item = document.createElement('li');
+    const time = document.createElement('span');
+    time.textContent = (performance.now() - this.started).toFixed(1) + ' ms';
+    item.append(time, ' ' + what);
+    item.dataset.phase = what;
+    $('timeline').append(item);
+  }
+
+  fail(text) {
+    this.mark('error: ' + text);
+    setStatus(this.deviceId + ': ' + text, 'error');
+  }
+
+  onClosed(why) {
+    if (this.closed) return;
+    this.closed = true;
+    this.mark('signaling closed: ' + why);
+    this.enableConsole(false);
+  }
+
+  onDeviceInfo(info) {
+    this.mark('device_info');
+    $('device-info').textContent = JSON.stringify(info, null, 2);
+    this.pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    this.pc.onicecandidate = (event) => {
+      if (event.candidate) {
+        this.transport.send({ type: 'ice-candidate', candidate: event.candidate.toJSON() });
+      }
+    };
+    this.pc.oniceconnectionstatechange = () => {
+      if (this.pc.iceConnectionState === 'connected') this.mark('ICE connected');
+    };
+    this.pc.onconnectionstatechange = () => {
+      if (this.pc.connectionState === 'connected') this.mark('DTLS connected');
+      if (this.pc.connectionState === 'failed') this.fail('WebRTC connection failed');
+    };
+    this.pc.ondatachannel = (event) => this.onChannel(event.channel);
+    this.pc.ontrack = (event) => {
+      this.mark('video track');
+      $('video').srcObject = event.streams[0] || new MediaStream([event.track]);
+    };
+    this.transport.send({ type: 'request-offer', ice_servers: this.iceServers });
+  }
+
+  async onPayload(payload) {
+    if (!payload || typeof payload !== 'object') return;
+    if (payload.type === 'offer') {
+      this.mark('offer received');
+      await this.pc.setRemoteDescription({ type: 'offer', sdp: payload.sdp });
+      for (const candidate of this.pendingCandidates.splice(0)) await this.addCandidate(candidate);
+      const answer = await this.pc.createAnswer();
+      await this.pc.setLocalDescription(answer);
+      this.transport.send({ type: 'answer', sdp: answer.sdp });
+      this.mark('answer sent');
+    } else if (payload.type === 'ice-candidate') {
+      // The flat shape Cuttlefish devices send, or the browser's nested one.
+      const candidate = typeof payload.candidate === 'object' && payload.candidate !== null
+        ? payload.candidate
+        : { candidate: payload.candidate, sdpMid: payload.mid, sdpMLineIndex: payload.mLineIndex };
+      if (!candidate.candidate) return; // end of candidates
+      if (this.pc.remoteDescription) await this.addCandidate(candidate);
+      else this.pendingCandidates.push(candidate);
+    } else if (payload.type === 'error') {
+      this.fail('device: ' + payload.error);
+    }
+  }
+
+  addCandidate(candidate) {
+    return this.pc.addIceCandidate(candidate);
+  }
+
+  onChannel(channel) {
+    this.channel = channel;
+    // The open event may have fired before this handler was set, or may
+    // still come though the channel already reads as open: once either way.
+    let opened = false;
+    channel.onopen = () => {
+      if (opened) return;
+      opened = true;
+      this.mark('data channel open');
+      setStatus('Connected to ' + this.deviceId, 'connected');
+      this.enableConsole(true);
+    };
+    channel.onmessage = (event) => this.log('echo: ' + event.data);
+    channel.onclose = () => this.enableConsole(false);
+    if (channel.readyState === 'open') channel.onopen();
+  }
+
+  enableConsole(on) {
+    $('console-input').disabled = !on;
+    $('console-send').disabled = !on;
+  }
+
+  log(line) {
+    const row = document.createElement('div');
+    row.textContent = line;
+    $('console-log').append(row);
+    $('console-log').scrollTop = $('console-log').scrollHeight;
+  }
+
+  sendText(text) {
+    if (!this.channel || this.channel.readyState !== 'open') return;
+    this.channel.send(text);
+    this.log('sent: ' + text);
+  }
+
+  close() {
+    this.closed = true;
+    this.transport.close();
+    if (this.pc) this.pc.close();
+  }
+}
+
+function connect(deviceId) {
+  if (current) current.close();
+  current = new Session(deviceId);
+  refreshDevices();
+}
+
+$('console-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  const text = $('console-input').value;
+  if (text && current) current.sendText(text);
+  $('console-input').value = '';
+});
+
+refreshDevices();
+setInterval(refreshDevices, 2000);
+if (params.get('deviceId')) connect(params.get('deviceId'));

@@ -1,0 +1,162 @@
+// The built-in web client in a real browser: headless Chromium (Debian's
+// package) driven by playwright-core, against the real signaling-server and
+// fake-device binaries on loopback. Run by `cargo xtask browser`, which
+// builds the binaries and installs what is missing; SIGNALING_BIN_DIR names
+// the folder of the binaries.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { chromium } from 'playwright-core';
+
+const binDir = process.env.SIGNALING_BIN_DIR ?? '../target/debug';
+const artifacts = process.env.SIGNALING_ARTIFACTS ?? '../target/browser-tests';
+const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
+mkdirSync(artifacts, { recursive: true });
+
+const processes = new Set();
+
+// Starts a binary; resolves with the first stdout line matching `pattern`.
+function start(name, args, pattern) {
+  const child = spawn(join(binDir, name), args, {
+    // The webrtc crate warns about every stray STUN packet; errors only.
+    env: { ...process.env, RUST_LOG: 'error' },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  processes.add(child);
+  child.on('exit', () => processes.delete(child));
+  if (!pattern) return Promise.resolve({ child });
+  return new Promise((resolve, reject) => {
+    const lines = createInterface({ input: child.stdout });
+    lines.on('line', (line) => {
+      const match = line.match(pattern);
+      if (match) resolve({ child, match });
+    });
+    child.on('exit', (code) => reject(new Error(`${name} exited (${code}) before printing ${pattern}`)));
+  });
+}
+
+function stop(child, signal = 'SIGTERM') {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    child.on('exit', resolve);
+    child.kill(signal);
+  });
+}
+
+let server;
+let base;
+let browser;
+
+async function devices() {
+  return (await fetch(base + '/devices')).json();
+}
+
+async function until(what, check, limitMs = 15000) {
+  const deadline = Date.now() + limitMs;
+  while (Date.now() < deadline) {
+    if (await check()) return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  assert.fail(`timed out waiting until ${what}`);
+}
+
+// A fake device registered under `id`, listed by the server.
+async function fakeDevice(id) {
+  const { child } = await start('fake-device', ['--server', base.replace('http', 'ws'), '--device-id', id,
+    '--device-info', JSON.stringify({ name: id, displays: [{ x_res: 640, y_res: 360 }] })]);
+  await until(`${id} is listed`, async () => (await devices()).includes(id));
+  return child;
+}
+
+async function newPage() {
+  const context = await browser.newContext();
+  return context.newPage();
+}
+
+// Waits for the data channel, then checks that it echoes.
+async function expectEcho(page, text) {
+  await page.locator('#timeline [data-phase="data channel open"]').waitFor({ timeout: 15000 });
+  await page.fill('#console-input', text);
+  await page.click('#console-send');
+  await page.locator('#console-log', { hasText: 'echo: ' + text }).waitFor({ timeout: 5000 });
+}
+
+before(async () => {
+  ({ match: [, base] } = await start('signaling-server', ['--listen', '127.0.0.1:0'],
+    /signaling server on ws:\/\/(\S+)/));
+  base = 'http://' + base;
+  browser = await chromium.launch({
+    executablePath: chromiumPath,
+    args: [
+      '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--no-first-run',
+      // Make host candidates reachable on a loopback-only machine.
+      '--disable-features=WebRtcHideLocalIpsWithMdns', '--allow-loopback-in-peer-connection',
+    ],
+    // Playwright gives every launch a fresh, empty profile of its own.
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  await Promise.all([...processes].map((child) => stop(child, 'SIGKILL')));
+});
+
+test('the page lists the fake device, connects, and the data channel echoes', async () => {
+  const device = await fakeDevice('web-echo');
+  const page = await newPage();
+  await page.goto(base + '/');
+  await page.locator('#devices [data-device-id="web-echo"] a').click();
+  await expectEcho(page, 'hello from the browser');
+  for (const phase of ['websocket open', 'config', 'device_info', 'offer received', 'answer sent', 'data channel open']) {
+    assert.equal(await page.locator(`#timeline [data-phase="${phase}"]`).count(), 1, phase);
+  }
+  assert.match(await page.textContent('#device-info'), /"name": "web-echo"/);
+  assert.equal(await page.getAttribute('#status', 'data-state'), 'connected');
+  await page.screenshot({ path: join(artifacts, 'connected.png'), fullPage: true });
+  await page.context().close();
+  await stop(device);
+});
+
+test('a deep link connects at once; a second tab connects to the same device at the same time', async () => {
+  const device = await fakeDevice('web-two');
+  const first = await newPage();
+  const second = await newPage();
+  await Promise.all([first.goto(base + '/?deviceId=web-two'), second.goto(base + '/?deviceId=web-two')]);
+  await Promise.all([expectEcho(first, 'one'), expectEcho(second, 'two')]);
+  await first.context().close();
+  await second.context().close();
+  await stop(device);
+});
+
+test('the page says so when the device goes away', async () => {
+  const device = await fakeDevice('web-restart');
+  const page = await newPage();
+  await page.goto(base + '/?deviceId=web-restart');
+  await expectEcho(page, 'before');
+  await stop(device, 'SIGKILL');
+  await page.locator('#status', { hasText: 'Device disconnected' }).waitFor({ timeout: 10000 });
+  assert.equal(await page.getAttribute('#status', 'data-state'), 'error');
+  // It comes back, and the page connects again from the list.
+  const again = await fakeDevice('web-restart');
+  await page.locator('#devices [data-device-id="web-restart"] a').click();
+  await expectEcho(page, 'after');
+  await page.context().close();
+  await stop(again);
+});
+
+test('the polling flow works when the page has no websockets', async () => {
+  const device = await fakeDevice('web-poll');
+  const page = await newPage();
+  await page.addInitScript(() => { delete window.WebSocket; });
+  await page.goto(base + '/?deviceId=web-poll');
+  await expectEcho(page, 'over polling');
+  assert.equal(await page.locator('#timeline [data-phase="polling"]').count(), 1);
+  assert.equal(await page.locator('#timeline [data-phase="websocket open"]').count(), 0);
+  await page.context().close();
+  await stop(device);
+});
