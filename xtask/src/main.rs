@@ -12,6 +12,8 @@
 //! - `browser`: the built-in web client in headless Chromium (see
 //!   `browser.rs`), installing Chromium and playwright-core when missing.
 //! - `test`: every test: `cargo test --workspace`, then `browser`.
+//! - `demo`: a server and a fake device, up until Ctrl-C, and the URL of
+//!   the web client connected to the device.
 //!
 //! Every process a task starts, it stops, also on failure.
 
@@ -28,6 +30,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 mod bench;
 mod browser;
+mod demo;
 mod e2e;
 mod fuzz;
 mod load;
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Some("bench-handshake") => bench::handshake(&workspace_root()),
         Some("browser") => browser::run(&workspace_root()),
         Some("test") => run_all_tests(),
+        Some("demo") => demo::run(&workspace_root()),
         Some("fuzz") => match std::env::args().nth(2).map(|s| s.parse::<u64>()) {
             None => fuzz::run(&workspace_root(), 30),
             Some(Ok(seconds)) => fuzz::run(&workspace_root(), seconds),
@@ -54,7 +58,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  e2e               build, then run the whole flow end to end\n  bench [--quick]   load the server with client-cli bench; --quick is a few seconds for CI\n  bench-handshake   time the WebRTC handshake through the server (release build)\n  fuzz [SECONDS]    run each fuzz target for SECONDS (default 30)\n  browser           the web client in headless Chromium (installs it when missing)\n  test              every test: cargo test --workspace, then browser"
+                "usage: cargo xtask <task>\n\n  e2e               build, then run the whole flow end to end\n  bench [--quick]   load the server with client-cli bench; --quick is a few seconds for CI\n  bench-handshake   time the WebRTC handshake through the server (release build)\n  fuzz [SECONDS]    run each fuzz target for SECONDS (default 30)\n  browser           the web client in headless Chromium (installs it when missing)\n  test              every test: cargo test --workspace, then browser\n  demo              a server and a fake device until Ctrl-C; prints the URL to open"
             );
             return ExitCode::from(2);
         }

@@ -1,0 +1,45 @@
+//! `cargo xtask demo`: a server and a fake device that stay up until
+//! Ctrl-C, and the URL of the built-in web client connected to the device.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+const DEVICE_ID: &str = "cvd-demo";
+
+pub fn run(root: &std::path::Path) -> Result<()> {
+    crate::e2e::build(root, false)?;
+    let tools = crate::tools(root, "debug", "demo-logs")?;
+    // The usual port when it is free, else any.
+    let server = match tools.server("demo", &["--listen", "127.0.0.1:8443"]) {
+        Ok(server) => server,
+        Err(_) => tools.server("demo", &[])?,
+    };
+    let device = tools.fake_device("demo", &server, DEVICE_ID)?;
+    let page = server.url.replacen("ws://", "http://", 1);
+    println!("demo: a signaling server and the fake device {DEVICE_ID} are running");
+    println!("demo: open {page}/?deviceId={DEVICE_ID}");
+    println!(
+        "demo: logs in {}; Ctrl-C stops everything",
+        tools.log_dir.display()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("listen for SIGTERM")?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result.context("wait for Ctrl-C")?,
+            _ = terminate.recv() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    println!("demo: stopping");
+    // Dropping the processes stops them; give the device a moment first.
+    drop(device);
+    std::thread::sleep(Duration::from_millis(100));
+    drop(server);
+    Ok(())
+}
