@@ -117,6 +117,36 @@ test('the page lists the fake device, connects, and the data channel echoes', as
   }
   assert.match(await page.textContent('#device-info'), /"name": "web-echo"/);
   assert.equal(await page.getAttribute('#status', 'data-state'), 'connected');
+  await page.context().close();
+  await stop(device);
+});
+
+test('the fake device\'s test pattern plays: frames keep decoding at the file\'s size', async (t) => {
+  const device = await fakeDevice('web-video');
+  const page = await newPage();
+  const loaded = Date.now();
+  await page.goto(base + '/?deviceId=web-video');
+  await page.locator('#timeline [data-phase="video track"]').waitFor({ timeout: 15000 });
+  // framesDecoded of the inbound video stream, from the page's own stats.
+  const decoded = () => page.evaluate(async () => {
+    const video = document.getElementById('video');
+    const stats = await window.currentPeer().getStats();
+    let frames = 0;
+    stats.forEach((report) => {
+      if (report.type === 'inbound-rtp' && report.kind === 'video') frames = report.framesDecoded ?? 0;
+    });
+    return { frames, width: video.videoWidth, height: video.videoHeight };
+  });
+  await until('the first frame is decoded', async () => (await decoded()).frames >= 1, 15000);
+  t.diagnostic(`first video frame decoded ${Date.now() - loaded} ms after the page was opened`);
+  await until('ten frames are decoded', async () => (await decoded()).frames >= 10, 15000);
+  const first = await decoded();
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  const later = await decoded();
+  assert.ok(later.frames >= first.frames + 15, `framesDecoded ${first.frames} then ${later.frames} a second later`);
+  assert.deepEqual([later.width, later.height], [640, 360]);
+  t.diagnostic(`${later.frames - first.frames} frames decoded in one second`);
+  await expectEcho(page, 'hello from the browser');
   await page.screenshot({ path: join(artifacts, 'connected.png'), fullPage: true });
   await page.context().close();
   await stop(device);

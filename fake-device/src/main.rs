@@ -1,6 +1,7 @@
 //! `fake-device`: registers like a Cuttlefish device and answers every
 //! client with its own WebRTC peer connection, offering a data channel
-//! labelled `echo` that sends back whatever it receives.
+//! labelled `echo` that sends back whatever it receives, and a video track
+//! with a test pattern (`--no-video` leaves it out).
 //!
 //! It speaks the payload layer of PROTOCOL.md: `request-offer` from a client
 //! starts a peer; the device sends its offer and trickles candidates (flat
@@ -10,7 +11,9 @@
 //! server connection drops, it re-registers with backoff, as real devices do.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
@@ -27,7 +30,11 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{Instrument, debug, info, info_span, warn};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
-use webrtc::peer_connection::PeerConnection;
+use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
+
+use crate::video::Clip;
+
+mod video;
 
 /// How long a new peer's driver is nudged while its data channel opens.
 const NUDGE_LIMIT: Duration = Duration::from_secs(10);
@@ -57,8 +64,34 @@ struct Cli {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     reconnect_max: Duration,
 
+    /// Send no video track.
+    #[arg(long, conflicts_with = "video")]
+    no_video: bool,
+
+    /// Loop this IVF file (VP8, starting with a keyframe) as the screen
+    /// instead of the built-in 640×360 test pattern.
+    #[arg(long, value_name = "FILE")]
+    video: Option<PathBuf>,
+
     #[command(flatten)]
     peer: PeerSettings,
+}
+
+/// The clip every client's video track plays, if any.
+fn clip(cli: &Cli) -> Result<Option<Arc<Clip>>> {
+    if cli.no_video {
+        return Ok(None);
+    }
+    let clip = match &cli.video {
+        Some(path) => {
+            let data = std::fs::read(path)
+                .with_context(|| format!("cannot read --video {}", path.display()))?;
+            Clip::from_ivf(&data).with_context(|| format!("--video {}", path.display()))?
+        }
+        None => Clip::from_ivf(video::TEST_PATTERN).context("the built-in test pattern")?,
+    };
+    info!(width = clip.width, height = clip.height, "video track on");
+    Ok(Some(Arc::new(clip)))
 }
 
 #[tokio::main]
@@ -90,11 +123,12 @@ fn device_info(arg: Option<&str>) -> Result<Option<Box<RawValue>>> {
 async fn run(cli: Cli) -> Result<()> {
     protocol::validate_device_id(&cli.device_id).context("--device-id")?;
     let info = device_info(cli.device_info.as_deref())?;
+    let clip = clip(&cli)?;
     let mut backoff = cli.reconnect_min;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
-        let session = serve(&cli, info.as_deref());
+        let session = serve(&cli, info.as_deref(), clip.as_ref());
         let outcome = tokio::select! {
             outcome = session => outcome,
             () = &mut shutdown => {
@@ -149,7 +183,11 @@ fn lost(error: impl std::fmt::Display) -> ConnectError {
 
 /// One connection to the server: register, then serve clients until it
 /// drops.
-async fn serve(cli: &Cli, info: Option<&RawValue>) -> Result<Served, ConnectError> {
+async fn serve(
+    cli: &Cli,
+    info: Option<&RawValue>,
+    clip: Option<&Arc<Clip>>,
+) -> Result<Served, ConnectError> {
     let mut socket = cli.connect.connect(protocol::REGISTER_DEVICE_PATH).await?;
     let register = DeviceToServer::Register(Register {
         device_id: cli.device_id.as_str().into(),
@@ -188,7 +226,7 @@ async fn serve(cli: &Cli, info: Option<&RawValue>) -> Result<Served, ConnectErro
                             }
                         };
                         let inbox = clients.entry(message.client_id).or_insert_with(|| {
-                            spawn_client(message.client_id, outgoing.clone(), cli.peer.clone(), ice_servers.clone())
+                            spawn_client(message.client_id, outgoing.clone(), cli.peer.clone(), ice_servers.clone(), clip.cloned())
                         });
                         let _ = inbox.send(payload);
                     }
@@ -223,11 +261,14 @@ fn spawn_client(
     outgoing: mpsc::UnboundedSender<String>,
     settings: PeerSettings,
     ice_servers: Vec<IceServer>,
+    clip: Option<Arc<Clip>>,
 ) -> mpsc::UnboundedSender<Payload> {
     let (inbox, payloads) = mpsc::unbounded_channel();
     info!(client_id, "new client");
     let task = async move {
-        if let Err(e) = serve_client(client_id, payloads, &outgoing, &settings, ice_servers).await {
+        if let Err(e) =
+            serve_client(client_id, payloads, &outgoing, &settings, ice_servers, clip).await
+        {
             warn!(error = %format!("{e:#}"), "client session failed");
             send(
                 &outgoing,
@@ -262,8 +303,13 @@ async fn serve_client(
     outgoing: &mpsc::UnboundedSender<String>,
     settings: &PeerSettings,
     default_ice_servers: Vec<IceServer>,
+    clip: Option<Arc<Clip>>,
 ) -> Result<()> {
     let mut peer = None;
+    // The video track of the current peer, until it connects; then its
+    // player, which stops when dropped (a new peer, or the client left).
+    let mut video_track = None;
+    let mut player: Option<Player> = None;
     let mut events: Option<mpsc::UnboundedReceiver<PeerEvent>> = None;
     let mut candidates = RemoteCandidates::default();
     loop {
@@ -272,6 +318,7 @@ async fn serve_client(
                 let Some(payload) = payload else { break };
                 match payload {
                     Payload::RequestOffer { ice_servers } => {
+                        player = None;
                         if let Some(old) = peer.take() {
                             close_peer(old).await;
                         }
@@ -280,6 +327,10 @@ async fn serve_client(
                         let channel = pc.create_data_channel("echo", None).await?;
                         tokio::spawn(nudge_until_open(channel.clone(), NUDGE_LIMIT));
                         tokio::spawn(echo(channel).in_current_span());
+                        video_track = match &clip {
+                            Some(_) => Some(video::add_track(&pc, client_id).await?),
+                            None => None,
+                        };
                         let sdp = make_offer(&pc).await?;
                         send(outgoing, client_id, &Payload::Offer { sdp });
                         info!("offer sent");
@@ -319,7 +370,14 @@ async fn serve_client(
                 PeerEvent::LocalCandidate(candidate) => {
                     send(outgoing, client_id, &Payload::flat_candidate(candidate));
                 }
-                PeerEvent::ConnectionState(state) => info!(%state, "peer connection state"),
+                PeerEvent::ConnectionState(state) => {
+                    info!(%state, "peer connection state");
+                    if state == RTCPeerConnectionState::Connected
+                        && let (Some(track), Some(clip)) = (video_track.take(), &clip)
+                    {
+                        player = Some(Player::start(track, clip.clone()));
+                    }
+                }
                 PeerEvent::IceConnectionState(state) => debug!(%state, "ICE connection state"),
                 PeerEvent::DataChannel(channel) => {
                     tokio::spawn(echo(channel).in_current_span());
@@ -327,10 +385,33 @@ async fn serve_client(
             },
         }
     }
+    drop(player);
     if let Some(pc) = peer {
         close_peer(pc).await;
     }
     Ok(())
+}
+
+/// A video track's send loop; dropping it stops the loop.
+struct Player(tokio::task::JoinHandle<()>);
+
+impl Player {
+    fn start(track: video::VideoTrack, clip: Arc<Clip>) -> Self {
+        let task = async move {
+            info!("video playing");
+            if let Err(e) = video::play(track, clip).await {
+                // The peer closed under it: the usual way a player ends.
+                debug!(error = %format!("{e:#}"), "video stopped");
+            }
+        };
+        Self(tokio::spawn(task.in_current_span()))
+    }
+}
+
+impl Drop for Player {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn next_event(events: &mut Option<mpsc::UnboundedReceiver<PeerEvent>>) -> Option<PeerEvent> {
@@ -347,7 +428,7 @@ async fn close_peer(pc: impl PeerConnection) {
 }
 
 /// Sends back every message the channel receives, text as text.
-async fn echo(channel: std::sync::Arc<dyn DataChannel>) {
+async fn echo(channel: Arc<dyn DataChannel>) {
     let label = channel.label().await.unwrap_or_default();
     while let Some(event) = channel.poll().await {
         match event {

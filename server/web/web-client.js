@@ -282,6 +282,9 @@ class Session {
   }
 }
 
+// For tests and the curious: the current peer connection, if any.
+window.currentPeer = () => (current ? current.pc : undefined);
+
 function connect(deviceId) {
   if (current) current.close();
   current = new Session(deviceId);

@@ -1,0 +1,192 @@
+//! The fake device's screen: a VP8 test pattern (`media/test-pattern.ivf`,
+//! embedded) looped to every client.
+//!
+//! Learned while making it: a local track serves one peer connection only
+//! (adding it to a second one silently moves it), so every client gets its
+//! own track, fed from the frames shared here; a sample's duration must be
+//! one frame (1/fps), or the receiver's clock runs wrong; and each client
+//! starts at a keyframe, so its first frame decodes at once.
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use bytes::Bytes;
+use rtc::media::Sample;
+use rtc::media::io::ivf_reader::IVFReader;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_VP8;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::peer_connection::PeerConnection;
+use webrtc::rtp_transceiver::RtpSender;
+
+/// The embedded test pattern.
+pub const TEST_PATTERN: &[u8] = include_bytes!("../media/test-pattern.ivf");
+
+/// A VP8 clip in memory, ready to loop.
+#[derive(Debug)]
+pub struct Clip {
+    frames: Vec<Bytes>,
+    frame_duration: Duration,
+    pub width: u16,
+    pub height: u16,
+}
+
+impl Clip {
+    /// Reads an IVF file of VP8 frames; it must start with a keyframe.
+    pub fn from_ivf(data: &[u8]) -> Result<Self> {
+        let (mut reader, header) = IVFReader::new(Cursor::new(data)).context("not an IVF file")?;
+        ensure!(&header.four_cc == b"VP80", "the IVF file is not VP8");
+        ensure!(
+            header.timebase_numerator > 0 && header.timebase_denominator > 0,
+            "the IVF file has no frame rate"
+        );
+        let frame_duration = Duration::from_secs_f64(
+            f64::from(header.timebase_numerator) / f64::from(header.timebase_denominator),
+        );
+        let mut frames = Vec::new();
+        while let Ok((frame, _)) = reader.parse_next_frame() {
+            frames.push(frame.freeze());
+        }
+        ensure!(!frames.is_empty(), "the IVF file holds no frame");
+        ensure!(
+            is_keyframe(&frames[0]),
+            "the IVF file does not start with a keyframe"
+        );
+        Ok(Self {
+            frames,
+            frame_duration,
+            width: header.width,
+            height: header.height,
+        })
+    }
+}
+
+/// VP8's frame tag: the lowest bit of the first byte is 0 for a keyframe.
+fn is_keyframe(frame: &[u8]) -> bool {
+    frame.first().is_some_and(|tag| tag & 1 == 0)
+}
+
+/// One client's video track.
+pub struct VideoTrack {
+    track: Arc<TrackLocalStaticSample>,
+    sender: Arc<dyn RtpSender>,
+    ssrc: u32,
+}
+
+impl std::fmt::Debug for VideoTrack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VideoTrack")
+            .field("ssrc", &self.ssrc)
+            .finish()
+    }
+}
+
+/// A random SSRC: the standard library's randomly keyed hasher is enough
+/// to keep two tracks apart.
+fn random_ssrc() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let hash = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    (hash >> 32) as u32
+}
+
+/// Adds a VP8 track to `pc`, before its offer is made.
+pub async fn add_track(pc: &impl PeerConnection, client_id: u64) -> Result<VideoTrack> {
+    let ssrc = random_ssrc();
+    let track = Arc::new(TrackLocalStaticSample::new(
+        Instant::now(),
+        MediaStreamTrack::new(
+            format!("fake-device-{client_id}"),
+            format!("screen-{client_id}"),
+            "screen".to_owned(),
+            RtpCodecKind::Video,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: RTCRtpCodec {
+                    mime_type: MIME_TYPE_VP8.to_owned(),
+                    clock_rate: 90_000,
+                    channels: 0,
+                    sdp_fmtp_line: String::new(),
+                    rtcp_feedback: vec![],
+                },
+                ..Default::default()
+            }],
+        ),
+    )?);
+    let sender = pc
+        .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+        .await
+        .context("cannot add the video track")?;
+    Ok(VideoTrack {
+        track,
+        sender,
+        ssrc,
+    })
+}
+
+/// Sends the clip on the track, looping, one frame per frame duration,
+/// from its first (key)frame, until writing fails (the peer closed) or
+/// the task is dropped.
+pub async fn play(video: VideoTrack, clip: Arc<Clip>) -> Result<()> {
+    let payload_type = video
+        .sender
+        .get_parameters()
+        .await?
+        .rtp_parameters
+        .codecs
+        .first()
+        .map(|codec| codec.payload_type)
+        .context("the video sender has no negotiated codec")?;
+    let mut ticker = tokio::time::interval(clip.frame_duration);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for frame in clip.frames.iter().cycle() {
+        ticker.tick().await;
+        video
+            .track
+            .sample_writer(video.ssrc, payload_type)
+            .write_sample(&Sample {
+                data: frame.clone(),
+                duration: clip.frame_duration,
+                ..Sample::new(Instant::now())
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_test_pattern_is_640_by_360_at_30_fps_with_a_keyframe_every_second() {
+        let clip = Clip::from_ivf(TEST_PATTERN).unwrap();
+        assert_eq!((clip.width, clip.height), (640, 360));
+        assert_eq!(clip.frame_duration, Duration::from_secs_f64(1.0 / 30.0));
+        assert_eq!(clip.frames.len(), 60);
+        let keyframes: Vec<usize> = (0..clip.frames.len())
+            .filter(|&n| is_keyframe(&clip.frames[n]))
+            .collect();
+        assert_eq!(keyframes, [0, 30]);
+    }
+
+    #[test]
+    fn a_clip_must_be_vp8_ivf_starting_with_a_keyframe() {
+        assert!(Clip::from_ivf(b"not ivf").is_err());
+        let mut no_key = TEST_PATTERN.to_vec();
+        // The first frame's tag byte sits after the 32-byte file header and
+        // the 12-byte frame header.
+        no_key[44] |= 1;
+        assert!(Clip::from_ivf(&no_key).is_err());
+    }
+}
