@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use futures_util::SinkExt;
-use peer::rtc_peer::{PeerEvent, PeerSettings, RemoteCandidates, answer_offer, build_peer};
+use peer::rtc_peer::{
+    PeerEvent, PeerSettings, RemoteCandidates, answer_offer, build_peer, count_frames,
+};
 use peer::signaling::{ConnectOptions, Socket};
 use protocol::payload::Payload;
 use protocol::{ClientForward, ClientToServer, Connect, RawValue, ServerToClient};
@@ -28,6 +30,11 @@ pub struct ConnectArgs {
     /// Print one JSON object with the timeline instead of the human view.
     #[arg(long)]
     json: bool,
+
+    /// After the echoes, how long to count the frames of the device's video
+    /// track (0: do not wait).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    video_wait: Duration,
 
     /// Give up after this long, saying which phase was not reached.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
@@ -207,6 +214,7 @@ async fn handshake(
     let mut candidates = RemoteCandidates::default();
     let mut channel: Option<Arc<dyn DataChannel>> = None;
     let mut channel_open = false;
+    let mut video = None;
     while !channel_open {
         tokio::select! {
             message = next(&mut socket) => {
@@ -245,6 +253,10 @@ async fn handshake(
                     bail!("the peer connection failed");
                 }
                 PeerEvent::DataChannel(dc) => channel = Some(dc),
+                PeerEvent::Track(track) => {
+                    timeline.mark("video track", "");
+                    video = Some(count_frames(track));
+                }
                 _ => {}
             },
             event = channel_event(&channel) => match event {
@@ -289,6 +301,36 @@ async fn handshake(
                 }
                 _ => {}
             }
+        }
+    }
+    // The device's screen: count its frames for a while. The track may
+    // still be announced meanwhile.
+    let video_until = tokio::time::Instant::now() + args.video_wait;
+    while tokio::time::Instant::now() < video_until {
+        tokio::select! {
+            () = tokio::time::sleep_until(video_until) => {}
+            Some(event) = events.recv() => {
+                if let PeerEvent::Track(track) = event {
+                    timeline.mark("video track", "");
+                    video = Some(count_frames(track));
+                }
+            }
+        }
+    }
+    if let Some(video) = &video {
+        let frames = video.frames.load(std::sync::atomic::Ordering::Relaxed);
+        let first = *video.first.lock().unwrap_or_else(|p| p.into_inner());
+        let first_ms = first.map(|t| round((t - timeline.started).as_secs_f64() * 1e3));
+        timeline.notes.insert("video_frames".into(), json!(frames));
+        timeline
+            .notes
+            .insert("first_video_frame_ms".into(), json!(first_ms));
+        if !timeline.json {
+            println!(
+                "{:>9.1} ms  video: {frames} frames, the first at {} ms",
+                timeline.started.elapsed().as_secs_f64() * 1e3,
+                first_ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1}"))
+            );
         }
     }
     let _ = pc.close().await;

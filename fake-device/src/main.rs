@@ -382,6 +382,8 @@ async fn serve_client(
                 PeerEvent::DataChannel(channel) => {
                     tokio::spawn(echo(channel).in_current_span());
                 }
+                // A device shows its screen; it does not watch the client's.
+                PeerEvent::Track(_) => debug!("the client sends media; ignored"),
             },
         }
     }

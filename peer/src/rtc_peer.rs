@@ -18,6 +18,7 @@ use rtc::ice::mdns::MulticastDnsMode;
 use rtc::peer_connection::transport::RTCDtlsRole;
 use tokio::sync::mpsc;
 use webrtc::data_channel::{DataChannel, RTCDataChannelState};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
     RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceConnectionState, RTCIceServer,
@@ -78,6 +79,8 @@ pub enum PeerEvent {
     ConnectionState(RTCPeerConnectionState),
     /// The other side opened a data channel.
     DataChannel(Arc<dyn DataChannel>),
+    /// The other side sends media on this track.
+    Track(Arc<dyn TrackRemote>),
 }
 
 impl std::fmt::Debug for PeerEvent {
@@ -87,6 +90,7 @@ impl std::fmt::Debug for PeerEvent {
             Self::IceConnectionState(s) => f.debug_tuple("IceConnectionState").field(s).finish(),
             Self::ConnectionState(s) => f.debug_tuple("ConnectionState").field(s).finish(),
             Self::DataChannel(c) => f.debug_tuple("DataChannel").field(&c.id()).finish(),
+            Self::Track(_) => f.write_str("Track"),
         }
     }
 }
@@ -116,6 +120,10 @@ impl PeerConnectionEventHandler for EventForwarder {
 
     async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
         let _ = self.0.send(PeerEvent::DataChannel(channel));
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let _ = self.0.send(PeerEvent::Track(track));
     }
 }
 
@@ -302,4 +310,36 @@ pub async fn make_offer(pc: &impl PeerConnection) -> Result<String> {
         .await
         .context("no local description after setting the offer")?
         .sdp)
+}
+
+/// Counts the frames arriving on a video track: the RTP packets that end
+/// one (marker bit set). Returns the shared count, and the time of the
+/// first frame once there is one.
+pub fn count_frames(track: Arc<dyn TrackRemote>) -> Arc<FrameCount> {
+    let count = Arc::new(FrameCount::default());
+    let counting = count.clone();
+    tokio::spawn(async move {
+        while let Some(event) = track.poll().await {
+            match event {
+                TrackRemoteEvent::OnRtpPacket(packet) if packet.header.marker => {
+                    let mut first = counting.first.lock().unwrap_or_else(|p| p.into_inner());
+                    first.get_or_insert_with(std::time::Instant::now);
+                    drop(first);
+                    counting
+                        .frames
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                TrackRemoteEvent::OnEnded | TrackRemoteEvent::OnError => break,
+                _ => {}
+            }
+        }
+    });
+    count
+}
+
+/// Frames received on a track so far.
+#[derive(Debug, Default)]
+pub struct FrameCount {
+    pub frames: std::sync::atomic::AtomicU64,
+    pub first: std::sync::Mutex<Option<std::time::Instant>>,
 }

@@ -143,15 +143,19 @@ impl Tools {
     }
 
     /// A `client-cli connect` command with --json.
+    /// A `client-cli connect` command with --json; it does not wait for
+    /// video frames unless `extra` says `--video-wait`.
     fn connect_command(&self, server: &Server, device_id: &str, extra: &[&str]) -> Command {
         let mut command = self.command("client-cli");
         command
             .args(["--server", &server.url])
             .args(&server.tool_flags)
             .args(["connect", device_id, "--json", "--messages", "3"])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null());
+            .args(extra);
+        if !extra.contains(&"--video-wait") {
+            command.args(["--video-wait", "0s"]);
+        }
+        command.env("RUST_LOG", "warn").stdin(Stdio::null());
         command
     }
 
@@ -252,7 +256,16 @@ pub fn run_scenarios(tools: &Tools) -> Result<()> {
 fn plain_ws(tools: &Tools) -> Result<String> {
     let mut server = tools.server("1-plain", &[])?;
     let _device = tools.fake_device("1-plain", &server, "e2e-plain")?;
-    let handshake = tools.connect(&server, "e2e-plain")?;
+    // The device's screen too: a second of the test pattern's frames.
+    let output = tools
+        .connect_command(&server, "e2e-plain", &["--video-wait", "1s"])
+        .output()?;
+    let report = check_connect(&output)?;
+    let frames = report["video_frames"].as_u64().unwrap_or(0);
+    ensure!(
+        frames >= 20,
+        "expected about 30 video frames in a second, got {frames}: {report}"
+    );
     // A clean stop: SIGTERM, exit 0.
     server.process.signal("TERM")?;
     let status = server.process.wait_exit(Duration::from_secs(15))?;
@@ -261,8 +274,9 @@ fn plain_ws(tools: &Tools) -> Result<String> {
         "the server exited with {status} after SIGTERM"
     );
     Ok(format!(
-        "data channel open at {:.1} ms; SIGTERM exit 0",
-        handshake.data_channel_open_ms
+        "data channel open at {:.1} ms; {frames} video frames in 1 s, the first at {} ms; SIGTERM exit 0",
+        data_channel_open_ms(&report),
+        report["first_video_frame_ms"]
     ))
 }
 
