@@ -36,6 +36,11 @@ pub struct ConnectArgs {
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     video_wait: Duration,
 
+    /// Ask the device for a keyframe (a PLI) after the tenth video frame,
+    /// and report how long the keyframe took to come.
+    #[arg(long)]
+    request_keyframe: bool,
+
     /// Give up after this long, saying which phase was not reached.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -255,7 +260,7 @@ async fn handshake(
                 PeerEvent::DataChannel(dc) => channel = Some(dc),
                 PeerEvent::Track(track) => {
                     timeline.mark("video track", "");
-                    video = Some(count_frames(track));
+                    video = Some(count_frames(track, args.request_keyframe.then_some(10)));
                 }
                 _ => {}
             },
@@ -312,7 +317,7 @@ async fn handshake(
             Some(event) = events.recv() => {
                 if let PeerEvent::Track(track) = event {
                     timeline.mark("video track", "");
-                    video = Some(count_frames(track));
+                    video = Some(count_frames(track, args.request_keyframe.then_some(10)));
                 }
             }
         }
@@ -322,15 +327,45 @@ async fn handshake(
         let first = *video.first.lock().unwrap_or_else(|p| p.into_inner());
         let first_ms = first.map(|t| round((t - timeline.started).as_secs_f64() * 1e3));
         timeline.notes.insert("video_frames".into(), json!(frames));
+        let keyframes = video.keyframes.load(std::sync::atomic::Ordering::Relaxed);
+        timeline
+            .notes
+            .insert("video_keyframes".into(), json!(keyframes));
+        let answered = *video
+            .keyframe_after_request
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let answered_ms = answered.map(|(d, _)| round(d.as_secs_f64() * 1e3));
+        if args.request_keyframe {
+            timeline
+                .notes
+                .insert("keyframe_after_request_ms".into(), json!(answered_ms));
+            timeline.notes.insert(
+                "keyframe_after_request_frames".into(),
+                json!(answered.map(|(_, frames)| frames)),
+            );
+        }
         timeline
             .notes
             .insert("first_video_frame_ms".into(), json!(first_ms));
         if !timeline.json {
             println!(
-                "{:>9.1} ms  video: {frames} frames, the first at {} ms",
+                "{:>9.1} ms  video: {frames} frames ({keyframes} keyframes), the first at {} ms",
                 timeline.started.elapsed().as_secs_f64() * 1e3,
                 first_ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1}"))
             );
+            if args.request_keyframe {
+                println!(
+                    "             keyframe requested after frame 10: {}",
+                    answered.map_or_else(
+                        || "never came".to_owned(),
+                        |(d, frames)| format!(
+                            "frame {frames} after it was a keyframe, {:.1} ms later",
+                            d.as_secs_f64() * 1e3
+                        )
+                    )
+                );
+            }
         }
     }
     let _ = pc.close().await;

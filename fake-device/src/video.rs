@@ -4,8 +4,11 @@
 //! Learned while making it: a local track serves one peer connection only
 //! (adding it to a second one silently moves it), so every client gets its
 //! own track, fed from the frames shared here; a sample's duration must be
-//! one frame (1/fps), or the receiver's clock runs wrong; and each client
-//! starts at a keyframe, so its first frame decodes at once.
+//! one frame (1/fps), or the receiver's clock runs wrong; each client
+//! starts at a keyframe, so its first frame decodes at once; and a
+//! receiver that loses its picture asks for a keyframe (PLI or FIR, which
+//! `peer::rtc_peer` passes on), answered by skipping to the clip's next
+//! keyframe instead of leaving it to wait for the loop to reach one.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -20,8 +23,9 @@ use rtc::peer_connection::configuration::media_engine::MIME_TYPE_VP8;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use webrtc::media_stream::track_local::TrackLocal;
+use tracing::{debug, info};
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::PeerConnection;
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -32,6 +36,8 @@ pub const TEST_PATTERN: &[u8] = include_bytes!("../media/test-pattern.ivf");
 #[derive(Debug)]
 pub struct Clip {
     frames: Vec<Bytes>,
+    /// The indices of the keyframes, in order; the first is 0.
+    keyframes: Vec<usize>,
     frame_duration: Duration,
     pub width: u16,
     pub height: u16,
@@ -58,12 +64,27 @@ impl Clip {
             is_keyframe(&frames[0]),
             "the IVF file does not start with a keyframe"
         );
+        let keyframes = (0..frames.len())
+            .filter(|&n| is_keyframe(&frames[n]))
+            .collect();
         Ok(Self {
             frames,
+            keyframes,
             frame_duration,
             width: header.width,
             height: header.height,
         })
+    }
+}
+
+impl Clip {
+    /// The first keyframe at or after frame `n`, looping.
+    fn keyframe_from(&self, n: usize) -> usize {
+        self.keyframes
+            .iter()
+            .copied()
+            .find(|&k| k >= n)
+            .unwrap_or(self.keyframes[0])
     }
 }
 
@@ -136,7 +157,8 @@ pub async fn add_track(pc: &impl PeerConnection, client_id: u64) -> Result<Video
 
 /// Sends the clip on the track, looping, one frame per frame duration,
 /// from its first (key)frame, until writing fails (the peer closed) or
-/// the task is dropped.
+/// the task is dropped. A keyframe request makes the next frame sent the
+/// clip's next keyframe.
 pub async fn play(video: VideoTrack, clip: Arc<Clip>) -> Result<()> {
     let payload_type = video
         .sender
@@ -149,19 +171,37 @@ pub async fn play(video: VideoTrack, clip: Arc<Clip>) -> Result<()> {
         .context("the video sender has no negotiated codec")?;
     let mut ticker = tokio::time::interval(clip.frame_duration);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for frame in clip.frames.iter().cycle() {
-        ticker.tick().await;
-        video
-            .track
-            .sample_writer(video.ssrc, payload_type)
-            .write_sample(&Sample {
-                data: frame.clone(),
-                duration: clip.frame_duration,
-                ..Sample::new(Instant::now())
-            })
-            .await?;
+    let mut next = 0;
+    // Until the track reports no more events (it was unbound).
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                video
+                    .track
+                    .sample_writer(video.ssrc, payload_type)
+                    .write_sample(&Sample {
+                        data: clip.frames[next].clone(),
+                        duration: clip.frame_duration,
+                        ..Sample::new(Instant::now())
+                    })
+                    .await?;
+                next = (next + 1) % clip.frames.len();
+            }
+            event = video.track.poll(), if listening => match event {
+                Some(TrackLocalEvent::OnRtcpPacket(_)) => {
+                    let skipped_from = next;
+                    next = clip.keyframe_from(next);
+                    info!(skipped_from, keyframe = next, "keyframe request");
+                }
+                Some(_) => {}
+                None => {
+                    debug!("no more events from the video track");
+                    listening = false;
+                }
+            },
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -178,6 +218,11 @@ mod tests {
             .filter(|&n| is_keyframe(&clip.frames[n]))
             .collect();
         assert_eq!(keyframes, [0, 30]);
+        assert_eq!(clip.keyframes, [0, 30]);
+        assert_eq!(clip.keyframe_from(0), 0);
+        assert_eq!(clip.keyframe_from(1), 30);
+        assert_eq!(clip.keyframe_from(30), 30);
+        assert_eq!(clip.keyframe_from(31), 0);
     }
 
     #[test]

@@ -8,14 +8,20 @@
 //! explicitly bound sockets; and peer-reflexive candidates are accepted
 //! without the default one-second wait.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use protocol::IceServer;
 use protocol::payload::{CandidateInit, WireCandidate};
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
 use rtc::peer_connection::transport::RTCDtlsRole;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::sansio::Protocol;
 use tokio::sync::mpsc;
 use webrtc::data_channel::{DataChannel, RTCDataChannelState};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -158,7 +164,10 @@ pub async fn build_peer(
 )> {
     let mut media = MediaEngine::default();
     media.register_default_codecs()?;
-    let registry = register_default_interceptors(Registry::new(), &mut media)?;
+    // Last in the chain, so the crate's own interceptors see all of the
+    // inbound RTCP before it picks out the keyframe requests.
+    let registry = register_default_interceptors(Registry::new(), &mut media)?
+        .with(Slot::from(14_000), KeyframeRequests::default());
     let mdns = if settings.mdns {
         MulticastDnsMode::QueryAndGather
     } else {
@@ -312,34 +321,180 @@ pub async fn make_offer(pc: &impl PeerConnection) -> Result<String> {
         .sdp)
 }
 
-/// Counts the frames arriving on a video track: the RTP packets that end
-/// one (marker bit set). Returns the shared count, and the time of the
-/// first frame once there is one.
-pub fn count_frames(track: Arc<dyn TrackRemote>) -> Arc<FrameCount> {
+/// Counts the frames arriving on a VP8 video track (an RTP packet with the
+/// marker bit ends one) and its keyframes. With `request_keyframe_after`,
+/// it asks for a keyframe (a PLI) once that many frames have arrived, and
+/// measures how long the sender takes to send one.
+pub fn count_frames(
+    track: Arc<dyn TrackRemote>,
+    request_keyframe_after: Option<u64>,
+) -> Arc<FrameCount> {
     let count = Arc::new(FrameCount::default());
     let counting = count.clone();
     tokio::spawn(async move {
+        let media_ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
+        // When the keyframe was requested, and after how many frames.
+        let mut requested: Option<(Instant, u64)> = None;
         while let Some(event) = track.poll().await {
-            match event {
-                TrackRemoteEvent::OnRtpPacket(packet) if packet.header.marker => {
-                    let mut first = counting.first.lock().unwrap_or_else(|p| p.into_inner());
-                    first.get_or_insert_with(std::time::Instant::now);
-                    drop(first);
-                    counting
-                        .frames
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
+            let packet = match event {
+                TrackRemoteEvent::OnRtpPacket(packet) => packet,
                 TrackRemoteEvent::OnEnded | TrackRemoteEvent::OnError => break,
-                _ => {}
+                _ => continue,
+            };
+            if starts_vp8_keyframe(&packet.payload) {
+                counting.keyframes.fetch_add(1, Ordering::Relaxed);
+                if let Some((at, frames)) = requested.take() {
+                    let waited = counting.frames.load(Ordering::Relaxed) - frames;
+                    *lock(&counting.keyframe_after_request) = Some((at.elapsed(), waited + 1));
+                }
+            }
+            if !packet.header.marker {
+                continue;
+            }
+            lock(&counting.first).get_or_insert_with(Instant::now);
+            let frames = counting.frames.fetch_add(1, Ordering::Relaxed) + 1;
+            if request_keyframe_after == Some(frames) {
+                let pli = PictureLossIndication {
+                    sender_ssrc: 0,
+                    media_ssrc,
+                };
+                if track.write_rtcp(vec![Box::new(pli)]).await.is_ok() {
+                    requested = Some((Instant::now(), frames));
+                }
             }
         }
     });
     count
 }
 
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether an RTP payload of VP8 (RFC 7741) starts a keyframe: the start of
+/// partition 0, whose VP8 header has the inverse key frame bit clear.
+fn starts_vp8_keyframe(payload: &[u8]) -> bool {
+    let Some(&first) = payload.first() else {
+        return false;
+    };
+    let extended = first & 0x80 != 0;
+    let start_of_partition = first & 0x10 != 0;
+    let partition = first & 0x07;
+    if !start_of_partition || partition != 0 {
+        return false;
+    }
+    let mut at = 1;
+    if extended {
+        let Some(&bits) = payload.get(1) else {
+            return false;
+        };
+        at = 2;
+        if bits & 0x80 != 0 {
+            // A picture id of 7 bits, or 15 with the M bit.
+            let long = payload.get(at).is_some_and(|b| b & 0x80 != 0);
+            at += if long { 2 } else { 1 };
+        }
+        if bits & 0x40 != 0 {
+            at += 1; // TL0PICIDX
+        }
+        if bits & 0x30 != 0 {
+            at += 1; // TID, Y, KEYIDX
+        }
+    }
+    payload.get(at).is_some_and(|header| header & 0x01 == 0)
+}
+
 /// Frames received on a track so far.
 #[derive(Debug, Default)]
 pub struct FrameCount {
-    pub frames: std::sync::atomic::AtomicU64,
-    pub first: std::sync::Mutex<Option<std::time::Instant>>,
+    pub frames: AtomicU64,
+    pub keyframes: AtomicU64,
+    pub first: std::sync::Mutex<Option<Instant>>,
+    /// From the keyframe request to the first keyframe after it: the time,
+    /// and which frame after the request it was (1 is the next one).
+    pub keyframe_after_request: std::sync::Mutex<Option<(Duration, u64)>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::starts_vp8_keyframe;
+
+    #[test]
+    fn vp8_keyframes_are_found_behind_any_descriptor() {
+        // No extension: S=1, PID=0, then a key frame header (P=0).
+        assert!(starts_vp8_keyframe(&[0x10, 0x00]));
+        // The same, an inter frame (P=1).
+        assert!(!starts_vp8_keyframe(&[0x10, 0x01]));
+        // Not the start of the partition.
+        assert!(!starts_vp8_keyframe(&[0x00, 0x00]));
+        // Extended: a 15-bit picture id, then the key frame header.
+        assert!(starts_vp8_keyframe(&[0x90, 0x80, 0x81, 0x23, 0x00]));
+        // Extended: a 7-bit picture id, TL0PICIDX and TID/KEYIDX.
+        assert!(starts_vp8_keyframe(&[0x90, 0xe0, 0x05, 0x07, 0x20, 0x00]));
+        assert!(!starts_vp8_keyframe(&[0x90, 0xe0, 0x05, 0x07, 0x20, 0x01]));
+        assert!(!starts_vp8_keyframe(&[]));
+    }
+}
+
+/// Passes the remote side's keyframe requests (PLI and FIR) on to the
+/// application, as `TrackLocalEvent::OnRtcpPacket` on the track they are
+/// about.
+///
+/// Inbound RTCP ends at the end of the crate's interceptor chain unless an
+/// interceptor marks it for the application; only a sender can answer a
+/// keyframe request (with a keyframe), so these, and nothing else, are
+/// marked. Everything passes through unchanged otherwise.
+#[derive(Default)]
+struct KeyframeRequests {
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut message: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &message.message.packet {
+            let requests: Vec<_> = packets
+                .iter()
+                .filter(|packet| {
+                    let packet = packet.as_any();
+                    packet.is::<PictureLossIndication>() || packet.is::<FullIntraRequest>()
+                })
+                .cloned()
+                .collect();
+            if requests.is_empty() {
+                // Reports and NACKs: the crate's interceptors have acted.
+                return Ok(());
+            }
+            message.message.packet = Packet::Rtcp(requests);
+            message.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(message);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, message: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(message);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for KeyframeRequests {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }

@@ -256,15 +256,26 @@ pub fn run_scenarios(tools: &Tools) -> Result<()> {
 fn plain_ws(tools: &Tools) -> Result<String> {
     let mut server = tools.server("1-plain", &[])?;
     let _device = tools.fake_device("1-plain", &server, "e2e-plain")?;
-    // The device's screen too: a second of the test pattern's frames.
+    // The device's screen too: a second of the test pattern's frames, and
+    // a keyframe request after the tenth, answered with the next frame
+    // (the clip's own next keyframe is 20 frames further).
     let output = tools
-        .connect_command(&server, "e2e-plain", &["--video-wait", "1s"])
+        .connect_command(
+            &server,
+            "e2e-plain",
+            &["--video-wait", "1s", "--request-keyframe"],
+        )
         .output()?;
     let report = check_connect(&output)?;
     let frames = report["video_frames"].as_u64().unwrap_or(0);
     ensure!(
         frames >= 20,
         "expected about 30 video frames in a second, got {frames}: {report}"
+    );
+    let answered = report["keyframe_after_request_frames"].as_u64();
+    ensure!(
+        answered.is_some_and(|n| n <= 2),
+        "the keyframe request was not answered within two frames: {report}"
     );
     // A clean stop: SIGTERM, exit 0.
     server.process.signal("TERM")?;
@@ -274,9 +285,10 @@ fn plain_ws(tools: &Tools) -> Result<String> {
         "the server exited with {status} after SIGTERM"
     );
     Ok(format!(
-        "data channel open at {:.1} ms; {frames} video frames in 1 s, the first at {} ms; SIGTERM exit 0",
+        "data channel open at {:.1} ms; {frames} video frames in 1 s, the first at {} ms, a requested keyframe {} ms after the request; SIGTERM exit 0",
         data_channel_open_ms(&report),
-        report["first_video_frame_ms"]
+        report["first_video_frame_ms"],
+        report["keyframe_after_request_ms"]
     ))
 }
 
