@@ -179,6 +179,28 @@ test('the page says so when the device goes away', async () => {
   await stop(again);
 });
 
+test('over wss:// with a self-signed certificate and tokens, ?token= reaches every request', async () => {
+  const certs = join(artifacts, 'tls');
+  const { child: secure, match: [, address] } = await start('signaling-server', [
+    '--listen', '127.0.0.1:0', '--tls-self-signed', '--tls-self-signed-dir', certs,
+    '--client-token', 'client-secret', '--device-token', 'device-secret',
+  ], /signaling server on wss:\/\/(\S+)/);
+  const port = address.split(':').pop();
+  const device = (await start('fake-device', ['--server', `wss://localhost:${port}`,
+    '--ca-cert', join(certs, 'cert.pem'), '--token', 'device-secret', '--device-id', 'web-secure'])).child;
+  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  const page = await context.newPage();
+  // Without the token the device list is refused.
+  await page.goto(`https://localhost:${port}/`);
+  await page.locator('#no-devices', { hasText: 'HTTP 401' }).waitFor({ timeout: 10000 });
+  await page.goto(`https://localhost:${port}/?token=client-secret&deviceId=web-secure`);
+  await page.locator('#devices [data-device-id="web-secure"]').waitFor({ timeout: 10000 });
+  await expectEcho(page, 'over wss');
+  await context.close();
+  await stop(device);
+  await stop(secure);
+});
+
 test('the polling flow works when the page has no websockets', async () => {
   const device = await fakeDevice('web-poll');
   const page = await newPage();
