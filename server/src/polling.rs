@@ -110,8 +110,8 @@ fn new_connection_id() -> String {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 16];
     // The system's randomness source does not fail once the process runs;
-    // if it ever did, a zero id would still be unique in the map below
-    // only by chance, so refuse loudly instead.
+    // if it ever did, going on with a predictable id would let anyone
+    // guess a client's connection id, so stop loudly instead.
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
         .expect("the system random number generator failed");
@@ -318,8 +318,10 @@ impl Polling {
                     Ok(ServerToClient::DeviceMsg(message)) => {
                         payloads.push(message.payload.get().to_owned());
                     }
-                    other => {
-                        debug!(frame = %frame, decoded = ?other.is_ok(), "not relayed to a polling client")
+                    // Device disconnected: the array has no place for it;
+                    // the next request's 401 says the client is gone.
+                    _ => {
+                        debug!(frame = %frame, "not a device payload; not relayed")
                     }
                 },
                 Outgoing::Close(..) => {
