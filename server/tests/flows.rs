@@ -293,34 +293,13 @@ async fn slow_consumer_is_closed_and_its_device_told() {
     let device = server.registered_device("fast").await;
     // This client never reads.
     let mut slow = server.connected_client("fast").await;
-    let (mut tx, mut rx) = device.ws.split();
     let payload = "x".repeat(60_000);
-    let flood = tokio::spawn(async move {
-        // Bounded: far more than the socket buffers and the outbox hold.
-        for _ in 0..2_000 {
-            let text =
-                format!(r#"{{"message_type":"forward","client_id":1,"payload":"{payload}"}}"#);
-            if tx.send(Message::text(text)).await.is_err() {
-                break;
-            }
-        }
-        tx
-    });
-    let told = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(Ok(message)) = rx.next().await {
-            if let Message::Text(text) = message {
-                return text.to_string();
-            }
-        }
-        String::new()
-    })
-    .await
-    .expect("the device was not told");
+    let forward = format!(r#"{{"message_type":"forward","client_id":1,"payload":"{payload}"}}"#);
+    let (told, _device) = common::flood_until_told(device, forward).await;
     assert_eq!(
         told,
         r#"{"message_type":"client_disconnected","client_id":1}"#
     );
-    flood.abort();
     // The slow client finds the relayed messages, then the end.
     let mut frames = 0;
     let end = loop {

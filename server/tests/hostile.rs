@@ -204,30 +204,10 @@ async fn a_device_that_stops_reading_is_closed_as_a_slow_consumer() {
     // This device never reads while the flood lasts.
     let mut slow = server.registered_device("slow").await;
     let client = server.connected_client("slow").await;
-    let (mut tx, mut rx) = client.ws.split();
     let payload = "x".repeat(60_000);
-    let flood = tokio::spawn(async move {
-        // Bounded: far more than the socket buffers and the outbox hold.
-        for _ in 0..2_000 {
-            let text = format!(r#"{{"message_type":"forward","payload":"{payload}"}}"#);
-            if tx.send(Message::text(text)).await.is_err() {
-                break;
-            }
-        }
-    });
-    let told = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        loop {
-            match rx.next().await {
-                Some(Ok(Message::Text(text))) => return text.to_string(),
-                Some(Ok(_)) => {}
-                other => panic!("the client was not told: {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("the client was told in time");
+    let forward = format!(r#"{{"message_type":"forward","payload":"{payload}"}}"#);
+    let (told, _client) = common::flood_until_told(client, forward).await;
     assert_eq!(told, r#"{"error":"Device disconnected"}"#);
-    flood.abort();
     // The slow device finds what was relayed before the bound, then 1008.
     let end = loop {
         match tokio::time::timeout(common::PROMPT, slow.ws.next())

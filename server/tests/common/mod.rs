@@ -364,3 +364,35 @@ where
     }
     panic!("timed out waiting until {what}");
 }
+
+/// The reading half of a peer's socket.
+pub type Reader = futures_util::stream::SplitStream<WebSocketStream<MaybeTlsStream<TcpStream>>>;
+
+/// Floods the server from `peer` with `text`, 2,000 times (far more than
+/// the socket buffers and an outbox hold), while the other side does not
+/// read; returns the first text frame the server sends `peer` meanwhile
+/// (waiting at most 30 s), and the reading half, still open. The flood
+/// stops there.
+pub async fn flood_until_told(peer: Peer, text: String) -> (String, Reader) {
+    let (mut tx, mut rx) = peer.ws.split();
+    let flood = tokio::spawn(async move {
+        for _ in 0..2_000 {
+            if tx.send(Message::text(text.clone())).await.is_err() {
+                break;
+            }
+        }
+    });
+    let told = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match rx.next().await {
+                Some(Ok(Message::Text(text))) => return text.to_string(),
+                Some(Ok(_)) => {}
+                other => panic!("the flooding side was not told: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the flooding side was told in time");
+    flood.abort();
+    (told, rx)
+}
