@@ -14,7 +14,7 @@
 //! requests themselves only touch its queue and its link.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span};
 
 use crate::outbox::{Batch, Outbox, OutboxLimits, Outgoing};
-use crate::registry::{ClientLink, Connection};
+use crate::registry::{ClientLink, Connection, lock};
 use crate::session::Context;
 
 /// The polling clients of this server, by connection id.
@@ -45,10 +45,6 @@ struct PollingClient {
     last_seen: Mutex<Instant>,
     /// The rate limit's state (see `rate.rs`).
     rate_due: Mutex<Instant>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A refusal in the reference's shape: `{"type":"error","error":…}`.

@@ -24,8 +24,9 @@ use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 
 /// Locks a mutex whose data stays consistent even if a holder panicked:
-/// every update below is complete before any call that could panic.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+/// every update below (and in `polling.rs`, which uses this too) is
+/// complete before any call that could panic.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
