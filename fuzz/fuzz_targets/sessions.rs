@@ -1,5 +1,5 @@
 //! Arbitrary scenarios of devices and clients against the server's
-//! sessions and registry; every promise of behavior.md is checked after
+//! sessions and registry; every promise of PROTOCOL.md is checked after
 //! every step (see `server/src/sim.rs`, which also decodes the bytes).
 
 #![no_main]

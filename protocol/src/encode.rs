@@ -160,3 +160,10 @@ impl ServerToClient<'_> {
         }
     }
 }
+
+impl Config {
+    /// The `config` frame's text; the same to a device and to a client.
+    pub fn encode(&self) -> String {
+        encode_config(self)
+    }
+}

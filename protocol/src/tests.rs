@@ -121,7 +121,7 @@ fn client_id_must_be_a_positive_integer() {
         err(r#"{"message_type":"forward","payload":1}"#),
         "Invalid client_id: missing client_id"
     );
-    // The client id is checked before the payload (behavior.md principle 9).
+    // The client id is checked before the payload (PROTOCOL.md, the decisions added where the specification is silent).
     assert!(err(r#"{"message_type":"forward"}"#).starts_with("Invalid client_id"));
     let max = format!(
         r#"{{"message_type":"forward","client_id":{},"payload":1}}"#,

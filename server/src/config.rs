@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use protocol::IceServer;
 
-use crate::rate::RateLimit;
+use crate::core::{OutboxLimits, RateLimit, Settings};
 
 /// Everything [`crate::run`] needs to know. [`ServerConfig::default`] gives
 /// the documented defaults; the binary fills it from its flags.
@@ -52,7 +52,7 @@ pub struct ServerConfig {
     /// no extra syscalls: 256 B and 2 KiB measured the same CPU per 4 KiB
     /// message, and each 256 B more is 256 B more per idle connection.
     pub read_buffer_bytes: usize,
-    /// The most messages one connection may send (behavior.md D17, C15);
+    /// The most messages one connection may send (PROTOCOL.md rows D17, C15);
     /// `None` is no limit.
     pub rate_limit: Option<RateLimit>,
     /// A polling client (`POST /connect`) that makes no request for this
@@ -63,6 +63,22 @@ pub struct ServerConfig {
     pub assets_dir: Option<PathBuf>,
     /// Serve TLS with this configuration.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl ServerConfig {
+    /// The part of the settings the core decides with.
+    pub fn core_settings(&self) -> Settings {
+        Settings {
+            ice_servers: self.ice_servers.clone(),
+            client_wait: self.client_wait,
+            handshake_timeout: self.handshake_timeout,
+            outbox: OutboxLimits {
+                max_messages: self.outbox_messages,
+                max_bytes: self.outbox_bytes,
+            },
+            rate_limit: self.rate_limit.filter(|limit| limit.per_second > 0),
+        }
+    }
 }
 
 /// The default `--max-connections` when the open-file limit is unknown.

@@ -8,10 +8,12 @@
 //! The library is the whole server: [`run`] takes a bound listener, so tests
 //! bind port 0 and run the real thing. The binary only parses flags.
 //!
-//! Layout: `http` refuses or upgrades requests; `connection` owns a socket;
-//! `session` holds the per-connection state machines; `registry` is the
-//! routing state behind a narrow seam; `outbox` is each connection's bounded
-//! queue.
+//! Layout: `core/` is every decision, with no I/O (its module doc says how
+//! a message travels); the front doors around it own the transports:
+//! `websocket/` (the seed's `/register_device` and `/connect_client`) and
+//! `polling.rs` (the reference's HTTP polling flow), both behind `http.rs`
+//! (routes and every refusal before an upgrade). `lib.rs` accepts
+//! connections, holds the server-wide state and shuts down.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,29 +33,24 @@ use tracing::{debug, info, warn};
 mod assets;
 pub mod cli;
 pub mod config;
-mod connection;
-mod frames;
+pub mod core;
 mod http;
 mod limits;
 pub mod metrics;
-mod outbox;
 mod polling;
-mod rate;
-mod read_ahead;
-mod registry;
-mod session;
+pub mod tls;
+mod web;
+mod websocket;
+
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod sim;
-pub mod tls;
-mod web;
-
+pub use crate::core::RateLimit;
 pub use config::ServerConfig;
-pub use rate::RateLimit;
 
+use crate::core::Core;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
-use crate::session::Context;
 
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
@@ -62,10 +59,13 @@ pub enum Error {
     Listener(#[from] std::io::Error),
 }
 
-/// What the HTTP handlers and connection tasks share.
+/// The server-wide state, in one place: the core's (settings, registry,
+/// metrics) and the front doors' (limits, websocket settings, shutdown, the
+/// polling clients).
 #[derive(Debug)]
 pub(crate) struct ServerState {
-    ctx: Arc<Context>,
+    config: ServerConfig,
+    core: Arc<Core>,
     limiter: Arc<Limiter>,
     ws_config: WebSocketConfig,
     /// Cancelled when the server shuts down; every connection watches it.
@@ -90,8 +90,9 @@ pub async fn run(
             config.max_connections,
             config.max_connections_per_ip,
         )),
-        ws_config: http::websocket_config(&config),
-        ctx: Arc::new(Context::new(config, metrics)),
+        ws_config: websocket::websocket_config(&config),
+        core: Arc::new(Core::new(config.core_settings(), metrics)),
+        config,
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
         polling: Arc::default(),
@@ -122,7 +123,7 @@ pub async fn run(
         let task_state = state.clone();
         state.tracker.spawn(async move {
             let state = task_state;
-            let timeout = state.ctx.config.handshake_timeout;
+            let timeout = state.config.handshake_timeout;
             match tls {
                 None => serve_http(stream, peer, router, &state).await,
                 Some(acceptor) => {
@@ -140,7 +141,7 @@ pub async fn run(
     drop(listener);
     state.shutdown.cancel();
     state.tracker.close();
-    let grace = state.ctx.config.shutdown_grace;
+    let grace = state.config.shutdown_grace;
     if tokio::time::timeout(grace, state.tracker.wait())
         .await
         .is_err()
@@ -169,7 +170,7 @@ where
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(state.ctx.config.handshake_timeout)
+        .header_read_timeout(state.config.handshake_timeout)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);

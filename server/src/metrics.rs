@@ -191,9 +191,13 @@ impl Metrics {
             .clone()
     }
 
-    /// Counts one error message sent.
-    pub fn error_sent(&self, phrase: &'static str) {
-        self.errors.get_or_create(&PhraseLabel { phrase }).inc();
+    /// Counts one error sent, under its variant's label.
+    pub fn error_sent(&self, error: &crate::core::ServerError) {
+        self.errors
+            .get_or_create(&PhraseLabel {
+                phrase: error.label(),
+            })
+            .inc();
     }
 
     /// Counts one refused upgrade.
@@ -223,4 +227,17 @@ fn resident_memory_bytes() -> Option<i64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    /// The `signaling_errors_total` lines of the exposition.
+    pub fn render_errors(metrics: &super::Metrics) -> String {
+        metrics
+            .render()
+            .lines()
+            .filter(|line| line.starts_with("signaling_errors_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }

@@ -10,23 +10,27 @@
 //! polling for `--poll-timeout`, is dropped openly: its device is told it
 //! left, and its next request gets the unknown-connection error.
 //!
-//! One small task per polling client watches for those two endings; the
-//! requests themselves only touch its queue and its link.
+//! A polling client is a core connection like a websocket's: its session
+//! decides, its outbox holds what the device sent, and its keepalive's
+//! idle timeout is `--poll-timeout`. This file only turns requests into
+//! calls on it and what its outbox holds into answers. One small task per
+//! polling client watches for the two endings.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use protocol::{RawValue, ServerToClient};
+use protocol::RawValue;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span};
 
-use crate::outbox::{Batch, Outbox, OutboxLimits, Outgoing};
-use crate::registry::{ClientLink, Connection, lock};
-use crate::session::Context;
+use crate::ServerConfig;
+use crate::core::registry::lock;
+use crate::core::session::ClientSession;
+use crate::core::{Batch, Connection, Core, Due, Keepalive, Outgoing, ServerError};
 
 /// The polling clients of this server, by connection id.
 #[derive(Debug, Default)]
@@ -36,15 +40,34 @@ pub(crate) struct Polling {
 
 #[derive(Debug)]
 struct PollingClient {
-    /// Taken, and so dropped, when the client is: that tells its device.
-    link: Mutex<Option<ClientLink>>,
+    /// Taken, and so dropped, when the client is: its link's drop tells
+    /// its device.
+    conn: Mutex<Option<Connection<ClientSession>>>,
     /// Cancelled when the client is dropped, to end its watcher.
     gone: CancellationToken,
-    outbox: Outbox,
-    /// When it last made a request.
-    last_seen: Mutex<Instant>,
-    /// The rate limit's state (see `rate.rs`).
-    rate_due: Mutex<Instant>,
+}
+
+/// The core's clock reading: tokio's, so a paused test clock drives it.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+/// The error a client whose queue overflowed is dropped with, not yet
+/// counted.
+fn slow_consumer(client: &PollingClient) -> Option<ServerError> {
+    lock(&client.conn)
+        .as_ref()
+        .map(|conn| conn.core().slow_consumer_error())
+}
+
+/// The status a polling answer gives an error that ends the client.
+fn status(error: &ServerError) -> StatusCode {
+    match error {
+        ServerError::Decode(_) => StatusCode::BAD_REQUEST,
+        ServerError::DeviceNotFound(_) => StatusCode::NOT_FOUND,
+        ServerError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::UNAUTHORIZED,
+    }
 }
 
 /// A refusal in the reference's shape: `{"type":"error","error":…}`.
@@ -120,10 +143,14 @@ impl Polling {
     }
 
     /// Drops a client: its device is told now, whoever still holds it.
-    fn remove(&self, connection_id: &str) {
+    /// `why`, when given, is counted if this call is the one that dropped it.
+    fn remove(&self, connection_id: &str, why: Option<&ServerError>) {
         let removed = lock(&self.clients).remove(connection_id);
         if let Some(client) = removed {
-            drop(lock(&client.link).take());
+            if let (Some(why), Some(conn)) = (why, lock(&client.conn).as_ref()) {
+                conn.core().metrics.error_sent(why);
+            }
+            drop(lock(&client.conn).take());
             client.gone.cancel();
         }
     }
@@ -131,7 +158,8 @@ impl Polling {
     /// `POST /connect {"device_id"}` (C1, C2, C4 in the reference's shape).
     pub fn connect(
         self: &Arc<Self>,
-        ctx: &Arc<Context>,
+        core: &Arc<Core>,
+        config: &ServerConfig,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
         body: &[u8],
@@ -147,84 +175,98 @@ impl Polling {
             );
         };
         if let Err(e) = protocol::validate_device_id(&device_id) {
-            ctx.metrics.error_sent(e.phrase());
+            let e = ServerError::from(e);
+            core.metrics.error_sent(&e);
             return error(StatusCode::BAD_REQUEST, &e.to_string());
         }
-        let outbox = Outbox::new(OutboxLimits {
-            max_messages: ctx.config.outbox_messages,
-            max_bytes: ctx.config.outbox_bytes,
-        });
-        let link = match ctx.registry.connect(&device_id, outbox.clone(), false) {
-            Connection::Attached(link) => link,
-            Connection::Waiting(_) | Connection::NotFound => {
-                ctx.metrics.error_sent("Device not found");
-                return error(
-                    StatusCode::NOT_FOUND,
-                    &format!("Device not found: {device_id}"),
-                );
-            }
+        let now = now();
+        let outbox = core.outbox();
+        let session = ClientSession::new(core.clone(), outbox.clone(), now);
+        let keepalive = Keepalive {
+            idle: config.poll_timeout,
+            ping: None,
         };
-        // The registry queued device_info on attaching; it is the answer.
-        let info = match outbox.pop() {
-            Some(Outgoing::Text(frame)) => frame,
-            _ => {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    &format!("Device not found: {device_id}"),
-                );
+        let mut conn = Connection::new(session, keepalive, now);
+        // The alternative flow's wait does not apply to polling clients.
+        conn.session_mut().connect(&device_id, None, now);
+        // The answer is the device_info the registry queued on attaching
+        // (the reference's answer has no config: clients read
+        // /infra_config), or the reason there is none.
+        let mut batch = Batch::default();
+        outbox.take(&mut batch);
+        let mut info = None;
+        let mut refused = None;
+        for item in batch.items {
+            match item {
+                Outgoing::DeviceInfo(json) => info = Some(json),
+                Outgoing::Close(e) => refused = Some(e),
+                _ => {}
+            }
+        }
+        let info = match (info, refused) {
+            (Some(info), None) => info,
+            (_, refused) => {
+                let e = refused.unwrap_or(ServerError::DeviceNotFound(device_id));
+                return error(status(&e), &e.to_string());
             }
         };
         let connection_id = new_connection_id();
-        let now = Instant::now();
         let client = Arc::new(PollingClient {
-            link: Mutex::new(Some(link)),
+            conn: Mutex::new(Some(conn)),
             gone: CancellationToken::new(),
-            outbox,
-            last_seen: Mutex::new(now),
-            rate_due: Mutex::new(now),
         });
         lock(&self.clients).insert(connection_id.clone(), client.clone());
         let span = info_span!("polling client", device_id = %device_id);
         tracker.spawn(
             self.clone()
-                .watch(connection_id.clone(), client, ctx.clone(), shutdown.clone())
+                .watch(connection_id.clone(), client, shutdown.clone())
                 .instrument(span),
         );
         info!(device_id = %device_id, "polling client connected");
-        // `{"message_type":"device_info",…}` with the id in front.
-        let body = format!(r#"{{"connection_id":"{connection_id}",{}"#, &info[1..]);
+        let body = format!(
+            r#"{{"connection_id":"{connection_id}","message_type":"device_info","device_info":{}}}"#,
+            info.get()
+        );
         json(StatusCode::OK, body)
     }
 
     /// Drops the client once it overflows its queue, stops polling, or the
-    /// server shuts down; dropping its link tells its device.
+    /// server shuts down; dropping its connection tells its device.
     async fn watch(
         self: Arc<Self>,
         connection_id: String,
         client: Arc<PollingClient>,
-        ctx: Arc<Context>,
         shutdown: CancellationToken,
     ) {
-        let timeout = ctx.config.poll_timeout;
-        loop {
-            let quiet_until = *lock(&client.last_seen) + timeout;
+        let Some((outbox, mut wake)) = lock(&client.conn)
+            .as_ref()
+            .map(|conn| (conn.outbox().clone(), conn.poll_timeout()))
+        else {
+            return;
+        };
+        let why = loop {
             tokio::select! {
-                () = client.outbox.overflowed() => {
-                    ctx.metrics.error_sent("Slow consumer");
+                () = outbox.overflowed() => {
                     info!("polling client dropped: its queue is full");
-                    break;
+                    break Some(slow_consumer(&client));
                 }
-                () = tokio::time::sleep_until(quiet_until) => {
-                    if *lock(&client.last_seen) + timeout <= Instant::now() {
-                        info!("polling client dropped: it stopped polling");
-                        break;
+                () = tokio::time::sleep_until(Instant::from_std(wake)) => {
+                    let mut guard = lock(&client.conn);
+                    let Some(conn) = guard.as_mut() else { break None };
+                    match conn.handle_timeout(now()) {
+                        // Counted by the core.
+                        Some(Due::End(_)) => {
+                            info!("polling client dropped: it stopped polling");
+                            break None;
+                        }
+                        Some(Due::Ping) | None => wake = conn.poll_timeout(),
                     }
                 }
-                () = shutdown.cancelled() => break,
-                () = client.gone.cancelled() => break,
+                () = shutdown.cancelled() => break None,
+                () = client.gone.cancelled() => return,
             }
-        }
-        self.remove(&connection_id);
+        };
+        self.remove(&connection_id, why.flatten().as_ref());
     }
 
     /// The client a request names, marked as seen; or the refusal.
@@ -238,19 +280,23 @@ impl Polling {
                 "Invalid message: missing connection_id",
             ));
         };
-        let Some(client) = self.get(&connection_id) else {
-            return Err(Refusal::new(
+        let unknown = || {
+            Refusal::new(
                 StatusCode::UNAUTHORIZED,
                 "Unknown connection_id: it never existed, or it was dropped",
-            ));
+            )
         };
-        *lock(&client.last_seen) = Instant::now();
+        let client = self.get(&connection_id).ok_or_else(unknown)?;
+        lock(&client.conn)
+            .as_mut()
+            .ok_or_else(unknown)?
+            .on_activity(now());
         Ok((connection_id, client))
     }
 
     /// `POST /forward {"connection_id","payload"}`: relays the payload
     /// verbatim (C7, C8), then answers what the device sent meanwhile.
-    pub fn forward(&self, ctx: &Context, body: &[u8]) -> Response {
+    pub fn forward(&self, body: &[u8]) -> Response {
         let fields = match fields(body) {
             Ok(fields) => fields,
             Err(refusal) => return refusal.into_response(),
@@ -259,24 +305,21 @@ impl Polling {
             Ok(found) => found,
             Err(refusal) => return refusal.into_response(),
         };
-        let Some(payload) = fields.get("payload") else {
-            ctx.metrics.error_sent("Missing payload");
-            return error(StatusCode::BAD_REQUEST, "Missing payload");
-        };
-        let within_rate = ctx
-            .rate
-            .is_none_or(|rate| rate.allow(&mut lock(&client.rate_due), Instant::now()));
-        if !within_rate {
-            // C15: the client is over, as a websocket client would be.
-            self.remove(&connection_id);
-            ctx.metrics.error_sent("Rate limit exceeded");
-            return error(StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded");
-        }
-        let sent = lock(&client.link)
-            .as_mut()
-            .is_some_and(|link| link.send_to_device(payload).is_ok());
-        if sent {
-            ctx.relayed_to_device.inc();
+        {
+            let mut guard = lock(&client.conn);
+            let Some(conn) = guard.as_mut() else {
+                return error(StatusCode::UNAUTHORIZED, "Unknown connection_id: dropped");
+            };
+            let Some(payload) = fields.get("payload") else {
+                let e = ServerError::Decode(protocol::DecodeError::MissingPayload);
+                conn.core().metrics.error_sent(&e);
+                return error(StatusCode::BAD_REQUEST, &e.to_string());
+            };
+            // Over the rate limit, the session ends (C15) and the answer
+            // below says so.
+            if conn.admit(now()) {
+                conn.session_mut().forward(payload);
+            }
         }
         self.drain(&connection_id, &client)
     }
@@ -295,13 +338,16 @@ impl Polling {
 
     /// The device's payloads queued for the client, as a JSON array of
     /// their raw texts. If the device has left (its departure is queued
-    /// after them), the client is dropped once they are handed over.
+    /// after them), the client is dropped once they are handed over; if the
+    /// session ended otherwise, the answer is that error.
     fn drain(&self, connection_id: &str, client: &PollingClient) -> Response {
         let mut batch = Batch::default();
-        client.outbox.take(&mut batch);
+        if let Some(conn) = lock(&client.conn).as_ref() {
+            conn.outbox().take(&mut batch);
+        }
         if batch.overflowed {
-            // Its watcher drops it; this answer is the first to say so.
-            self.remove(connection_id);
+            // Its watcher drops it too; whichever comes first counts it.
+            self.remove(connection_id, slow_consumer(client).as_ref());
             return error(
                 StatusCode::UNAUTHORIZED,
                 "Unknown connection_id: dropped, its queue was full",
@@ -310,20 +356,18 @@ impl Polling {
         let mut payloads = Vec::with_capacity(batch.items.len());
         for item in &batch.items {
             match item {
-                Outgoing::Text(frame) => match ServerToClient::decode(frame) {
-                    Ok(ServerToClient::DeviceMsg(message)) => {
-                        payloads.push(message.payload.get().to_owned());
-                    }
-                    // Device disconnected: the array has no place for it;
-                    // the next request's 401 says the client is gone.
-                    _ => {
-                        debug!(frame = %frame, "not a device payload; not relayed")
-                    }
-                },
-                Outgoing::Close(..) => {
-                    // The device left (D16): nothing more will come.
-                    self.remove(connection_id);
+                Outgoing::DeviceMsg(payload) => payloads.push(payload.get()),
+                // The device left (D16): nothing more will come. The array
+                // has no place for the notice; the next request's 401 says
+                // the client is gone.
+                Outgoing::Close(ServerError::DeviceDisconnected) => {
+                    self.remove(connection_id, None);
                 }
+                Outgoing::Close(ended) => {
+                    self.remove(connection_id, None);
+                    return error(status(ended), &ended.to_string());
+                }
+                other => debug!(item = ?other, "not a device payload; not relayed"),
             }
         }
         json(StatusCode::OK, format!("[{}]", payloads.join(",")))

@@ -1,22 +1,27 @@
 //! A server without sockets, for property tests and fuzzing.
 //!
 //! Devices and clients are sessions over the real registry; every frame the
-//! server queues is delivered at once, and a queued close ends the
-//! connection as the connection task would. After every step one checker
-//! holds the server to behavior.md's promises:
+//! server queues is delivered at once (encoded as the websocket front door
+//! encodes it), and a queued close ends the connection as the connection
+//! task would. Time is the simulation's own clock: it moves only when a
+//! step ticks it, to the next deadline of a connection, so registration,
+//! connect, wait and idle timeouts happen as they would, without sleeping.
+//! After every step one checker holds the server to PROTOCOL.md's promises
+//! ("Promises"):
 //!
-//! - every frame sent is one JSON object (principle 1);
+//! - every frame sent is one JSON object (1);
 //! - a message between a client and its device arrives, in order, while
-//!   both are open (principle 5), and never after the receiver was told its
-//!   sender left;
+//!   both are open (3), and never after the receiver was told its sender
+//!   left;
 //! - every client that leaves its device is announced to it exactly once
 //!   (D7's answers aside);
 //! - no device id stays registered once its connection has ended;
 //! - when everyone has left, the registry and the gauges are back to zero.
 //!
-//! What it does not model: time (a deadline is a step of its own), slow
-//! consumers (delivery is immediate, so no outbox fills up) and the socket
-//! layer; the server's integration tests cover those.
+//! What it does not model: keepalive pings (a simulated peer is silent
+//! unless a step makes it send), slow consumers (delivery is immediate, so
+//! no outbox fills up) and the socket layer; the server's integration tests
+//! cover those.
 //!
 //! Inputs come from [`Action`]s, or from raw bytes ([`run_bytes`], the fuzz
 //! target's entry), so the fuzzer and proptest drive the same code.
@@ -25,17 +30,16 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use std::time::Instant;
+
 use futures_util::FutureExt;
 use serde_json::Value;
-use tokio::time::Instant;
 
 use crate::config::ServerConfig;
-use crate::connection::on_text_frame;
+use crate::core::session::{ClientSession, DeviceSession};
+use crate::core::{Batch, Connection, Core, Due, Keepalive, Outbox, Outgoing};
 use crate::metrics::Metrics;
-use crate::outbox::{Batch, Outbox, OutboxLimits, Outgoing};
-use crate::session::client::ClientSession;
-use crate::session::device::DeviceSession;
-use crate::session::{Context, Session};
+use crate::websocket::encode;
 
 /// Device ids the generated messages use; raw frames may use any other.
 const IDS: [&str; 3] = ["dev-a", "dev-b", "dev-c"];
@@ -74,8 +78,9 @@ pub enum Action {
     Close {
         conn: u8,
     },
-    /// The connection's deadline (registration, connect, wait) passes.
-    Deadline {
+    /// The clock moves on to the connection's next deadline (registration,
+    /// connect, wait, idle), and every connection due by then acts on it.
+    Tick {
         conn: u8,
     },
 }
@@ -127,7 +132,7 @@ impl Action {
                 7 => Action::Close {
                     conn: byte().unwrap_or(0),
                 },
-                _ => Action::Deadline {
+                _ => Action::Tick {
                     conn: byte().unwrap_or(0),
                 },
             };
@@ -165,16 +170,30 @@ pub fn run_bytes(data: &[u8]) -> Result<(), Violation> {
 }
 
 #[derive(Debug)]
-enum AnySession {
-    Device(DeviceSession),
-    Client(ClientSession),
+enum AnyConnection {
+    Device(Connection<DeviceSession>),
+    Client(Connection<ClientSession>),
 }
 
-impl AnySession {
-    fn as_session(&mut self) -> &mut dyn Session {
+impl AnyConnection {
+    fn on_text(&mut self, text: &str, now: Instant) {
         match self {
-            Self::Device(s) => s,
-            Self::Client(s) => s,
+            Self::Device(c) => c.on_text(text, now),
+            Self::Client(c) => c.on_text(text, now),
+        }
+    }
+
+    fn poll_timeout(&self) -> Instant {
+        match self {
+            Self::Device(c) => c.poll_timeout(),
+            Self::Client(c) => c.poll_timeout(),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Option<Due> {
+        match self {
+            Self::Device(c) => c.handle_timeout(now),
+            Self::Client(c) => c.handle_timeout(now),
         }
     }
 }
@@ -184,9 +203,8 @@ impl AnySession {
 struct Peer {
     is_device: bool,
     /// `None` once the connection has ended.
-    session: Option<AnySession>,
+    session: Option<AnyConnection>,
     outbox: Outbox,
-    rate_due: Instant,
     /// Device: the id it holds (it got `config` for its `register`).
     holds: Option<String>,
     /// Client: the device connection it is attached to (it got
@@ -269,7 +287,9 @@ struct Delivered {
 /// The simulated server and its peers.
 #[derive(Debug)]
 pub struct Sim {
-    ctx: Arc<Context>,
+    core: Arc<Core>,
+    /// The simulation's clock.
+    now: Instant,
     peers: Vec<Peer>,
     /// Each client connection's id at its device, once known.
     client_ids: HashMap<usize, u64>,
@@ -291,7 +311,10 @@ impl Sim {
             ..ServerConfig::default()
         };
         Self {
-            ctx: Arc::new(Context::new(config, Arc::new(Metrics::new()))),
+            core: Arc::new(Core::new(config.core_settings(), Arc::new(Metrics::new()))),
+            // The one reading of the real clock: the epoch. From here on
+            // time moves only by `Tick` steps.
+            now: Instant::now(),
             peers: Vec::new(),
             client_ids: HashMap::new(),
             step: 0,
@@ -304,6 +327,15 @@ impl Sim {
         }
     }
 
+    /// The websocket front door's keepalive, without pings: a simulated
+    /// peer shows life only by sending.
+    fn keepalive(&self) -> Keepalive {
+        Keepalive {
+            idle: ServerConfig::default().idle_timeout,
+            ping: None,
+        }
+    }
+
     fn fail(&self, what: impl fmt::Display) -> Violation {
         Violation(format!("step {}: {what}", self.step))
     }
@@ -313,20 +345,19 @@ impl Sim {
     }
 
     fn open(&mut self, is_device: bool) -> Result<(), Violation> {
-        let outbox = Outbox::new(OutboxLimits {
-            max_messages: self.ctx.config.outbox_messages,
-            max_bytes: self.ctx.config.outbox_bytes,
-        });
+        let outbox = self.core.outbox();
+        let (core, now) = (self.core.clone(), self.now);
         let session = if is_device {
-            AnySession::Device(DeviceSession::new(self.ctx.clone(), outbox.clone()))
+            let session = DeviceSession::new(core, outbox.clone(), now);
+            AnyConnection::Device(Connection::new(session, self.keepalive(), now))
         } else {
-            AnySession::Client(ClientSession::new(self.ctx.clone(), outbox.clone()))
+            let session = ClientSession::new(core, outbox.clone(), now);
+            AnyConnection::Client(Connection::new(session, self.keepalive(), now))
         };
         self.peers.push(Peer {
             is_device,
             session: Some(session),
             outbox,
-            rate_due: Instant::now(),
             holds: None,
             wants: None,
             attached_to: None,
@@ -345,14 +376,7 @@ impl Sim {
         let Some(session) = peer.session.as_mut() else {
             return Ok(Vec::new());
         };
-        on_text_frame(
-            session.as_session(),
-            text,
-            &peer.outbox,
-            &self.ctx,
-            &mut peer.rate_due,
-            Instant::now(),
-        );
+        session.on_text(text, self.now);
         self.deliver()
     }
 
@@ -362,6 +386,8 @@ impl Sim {
         if peer.session.take().is_none() {
             return;
         }
+        // What was queued but not sent dies with the connection.
+        peer.outbox.take(&mut Batch::default());
         if let Some(device) = peer.attached_to
             && self.peers[device].session.is_some()
         {
@@ -390,8 +416,8 @@ impl Sim {
                     return Err(self.fail(format!("conn {i}: outbox overflowed")));
                 }
                 for item in batch.items {
-                    match item {
-                        Outgoing::Text(text) => {
+                    match encode::frame(&item) {
+                        Some(text) => {
                             let frame: Value = serde_json::from_str(&text).map_err(|e| {
                                 self.fail(format!(
                                     "conn {i} got a frame that is not JSON ({e}): {text}"
@@ -407,7 +433,7 @@ impl Sim {
                             }
                             delivered.push(Delivered { to: i, frame });
                         }
-                        Outgoing::Close(..) => {
+                        None => {
                             self.end(i);
                             break;
                         }
@@ -480,14 +506,24 @@ impl Sim {
                 let delivered = self.deliver()?;
                 return self.observe(None, &delivered);
             }
-            Action::Deadline { conn } => {
+            Action::Tick { conn } => {
                 let Some(i) = self.index(*conn) else {
                     return Ok(());
                 };
-                if let Some(session) = self.peers[i].session.as_mut() {
-                    let session = session.as_session();
-                    if session.deadline().is_some() {
-                        session.on_deadline();
+                if let Some(session) = &self.peers[i].session {
+                    self.now = self.now.max(session.poll_timeout());
+                }
+                let now = self.now;
+                for j in 0..self.peers.len() {
+                    let due = match self.peers[j].session.as_mut() {
+                        Some(session) if session.poll_timeout() <= now => {
+                            session.handle_timeout(now)
+                        }
+                        _ => None,
+                    };
+                    // The front door ends the connection at once.
+                    if let Some(Due::End(_)) = due {
+                        self.end(j);
                     }
                 }
                 let delivered = self.deliver()?;
@@ -700,7 +736,7 @@ impl Sim {
             .filter_map(|p| p.holds.clone())
             .collect();
         held.sort_unstable();
-        let registered = self.ctx.registry.device_ids();
+        let registered = self.core.registry.device_ids();
         if registered != held {
             return Err(self.fail(format!(
                 "registered {registered:?}, but open devices hold {held:?}"
@@ -721,9 +757,9 @@ impl Sim {
         }
         self.deliver()?;
         self.check_registry()?;
-        let metrics = &self.ctx.metrics;
+        let metrics = &self.core.metrics;
         let (devices, clients) = (metrics.devices.get(), metrics.clients.get());
-        let waiting = self.ctx.registry.waiting_clients();
+        let waiting = self.core.registry.waiting_clients();
         if devices != 0 || clients != 0 || waiting != 0 {
             return Err(self.fail(format!(
                 "everyone left, yet {devices} devices, {clients} clients and {waiting} waiting remain"
@@ -757,7 +793,7 @@ mod tests {
                 Just(r#"{"message_type":"forward","client_id":"1","payload":0}"#.to_owned()),
             ]).prop_map(|(conn, text)| Action::Raw { conn, text }),
             2 => conn.clone().prop_map(|conn| Action::Close { conn }),
-            1 => conn.prop_map(|conn| Action::Deadline { conn }),
+            1 => conn.prop_map(|conn| Action::Tick { conn }),
         ]
     }
 
@@ -796,13 +832,40 @@ mod tests {
         // Forge a second announcement, as a faulty registry would send it.
         let _ = sim.peers[0]
             .outbox
-            .push_text(crate::frames::client_disconnected(1));
+            .push(Outgoing::ClientDisconnected { client_id: 1 });
         let delivered = sim.deliver().unwrap();
         let error = sim.observe(None, &delivered).unwrap_err();
         assert!(
             error.to_string().contains("told client 1 left 2 times"),
             "{error}"
         );
+    }
+
+    /// Ticks move the clock to a connection's next deadline, and every
+    /// connection due by then acts: the wait (C3) and the registration
+    /// timeout (D15) end their sessions at their own times.
+    #[test]
+    fn ticks_drive_the_timeouts() {
+        let mut sim = Sim::new(true);
+        sim.step(&Action::OpenDevice).unwrap();
+        sim.step(&Action::OpenClient).unwrap();
+        sim.step(&Action::Connect { conn: 1, id: 0 }).unwrap();
+        // The client's wait (5 s) ends before the device's handshake (10 s).
+        sim.step(&Action::Tick { conn: 1 }).unwrap();
+        assert!(sim.peers[1].session.is_none(), "the waiting client ended");
+        assert!(
+            sim.peers[0].session.is_some(),
+            "the device is still in time"
+        );
+        sim.step(&Action::Tick { conn: 0 }).unwrap();
+        assert!(sim.peers[0].session.is_none(), "registration timed out");
+        let text = crate::metrics::tests::render_errors(&sim.core.metrics);
+        assert!(text.contains(r#"phrase="Device not found"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"phrase="Registration timeout"} 1"#),
+            "{text}"
+        );
+        sim.finish().unwrap();
     }
 
     /// Every file of the fuzz corpus and of the regressions replays clean

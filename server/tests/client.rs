@@ -1,5 +1,6 @@
-//! behavior.md rows C1–C14: the `/connect_client` endpoint, each against the
-//! real server with a real websocket client.
+//! PROTOCOL.md's rows C1–C15 ("Every decision, row by row",
+//! `/connect_client`), each against the real server with a real websocket
+//! client. The same timeouts with driven time: `server/src/core/tests.rs`.
 
 #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
@@ -94,7 +95,7 @@ async fn c03_alternative_flow_client_waits_for_its_device() {
     // Forwarding while waiting is "Not connected" (C6).
     assert_eq!(
         client
-            .roundtrip_error(r#"{"message_type":"forward","payload":1}"#)
+            .send_and_recv_error(r#"{"message_type":"forward","payload":1}"#)
             .await,
         "Not connected"
     );
@@ -139,10 +140,10 @@ async fn c03_alternative_flow_wait_ends_with_not_found() {
     assert!(started.elapsed() >= Duration::from_millis(900));
     assert_eq!(client.recv_close().await.0, CloseCode::Policy);
     // The waiter is gone: a device registering now has no client 1.
-    let mut device = server.registered_device("never").await;
+    let mut device = server.registered_device_with_info("never").await;
     assert_eq!(
         device
-            .roundtrip_error(r#"{"message_type":"forward","client_id":1,"payload":1}"#)
+            .send_and_recv_error(r#"{"message_type":"forward","client_id":1,"payload":1}"#)
             .await,
         "Unknown client: 1"
     );
@@ -166,7 +167,7 @@ async fn c03_alternative_flow_waiting_client_that_leaves_is_forgotten() {
         server.metric("signaling_clients").await == 0.0
     })
     .await;
-    let mut device = server.registered_device("w").await;
+    let mut device = server.registered_device_with_info("w").await;
     device.expect_silence(Duration::from_millis(100)).await;
     // A waiting client that leaves was never this device's: no client 1.
     let mut second = server.connected_client("w").await;
@@ -209,7 +210,7 @@ async fn c04_invalid_device_id_closes_1008() {
         ),
     ] {
         let mut client = server.client().await;
-        assert_eq!(client.roundtrip_error(&text).await, want);
+        assert_eq!(client.send_and_recv_error(&text).await, want);
         assert_eq!(
             client.recv_close().await,
             (CloseCode::Policy, want.to_owned())
@@ -236,12 +237,12 @@ async fn c04_invalid_device_id_closes_1008() {
 #[tokio::test]
 async fn c05_connect_again() {
     let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device("c5").await;
-    let _other = server.registered_device("other").await;
+    let mut device = server.registered_device_with_info("c5").await;
+    let _other = server.registered_device_with_info("other").await;
     let mut client = server.connected_client("c5").await;
     assert_eq!(
         client
-            .roundtrip_error(r#"{"message_type":"connect","device_id":"other"}"#)
+            .send_and_recv_error(r#"{"message_type":"connect","device_id":"other"}"#)
             .await,
         "Already connected: c5"
     );
@@ -258,18 +259,18 @@ async fn c05_connect_again() {
 #[tokio::test]
 async fn c06_forward_before_connect_is_not_connected() {
     let server = TestServer::with_defaults().await;
-    let _device = server.registered_device("c6").await;
+    let _device = server.registered_device_with_info("c6").await;
     let mut client = server.client().await;
     assert_eq!(
         client
-            .roundtrip_error(r#"{"message_type":"forward","payload":1}"#)
+            .send_and_recv_error(r#"{"message_type":"forward","payload":1}"#)
             .await,
         "Not connected"
     );
     // Fields are not checked before the state.
     assert_eq!(
         client
-            .roundtrip_error(r#"{"message_type":"forward"}"#)
+            .send_and_recv_error(r#"{"message_type":"forward"}"#)
             .await,
         "Not connected"
     );
@@ -284,7 +285,7 @@ async fn c06_forward_before_connect_is_not_connected() {
 #[tokio::test]
 async fn c07_forward_reaches_the_device_with_the_client_id() {
     let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device("c7").await;
+    let mut device = server.registered_device_with_info("c7").await;
     let mut first = server.connected_client("c7").await;
     let mut second = server.connected_client("c7").await;
     second
@@ -307,11 +308,11 @@ async fn c07_forward_reaches_the_device_with_the_client_id() {
 #[tokio::test]
 async fn c08_missing_payload() {
     let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device("c8").await;
+    let mut device = server.registered_device_with_info("c8").await;
     let mut client = server.connected_client("c8").await;
     assert_eq!(
         client
-            .roundtrip_error(r#"{"message_type":"forward"}"#)
+            .send_and_recv_error(r#"{"message_type":"forward"}"#)
             .await,
         "Missing payload"
     );
@@ -331,7 +332,7 @@ async fn c09_unknown_message_type() {
     let mut client = server.client().await;
     assert_eq!(
         client
-            .roundtrip_error(r#"{"message_type":"register","device_id":"x"}"#)
+            .send_and_recv_error(r#"{"message_type":"register","device_id":"x"}"#)
             .await,
         "Unknown message type: register"
     );
@@ -341,7 +342,7 @@ async fn c09_unknown_message_type() {
 #[tokio::test]
 async fn c10_invalid_message() {
     let server = TestServer::with_defaults().await;
-    let _device = server.registered_device("c10").await;
+    let _device = server.registered_device_with_info("c10").await;
     let mut client = server.connected_client("c10").await;
     for (text, want) in [
         ("nope", "Invalid message: expected a JSON object"),
@@ -352,7 +353,7 @@ async fn c10_invalid_message() {
             "Invalid message: message_type must be a string",
         ),
     ] {
-        assert_eq!(client.roundtrip_error(text).await, want);
+        assert_eq!(client.send_and_recv_error(text).await, want);
     }
     server.stop().await.unwrap();
 }
@@ -360,7 +361,7 @@ async fn c10_invalid_message() {
 #[tokio::test]
 async fn c11_binary_frame_closes_1003_and_the_device_hears_it() {
     let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device("c11").await;
+    let mut device = server.registered_device_with_info("c11").await;
     let mut client = server.connected_client("c11").await;
     client.send_message(Message::binary(vec![0u8; 8])).await;
     assert_eq!(
@@ -394,7 +395,7 @@ async fn c12_size_limit_is_exact() {
         ..test_config()
     })
     .await;
-    let mut device = server.registered_device("c12").await;
+    let mut device = server.registered_device_with_info("c12").await;
     let mut client = server.connected_client("c12").await;
     let message = |len: usize| {
         let head = r#"{"message_type":"forward","payload":""#;
@@ -425,7 +426,7 @@ async fn c13_connect_timeout() {
         ..test_config()
     })
     .await;
-    let _device = server.registered_device("c13").await;
+    let _device = server.registered_device_with_info("c13").await;
     // Just inside: connecting before the timeout keeps the connection.
     let mut quick = server.client().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -448,7 +449,7 @@ async fn c13_connect_timeout() {
 #[tokio::test]
 async fn c14_client_disconnect_is_announced_exactly_once() {
     let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device("c14").await;
+    let mut device = server.registered_device_with_info("c14").await;
 
     // A clean close.
     let clean = server.connected_client("c14").await;
@@ -490,7 +491,7 @@ async fn c15_rate_limit_is_exact() {
         ..test_config()
     })
     .await;
-    let mut device = server.registered_device("c15").await;
+    let mut device = server.registered_device_with_info("c15").await;
     let mut client = server.connected_client("c15").await;
     for _ in 0..3 {
         client

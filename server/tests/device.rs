@@ -1,5 +1,6 @@
-//! behavior.md rows D1–D16: the `/register_device` endpoint, each against
-//! the real server with a real websocket client.
+//! PROTOCOL.md's rows D1–D17 ("Every decision, row by row",
+//! `/register_device`), each against the real server with a real websocket
+//! client. The same timeouts with driven time: `server/src/core/tests.rs`.
 
 #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
@@ -66,14 +67,14 @@ async fn d02_invalid_device_id_closes_1008() {
     ];
     for (text, want) in cases {
         let mut device = server.device().await;
-        assert_eq!(device.roundtrip_error(&text).await, want);
+        assert_eq!(device.send_and_recv_error(&text).await, want);
         let (code, reason) = device.recv_close().await;
         assert_eq!(code, CloseCode::Policy);
         assert_eq!(reason, want);
     }
     // Just inside the bound: 256 bytes is accepted.
     let id = "d".repeat(256);
-    let _device = server.registered_device(&id).await;
+    let _device = server.registered_device_with_info(&id).await;
     assert_eq!(server.get("/devices").await.body, format!(r#"["{id}"]"#));
     server.stop().await.unwrap();
 }
@@ -81,13 +82,13 @@ async fn d02_invalid_device_id_closes_1008() {
 #[tokio::test]
 async fn d03_duplicate_id_is_refused_and_the_holder_is_untouched() {
     let server = TestServer::with_defaults().await;
-    let mut holder = server.registered_device("dup").await;
+    let mut holder = server.registered_device_with_info("dup").await;
     let mut client = server.connected_client("dup").await;
 
     let mut second = server.device().await;
     assert_eq!(
         second
-            .roundtrip_error(r#"{"message_type":"register","device_id":"dup"}"#)
+            .send_and_recv_error(r#"{"message_type":"register","device_id":"dup"}"#)
             .await,
         "Device id already taken: dup"
     );
@@ -114,10 +115,10 @@ async fn d03_duplicate_id_is_refused_and_the_holder_is_untouched() {
 #[tokio::test]
 async fn d04_register_again_keeps_the_registration() {
     let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device("first").await;
+    let mut device = server.registered_device_with_info("first").await;
     assert_eq!(
         device
-            .roundtrip_error(r#"{"message_type":"register","device_id":"second"}"#)
+            .send_and_recv_error(r#"{"message_type":"register","device_id":"second"}"#)
             .await,
         "Device already registered: first"
     );
@@ -140,14 +141,14 @@ async fn d05_forward_before_register_is_not_registered() {
     let mut device = server.device().await;
     assert_eq!(
         device
-            .roundtrip_error(r#"{"message_type":"forward","client_id":1,"payload":{}}"#)
+            .send_and_recv_error(r#"{"message_type":"forward","client_id":1,"payload":{}}"#)
             .await,
         "Not registered"
     );
     // Fields are not checked before the state: still "Not registered".
     assert_eq!(
         device
-            .roundtrip_error(r#"{"message_type":"forward"}"#)
+            .send_and_recv_error(r#"{"message_type":"forward"}"#)
             .await,
         "Not registered"
     );
@@ -162,7 +163,7 @@ async fn d05_forward_before_register_is_not_registered() {
 #[tokio::test]
 async fn d06_forward_reaches_the_client_verbatim() {
     let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device("d6").await;
+    let mut device = server.registered_device_with_info("d6").await;
     let mut client = server.connected_client("d6").await;
     client
         .send(r#"{"message_type":"forward","payload":null}"#)
@@ -187,7 +188,7 @@ async fn d06_forward_reaches_the_client_verbatim() {
 #[tokio::test]
 async fn d07_forward_to_a_departed_client_answers_client_disconnected() {
     let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device("d7").await;
+    let mut device = server.registered_device_with_info("d7").await;
     let client = server.connected_client("d7").await;
     client.close().await;
     assert_eq!(
@@ -209,17 +210,17 @@ async fn d07_forward_to_a_departed_client_answers_client_disconnected() {
 #[tokio::test]
 async fn d08_forward_to_an_unknown_client() {
     let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device("d8").await;
+    let mut device = server.registered_device_with_info("d8").await;
     let _client = server.connected_client("d8").await;
     assert_eq!(
         device
-            .roundtrip_error(r#"{"message_type":"forward","client_id":2,"payload":1}"#)
+            .send_and_recv_error(r#"{"message_type":"forward","client_id":2,"payload":1}"#)
             .await,
         "Unknown client: 2"
     );
     assert_eq!(
         device
-            .roundtrip_error(
+            .send_and_recv_error(
                 r#"{"message_type":"forward","client_id":18446744073709551615,"payload":1}"#
             )
             .await,
@@ -231,7 +232,7 @@ async fn d08_forward_to_an_unknown_client() {
 #[tokio::test]
 async fn d09_invalid_client_id() {
     let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device("d9").await;
+    let mut device = server.registered_device_with_info("d9").await;
     for (text, want) in [
         (
             r#"{"message_type":"forward","payload":1}"#,
@@ -254,7 +255,7 @@ async fn d09_invalid_client_id() {
             "Invalid client_id: client_id must be a positive integer, got 1.5",
         ),
     ] {
-        assert_eq!(device.roundtrip_error(text).await, want);
+        assert_eq!(device.send_and_recv_error(text).await, want);
     }
     server.stop().await.unwrap();
 }
@@ -262,11 +263,11 @@ async fn d09_invalid_client_id() {
 #[tokio::test]
 async fn d10_missing_payload() {
     let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device("d10").await;
+    let mut device = server.registered_device_with_info("d10").await;
     let mut client = server.connected_client("d10").await;
     assert_eq!(
         device
-            .roundtrip_error(r#"{"message_type":"forward","client_id":1}"#)
+            .send_and_recv_error(r#"{"message_type":"forward","client_id":1}"#)
             .await,
         "Missing payload"
     );
@@ -287,13 +288,15 @@ async fn d11_unknown_message_type() {
     let mut device = server.device().await;
     assert_eq!(
         device
-            .roundtrip_error(r#"{"message_type":"connect","device_id":"x"}"#)
+            .send_and_recv_error(r#"{"message_type":"connect","device_id":"x"}"#)
             .await,
         "Unknown message type: connect"
     );
-    let _ = server.registered_device("d11").await;
+    let _ = server.registered_device_with_info("d11").await;
     assert_eq!(
-        device.roundtrip_error(r#"{"message_type":"hello"}"#).await,
+        device
+            .send_and_recv_error(r#"{"message_type":"hello"}"#)
+            .await,
         "Unknown message type: hello"
     );
     server.stop().await.unwrap();
@@ -330,11 +333,11 @@ async fn d12_invalid_message() {
             "Invalid message: nested deeper than 128 levels",
         ),
     ] {
-        assert_eq!(device.roundtrip_error(&text).await, want, "{text}");
+        assert_eq!(device.send_and_recv_error(&text).await, want, "{text}");
     }
     assert!(
         device
-            .roundtrip_error("{")
+            .send_and_recv_error("{")
             .await
             .starts_with("Invalid message: EOF while parsing")
     );
@@ -347,7 +350,7 @@ async fn d12_invalid_message() {
 #[tokio::test]
 async fn d13_binary_frame_closes_1003() {
     let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device("d13").await;
+    let mut device = server.registered_device_with_info("d13").await;
     let mut client = server.connected_client("d13").await;
     device.send_message(Message::binary(vec![1, 2, 3])).await;
     assert_eq!(
@@ -364,7 +367,7 @@ async fn d13_binary_frame_closes_1003() {
 #[tokio::test]
 async fn d13_invalid_utf8_closes_1007() {
     let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device("d13u").await;
+    let mut device = server.registered_device_with_info("d13u").await;
     let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
     device.send_message(Message::Frame(frame)).await;
     assert_eq!(
@@ -391,7 +394,7 @@ async fn d14_size_limit_is_exact() {
         ..test_config()
     })
     .await;
-    let mut other = server.registered_device("bystander").await;
+    let mut other = server.registered_device_with_info("bystander").await;
     let mut at_limit = server.device().await;
     at_limit.send(&register_of_len("d14", 4096)).await;
     assert_eq!(at_limit.recv_json().await["message_type"], "config");
@@ -453,7 +456,7 @@ async fn d15_registration_timeout() {
     // Errors before registering do not stop the clock.
     let mut chatty = server.device().await;
     assert_eq!(
-        chatty.roundtrip_error("{}").await,
+        chatty.send_and_recv_error("{}").await,
         "Invalid message: missing message_type"
     );
     assert_eq!(chatty.recv_error().await, "Registration timeout");
@@ -467,7 +470,7 @@ async fn d15_registration_timeout() {
 #[tokio::test]
 async fn d16_device_disconnect_tells_clients_and_frees_the_id() {
     let server = TestServer::with_defaults().await;
-    let device = server.registered_device("d16").await;
+    let device = server.registered_device_with_info("d16").await;
     let mut first = server.connected_client("d16").await;
     let mut second = server.connected_client("d16").await;
     device.close().await;
@@ -479,7 +482,7 @@ async fn d16_device_disconnect_tells_clients_and_frees_the_id() {
         );
     }
     // The id is free at once, and client ids start again at 1.
-    let mut again = server.registered_device("d16").await;
+    let mut again = server.registered_device_with_info("d16").await;
     let mut client = server.connected_client("d16").await;
     client
         .send(r#"{"message_type":"forward","payload":1}"#)
@@ -494,7 +497,7 @@ async fn d16_device_disconnect_tells_clients_and_frees_the_id() {
 #[tokio::test]
 async fn d16_abrupt_device_drop_also_tells_clients() {
     let server = TestServer::with_defaults().await;
-    let device = server.registered_device("abrupt").await;
+    let device = server.registered_device_with_info("abrupt").await;
     let mut client = server.connected_client("abrupt").await;
     // Drop the TCP connection without a close handshake.
     drop(device);
@@ -521,7 +524,7 @@ async fn d17_rate_limit_is_exact() {
         ..test_config()
     })
     .await;
-    let mut device = server.registered_device("d17").await;
+    let mut device = server.registered_device_with_info("d17").await;
     let mut client = server.connected_client("d17").await;
     // The register was one message: four more fit the burst, the fifth
     // forward does not. All in one write, well inside the one-second

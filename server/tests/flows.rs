@@ -65,7 +65,7 @@ fn browser_sdp() -> String {
 #[tokio::test]
 async fn browser_sized_sdp_is_relayed_verbatim_both_ways() {
     let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device("sdp").await;
+    let mut device = server.registered_device_with_info("sdp").await;
     let mut client = server.connected_client("sdp").await;
     let payload = browser_sdp();
     assert!(payload.len() > 8 * 1024);
@@ -95,7 +95,7 @@ const INTERLEAVED: u64 = 10_000;
 #[tokio::test]
 async fn ten_thousand_interleaved_messages_each_way_arrive_in_order() {
     let server = TestServer::with_defaults().await;
-    let device = server.registered_device("order").await;
+    let device = server.registered_device_with_info("order").await;
     let client = server.connected_client("order").await;
     let (device_tx, device_rx) = device.ws.split();
     let (client_tx, client_rx) = client.ws.split();
@@ -174,7 +174,7 @@ async fn two_hundred_pairs_in_parallel() {
         let server = server.clone();
         pairs.push(tokio::spawn(async move {
             let id = format!("pair-{pair}");
-            let mut device = server.registered_device(&id).await;
+            let mut device = server.registered_device_with_info(&id).await;
             let mut client = server.connected_client(&id).await;
             for round in 0..5 {
                 client
@@ -224,9 +224,9 @@ fn keepalive_config() -> ServerConfig {
 async fn idle_timeout_closes_a_peer_that_stops_answering_pings() {
     let server = TestServer::start(keepalive_config()).await;
     // This device never reads, so it never answers a ping.
-    let mut silent = server.registered_device("silent").await;
+    let mut silent = server.registered_device_with_info("silent").await;
     // This one reads (and so answers pings) but never sends a message.
-    let mut alive = server.registered_device("alive").await;
+    let mut alive = server.registered_device_with_info("alive").await;
     let watch = tokio::spawn(async move {
         alive.expect_silence(Duration::from_millis(1200)).await;
         alive
@@ -265,12 +265,12 @@ async fn idle_timeout_closes_a_peer_that_stops_answering_pings() {
 #[tokio::test]
 async fn device_can_take_its_id_back_after_the_keepalive_reaps_it() {
     let server = TestServer::start(keepalive_config()).await;
-    let _vanished = server.registered_device("cvd").await;
+    let _vanished = server.registered_device_with_info("cvd").await;
     // Right away the id is still held (D3).
     let mut retry = server.device().await;
     assert_eq!(
         retry
-            .roundtrip_error(r#"{"message_type":"register","device_id":"cvd"}"#)
+            .send_and_recv_error(r#"{"message_type":"register","device_id":"cvd"}"#)
             .await,
         "Device id already taken: cvd"
     );
@@ -279,7 +279,7 @@ async fn device_can_take_its_id_back_after_the_keepalive_reaps_it() {
         server.get("/devices").await.body == "[]"
     })
     .await;
-    let _back = server.registered_device("cvd").await;
+    let _back = server.registered_device_with_info("cvd").await;
     server.stop().await.unwrap();
 }
 
@@ -290,7 +290,7 @@ async fn slow_consumer_is_closed_and_its_device_told() {
         ..test_config()
     })
     .await;
-    let device = server.registered_device("fast").await;
+    let device = server.registered_device_with_info("fast").await;
     // This client never reads.
     let mut slow = server.connected_client("fast").await;
     let payload = "x".repeat(60_000);
@@ -337,7 +337,7 @@ async fn graceful_shutdown_closes_every_socket_with_1001() {
     let mut peers = Vec::new();
     for n in 0..5 {
         let id = format!("s{n}");
-        peers.push(server.registered_device(&id).await);
+        peers.push(server.registered_device_with_info(&id).await);
         peers.push(server.connected_client(&id).await);
     }
     let mut unregistered = server.client().await;
@@ -386,7 +386,7 @@ async fn shutdown_time_with_a_deaf_peer(
         ..test_config()
     })
     .await;
-    let _deaf = server.registered_device("deaf").await;
+    let _deaf = server.registered_device_with_info("deaf").await;
     let started = std::time::Instant::now();
     server.stop().await.unwrap();
     started.elapsed()

@@ -51,7 +51,7 @@ async fn bystander_still_served(server: &TestServer, device: &mut common::Peer) 
 #[tokio::test]
 async fn a_message_in_1000_fragments_is_reassembled() {
     let server = TestServer::with_defaults().await;
-    let mut bystander = server.registered_device("bystander").await;
+    let mut bystander = server.registered_device_with_info("bystander").await;
     let mut device = server.device().await;
     let info = "i".repeat(5_000);
     let register =
@@ -79,7 +79,7 @@ async fn the_size_limit_counts_all_fragments() {
         ..test_config()
     })
     .await;
-    let mut bystander = server.registered_device("bystander").await;
+    let mut bystander = server.registered_device_with_info("bystander").await;
     for (len, fits) in [(4096, true), (4097, false)] {
         let head = r#"{"message_type":"register","device_id":"frag","device_info":""#;
         let tail = r#""}"#;
@@ -114,7 +114,7 @@ async fn the_size_limit_counts_all_fragments() {
 #[tokio::test]
 async fn a_flood_of_tiny_frames_meets_the_default_rate_limit() {
     let server = TestServer::with_defaults().await;
-    let mut bystander = server.registered_device("bystander").await;
+    let mut bystander = server.registered_device_with_info("bystander").await;
     let device = server.device().await;
     let (mut tx, mut rx) = device.ws.split();
     let flood = tokio::spawn(async move {
@@ -167,7 +167,7 @@ async fn a_flood_of_tiny_frames_meets_the_default_rate_limit() {
 #[tokio::test]
 async fn a_60000_byte_device_id_is_refused() {
     let server = TestServer::with_defaults().await;
-    let mut bystander = server.registered_device("bystander").await;
+    let mut bystander = server.registered_device_with_info("bystander").await;
     let mut device = server.device().await;
     let id = "d".repeat(60_000);
     device
@@ -202,7 +202,7 @@ async fn a_device_that_stops_reading_is_closed_as_a_slow_consumer() {
     })
     .await;
     // This device never reads while the flood lasts.
-    let mut slow = server.registered_device("slow").await;
+    let mut slow = server.registered_device_with_info("slow").await;
     let client = server.connected_client("slow").await;
     let payload = "x".repeat(60_000);
     let forward = format!(r#"{{"message_type":"forward","payload":"{payload}"}}"#);

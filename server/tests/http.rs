@@ -22,9 +22,9 @@ async fn devices_lists_sorted_ids_and_healthz_answers() {
             .to_ascii_lowercase()
             .contains("content-type: application/json")
     );
-    let _b = server.registered_device("b").await;
-    let _a = server.registered_device("a").await;
-    let _c = server.registered_device("c\"q").await;
+    let _b = server.registered_device_with_info("b").await;
+    let _a = server.registered_device_with_info("a").await;
+    let _c = server.registered_device_with_info("c\"q").await;
     assert_eq!(server.get("/devices").await.body, r#"["a","b","c\"q"]"#);
     let health = server.get("/healthz").await;
     assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
@@ -242,7 +242,7 @@ async fn connection_limit_refuses_with_503_and_frees_places() {
         ..test_config()
     })
     .await;
-    let mut device = server.registered_device("full").await;
+    let mut device = server.registered_device_with_info("full").await;
     // Just below the limit: the second connection is accepted.
     let client = server.connected_client("full").await;
     // At the limit: the third is refused before the upgrade.
@@ -323,7 +323,7 @@ async fn per_ip_limit_refuses_with_429() {
 #[tokio::test]
 async fn metrics_count_connections_relays_errors_and_bytes() {
     let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device("m").await;
+    let mut device = server.registered_device_with_info("m").await;
     let mut client = server.connected_client("m").await;
     client
         .send(r#"{"message_type":"forward","payload":1}"#)
@@ -337,7 +337,7 @@ async fn metrics_count_connections_relays_errors_and_bytes() {
         .send(r#"{"message_type":"forward","client_id":1,"payload":2}"#)
         .await;
     client.recv_json().await;
-    client.roundtrip_error("{}").await;
+    client.send_and_recv_error("{}").await;
 
     let body = server.get("/metrics").await.body;
     for line in [
@@ -515,7 +515,7 @@ async fn tls_is_1_2_or_newer() {
 #[tokio::test]
 async fn tls_client_on_a_plain_port_fails_cleanly() {
     let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device("plain").await;
+    let mut device = server.registered_device_with_info("plain").await;
     let dir = std::env::temp_dir().join(format!("signaling-tls-plain-{}", std::process::id()));
     let generated = signaling_server::tls::self_signed(&dir, "127.0.0.1".parse().unwrap()).unwrap();
     let connector = tls_connector(&generated.cert_path, rustls::DEFAULT_VERSIONS);

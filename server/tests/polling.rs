@@ -48,7 +48,7 @@ fn assert_error(reply: &common::HttpResponse, status: u16, starts: &str) {
 #[tokio::test]
 async fn connect_forward_and_poll() {
     let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device("polled").await;
+    let mut device = server.registered_device_with_info("polled").await;
     let reply = http_post(server.addr, "/connect", r#"{"device_id":"polled"}"#).await;
     assert_eq!(reply.status, 200);
     let value: Value = serde_json::from_str(&reply.body).unwrap();
@@ -90,7 +90,7 @@ async fn connect_forward_and_poll() {
 #[tokio::test]
 async fn errors_have_the_reference_shape() {
     let server = TestServer::with_defaults().await;
-    let _device = server.registered_device("here").await;
+    let _device = server.registered_device_with_info("here").await;
     let addr = server.addr;
     assert_error(
         &http_post(addr, "/connect", "not json").await,
@@ -147,7 +147,7 @@ async fn ids_and_departures_as_for_websocket_clients() {
         ..test_config()
     })
     .await;
-    let mut device = server.registered_device("shared").await;
+    let mut device = server.registered_device_with_info("shared").await;
     let _websocket = server.connected_client("shared").await;
     let id = poll_connect(&server, "shared").await;
     let forward = format!(r#"{{"connection_id":"{id}","payload":7}}"#);
@@ -181,7 +181,7 @@ async fn a_full_queue_drops_the_client_openly() {
         ..test_config()
     })
     .await;
-    let mut device = server.registered_device("full").await;
+    let mut device = server.registered_device_with_info("full").await;
     let id = poll_connect(&server, "full").await;
     let forward = format!(r#"{{"connection_id":"{id}","payload":0}}"#);
     http_post(server.addr, "/forward", &forward).await;
@@ -212,7 +212,7 @@ async fn a_full_queue_drops_the_client_openly() {
 #[tokio::test]
 async fn device_departure_keeps_what_was_sent() {
     let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device("leaving").await;
+    let mut device = server.registered_device_with_info("leaving").await;
     let id = poll_connect(&server, "leaving").await;
     let forward = format!(r#"{{"connection_id":"{id}","payload":0}}"#);
     http_post(server.addr, "/forward", &forward).await;
@@ -247,7 +247,7 @@ async fn the_client_token_guards_polling() {
         ..test_config()
     })
     .await;
-    let _device = server.registered_device("guarded").await;
+    let _device = server.registered_device_with_info("guarded").await;
     let body = r#"{"device_id":"guarded"}"#;
     assert_error(
         &http_post(server.addr, "/connect", body).await,
@@ -271,7 +271,7 @@ async fn the_rate_limit_applies_to_forwards() {
         ..test_config()
     })
     .await;
-    let mut device = server.registered_device("hasty").await;
+    let mut device = server.registered_device_with_info("hasty").await;
     let id = poll_connect(&server, "hasty").await;
     let forward = format!(r#"{{"connection_id":"{id}","payload":1}}"#);
     for _ in 0..2 {

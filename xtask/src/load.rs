@@ -31,6 +31,8 @@ struct Scenario {
     tls: bool,
     /// Run against the bare relay example instead of the server.
     bare: bool,
+    /// Run against the `--against` server binary instead of this build's.
+    baseline: bool,
 }
 
 /// A scenario on the shared plain server, with no extra flags.
@@ -43,6 +45,7 @@ fn scenario(name: &'static str, args: Vec<String>, runs: usize) -> Scenario {
         fresh_server: false,
         tls: false,
         bare: false,
+        baseline: false,
     }
 }
 
@@ -216,9 +219,42 @@ fn quick() -> Vec<Scenario> {
     ]
 }
 
-pub fn run(root: &Path, quick_run: bool) -> Result<()> {
+/// The scenarios `--against` measures, each beside the same one on the other
+/// server: CPU per relayed message at 200 B and 4 KiB, idle memory. Every
+/// run gets a fresh server, so neither build inherits the other's state.
+fn comparison() -> Vec<Scenario> {
+    let measured = standard().into_iter().filter(|s| {
+        !s.bare
+            && (s.name.starts_with("relay 50 pairs") || s.name == "idle: 5,000 registered devices")
+    });
+    let mut all = Vec::new();
+    for scenario in measured {
+        for (label, baseline) in [("before", true), ("after", false)] {
+            all.push(Scenario {
+                name: leak(format!("{label}: {}", scenario.name)),
+                args: scenario.args.clone(),
+                runs: 5,
+                server_args: scenario.server_args.clone(),
+                fresh_server: true,
+                tls: false,
+                bare: false,
+                baseline,
+            });
+        }
+    }
+    all
+}
+
+/// Scenario names are `&'static str`; the few made at run time live as long.
+fn leak(name: String) -> &'static str {
+    Box::leak(name.into_boxed_str())
+}
+
+/// With `against`, only the comparison scenarios, alternating between this
+/// build's server and the server binary at that path.
+pub fn run_with(root: &Path, quick_run: bool, against: Option<&Path>) -> Result<()> {
     crate::e2e::build(root, true)?;
-    if !quick_run {
+    if !quick_run && against.is_none() {
         build_bare_relay(root)?;
     }
     let mut tools = crate::tools(root, "release", "load-logs")?;
@@ -226,7 +262,25 @@ pub fn run(root: &Path, quick_run: bool) -> Result<()> {
     if pinned {
         tools.server_core = Some(0);
     }
-    let scenarios = if quick_run { quick() } else { standard() };
+    let baseline_tools = match against {
+        Some(binary) => {
+            let dir = tools.log_dir.join("baseline-bin");
+            std::fs::create_dir_all(&dir)?;
+            std::fs::copy(binary, dir.join("signaling-server"))
+                .with_context(|| format!("copy {}", binary.display()))?;
+            Some(Tools {
+                bin_dir: dir,
+                log_dir: tools.log_dir.clone(),
+                server_core: tools.server_core,
+            })
+        }
+        None => None,
+    };
+    let scenarios = match (quick_run, against) {
+        (true, _) => quick(),
+        (false, Some(_)) => comparison(),
+        (false, None) => standard(),
+    };
     // Rounds: each round runs every scenario that has runs left once, so
     // a scenario and its bare-relay baseline are measured minutes apart at
     // most, under the same load from the machine's other tenants.
@@ -238,9 +292,13 @@ pub fn run(root: &Path, quick_run: bool) -> Result<()> {
             if round >= scenario.runs {
                 continue;
             }
+            let server_tools = match (&baseline_tools, scenario.baseline) {
+                (Some(baseline), true) => baseline,
+                _ => &tools,
+            };
             let own_server =
                 if scenario.fresh_server || !scenario.server_args.is_empty() || scenario.tls {
-                    Some(start_server(&tools, scenario)?)
+                    Some(start_server(server_tools, scenario)?)
                 } else {
                     None
                 };
@@ -284,6 +342,9 @@ pub fn run(root: &Path, quick_run: bool) -> Result<()> {
     if quick_run {
         println!("bench: quick run ok");
         return Ok(());
+    }
+    if let Some(against) = against {
+        return write_comparison(root, &scenarios, &all_results, &rows, &commands, against);
     }
     let mut table = String::from("| scenario | result (median of runs; min–max) |\n|---|---|\n");
     for (scenario, row) in scenarios.iter().zip(&rows) {
@@ -353,6 +414,76 @@ pub fn run(root: &Path, quick_run: bool) -> Result<()> {
     );
     print!("{table}");
     crate::replace_section(&root.join("BENCHMARKS.md"), START_MARK, END_MARK, &section)?;
+    println!("bench: BENCHMARKS.md updated");
+    Ok(())
+}
+
+const COMPARE_START: &str = "<!-- compare:start -->";
+const COMPARE_END: &str = "<!-- compare:end -->";
+
+/// The `--against` table: each scenario before and after, and their ratios.
+fn write_comparison(
+    root: &Path,
+    scenarios: &[Scenario],
+    results: &[Vec<Value>],
+    rows: &[String],
+    commands: &[String],
+    against: &Path,
+) -> Result<()> {
+    let mut table = String::from("| scenario | result (median of runs; min–max) |\n|---|---|\n");
+    for (scenario, row) in scenarios.iter().zip(rows) {
+        table.push_str(&format!("| {} | {row} |\n", scenario.name));
+    }
+    for (index, after) in scenarios.iter().enumerate() {
+        let Some(what) = after.name.strip_prefix("after: ") else {
+            continue;
+        };
+        let Some(before) = scenarios
+            .iter()
+            .position(|s| s.name == format!("before: {what}"))
+        else {
+            continue;
+        };
+        let (field, unit) = if what.starts_with("idle") {
+            ("/server_rss_per_connection", "B per connection")
+        } else {
+            ("/server_cpu_us_per_msg", "µs/message")
+        };
+        let (a, b) = (stat(&results[index], field), stat(&results[before], field));
+        table.push_str(&format!(
+            "| after relative to before: {what} | {:.3}× ({:.2} vs {:.2} {unit}; spread before {:.2}–{:.2}, after {:.2}–{:.2}) |\n",
+            a.0 / b.0,
+            a.0,
+            b.0,
+            b.1,
+            b.2,
+            a.1,
+            a.2
+        ));
+    }
+    let section = format!(
+        "{COMPARE_START}\n## Before and after: `cargo xtask bench --against OLD-BINARY`\n\n\
+         Release builds. `before` is the server binary given (`{}`), `after` this build's; \
+         each run gets a fresh server pinned to core 0, the generator on core 1, and the \
+         runs alternate before, after, before, … in rounds. Machine: {}.\n\n{table}\n\
+         Commands (one line per scenario, in order):\n\n```\n{}\n```\n{COMPARE_END}",
+        against
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        crate::machine_description(),
+        commands.join("\n")
+    );
+    print!("{table}");
+    let path = root.join("BENCHMARKS.md");
+    let text = std::fs::read_to_string(&path)?;
+    if !text.contains(COMPARE_START) {
+        std::fs::write(
+            &path,
+            format!("{}\n{COMPARE_START}\n{COMPARE_END}\n", text.trim_end()),
+        )?;
+    }
+    crate::replace_section(&path, COMPARE_START, COMPARE_END, &section)?;
     println!("bench: BENCHMARKS.md updated");
     Ok(())
 }

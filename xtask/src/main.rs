@@ -53,12 +53,18 @@ fn main() -> ExitCode {
             }
         },
         Some("bench") => {
-            let quick = std::env::args().any(|a| a == "--quick");
-            load::run(&workspace_root(), quick)
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            let quick = args.iter().any(|a| a == "--quick");
+            let against = args
+                .iter()
+                .position(|a| a == "--against")
+                .and_then(|i| args.get(i + 1))
+                .map(PathBuf::from);
+            load::run_with(&workspace_root(), quick, against.as_deref())
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  e2e               build, then run the whole flow end to end\n  bench [--quick]   load the server with client-cli bench; --quick is a few seconds for CI\n  bench-handshake   time the WebRTC handshake through the server (release build)\n  fuzz [SECONDS]    run each fuzz target for SECONDS (default 30)\n  browser           the web client in headless Chromium (installs it when missing)\n  test              every test: cargo test --workspace, then browser\n  demo              a server and a fake device until Ctrl-C; prints the URL to open"
+                "usage: cargo xtask <task>\n\n  e2e               build, then run the whole flow end to end\n  bench [--quick] [--against BINARY]\n                    load the server with client-cli bench; --quick is a few seconds for CI;\n                    --against compares with another signaling-server binary, alternating\n  bench-handshake   time the WebRTC handshake through the server (release build)\n  fuzz [SECONDS]    run each fuzz target for SECONDS (default 30)\n  browser           the web client in headless Chromium (installs it when missing)\n  test              every test: cargo test --workspace, then browser\n  demo              a server and a fake device until Ctrl-C; prints the URL to open"
             );
             return ExitCode::from(2);
         }

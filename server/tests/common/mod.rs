@@ -73,8 +73,9 @@ impl TestServer {
         Peer::connect(&self.url("/connect_client")).await
     }
 
-    /// A device registered under `id`, its `config` already read.
-    pub async fn registered_device(&self, id: &str) -> Peer {
+    /// A device registered under `id` with `device_info` `{"name": id}`,
+    /// its `config` already read.
+    pub async fn registered_device_with_info(&self, id: &str) -> Peer {
         let mut device = self.device().await;
         let register = serde_json::json!({
             "message_type": "register", "device_id": id, "device_info": {"name": id},
@@ -241,7 +242,7 @@ impl Peer {
     }
 
     /// Sends a message and checks the reply is the one expected.
-    pub async fn roundtrip_error(&mut self, text: &str) -> String {
+    pub async fn send_and_recv_error(&mut self, text: &str) -> String {
         self.send(text).await;
         self.recv_error().await
     }

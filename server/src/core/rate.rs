@@ -1,4 +1,4 @@
-//! The per-connection message rate limit (behavior.md D17, C15).
+//! The per-connection message rate limit (PROTOCOL.md rows D17, C15).
 //!
 //! A generic cell rate algorithm: each connection keeps one instant, the
 //! time at which its message count would be back to zero if it sent
@@ -7,9 +7,7 @@
 //! now. So a connection may send `burst` messages at once, then one every
 //! interval, and the state is 16 bytes, with no timer.
 
-use std::time::Duration;
-
-use tokio::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The limit as configured: `per_second` messages per second on average,
 /// `burst` at once.
@@ -21,7 +19,7 @@ pub struct RateLimit {
 
 /// The limit in the form the check uses.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Gcra {
+pub struct Gcra {
     /// Time one message uses up.
     interval: Duration,
     /// How far ahead of now a connection may run: `burst` intervals.

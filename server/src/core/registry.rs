@@ -16,23 +16,22 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use protocol::RawValue;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::frames;
+use super::error::ServerError;
+use super::outbox::{Outbox, PushError};
+use super::outgoing::{Json, Outgoing};
 use crate::metrics::Metrics;
-use crate::outbox::Outbox;
 
 /// Locks a mutex whose data stays consistent even if a holder panicked:
 /// every update below (and in `polling.rs`, which uses this too) is
 /// complete before any call that could panic.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The devices and waiting clients of this server.
 #[derive(Debug)]
-pub(crate) struct Registry {
+pub struct Registry {
     maps: Mutex<Maps>,
     metrics: Arc<Metrics>,
 }
@@ -48,8 +47,8 @@ struct Maps {
 struct DeviceSlot {
     id: Arc<str>,
     outbox: Outbox,
-    /// The `device_info` message, encoded once for every client.
-    info_frame: Utf8Bytes,
+    /// The `device_info` every client gets, shared.
+    info: Json,
     clients: Mutex<Clients>,
 }
 
@@ -71,20 +70,24 @@ struct Waiter {
 
 /// The id is held by a live device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct IdTaken;
+pub struct IdTaken;
 
 /// Why a device's message did not reach its client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ForwardError {
+pub enum ForwardError {
     /// The client was this device's and has left (D7).
     Departed,
     /// This device never had a client with that id (D8).
     Unknown,
+    /// The client is leaving: its outbox is closing, or this message went
+    /// past its bound and it will be closed as a slow consumer. Either way
+    /// the device hears `client_disconnected` once it has left.
+    NotQueued(PushError),
 }
 
 /// What a `connect` led to.
 #[derive(Debug)]
-pub(crate) enum Connection {
+pub enum Connection {
     /// Attached; `device_info` is already queued on the client's outbox.
     Attached(ClientLink),
     /// Waiting for the device to register (alternative flow).
@@ -111,7 +114,7 @@ impl Registry {
         let slot = Arc::new(DeviceSlot {
             id: id.into(),
             outbox,
-            info_frame: frames::device_info(device_info),
+            info: device_info.map_or_else(Json::null, Json::shared),
             clients: Mutex::new(Clients {
                 next_id: 1,
                 live: HashMap::new(),
@@ -208,7 +211,7 @@ impl Clients {
         self.next_id += 1;
         // A brand-new outbox has room for one message; if not, the client is
         // already closing and its link will detach it.
-        let _ = outbox.push_text(slot.info_frame.clone());
+        let _ = outbox.push(Outgoing::DeviceInfo(slot.info.clone()));
         self.live.insert(client_id, outbox.clone());
         client_id
     }
@@ -217,7 +220,7 @@ impl Clients {
 /// A registered device; dropping it unregisters the device and tells its
 /// clients (D16).
 #[derive(Debug)]
-pub(crate) struct DeviceRegistration {
+pub struct DeviceRegistration {
     registry: Arc<Registry>,
     slot: Arc<DeviceSlot>,
 }
@@ -227,17 +230,16 @@ impl DeviceRegistration {
         &self.slot.id
     }
 
-    /// Sends `frame` (a `device_msg`) to client `client_id` of this device.
-    pub fn send_to_client(&self, client_id: u64, frame: Utf8Bytes) -> Result<(), ForwardError> {
+    /// Sends a device's `payload` to client `client_id` of this device.
+    pub fn send_to_client(&self, client_id: u64, payload: Json) -> Result<(), ForwardError> {
         let clients = lock(&self.slot.clients);
         match clients.live.get(&client_id) {
             // Pushing under the lock keeps messages to one client in order
             // and never waits. A full outbox closes that client, which
             // then leaves as usual: the device hears client_disconnected.
-            Some(outbox) => {
-                let _ = outbox.push_text(frame);
-                Ok(())
-            }
+            Some(outbox) => outbox
+                .push(Outgoing::DeviceMsg(payload))
+                .map_err(ForwardError::NotQueued),
             None if client_id < clients.next_id => Err(ForwardError::Departed),
             None => Err(ForwardError::Unknown),
         }
@@ -261,10 +263,10 @@ impl Drop for DeviceRegistration {
             clients.gone = true;
             std::mem::take(&mut clients.live)
         };
-        let error = frames::error("Device disconnected");
         for outbox in clients.values() {
-            let _ = outbox.push_text(error.clone());
-            outbox.push_close(CloseCode::Away, "Device disconnected");
+            // D16: a client whose outbox is full is closed as slow anyway.
+            let _ = outbox.push(Outgoing::Error(ServerError::DeviceDisconnected));
+            outbox.push_close(ServerError::DeviceDisconnected);
         }
         self.registry.metrics.devices.dec();
     }
@@ -286,14 +288,20 @@ enum LinkState {
 /// A client's tie to its device; dropping it tells the device the client
 /// left (C14), exactly once.
 #[derive(Debug)]
-pub(crate) struct ClientLink {
+pub struct ClientLink {
     registry: Arc<Registry>,
     state: LinkState,
 }
 
-/// The client is not attached to a device (yet).
+/// Why a client's message did not reach its device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct NotAttached;
+pub enum NotAttached {
+    /// The client waits for its device to register (or gave up waiting).
+    Waiting,
+    /// The device is leaving: its outbox is closing or full. The client
+    /// hears `Device disconnected` once it has left.
+    Leaving(PushError),
+}
 
 impl ClientLink {
     /// Moves a waiting link to attached if its device has registered.
@@ -326,18 +334,20 @@ impl ClientLink {
     }
 
     /// Sends a client's payload to its device as `client_msg`.
-    pub fn send_to_device(&mut self, payload: &RawValue) -> Result<(), NotAttached> {
+    pub fn send_to_device(&mut self, payload: Json) -> Result<(), NotAttached> {
         self.refresh();
         let LinkState::Attached { slot, client_id } = &self.state else {
-            return Err(NotAttached);
+            return Err(NotAttached::Waiting);
         };
         // A full outbox means the device cannot keep up: its own task closes
         // it, and its clients are then told it disconnected. A closed one
         // means it is already leaving. Either way the client hears of it.
-        let _ = slot
-            .outbox
-            .push_text(frames::client_msg(*client_id, payload));
-        Ok(())
+        slot.outbox
+            .push(Outgoing::ClientMsg {
+                client_id: *client_id,
+                payload,
+            })
+            .map_err(NotAttached::Leaving)
     }
 
     /// Gives up waiting (the wait timed out). False if the device attached
@@ -379,9 +389,8 @@ impl Drop for ClientLink {
             let mut clients = lock(&slot.clients);
             // Absent when the device left first: it needs no notice.
             if clients.live.remove(&client_id).is_some() {
-                let _ = slot
-                    .outbox
-                    .push_text(frames::client_disconnected(client_id));
+                // C14: a device whose outbox is full is closed as slow.
+                let _ = slot.outbox.push(Outgoing::ClientDisconnected { client_id });
             }
             drop(clients);
             self.registry.metrics.clients.dec();

@@ -14,44 +14,41 @@
 //!
 //! The bound is in messages and in bytes. A push past either bound marks the
 //! outbox overflowed: the receiver is not keeping up, and its connection task
-//! closes it (behavior.md principle 5) instead of dropping messages.
+//! closes it (PROTOCOL.md, Promises, 3) instead of dropping messages.
+//!
+//! It holds typed [`Outgoing`] values, not encoded frames: each front door
+//! encodes what it takes out its own way.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::task::AtomicWaker;
 use std::task::{Context, Poll};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-/// One thing to send.
-#[derive(Debug)]
-pub(crate) enum Outgoing {
-    /// A text frame, already encoded.
-    Text(Utf8Bytes),
-    /// Close the socket with this code and reason; nothing after it is sent.
-    Close(CloseCode, Utf8Bytes),
-}
+use super::error::ServerError;
+use super::outgoing::Outgoing;
 
 /// The bounds of one outbox.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct OutboxLimits {
+pub struct OutboxLimits {
     pub max_messages: usize,
     pub max_bytes: usize,
 }
 
 /// Why a push was not queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PushError {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    #[error("the receiver is closing")]
     /// The receiver is closing or gone; the item is not needed.
     Closed,
     /// This push went past a bound; the receiver will be closed as slow.
+    #[error("the receiver's outbox is full")]
     Overflow,
 }
 
 /// The sending side; cheap to clone.
 #[derive(Debug, Clone)]
-pub(crate) struct Outbox {
+pub struct Outbox {
     shared: Arc<Shared>,
 }
 
@@ -74,7 +71,7 @@ struct State {
 
 /// What the connection task takes from its outbox at once.
 #[derive(Debug, Default)]
-pub(crate) struct Batch {
+pub struct Batch {
     pub items: VecDeque<Outgoing>,
     /// The outbox overflowed: close the connection as a slow consumer.
     pub overflowed: bool,
@@ -100,9 +97,9 @@ impl Outbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues a text frame, within the bounds.
-    pub fn push_text(&self, frame: Utf8Bytes) -> Result<(), PushError> {
-        let len = frame.len();
+    /// Queues one item, within the bounds.
+    pub fn push(&self, item: Outgoing) -> Result<(), PushError> {
+        let len = item.queued_bytes();
         let mut state = self.lock();
         if state.closing || state.overflowed {
             return Err(PushError::Closed);
@@ -115,7 +112,7 @@ impl Outbox {
             return Err(PushError::Overflow);
         }
         state.bytes += len;
-        state.queue.push_back(Outgoing::Text(frame));
+        state.queue.push_back(item);
         drop(state);
         self.shared.wake.wake();
         Ok(())
@@ -123,13 +120,13 @@ impl Outbox {
 
     /// Queues a close after everything already queued. Not bounded: it is
     /// the last item, and the bound must never stop a close.
-    pub fn push_close(&self, code: CloseCode, reason: impl Into<Utf8Bytes>) {
+    pub fn push_close(&self, reason: ServerError) {
         let mut state = self.lock();
         if state.closing {
             return;
         }
         state.closing = true;
-        state.queue.push_back(Outgoing::Close(code, reason.into()));
+        state.queue.push_back(Outgoing::Close(reason));
         drop(state);
         self.shared.wake.wake();
     }
@@ -175,16 +172,6 @@ impl Outbox {
         false
     }
 
-    /// Takes the oldest item, if any, without waiting.
-    pub fn pop(&self) -> Option<Outgoing> {
-        let mut state = self.lock();
-        let item = state.queue.pop_front()?;
-        if let Outgoing::Text(text) = &item {
-            state.bytes -= text.len();
-        }
-        Some(item)
-    }
-
     /// Resolves once the outbox has overflowed, for a task blocked writing to
     /// a peer that does not read.
     pub async fn overflowed(&self) {
@@ -203,6 +190,9 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::outgoing::Json;
+    use futures_util::FutureExt;
+    use protocol::RawValue;
 
     fn limits(max_messages: usize, max_bytes: usize) -> OutboxLimits {
         OutboxLimits {
@@ -211,62 +201,71 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn keeps_order_and_drains_everything() {
+    /// A relayed payload of `text` (a JSON string literal's contents).
+    fn msg(text: &str) -> Outgoing {
+        let raw = RawValue::from_string(format!("\"{text}\"")).unwrap();
+        Outgoing::DeviceMsg(Json::new(&raw))
+    }
+
+    #[test]
+    fn keeps_order_and_drains_everything() {
         let outbox = Outbox::new(limits(10, 1000));
-        outbox.push_text("a".into()).unwrap();
-        outbox.push_text("b".into()).unwrap();
-        outbox.push_close(CloseCode::Normal, "bye");
-        assert_eq!(outbox.push_text("c".into()), Err(PushError::Closed));
+        outbox.push(msg("a")).unwrap();
+        outbox.push(msg("b")).unwrap();
+        outbox.push_close(ServerError::ShuttingDown);
+        assert_eq!(outbox.push(msg("c")), Err(PushError::Closed));
         let mut batch = Batch::default();
-        outbox.next_batch(&mut batch).await;
-        let texts: Vec<String> = batch
-            .items
-            .iter()
-            .map(|i| match i {
-                Outgoing::Text(t) => t.to_string(),
-                Outgoing::Close(code, reason) => format!("close {code} {reason}"),
-            })
-            .collect();
-        assert_eq!(texts, ["a", "b", "close 1000 bye"]);
+        outbox.next_batch(&mut batch).now_or_never().unwrap();
+        let items: Vec<Outgoing> = batch.items.drain(..).collect();
+        assert_eq!(
+            items,
+            [
+                msg("a"),
+                msg("b"),
+                Outgoing::Close(ServerError::ShuttingDown)
+            ]
+        );
         assert!(!batch.overflowed);
     }
 
-    #[tokio::test]
-    async fn message_bound_is_exact() {
+    #[test]
+    fn message_bound_is_exact() {
         let outbox = Outbox::new(limits(2, 1000));
-        outbox.push_text("1".into()).unwrap();
-        outbox.push_text("2".into()).unwrap();
-        assert_eq!(outbox.push_text("3".into()), Err(PushError::Overflow));
-        assert_eq!(outbox.push_text("4".into()), Err(PushError::Closed));
+        outbox.push(msg("1")).unwrap();
+        outbox.push(msg("2")).unwrap();
+        assert_eq!(outbox.push(msg("3")), Err(PushError::Overflow));
+        assert_eq!(outbox.push(msg("4")), Err(PushError::Closed));
         let mut batch = Batch::default();
-        outbox.next_batch(&mut batch).await;
+        outbox.next_batch(&mut batch).now_or_never().unwrap();
         assert!(batch.overflowed);
-        outbox.overflowed().await;
+        outbox.overflowed().now_or_never().unwrap();
     }
 
-    #[tokio::test]
-    async fn byte_bound_is_exact() {
+    #[test]
+    fn byte_bound_is_exact() {
+        // Each payload below is 5 bytes of JSON: the quotes and 3 letters.
         let outbox = Outbox::new(limits(100, 10));
-        outbox.push_text("12345".into()).unwrap();
-        outbox.push_text("67890".into()).unwrap();
-        assert_eq!(outbox.push_text("x".into()), Err(PushError::Overflow));
+        outbox.push(msg("123")).unwrap();
+        outbox.push(msg("456")).unwrap();
+        assert_eq!(outbox.push(msg("")), Err(PushError::Overflow));
 
         // Draining frees the byte budget.
         let outbox = Outbox::new(limits(100, 10));
-        outbox.push_text("1234567890".into()).unwrap();
+        outbox.push(msg("12345678")).unwrap();
         let mut batch = Batch::default();
-        outbox.next_batch(&mut batch).await;
-        outbox.push_text("1234567890".into()).unwrap();
+        outbox.next_batch(&mut batch).now_or_never().unwrap();
+        outbox.push(msg("12345678")).unwrap();
     }
 
-    #[tokio::test]
-    async fn close_is_never_refused_by_the_bound() {
+    #[test]
+    fn close_is_never_refused_by_the_bound() {
         let outbox = Outbox::new(limits(1, 1));
-        outbox.push_text("x".into()).unwrap();
-        outbox.push_close(CloseCode::Policy, "done");
+        outbox
+            .push(Outgoing::ClientDisconnected { client_id: 1 })
+            .unwrap();
+        outbox.push_close(ServerError::ConnectTimeout);
         let mut batch = Batch::default();
-        outbox.next_batch(&mut batch).await;
+        outbox.next_batch(&mut batch).now_or_never().unwrap();
         assert_eq!(batch.items.len(), 2);
     }
 }

@@ -1,0 +1,281 @@
+//! Every error the server sends, as one enum that knows its wire text.
+//!
+//! A variant gives its stable phrase (what programs match on, and the
+//! metrics label), its full text, whether it ends the session, and the close
+//! code it ends it with. Some endings are a close frame alone (the close
+//! code says it: 1003, 1007, 1009; or the peer is past listening: an idle
+//! timeout, a slow consumer); those send no error frame. PROTOCOL.md's
+//! tables "Every error phrase" and "Close codes" list the same set, and a
+//! test holds the two to each other.
+
+use std::fmt;
+
+use protocol::DecodeError;
+
+/// A websocket close code, as the server uses them (RFC 6455 §7.4.1).
+/// Front doors without close frames map it to their own way of ending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseCode {
+    /// 1001: the server is going away, or a client's device did.
+    Away,
+    /// 1002: the peer broke the websocket protocol.
+    Protocol,
+    /// 1003: a kind of data the server does not take (binary).
+    Unsupported,
+    /// 1007: text that is not UTF-8.
+    Invalid,
+    /// 1008: the session broke a rule of the signaling protocol.
+    Policy,
+    /// 1009: a message over the size limit.
+    Size,
+}
+
+impl CloseCode {
+    /// The number on the wire.
+    pub fn code(self) -> u16 {
+        match self {
+            Self::Away => 1001,
+            Self::Protocol => 1002,
+            Self::Unsupported => 1003,
+            Self::Invalid => 1007,
+            Self::Policy => 1008,
+            Self::Size => 1009,
+        }
+    }
+}
+
+/// What the server tells a peer that went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerError {
+    /// A frame that does not decode (D9–D12, C4, C8–C10); `Invalid
+    /// device_id` ends the session (D2, C4), the others do not.
+    Decode(DecodeError),
+    /// D3: a live device holds this id.
+    DeviceIdTaken(String),
+    /// D4: `register` on a registered socket.
+    AlreadyRegistered(String),
+    /// D5: `forward` before `register`.
+    NotRegistered,
+    /// D8: a client id this device never had.
+    UnknownClient(u64),
+    /// D15.
+    RegistrationTimeout,
+    /// C2, C3: no device holds the id.
+    DeviceNotFound(String),
+    /// C5: `connect` again; names the device already connected.
+    AlreadyConnected(String),
+    /// C6: `forward` before `device_info`.
+    NotConnected,
+    /// C13.
+    ConnectTimeout,
+    /// D16, to each client: its device left.
+    DeviceDisconnected,
+    /// D17, C15.
+    RateLimited { per_second: u32, burst: u32 },
+    /// No sign of life within the idle timeout.
+    IdleTimeout,
+    /// The peer's outbox went past a bound (PROTOCOL.md, Promises, 3).
+    SlowConsumer { messages: usize, bytes: usize },
+    /// D14, C12.
+    MessageTooBig { limit: usize },
+    /// D13, C11: a binary frame.
+    BinaryMessage,
+    /// D13, C11: text that is not UTF-8.
+    InvalidUtf8,
+    /// The peer broke the websocket protocol.
+    ProtocolViolation(String),
+    /// The server is shutting down.
+    ShuttingDown,
+}
+
+impl ServerError {
+    /// The stable phrase the text starts with; also the metrics label.
+    pub fn phrase(&self) -> &'static str {
+        match self {
+            Self::Decode(e) => e.phrase(),
+            Self::DeviceIdTaken(_) => "Device id already taken",
+            Self::AlreadyRegistered(_) => "Device already registered",
+            Self::NotRegistered => "Not registered",
+            Self::UnknownClient(_) => "Unknown client",
+            Self::RegistrationTimeout => "Registration timeout",
+            Self::DeviceNotFound(_) => "Device not found",
+            Self::AlreadyConnected(_) => "Already connected",
+            Self::NotConnected => "Not connected",
+            Self::ConnectTimeout => "Connect timeout",
+            Self::DeviceDisconnected => "Device disconnected",
+            Self::RateLimited { .. } => "Rate limit exceeded",
+            Self::IdleTimeout => "Idle timeout",
+            Self::SlowConsumer { .. } => "Slow consumer",
+            Self::MessageTooBig { .. } => "Message too big",
+            Self::BinaryMessage => "Binary messages are not supported",
+            Self::InvalidUtf8 => "Invalid UTF-8 in text message",
+            Self::ProtocolViolation(_) => "Protocol error",
+            Self::ShuttingDown => "Server shutting down",
+        }
+    }
+
+    /// The metrics label: the phrase, never a free string.
+    pub fn label(&self) -> &'static str {
+        self.phrase()
+    }
+
+    /// Whether the session is over after this error, and with which code.
+    pub fn close_code(&self) -> Option<CloseCode> {
+        match self {
+            Self::Decode(DecodeError::InvalidDeviceId(_))
+            | Self::DeviceIdTaken(_)
+            | Self::RegistrationTimeout
+            | Self::DeviceNotFound(_)
+            | Self::ConnectTimeout
+            | Self::RateLimited { .. }
+            | Self::IdleTimeout
+            | Self::SlowConsumer { .. } => Some(CloseCode::Policy),
+            Self::DeviceDisconnected | Self::ShuttingDown => Some(CloseCode::Away),
+            Self::MessageTooBig { .. } => Some(CloseCode::Size),
+            Self::BinaryMessage => Some(CloseCode::Unsupported),
+            Self::InvalidUtf8 => Some(CloseCode::Invalid),
+            Self::ProtocolViolation(_) => Some(CloseCode::Protocol),
+            Self::Decode(_)
+            | Self::AlreadyRegistered(_)
+            | Self::NotRegistered
+            | Self::UnknownClient(_)
+            | Self::AlreadyConnected(_)
+            | Self::NotConnected => None,
+        }
+    }
+
+    /// Whether the session ends with this error.
+    pub fn is_fatal(&self) -> bool {
+        self.close_code().is_some()
+    }
+
+    /// Whether the peer gets an error frame (`{"error": text}`) before any
+    /// close. Endings that the close code says alone, or that reach a peer
+    /// past listening, are a close frame only.
+    pub fn sends_error_frame(&self) -> bool {
+        !matches!(
+            self,
+            Self::IdleTimeout
+                | Self::SlowConsumer { .. }
+                | Self::MessageTooBig { .. }
+                | Self::BinaryMessage
+                | Self::InvalidUtf8
+                | Self::ProtocolViolation(_)
+                | Self::ShuttingDown
+        )
+    }
+
+    /// One error of every variant, for tests that hold the enum to the
+    /// documentation. The match without a wildcard makes a new variant a
+    /// compile error here until it is added.
+    #[cfg(test)]
+    pub(crate) fn one_of_each() -> Vec<ServerError> {
+        let all = vec![
+            Self::Decode(DecodeError::InvalidMessage("x".into())),
+            Self::Decode(DecodeError::UnknownMessageType("x".into())),
+            Self::Decode(DecodeError::InvalidDeviceId("x".into())),
+            Self::Decode(DecodeError::InvalidClientId("x".into())),
+            Self::Decode(DecodeError::MissingPayload),
+            Self::DeviceIdTaken("x".into()),
+            Self::AlreadyRegistered("x".into()),
+            Self::NotRegistered,
+            Self::UnknownClient(1),
+            Self::RegistrationTimeout,
+            Self::DeviceNotFound("x".into()),
+            Self::AlreadyConnected("x".into()),
+            Self::NotConnected,
+            Self::ConnectTimeout,
+            Self::DeviceDisconnected,
+            Self::RateLimited {
+                per_second: 1,
+                burst: 1,
+            },
+            Self::IdleTimeout,
+            Self::SlowConsumer {
+                messages: 1,
+                bytes: 1,
+            },
+            Self::MessageTooBig { limit: 1 },
+            Self::BinaryMessage,
+            Self::InvalidUtf8,
+            Self::ProtocolViolation("x".into()),
+            Self::ShuttingDown,
+        ];
+        for error in &all {
+            match error {
+                Self::Decode(
+                    DecodeError::InvalidMessage(_)
+                    | DecodeError::UnknownMessageType(_)
+                    | DecodeError::InvalidDeviceId(_)
+                    | DecodeError::InvalidClientId(_)
+                    | DecodeError::MissingPayload,
+                )
+                | Self::DeviceIdTaken(_)
+                | Self::AlreadyRegistered(_)
+                | Self::NotRegistered
+                | Self::UnknownClient(_)
+                | Self::RegistrationTimeout
+                | Self::DeviceNotFound(_)
+                | Self::AlreadyConnected(_)
+                | Self::NotConnected
+                | Self::ConnectTimeout
+                | Self::DeviceDisconnected
+                | Self::RateLimited { .. }
+                | Self::IdleTimeout
+                | Self::SlowConsumer { .. }
+                | Self::MessageTooBig { .. }
+                | Self::BinaryMessage
+                | Self::InvalidUtf8
+                | Self::ProtocolViolation(_)
+                | Self::ShuttingDown => {}
+            }
+        }
+        all
+    }
+}
+
+/// The full text: the phrase, then details after a colon where there are
+/// any. It is the error frame's text and the close reason.
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Decode(e) => e.fmt(f),
+            Self::DeviceIdTaken(id)
+            | Self::AlreadyRegistered(id)
+            | Self::DeviceNotFound(id)
+            | Self::AlreadyConnected(id) => write!(f, "{}: {id}", self.phrase()),
+            Self::UnknownClient(client_id) => write!(f, "{}: {client_id}", self.phrase()),
+            Self::RateLimited { per_second, burst } => write!(
+                f,
+                "{}: more than {per_second} messages per second (bursts of {burst})",
+                self.phrase()
+            ),
+            Self::SlowConsumer { messages, bytes } => write!(
+                f,
+                "{}: more than {messages} messages or {bytes} bytes queued",
+                self.phrase()
+            ),
+            Self::MessageTooBig { limit } => {
+                write!(f, "{}: the limit is {limit} bytes", self.phrase())
+            }
+            Self::ProtocolViolation(why) => write!(f, "{}: {why}", self.phrase()),
+            Self::NotRegistered
+            | Self::RegistrationTimeout
+            | Self::NotConnected
+            | Self::ConnectTimeout
+            | Self::DeviceDisconnected
+            | Self::IdleTimeout
+            | Self::BinaryMessage
+            | Self::InvalidUtf8
+            | Self::ShuttingDown => f.write_str(self.phrase()),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+impl From<DecodeError> for ServerError {
+    fn from(e: DecodeError) -> Self {
+        Self::Decode(e)
+    }
+}

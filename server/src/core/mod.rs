@@ -1,0 +1,267 @@
+//! The signaling core: every decision the server makes, and no I/O.
+//!
+//! Nothing under `core/` touches a socket, a timer or the clock (a test in
+//! this module reads the sources to keep it so). Time comes in as an
+//! argument, `now`, and a connection says when it next needs waking
+//! ([`Connection::poll_timeout`]); what it decides to send comes out as
+//! typed values ([`Outgoing`]) in its outbox, which each front door encodes
+//! its own way. This is the shape of quinn-proto under quinn, or of str0m:
+//! the simulator (`src/sim.rs`) and the tests drive it without sockets and
+//! without sleeping.
+//!
+//! # How a message travels
+//!
+//! A client's websocket task reads a text frame and hands it to its
+//! [`Connection`], which checks the gate (the session is not over, the
+//! sender is within its rate limit) and passes it to the client's
+//! [`session`]. The session decodes the frame with the `protocol` crate
+//! and, for a `forward`, calls its [`ClientLink`](registry::ClientLink),
+//! which pushes `Outgoing::ClientMsg { client_id, payload }` into the
+//! device's outbox under the device's lock (so messages to one device keep
+//! their order). That push wakes the device's websocket task, which takes
+//! everything queued at once, encodes each item as a protocol frame
+//! (`websocket/encode.rs`) and writes the batch with one flush. The payload
+//! is copied once out of the client's frame and never re-encoded. A polling
+//! client's session is the same; the polling adapter (`polling.rs`) answers
+//! its HTTP requests from its outbox instead of a socket.
+//!
+//! Modules: [`session`] (the per-connection state machines), [`registry`]
+//! (who is connected; its handles' drop is the disconnect), [`outbox`]
+//! (each connection's bounded queue), [`outgoing`] (what goes in it),
+//! [`error`] (every error the server sends), [`rate`] (the rate limit).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+
+use crate::metrics::{Direction, Metrics};
+
+pub mod error;
+pub mod outbox;
+pub mod outgoing;
+pub mod rate;
+pub mod registry;
+pub mod session;
+
+pub use error::{CloseCode, ServerError};
+pub use outbox::{Batch, Outbox, OutboxLimits, PushError};
+pub use outgoing::{Json, Outgoing};
+pub use rate::RateLimit;
+pub use session::Session;
+
+use rate::Gcra;
+use registry::Registry;
+
+/// What the core needs of the server's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `ice_servers` in every `config` message.
+    pub ice_servers: Vec<protocol::IceServer>,
+    /// How long a client may wait for its device to register; zero keeps
+    /// the reference flow (C2).
+    pub client_wait: Duration,
+    /// How long a new connection has to `register` or `connect`.
+    pub handshake_timeout: Duration,
+    /// The bounds of every outbox.
+    pub outbox: OutboxLimits,
+    /// The per-connection rate limit, if any.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// What every session shares: settings, the registry, metrics. The one
+/// home of the core's server-wide state; the front doors keep theirs beside
+/// it in `ServerState` (lib.rs).
+#[derive(Debug)]
+pub struct Core {
+    pub settings: Settings,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    /// The `config` message every device and client gets.
+    config: Arc<protocol::Config>,
+    rate: Option<Gcra>,
+    relayed_to_device: Counter,
+    relayed_to_client: Counter,
+}
+
+impl Core {
+    pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Self {
+        Self {
+            config: Arc::new(protocol::Config {
+                ice_servers: settings.ice_servers.clone(),
+            }),
+            rate: settings.rate_limit.and_then(Gcra::new),
+            settings,
+            registry: Arc::new(Registry::new(metrics.clone())),
+            relayed_to_device: metrics.relayed(Direction::ClientToDevice),
+            relayed_to_client: metrics.relayed(Direction::DeviceToClient),
+            metrics,
+        }
+    }
+
+    /// The `config` message for a device or a client.
+    pub fn config(&self) -> Arc<protocol::Config> {
+        self.config.clone()
+    }
+
+    /// A new, empty outbox with the configured bounds.
+    pub fn outbox(&self) -> Outbox {
+        Outbox::new(self.settings.outbox)
+    }
+
+    /// The ending of a connection whose outbox overflowed; counted.
+    pub fn slow_consumer(&self) -> ServerError {
+        let error = self.slow_consumer_error();
+        self.metrics.error_sent(&error);
+        error
+    }
+
+    /// The same, not counted (for a front door that counts it elsewhere).
+    pub fn slow_consumer_error(&self) -> ServerError {
+        ServerError::SlowConsumer {
+            messages: self.settings.outbox.max_messages,
+            bytes: self.settings.outbox.max_bytes,
+        }
+    }
+}
+
+/// How a front door keeps a connection alive, or gives up on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// A connection that shows no sign of life for this long is ended.
+    pub idle: Duration,
+    /// Probe the peer this often (a websocket ping), if the front door can.
+    pub ping: Option<Duration>,
+}
+
+/// What a connection's timeout asks of its front door.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Due {
+    /// Send a keepalive probe.
+    Ping,
+    /// End the connection now with this close, without sending what is
+    /// queued: the peer has stopped answering.
+    End(ServerError),
+}
+
+/// One connection as its front door drives it: its session, behind the
+/// gate every frame passes (the session is not over; the sender is within
+/// its rate limit), and its keepalive.
+#[derive(Debug)]
+pub struct Connection<S> {
+    session: S,
+    /// The rate limit's state (see `rate.rs`).
+    rate_due: Instant,
+    last_seen: Instant,
+    next_ping: Option<Instant>,
+    keepalive: Keepalive,
+}
+
+impl<S: Session> Connection<S> {
+    /// A connection opened at `now`.
+    pub fn new(session: S, keepalive: Keepalive, now: Instant) -> Self {
+        Self {
+            session,
+            rate_due: now,
+            last_seen: now,
+            next_ping: keepalive.ping.map(|ping| now + ping),
+            keepalive,
+        }
+    }
+
+    pub fn session(&self) -> &S {
+        &self.session
+    }
+
+    pub fn session_mut(&mut self) -> &mut S {
+        &mut self.session
+    }
+
+    /// What every session shares.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.session.replies().core
+    }
+
+    /// Its outbox: what the front door sends.
+    pub fn outbox(&self) -> &Outbox {
+        &self.session.replies().outbox
+    }
+
+    /// The peer showed a sign of life (any frame, a pong, a request).
+    pub fn on_activity(&mut self, now: Instant) {
+        self.last_seen = now;
+    }
+
+    /// A text frame arrived at `now`.
+    pub fn on_text(&mut self, text: &str, now: Instant) {
+        self.on_activity(now);
+        if self.admit(now) {
+            self.session.on_text(text, now);
+        }
+    }
+
+    /// Whether a message arriving at `now` may be acted on: not once the
+    /// session is over (after a fatal error, what the peer sends meanwhile
+    /// is read but not acted on), and not past the rate limit, which ends
+    /// the session (D17, C15).
+    pub fn admit(&mut self, now: Instant) -> bool {
+        let replies = self.session.replies();
+        if replies.outbox.is_closing() {
+            return false;
+        }
+        let core = &replies.core;
+        match (&core.rate, core.settings.rate_limit) {
+            (Some(rate), Some(limit)) if !rate.allow(&mut self.rate_due, now) => {
+                replies.send_error(ServerError::RateLimited {
+                    per_second: limit.per_second,
+                    burst: limit.burst,
+                });
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Instant {
+        let idle_at = self.last_seen + self.keepalive.idle;
+        let session = if self.outbox().is_closing() {
+            None
+        } else {
+            self.session.poll_timeout()
+        };
+        [Some(idle_at), self.next_ping, session]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(idle_at)
+    }
+
+    /// Acts on every deadline that has passed by `now`.
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<Due> {
+        if now >= self.last_seen + self.keepalive.idle {
+            let error = ServerError::IdleTimeout;
+            self.session.replies().core.metrics.error_sent(&error);
+            return Some(Due::End(error));
+        }
+        if !self.outbox().is_closing() && self.session.poll_timeout().is_some_and(|due| now >= due)
+        {
+            self.session.handle_timeout(now);
+        }
+        match (self.next_ping, self.keepalive.ping) {
+            (Some(at), Some(every)) if now >= at => {
+                self.next_ping = Some(now + every);
+                Some(Due::Ping)
+            }
+            _ => None,
+        }
+    }
+
+    /// The ending of this connection when its outbox overflowed; counted.
+    pub fn slow_consumer(&self) -> ServerError {
+        self.session.replies().core.slow_consumer()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,204 @@
+//! The client's state machine (PROTOCOL.md, "Every decision, row by row":
+//! `/connect_client`, rows C1–C15; C11, C12 and C15 are decided before a
+//! frame reaches it).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protocol::{ClientMessageType, ClientToServer, Frame, RawValue};
+use tracing::{Span, info};
+
+use super::{Replies, Session};
+use crate::core::Core;
+use crate::core::error::ServerError;
+use crate::core::outbox::Outbox;
+use crate::core::outgoing::{Json, Outgoing};
+use crate::core::registry::{ClientLink, Connection, NotAttached};
+
+/// One client connection.
+#[derive(Debug)]
+pub struct ClientSession {
+    replies: Replies,
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    /// `connect` must arrive before the deadline (C13).
+    AwaitingConnect { connect_by: Instant },
+    /// Connected, or waiting for the device to register (C3) until
+    /// `wait_until`. The link says which.
+    Linked {
+        device_id: String,
+        link: ClientLink,
+        wait_until: Option<Instant>,
+        client_id_logged: bool,
+    },
+}
+
+impl ClientSession {
+    /// A client connection opened at `now`.
+    pub fn new(core: Arc<Core>, outbox: Outbox, now: Instant) -> Self {
+        let connect_by = now + core.settings.handshake_timeout;
+        Self {
+            replies: Replies { core, outbox },
+            state: State::AwaitingConnect { connect_by },
+        }
+    }
+
+    /// A `connect` to a valid device id (C1–C3, C5). With `wait`, a client
+    /// whose device has not registered waits for it that long (C3).
+    pub fn connect(&mut self, device_id: &str, wait: Option<Duration>, now: Instant) {
+        if let State::Linked { device_id, .. } = &self.state {
+            // C5
+            let id = device_id.clone();
+            return self.replies.send_error(ServerError::AlreadyConnected(id));
+        }
+        let core = self.replies.core.clone();
+        Span::current().record("device_id", device_id);
+        // The reference sends config first in every case (C1, C2, C3).
+        let _ = self.replies.send(Outgoing::Config(core.config()));
+        let waits = wait.is_some_and(|wait| !wait.is_zero());
+        let (link, wait_until) =
+            match core
+                .registry
+                .connect(device_id, self.replies.outbox.clone(), waits)
+            {
+                // C1: device_info is already queued by the registry.
+                Connection::Attached(link) => (link, None),
+                // C3
+                Connection::Waiting(link) => {
+                    info!("client waiting for its device");
+                    (link, wait.map(|wait| now + wait))
+                }
+                // C2
+                Connection::NotFound => {
+                    let error = ServerError::DeviceNotFound(device_id.to_owned());
+                    return self.replies.send_error(error);
+                }
+            };
+        self.state = State::Linked {
+            device_id: device_id.to_owned(),
+            link,
+            wait_until,
+            client_id_logged: false,
+        };
+        self.note_attached();
+    }
+
+    /// A `forward` with its payload (C6, C7).
+    pub fn forward(&mut self, payload: &RawValue) {
+        self.note_attached();
+        let State::Linked { link, .. } = &mut self.state else {
+            // C6
+            return self.replies.send_error(ServerError::NotConnected);
+        };
+        match link.send_to_device(Json::new(payload)) {
+            // C7
+            Ok(()) => {
+                self.replies.core.relayed_to_device.inc();
+            }
+            // The device is leaving; the client is told when it has.
+            Err(NotAttached::Leaving(_)) => {}
+            // C6, while waiting for the device.
+            Err(NotAttached::Waiting) => self.replies.send_error(ServerError::NotConnected),
+        }
+    }
+
+    /// This client's id at its device, once attached.
+    pub fn client_id(&mut self) -> Option<u64> {
+        match &mut self.state {
+            State::Linked { link, .. } => link.client_id(),
+            State::AwaitingConnect { .. } => None,
+        }
+    }
+
+    /// Puts the client id on the connection's span once it is known.
+    fn note_attached(&mut self) {
+        if let State::Linked {
+            link,
+            client_id_logged: logged @ false,
+            ..
+        } = &mut self.state
+            && let Some(client_id) = link.client_id()
+        {
+            *logged = true;
+            Span::current().record("client_id", client_id);
+            info!("client connected");
+        }
+    }
+}
+
+impl Session for ClientSession {
+    fn on_text(&mut self, text: &str, now: Instant) {
+        let frame = match Frame::<ClientMessageType>::parse(text) {
+            Ok(frame) => frame,
+            // C9, C10
+            Err(e) => return self.replies.send_error(e.into()),
+        };
+        self.note_attached();
+        // The state decides before the fields (PROTOCOL.md, Errors: the
+        // order a message is checked in).
+        match (frame.message_type(), &self.state) {
+            // C5
+            (ClientMessageType::Connect, State::Linked { device_id, .. }) => {
+                let id = device_id.clone();
+                self.replies.send_error(ServerError::AlreadyConnected(id));
+            }
+            // C6
+            (ClientMessageType::Forward, State::AwaitingConnect { .. }) => {
+                self.replies.send_error(ServerError::NotConnected);
+            }
+            (_, _) => match frame.into_message() {
+                Ok(ClientToServer::Connect(connect)) => {
+                    let wait = self.replies.core.settings.client_wait;
+                    self.connect(&connect.device_id, Some(wait), now);
+                }
+                Ok(ClientToServer::Forward(forward)) => self.forward(forward.payload),
+                // C4 (ends the session), C8
+                Err(e) => self.replies.send_error(e.into()),
+            },
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match &self.state {
+            State::AwaitingConnect { connect_by } => Some(*connect_by),
+            State::Linked {
+                wait_until, link, ..
+            } => wait_until.filter(|_| !link.is_attached()),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        match &mut self.state {
+            // C13
+            State::AwaitingConnect { connect_by } => {
+                if now >= *connect_by {
+                    self.replies.send_error(ServerError::ConnectTimeout);
+                }
+            }
+            State::Linked {
+                device_id,
+                link,
+                wait_until,
+                ..
+            } => {
+                if wait_until.is_none_or(|until| now < until) {
+                    return;
+                }
+                *wait_until = None;
+                // C3: the wait ended before the device came.
+                if link.cancel_wait() {
+                    let error = ServerError::DeviceNotFound(device_id.clone());
+                    self.replies.send_error(error);
+                }
+            }
+        }
+        self.note_attached();
+    }
+
+    fn replies(&self) -> &Replies {
+        &self.replies
+    }
+}

@@ -1,0 +1,147 @@
+//! The device's state machine (PROTOCOL.md, "Every decision, row by row":
+//! `/register_device`, rows D1–D17; D13, D14 and D17 are decided before a
+//! frame reaches it).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use protocol::{DeviceMessageType, DeviceToServer, Frame, RawValue, Register};
+use tracing::{Span, debug, info};
+
+use super::{Replies, Session};
+use crate::core::Core;
+use crate::core::error::ServerError;
+use crate::core::outbox::Outbox;
+use crate::core::outgoing::{Json, Outgoing};
+use crate::core::registry::{DeviceRegistration, ForwardError, IdTaken};
+
+/// One device connection.
+#[derive(Debug)]
+pub struct DeviceSession {
+    replies: Replies,
+    registration: Option<DeviceRegistration>,
+    /// `register` must arrive before this (D15).
+    register_by: Instant,
+}
+
+impl DeviceSession {
+    /// A device connection opened at `now`.
+    pub fn new(core: Arc<Core>, outbox: Outbox, now: Instant) -> Self {
+        let register_by = now + core.settings.handshake_timeout;
+        Self {
+            replies: Replies { core, outbox },
+            registration: None,
+            register_by,
+        }
+    }
+
+    /// The id this device holds, once registered.
+    pub fn device_id(&self) -> Option<&str> {
+        self.registration
+            .as_ref()
+            .map(DeviceRegistration::device_id)
+    }
+
+    /// A `register` whose fields decoded (D1, D3, D4).
+    pub fn register(&mut self, register: Register<'_>) {
+        if let Some(registration) = &self.registration {
+            // D4
+            let id = registration.device_id().to_owned();
+            return self.replies.send_error(ServerError::AlreadyRegistered(id));
+        }
+        let core = &self.replies.core;
+        let outbox = self.replies.outbox.clone();
+        match core
+            .registry
+            .register(&register.device_id, register.device_info, outbox)
+        {
+            Ok(registration) => {
+                // D1
+                Span::current().record("device_id", registration.device_id());
+                info!("device registered");
+                let _ = self.replies.send(Outgoing::Config(core.config()));
+                self.registration = Some(registration);
+            }
+            Err(IdTaken) => {
+                // D3: the holder is untouched.
+                debug!(device_id = %register.device_id, "device id already taken");
+                let id = register.device_id.into_owned();
+                self.replies.send_error(ServerError::DeviceIdTaken(id));
+            }
+        }
+    }
+
+    /// A `forward` whose fields decoded (D5–D8).
+    pub fn forward(&mut self, client_id: u64, payload: &RawValue) {
+        let Some(registration) = &self.registration else {
+            // D5
+            return self.replies.send_error(ServerError::NotRegistered);
+        };
+        match registration.send_to_client(client_id, Json::new(payload)) {
+            // D6
+            Ok(()) => {
+                self.replies.core.relayed_to_client.inc();
+            }
+            // The client is leaving (it is closing, or was too slow): the
+            // device hears client_disconnected when it has left.
+            Err(ForwardError::NotQueued(_)) => {}
+            // D7: the reply the reference gives.
+            Err(ForwardError::Departed) => {
+                let _ = self
+                    .replies
+                    .send(Outgoing::ClientDisconnected { client_id });
+            }
+            // D8
+            Err(ForwardError::Unknown) => {
+                self.replies
+                    .send_error(ServerError::UnknownClient(client_id));
+            }
+        }
+    }
+}
+
+impl Session for DeviceSession {
+    fn on_text(&mut self, text: &str, _now: Instant) {
+        let frame = match Frame::<DeviceMessageType>::parse(text) {
+            Ok(frame) => frame,
+            // D11, D12
+            Err(e) => return self.replies.send_error(e.into()),
+        };
+        // The state decides before the fields (PROTOCOL.md, Errors: the
+        // order a message is checked in).
+        match (frame.message_type(), &self.registration) {
+            (DeviceMessageType::Register, Some(registration)) => {
+                // D4
+                let id = registration.device_id().to_owned();
+                self.replies.send_error(ServerError::AlreadyRegistered(id));
+            }
+            // D5
+            (DeviceMessageType::Forward, None) => {
+                self.replies.send_error(ServerError::NotRegistered);
+            }
+            (_, _) => match frame.into_message() {
+                Ok(DeviceToServer::Register(register)) => self.register(register),
+                Ok(DeviceToServer::Forward(forward)) => {
+                    self.forward(forward.client_id, forward.payload);
+                }
+                // D2 (ends the session), D9, D10
+                Err(e) => self.replies.send_error(e.into()),
+            },
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.registration.is_none().then_some(self.register_by)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        // D15
+        if self.registration.is_none() && now >= self.register_by {
+            self.replies.send_error(ServerError::RegistrationTimeout);
+        }
+    }
+
+    fn replies(&self) -> &Replies {
+        &self.replies
+    }
+}

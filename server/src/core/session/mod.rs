@@ -1,0 +1,66 @@
+//! The per-connection state machines: they turn decoded frames into
+//! registry calls and replies, and do no I/O of their own.
+//!
+//! Everything a session sends goes into its connection's outbox, so replies
+//! and relayed messages leave in one order. A front door owns the transport
+//! and drives the session through [`Connection`](super::Connection).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::Core;
+use super::error::ServerError;
+use super::outbox::{Outbox, PushError};
+use super::outgoing::Outgoing;
+
+pub mod client;
+pub mod device;
+
+pub use client::ClientSession;
+pub use device::DeviceSession;
+
+/// A connection's state machine, as its front door sees it.
+///
+/// Its methods run inside the connection's tracing span (the front door
+/// instruments the connection with it), so a session names its device and
+/// client ids on `Span::current()` instead of keeping a handle of its own.
+pub trait Session {
+    /// A text frame arrived at `now`.
+    fn on_text(&mut self, text: &str, now: Instant);
+    /// When `handle_timeout` is due, if ever.
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// A deadline passed.
+    fn handle_timeout(&mut self, now: Instant);
+    /// Where it sends.
+    fn replies(&self) -> &Replies;
+}
+
+/// The sending half every session has: its own outbox, plus accounting.
+#[derive(Debug)]
+pub struct Replies {
+    pub core: Arc<Core>,
+    pub outbox: Outbox,
+}
+
+impl Replies {
+    /// Sends `error` as the variant says: an error frame, then, if the
+    /// error ends the session, a close. Counted on /metrics by its label.
+    pub fn send_error(&self, error: ServerError) {
+        self.core.metrics.error_sent(&error);
+        if error.is_fatal() {
+            if error.sends_error_frame() {
+                // A full outbox is closed as a slow consumer anyway; the
+                // close below is queued regardless of the bound.
+                let _ = self.outbox.push(Outgoing::Error(error.clone()));
+            }
+            self.outbox.push_close(error);
+        } else {
+            let _ = self.outbox.push(Outgoing::Error(error));
+        }
+    }
+
+    /// Queues a reply of the session's own (not an error).
+    pub fn send(&self, item: Outgoing) -> Result<(), PushError> {
+        self.outbox.push(item)
+    }
+}

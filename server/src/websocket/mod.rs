@@ -1,0 +1,230 @@
+//! The seed's websocket front door: `/register_device` and `/connect_client`.
+//!
+//! An upgrade request is admitted (token, shutdown, connection limits),
+//! its handshake checked, and answered 101; the upgraded socket then gets a
+//! task of its own (`connection.rs`) that drives a core connection. This
+//! module and its children own sockets; nothing here decides the protocol.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tracing::{Instrument, Span, field, info_span, warn};
+
+use crate::ServerState;
+use crate::core::session::{ClientSession, DeviceSession};
+use crate::core::{Connection, Keepalive};
+use crate::http::{Refusal, Upgrading, token_accepted};
+use crate::limits::Permit;
+use crate::metrics::Endpoint;
+use read_ahead::ReadAhead;
+
+mod connection;
+pub(crate) mod encode;
+mod read_ahead;
+
+/// Answers a websocket request on `endpoint`: a refusal, or 101 with the
+/// connection's task spawned.
+pub(crate) fn upgrade(
+    state: Arc<ServerState>,
+    peer: SocketAddr,
+    mut request: Request,
+    endpoint: Endpoint,
+) -> Response {
+    let admitted = admit(&state, peer, &request, endpoint)
+        .and_then(|permit| Ok((permit, Handshake::read(request.headers())?)));
+    let (permit, handshake) = match admitted {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal.respond(&state),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    if let Some(upgrading) = request.extensions().get::<Upgrading>() {
+        upgrading.0.store(true, Ordering::Release);
+    }
+    let span = connection_span(endpoint, peer);
+    let task = serve(state.clone(), endpoint, permit, on_upgrade);
+    state.tracker.spawn(task.instrument(span));
+    handshake.response()
+}
+
+/// The checks before the handshake, in PROTOCOL.md's order (Refusals
+/// before the upgrade): token (401), shutdown (503), connection limits
+/// (503, 429). The permit holds the connection's place.
+fn admit(
+    state: &ServerState,
+    peer: SocketAddr,
+    request: &Request,
+    endpoint: Endpoint,
+) -> Result<Permit, Refusal> {
+    if !token_accepted(state, endpoint, request) {
+        return Err(Refusal::Unauthorized);
+    }
+    if state.shutdown.is_cancelled() {
+        return Err(Refusal::ShuttingDown);
+    }
+    state.limiter.try_acquire(peer.ip()).map_err(Refusal::from)
+}
+
+/// A valid websocket handshake request, as far as the answer needs it.
+#[derive(Debug)]
+struct Handshake {
+    accept: String,
+    /// The client offered Cuttlefish's subprotocol; it is echoed.
+    subprotocol: bool,
+}
+
+impl Handshake {
+    /// Checks the upgrade request (RFC 6455 §4.2.1): 426 when it is not a
+    /// websocket upgrade of version 13, 400 without a key.
+    fn read(headers: &HeaderMap) -> Result<Self, Refusal> {
+        let is_upgrade = header_has_token(headers, header::CONNECTION, "upgrade")
+            && header_has_token(headers, header::UPGRADE, "websocket");
+        if !is_upgrade {
+            return Err(Refusal::NotAnUpgrade);
+        }
+        if headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_none_or(|v| v.as_bytes() != b"13")
+        {
+            return Err(Refusal::WrongVersion);
+        }
+        let key = headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .ok_or(Refusal::MissingKey)?;
+        Ok(Self {
+            accept: derive_accept_key(key.as_bytes()),
+            subprotocol: header_has_token(
+                headers,
+                header::SEC_WEBSOCKET_PROTOCOL,
+                protocol::SUBPROTOCOL,
+            ),
+        })
+    }
+
+    /// The 101 answer.
+    fn response(self) -> Response {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Ok(accept) = HeaderValue::from_str(&self.accept) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        if self.subprotocol {
+            headers.insert(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(protocol::SUBPROTOCOL),
+            );
+        }
+        response
+    }
+}
+
+/// Whether a comma-separated header holds `token`, ignoring case.
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The span every line of one connection is logged in; the session fills
+/// in the ids.
+fn connection_span(endpoint: Endpoint, peer: SocketAddr) -> Span {
+    match endpoint {
+        Endpoint::RegisterDevice => info_span!("device", %peer, device_id = field::Empty),
+        Endpoint::ConnectClient => {
+            info_span!("client", %peer, device_id = field::Empty, client_id = field::Empty)
+        }
+    }
+}
+
+/// The connection's task: waits for the upgrade, then drives a device or
+/// client session over the socket until it ends.
+///
+/// A plain function returning an `async move` block, like `drive`, so the
+/// task's state holds its arguments once.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice in every idle connection"
+)]
+fn serve(
+    state: Arc<ServerState>,
+    endpoint: Endpoint,
+    permit: Permit,
+    on_upgrade: OnUpgrade,
+) -> impl Future<Output = ()> {
+    async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                warn!(error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        let ws = WebSocketStream::from_raw_socket(
+            ReadAhead::new(TokioIo::new(upgraded)),
+            Role::Server,
+            Some(state.ws_config),
+        )
+        .await;
+        let gauge = state.core.metrics.connections(endpoint);
+        gauge.inc();
+        let core = state.core.clone();
+        let keepalive = Keepalive {
+            idle: state.config.idle_timeout,
+            ping: Some(state.config.ping_interval),
+        };
+        let now = tokio::time::Instant::now().into_std();
+        let shutdown = state.shutdown.clone();
+        match endpoint {
+            Endpoint::RegisterDevice => {
+                let session = DeviceSession::new(core.clone(), core.outbox(), now);
+                let conn = Connection::new(session, keepalive, now);
+                connection::drive(ws, conn, &state, shutdown).await;
+            }
+            Endpoint::ConnectClient => {
+                let session = ClientSession::new(core.clone(), core.outbox(), now);
+                let conn = Connection::new(session, keepalive, now);
+                connection::drive(ws, conn, &state, shutdown).await;
+            }
+        }
+        gauge.dec();
+        drop(permit);
+    }
+}
+
+/// How many bytes of frames may wait for the end of a batch before
+/// tungstenite writes them out anyway.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// The websocket settings every connection gets.
+pub(crate) fn websocket_config(config: &crate::ServerConfig) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(config.read_buffer_bytes)
+        // Frames queue in the write buffer until the connection task
+        // flushes after its batch: one write syscall per batch, not per
+        // frame. This is a threshold, not an allocation.
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(
+            config
+                .outbox_bytes
+                .saturating_add(config.max_message_bytes)
+                .max(2 * WRITE_BUFFER_BYTES),
+        )
+        .max_message_size(Some(config.max_message_bytes))
+        .max_frame_size(Some(config.max_message_bytes))
+}
