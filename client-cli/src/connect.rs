@@ -10,7 +10,7 @@ use peer::rtc_peer::{
     PeerEvent, PeerSettings, RemoteCandidates, answer_offer, build_peer, count_frames,
 };
 use peer::signaling::{ConnectOptions, Socket};
-use protocol::payload::Payload;
+use protocol::payload::{Payload, Phase};
 use protocol::{ClientForward, ClientToServer, Connect, RawValue, ServerToClient};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -49,34 +49,23 @@ pub struct ConnectArgs {
     peer: PeerSettings,
 }
 
-/// The phases of a handshake, in the order they normally happen.
-const PHASES: [&str; 8] = [
-    "websocket open",
-    "config",
-    "device_info",
-    "offer received",
-    "answer sent",
-    "ICE connected",
-    "DTLS connected",
-    "data channel open",
-];
-
 /// What happened when, printed as it happens (or collected for --json).
 struct Timeline {
     started: Instant,
     json: bool,
-    reached: Vec<(&'static str, f64)>,
+    reached: Vec<(Phase, f64)>,
     notes: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Timeline {
-    fn mark(&mut self, phase: &'static str, detail: &str) {
+    fn mark(&mut self, phase: Phase, detail: &str) {
         let ms = self.started.elapsed().as_secs_f64() * 1e3;
         if self.reached.iter().any(|(p, _)| *p == phase) {
             return;
         }
         self.reached.push((phase, ms));
         if !self.json {
+            let phase = phase.name();
             if detail.is_empty() {
                 println!("{ms:>9.1} ms  {phase}");
             } else {
@@ -86,10 +75,10 @@ impl Timeline {
     }
 
     fn missing(&self) -> Vec<&'static str> {
-        PHASES
-            .iter()
-            .copied()
+        Phase::REQUIRED
+            .into_iter()
             .filter(|p| !self.reached.iter().any(|(r, _)| r == p))
+            .map(Phase::name)
             .collect()
     }
 
@@ -100,7 +89,7 @@ impl Timeline {
         let phases: serde_json::Map<String, serde_json::Value> = self
             .reached
             .iter()
-            .map(|(phase, ms)| ((*phase).to_owned(), json!(round(*ms))))
+            .map(|(phase, ms)| (phase.name().to_owned(), json!(round(*ms))))
             .collect();
         let mut out = json!({
             "ok": ok,
@@ -187,7 +176,7 @@ async fn handshake(
 ) -> Result<()> {
     let mut socket = options.connect(protocol::CONNECT_CLIENT_PATH).await?;
     timeline.mark(
-        "websocket open",
+        Phase::WebsocketOpen,
         &options.endpoint_url(protocol::CONNECT_CLIENT_PATH)?,
     );
     let connect = ClientToServer::Connect(Connect {
@@ -198,11 +187,17 @@ async fn handshake(
     let ServerMessage::Config(ice_servers) = next(&mut socket).await? else {
         bail!("the server did not send config first");
     };
-    timeline.mark("config", &format!("{} ICE server(s)", ice_servers.len()));
+    timeline.mark(
+        Phase::Config,
+        &format!("{} ICE server(s)", ice_servers.len()),
+    );
     let ServerMessage::DeviceInfo(info) = next(&mut socket).await? else {
         bail!("the server did not send device_info after config");
     };
-    timeline.mark("device_info", &info.chars().take(100).collect::<String>());
+    timeline.mark(
+        Phase::DeviceInfo,
+        &info.chars().take(100).collect::<String>(),
+    );
     if let Ok(value) = serde_json::from_str::<serde_json::Value>(&info) {
         timeline.notes.insert("device_info".into(), value);
     }
@@ -230,10 +225,10 @@ async fn handshake(
                 };
                 match payload {
                     Payload::Offer { sdp } => {
-                        timeline.mark("offer received", &format!("{} bytes of SDP", sdp.len()));
+                        timeline.mark(Phase::OfferReceived, &format!("{} bytes of SDP", sdp.len()));
                         let sdp = answer_offer(&pc, &mut candidates, sdp).await?;
                         forward(&mut socket, &Payload::Answer { sdp }).await?;
-                        timeline.mark("answer sent", "");
+                        timeline.mark(Phase::AnswerSent, "");
                     }
                     Payload::IceCandidate(candidate) => candidates.add(&pc, candidate).await?,
                     Payload::Error { error } => bail!("the device says: {error}"),
@@ -246,20 +241,20 @@ async fn handshake(
                     forward(&mut socket, &Payload::nested_candidate(candidate)).await?;
                 }
                 PeerEvent::IceConnectionState(RTCIceConnectionState::Connected) => {
-                    timeline.mark("ICE connected", "");
+                    timeline.mark(Phase::IceConnected, "");
                 }
                 PeerEvent::IceConnectionState(RTCIceConnectionState::Failed) => {
                     bail!("ICE failed: no candidate pair works");
                 }
                 PeerEvent::ConnectionState(RTCPeerConnectionState::Connected) => {
-                    timeline.mark("DTLS connected", "");
+                    timeline.mark(Phase::DtlsConnected, "");
                 }
                 PeerEvent::ConnectionState(RTCPeerConnectionState::Failed) => {
                     bail!("the peer connection failed");
                 }
                 PeerEvent::DataChannel(dc) => channel = Some(dc),
                 PeerEvent::Track(track) => {
-                    timeline.mark("video track", "");
+                    timeline.mark(Phase::VideoTrack, "");
                     video = Some(count_frames(track, args.request_keyframe.then_some(10)));
                 }
                 _ => {}
@@ -270,7 +265,7 @@ async fn handshake(
                         Some(dc) => dc.label().await.unwrap_or_default(),
                         None => String::new(),
                     };
-                    timeline.mark("data channel open", &format!("label {label:?}"));
+                    timeline.mark(Phase::DataChannelOpen, &format!("label {label:?}"));
                     channel_open = true;
                 }
                 Some(DataChannelEvent::OnClose) | None => bail!("the data channel closed before opening"),
@@ -316,7 +311,7 @@ async fn handshake(
             () = tokio::time::sleep_until(video_until) => {}
             Some(event) = events.recv() => {
                 if let PeerEvent::Track(track) = event {
-                    timeline.mark("video track", "");
+                    timeline.mark(Phase::VideoTrack, "");
                     video = Some(count_frames(track, args.request_keyframe.then_some(10)));
                 }
             }

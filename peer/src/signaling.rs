@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use futures_util::{SinkExt, StreamExt};
-use protocol::{ClientToServer, DeviceToServer};
+use futures_util::StreamExt;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -432,18 +431,6 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
-}
-
-/// Sends a device's message.
-pub async fn send_device(socket: &mut Socket, message: &DeviceToServer<'_>) -> Result<()> {
-    socket.send(Message::text(message.encode())).await?;
-    Ok(())
-}
-
-/// Sends a client's message.
-pub async fn send_client(socket: &mut Socket, message: &ClientToServer<'_>) -> Result<()> {
-    socket.send(Message::text(message.encode())).await?;
-    Ok(())
 }
 
 /// The next text frame, skipping pings; `None` when the server closed.

@@ -220,3 +220,49 @@ mod tests {
         );
     }
 }
+
+/// The steps of one client's handshake with a device, by the names the
+/// tools report them under (`client-cli connect`'s timeline and its
+/// `--json` report, which `cargo xtask` reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    WebsocketOpen,
+    Config,
+    DeviceInfo,
+    OfferReceived,
+    AnswerSent,
+    IceConnected,
+    DtlsConnected,
+    DataChannelOpen,
+    /// The device's video track arrived; not every device sends one.
+    VideoTrack,
+}
+
+impl Phase {
+    /// What a successful handshake reaches, in the order it normally does.
+    pub const REQUIRED: [Phase; 8] = [
+        Self::WebsocketOpen,
+        Self::Config,
+        Self::DeviceInfo,
+        Self::OfferReceived,
+        Self::AnswerSent,
+        Self::IceConnected,
+        Self::DtlsConnected,
+        Self::DataChannelOpen,
+    ];
+
+    /// The name it is reported under.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::WebsocketOpen => "websocket open",
+            Self::Config => "config",
+            Self::DeviceInfo => "device_info",
+            Self::OfferReceived => "offer received",
+            Self::AnswerSent => "answer sent",
+            Self::IceConnected => "ICE connected",
+            Self::DtlsConnected => "DTLS connected",
+            Self::DataChannelOpen => "data channel open",
+            Self::VideoTrack => "video track",
+        }
+    }
+}

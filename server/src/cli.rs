@@ -119,8 +119,9 @@ pub struct Cli {
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub outbox_messages: u64,
 
-    /// Most bytes queued for one connection; past it the connection is
-    /// closed as a slow consumer (1008).
+    /// Most bytes queued for one connection (the raw JSON of the payloads
+    /// and device_info it waits to send); past it the connection is closed
+    /// as a slow consumer (1008).
     #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub outbox_bytes: u64,
 

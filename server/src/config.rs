@@ -28,7 +28,7 @@ pub struct ServerConfig {
     /// slow consumer.
     pub outbox_messages: usize,
     /// The most bytes queued for one connection before it counts as a slow
-    /// consumer.
+    /// consumer: the raw JSON of the payloads and device_info queued.
     pub outbox_bytes: usize,
     /// How long a new connection has to `register` or `connect`; also the
     /// limit for a TLS handshake and an HTTP request head.

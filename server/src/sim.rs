@@ -416,7 +416,7 @@ impl Sim {
                     return Err(self.fail(format!("conn {i}: outbox overflowed")));
                 }
                 for item in batch.items {
-                    match encode::frame(&item) {
+                    match encode::frame(item) {
                         Some(text) => {
                             let frame: Value = serde_json::from_str(&text).map_err(|e| {
                                 self.fail(format!(

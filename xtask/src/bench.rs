@@ -19,7 +19,13 @@ pub fn handshake(root: &Path) -> Result<()> {
     let server = tools.server("handshake", &[])?;
     let _device = tools.fake_device("handshake", &server, "bench-device")?;
 
-    let phases = ["ICE connected", "DTLS connected", "data channel open"];
+    use protocol::payload::Phase;
+    let phases = [
+        Phase::IceConnected,
+        Phase::DtlsConnected,
+        Phase::DataChannelOpen,
+    ]
+    .map(Phase::name);
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); phases.len()];
     let mut rtts = Vec::new();
     for run in 0..RUNS {

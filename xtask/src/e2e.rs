@@ -32,18 +32,6 @@ pub struct Server {
     pub tool_flags: Vec<String>,
 }
 
-/// The eight phases `client-cli connect` reports on success.
-const PHASES: [&str; 8] = [
-    "websocket open",
-    "config",
-    "device_info",
-    "offer received",
-    "answer sent",
-    "ICE connected",
-    "DTLS connected",
-    "data channel open",
-];
-
 impl Tools {
     pub fn command(&self, binary: &str) -> Command {
         let mut command = Command::new(self.bin_dir.join(binary));
@@ -197,7 +185,7 @@ fn check_connect(output: &std::process::Output) -> Result<Value> {
         report["ok"] == true,
         "client-cli reported failure: {report}"
     );
-    for phase in PHASES {
+    for phase in protocol::payload::Phase::REQUIRED.map(protocol::payload::Phase::name) {
         ensure!(
             report["phases_ms"][phase].is_number(),
             "phase {phase:?} missing from {report}"

@@ -11,17 +11,24 @@ use super::error::ServerError;
 /// Raw JSON text, forwarded verbatim and never re-encoded (PROTOCOL.md,
 /// Promises, 2): a `payload` or a `device_info` as it arrived.
 ///
-/// A relayed payload is copied out of its sender's frame once, into an
-/// allocation of its own: a slice of the frame would keep the sender's
-/// whole read buffer alive while the payload waits in an outbox, and the
-/// outbox's byte bound would no longer bound memory. A `device_info` is
-/// shared by every client of its device.
+/// A relayed payload is copied out of its sender's frame once: a slice of
+/// that frame would keep the sender's whole read buffer alive while the
+/// payload waits in an outbox, and the outbox's byte bound would no longer
+/// bound memory. The one copy goes into the protocol frame that carries the
+/// payload to its receiver ([`Outgoing::device_msg`],
+/// [`Outgoing::client_msg`]), so the websocket front door, which nearly
+/// every receiver uses, sends it without copying again; every other front
+/// door reads the payload alone ([`Json::get`]). A `device_info` is shared
+/// by every client of its device.
 #[derive(Debug, Clone)]
 pub struct Json(Holder);
 
 #[derive(Debug, Clone)]
 enum Holder {
-    /// One receiver: a relayed payload.
+    /// The payload is `frame[start..frame.len() - 1]`: the protocol frame
+    /// that relays it ends with it, then the closing brace.
+    Framed { frame: String, start: usize },
+    /// One receiver, no frame around it.
     Owned(Box<RawValue>),
     /// Many receivers.
     Shared(Arc<RawValue>),
@@ -43,17 +50,39 @@ impl Json {
         Self::shared(protocol::NULL)
     }
 
-    /// As the protocol crate's raw value, for its encoders.
-    pub fn as_raw(&self) -> &RawValue {
-        match &self.0 {
-            Holder::Owned(raw) => raw,
-            Holder::Shared(raw) => raw,
-        }
+    /// `raw` inside `frame`, the protocol frame that relays it and ends with
+    /// it (the encoders write `payload` last).
+    fn framed(frame: String, raw: &RawValue) -> Self {
+        let start = frame.len() - 1 - raw.get().len();
+        debug_assert_eq!(&frame[start..frame.len() - 1], raw.get());
+        Self(Holder::Framed { frame, start })
     }
 
     /// The exact text.
     pub fn get(&self) -> &str {
-        self.as_raw().get()
+        match &self.0 {
+            Holder::Framed { frame, start } => &frame[*start..frame.len() - 1],
+            Holder::Owned(raw) => raw.get(),
+            Holder::Shared(raw) => raw.get(),
+        }
+    }
+
+    /// As the protocol crate's raw value, for its encoders; `None` when it
+    /// sits inside a frame (take that with [`Json::into_frame`]).
+    pub fn as_raw(&self) -> Option<&RawValue> {
+        match &self.0 {
+            Holder::Framed { .. } => None,
+            Holder::Owned(raw) => Some(raw),
+            Holder::Shared(raw) => Some(raw),
+        }
+    }
+
+    /// The protocol frame it was copied into, if it was.
+    pub fn into_frame(self) -> Result<String, Self> {
+        match self.0 {
+            Holder::Framed { frame, .. } => Ok(frame),
+            other => Err(Self(other)),
+        }
     }
 
     /// Its length in bytes.
@@ -96,6 +125,22 @@ pub enum Outgoing {
 }
 
 impl Outgoing {
+    /// A device's payload to a client.
+    pub fn device_msg(payload: &RawValue) -> Self {
+        let frame = protocol::ServerToClient::DeviceMsg(protocol::DeviceMsg { payload }).encode();
+        Self::DeviceMsg(Json::framed(frame, payload))
+    }
+
+    /// A client's payload to its device.
+    pub fn client_msg(client_id: u64, payload: &RawValue) -> Self {
+        let frame = protocol::ServerToDevice::ClientMsg(protocol::ClientMsg { client_id, payload })
+            .encode();
+        Self::ClientMsg {
+            client_id,
+            payload: Json::framed(frame, payload),
+        }
+    }
+
     /// What the item counts against its outbox's byte bound: the raw JSON
     /// it carries (the envelope around it is a few dozen bytes at most).
     pub fn queued_bytes(&self) -> usize {

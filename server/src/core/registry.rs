@@ -230,16 +230,15 @@ impl DeviceRegistration {
         &self.slot.id
     }
 
-    /// Sends a device's `payload` to client `client_id` of this device.
-    pub fn send_to_client(&self, client_id: u64, payload: Json) -> Result<(), ForwardError> {
+    /// Sends a device's message (an `Outgoing::device_msg`) to client
+    /// `client_id` of this device.
+    pub fn send_to_client(&self, client_id: u64, message: Outgoing) -> Result<(), ForwardError> {
         let clients = lock(&self.slot.clients);
         match clients.live.get(&client_id) {
             // Pushing under the lock keeps messages to one client in order
             // and never waits. A full outbox closes that client, which
             // then leaves as usual: the device hears client_disconnected.
-            Some(outbox) => outbox
-                .push(Outgoing::DeviceMsg(payload))
-                .map_err(ForwardError::NotQueued),
+            Some(outbox) => outbox.push(message).map_err(ForwardError::NotQueued),
             None if client_id < clients.next_id => Err(ForwardError::Departed),
             None => Err(ForwardError::Unknown),
         }
@@ -334,7 +333,7 @@ impl ClientLink {
     }
 
     /// Sends a client's payload to its device as `client_msg`.
-    pub fn send_to_device(&mut self, payload: Json) -> Result<(), NotAttached> {
+    pub fn send_to_device(&mut self, payload: &RawValue) -> Result<(), NotAttached> {
         self.refresh();
         let LinkState::Attached { slot, client_id } = &self.state else {
             return Err(NotAttached::Waiting);
@@ -343,10 +342,7 @@ impl ClientLink {
         // it, and its clients are then told it disconnected. A closed one
         // means it is already leaving. Either way the client hears of it.
         slot.outbox
-            .push(Outgoing::ClientMsg {
-                client_id: *client_id,
-                payload,
-            })
+            .push(Outgoing::client_msg(*client_id, payload))
             .map_err(NotAttached::Leaving)
     }
 

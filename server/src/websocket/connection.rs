@@ -190,10 +190,11 @@ where
 {
     let mut close = None;
     for item in batch.items.drain(..) {
-        let Some(text) = encode::frame(&item) else {
-            if let Outgoing::Close(error) = item {
-                close = Some(Ending::Close(error));
-            }
+        if let Outgoing::Close(error) = item {
+            close = Some(Ending::Close(error));
+            break;
+        }
+        let Some(text) = encode::frame(item) else {
             break;
         };
         state.core.metrics.bytes_out.inc_by(text.len() as u64);

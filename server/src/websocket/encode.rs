@@ -2,38 +2,54 @@
 //! JSON text frame of the protocol.
 
 use protocol::{
-    ClientDisconnected, ClientMsg, DeviceInfo, DeviceMsg, ErrorMsg, ServerToClient, ServerToDevice,
+    ClientDisconnected, ClientMsg, DeviceInfo, DeviceMsg, ErrorMsg, RawValue, ServerToClient,
+    ServerToDevice,
 };
 
-use crate::core::{Outgoing, ServerError};
+use crate::core::{Json, Outgoing, ServerError};
 
 /// The frame text of one item; `None` for a close, which is not a text
-/// frame.
-pub(crate) fn frame(item: &Outgoing) -> Option<String> {
+/// frame. A relayed payload already sits in its frame (see `core::Json`).
+pub(crate) fn frame(item: Outgoing) -> Option<String> {
     Some(match item {
         Outgoing::Config(config) => config.encode(),
-        Outgoing::DeviceInfo(info) => ServerToClient::DeviceInfo(DeviceInfo {
-            device_info: info.as_raw(),
-        })
-        .encode(),
-        Outgoing::DeviceMsg(payload) => ServerToClient::DeviceMsg(DeviceMsg {
-            payload: payload.as_raw(),
-        })
-        .encode(),
-        Outgoing::ClientMsg { client_id, payload } => ServerToDevice::ClientMsg(ClientMsg {
-            client_id: *client_id,
-            payload: payload.as_raw(),
-        })
-        .encode(),
-        Outgoing::ClientDisconnected { client_id } => {
-            ServerToDevice::ClientDisconnected(ClientDisconnected {
-                client_id: *client_id,
+        Outgoing::DeviceInfo(info) => with_raw(&info, |device_info| {
+            ServerToClient::DeviceInfo(DeviceInfo { device_info }).encode()
+        }),
+        Outgoing::DeviceMsg(payload) => payload.into_frame().unwrap_or_else(|payload| {
+            with_raw(&payload, |payload| {
+                ServerToClient::DeviceMsg(DeviceMsg { payload }).encode()
             })
-            .encode()
+        }),
+        Outgoing::ClientMsg { client_id, payload } => {
+            payload.into_frame().unwrap_or_else(|payload| {
+                with_raw(&payload, |payload| {
+                    ServerToDevice::ClientMsg(ClientMsg { client_id, payload }).encode()
+                })
+            })
         }
-        Outgoing::Error(error) => error_frame(error),
+        Outgoing::ClientDisconnected { client_id } => {
+            ServerToDevice::ClientDisconnected(ClientDisconnected { client_id }).encode()
+        }
+        Outgoing::Error(error) => error_frame(&error),
         Outgoing::Close(_) => return None,
     })
+}
+
+/// Calls `f` with `json` as the protocol's raw value. Only a payload laid
+/// out for another frame than the one asked for needs a copy (the core
+/// never makes one), so this is the slow way round for a case that does
+/// not happen.
+fn with_raw<R>(json: &Json, f: impl FnOnce(&RawValue) -> R) -> R {
+    match json.as_raw() {
+        Some(raw) => f(raw),
+        None => {
+            // Built only from raw values, so the text is valid JSON.
+            let copy = RawValue::from_string(json.get().to_owned())
+                .unwrap_or_else(|_| protocol::NULL.to_owned());
+            f(&copy)
+        }
+    }
 }
 
 /// `{"error": text}`; the same shape in both directions.

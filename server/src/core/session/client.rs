@@ -12,7 +12,7 @@ use super::{Replies, Session};
 use crate::core::Core;
 use crate::core::error::ServerError;
 use crate::core::outbox::Outbox;
-use crate::core::outgoing::{Json, Outgoing};
+use crate::core::outgoing::Outgoing;
 use crate::core::registry::{ClientLink, Connection, NotAttached};
 
 /// One client connection.
@@ -93,7 +93,7 @@ impl ClientSession {
             // C6
             return self.replies.send_error(ServerError::NotConnected);
         };
-        match link.send_to_device(Json::new(payload)) {
+        match link.send_to_device(payload) {
             // C7
             Ok(()) => {
                 self.replies.core.relayed_to_device.inc();

@@ -12,7 +12,7 @@ use super::{Replies, Session};
 use crate::core::Core;
 use crate::core::error::ServerError;
 use crate::core::outbox::Outbox;
-use crate::core::outgoing::{Json, Outgoing};
+use crate::core::outgoing::Outgoing;
 use crate::core::registry::{DeviceRegistration, ForwardError, IdTaken};
 
 /// One device connection.
@@ -77,7 +77,7 @@ impl DeviceSession {
             // D5
             return self.replies.send_error(ServerError::NotRegistered);
         };
-        match registration.send_to_client(client_id, Json::new(payload)) {
+        match registration.send_to_client(client_id, Outgoing::device_msg(payload)) {
             // D6
             Ok(()) => {
                 self.replies.core.relayed_to_client.inc();
