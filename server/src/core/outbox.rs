@@ -190,7 +190,6 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::outgoing::Json;
     use futures_util::FutureExt;
     use protocol::RawValue;
 
@@ -204,7 +203,7 @@ mod tests {
     /// A relayed payload of `text` (a JSON string literal's contents).
     fn msg(text: &str) -> Outgoing {
         let raw = RawValue::from_string(format!("\"{text}\"")).unwrap();
-        Outgoing::DeviceMsg(Json::new(&raw))
+        Outgoing::device_msg(&raw)
     }
 
     #[test]

@@ -28,18 +28,11 @@ enum Holder {
     /// The payload is `frame[start..frame.len() - 1]`: the protocol frame
     /// that relays it ends with it, then the closing brace.
     Framed { frame: String, start: usize },
-    /// One receiver, no frame around it.
-    Owned(Box<RawValue>),
     /// Many receivers.
     Shared(Arc<RawValue>),
 }
 
 impl Json {
-    /// A copy of `raw` for one receiver.
-    pub fn new(raw: &RawValue) -> Self {
-        Self(Holder::Owned(raw.to_owned()))
-    }
-
     /// A copy of `raw` that many receivers share.
     pub fn shared(raw: &RawValue) -> Self {
         Self(Holder::Shared(Arc::from(raw.to_owned())))
@@ -62,7 +55,6 @@ impl Json {
     pub fn get(&self) -> &str {
         match &self.0 {
             Holder::Framed { frame, start } => &frame[*start..frame.len() - 1],
-            Holder::Owned(raw) => raw.get(),
             Holder::Shared(raw) => raw.get(),
         }
     }
@@ -72,7 +64,6 @@ impl Json {
     pub fn as_raw(&self) -> Option<&RawValue> {
         match &self.0 {
             Holder::Framed { .. } => None,
-            Holder::Owned(raw) => Some(raw),
             Holder::Shared(raw) => Some(raw),
         }
     }
