@@ -6,16 +6,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use futures_util::SinkExt;
-use peer::rtc_peer::{
-    PeerEvent, PeerSettings, RemoteCandidates, answer_offer, build_peer, count_frames,
-};
+use peer::negotiation::{Event, Negotiation, Received, Side};
+use peer::rtc_peer::{PeerEvent, PeerSettings, build_peer, count_frames};
 use peer::signaling::{ConnectOptions, Socket};
 use protocol::payload::{Payload, Phase};
 use protocol::{ClientForward, ClientToServer, Connect, RawValue, ServerToClient};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
-use webrtc::peer_connection::{PeerConnection, RTCIceConnectionState, RTCPeerConnectionState};
+use webrtc::peer_connection::{RTCIceConnectionState, RTCPeerConnectionState};
 
 #[derive(Debug, clap::Args)]
 pub struct ConnectArgs {
@@ -139,7 +138,7 @@ pub async fn run(options: &ConnectOptions, args: ConnectArgs) -> Result<()> {
 }
 
 async fn forward(socket: &mut Socket, payload: &Payload) -> Result<()> {
-    let raw = RawValue::from_string(payload.to_json())?;
+    let raw = payload.to_raw();
     let message = ClientToServer::Forward(ClientForward { payload: &raw });
     socket.send(Message::text(message.encode())).await?;
     Ok(())
@@ -157,7 +156,7 @@ async fn next(socket: &mut Socket) -> Result<ServerMessage> {
         ServerToClient::DeviceInfo(info) => {
             ServerMessage::DeviceInfo(info.device_info.get().to_owned())
         }
-        ServerToClient::DeviceMsg(msg) => ServerMessage::Payload(msg.payload.get().to_owned()),
+        ServerToClient::DeviceMsg(msg) => ServerMessage::Payload(msg.payload.to_owned()),
         ServerToClient::Error(e) => bail!("the server says: {}", e.error),
     })
 }
@@ -165,7 +164,7 @@ async fn next(socket: &mut Socket) -> Result<ServerMessage> {
 enum ServerMessage {
     Config(Vec<protocol::IceServer>),
     DeviceInfo(String),
-    Payload(String),
+    Payload(Box<RawValue>),
 }
 
 async fn handshake(
@@ -202,7 +201,8 @@ async fn handshake(
         timeline.notes.insert("device_info".into(), value);
     }
 
-    let (pc, mut events) = build_peer(&args.peer, &ice_servers).await?;
+    let (pc, events) = build_peer(&args.peer, &ice_servers).await?;
+    let mut negotiation = Negotiation::with_peer(Side::Client, pc, events);
     forward(
         &mut socket,
         &Payload::RequestOffer {
@@ -211,53 +211,49 @@ async fn handshake(
     )
     .await?;
 
-    let mut candidates = RemoteCandidates::default();
     let mut channel: Option<Arc<dyn DataChannel>> = None;
     let mut channel_open = false;
     let mut video = None;
     while !channel_open {
         tokio::select! {
             message = next(&mut socket) => {
-                let ServerMessage::Payload(text) = message? else { continue };
-                let payload: Payload = match serde_json::from_str(&text) {
-                    Ok(payload) => payload,
-                    Err(_) => continue,
-                };
-                match payload {
-                    Payload::Offer { sdp } => {
-                        timeline.mark(Phase::OfferReceived, &format!("{} bytes of SDP", sdp.len()));
-                        let sdp = answer_offer(&pc, &mut candidates, sdp).await?;
-                        forward(&mut socket, &Payload::Answer { sdp }).await?;
+                let ServerMessage::Payload(raw) = message? else { continue };
+                // Payloads of other layers share the channel.
+                let Ok(payload) = Payload::from_raw(&raw) else { continue };
+                if let Payload::Offer { sdp } = &payload {
+                    timeline.mark(Phase::OfferReceived, &format!("{} bytes of SDP", sdp.len()));
+                }
+                match negotiation.receive(payload).await? {
+                    Received::Reply(answer) => {
+                        forward(&mut socket, &answer).await?;
                         timeline.mark(Phase::AnswerSent, "");
                     }
-                    Payload::IceCandidate(candidate) => candidates.add(&pc, candidate).await?,
-                    Payload::Error { error } => bail!("the device says: {error}"),
-                    _ => {}
+                    Received::RemoteError(error) => bail!("the device says: {error}"),
+                    // A device does not ask a client for offers.
+                    Received::OfferRequested(_) => {}
+                    Received::AnswerApplied | Received::CandidateTaken | Received::NoPeer(_) => {}
                 }
             }
-            event = events.recv() => match event.context("the peer connection stopped reporting")? {
-                // Sent nested, as a browser's RTCIceCandidate.toJSON() gives it.
-                PeerEvent::LocalCandidate(candidate) => {
-                    forward(&mut socket, &Payload::nested_candidate(candidate)).await?;
-                }
-                PeerEvent::IceConnectionState(RTCIceConnectionState::Connected) => {
+            event = negotiation.next_event() => match event.context("the peer connection stopped reporting")? {
+                Event::Send(candidate) => forward(&mut socket, &candidate).await?,
+                Event::Peer(PeerEvent::IceConnectionState(RTCIceConnectionState::Connected)) => {
                     timeline.mark(Phase::IceConnected, "");
                 }
-                PeerEvent::IceConnectionState(RTCIceConnectionState::Failed) => {
+                Event::Peer(PeerEvent::IceConnectionState(RTCIceConnectionState::Failed)) => {
                     bail!("ICE failed: no candidate pair works");
                 }
-                PeerEvent::ConnectionState(RTCPeerConnectionState::Connected) => {
+                Event::Peer(PeerEvent::ConnectionState(RTCPeerConnectionState::Connected)) => {
                     timeline.mark(Phase::DtlsConnected, "");
                 }
-                PeerEvent::ConnectionState(RTCPeerConnectionState::Failed) => {
+                Event::Peer(PeerEvent::ConnectionState(RTCPeerConnectionState::Failed)) => {
                     bail!("the peer connection failed");
                 }
-                PeerEvent::DataChannel(dc) => channel = Some(dc),
-                PeerEvent::Track(track) => {
+                Event::Peer(PeerEvent::DataChannel(dc)) => channel = Some(dc),
+                Event::Peer(PeerEvent::Track(track)) => {
                     timeline.mark(Phase::VideoTrack, "");
                     video = Some(count_frames(track, args.request_keyframe.then_some(10)));
                 }
-                _ => {}
+                Event::Peer(_) => {}
             },
             event = channel_event(&channel) => match event {
                 Some(DataChannelEvent::OnOpen) => {
@@ -309,8 +305,8 @@ async fn handshake(
     while tokio::time::Instant::now() < video_until {
         tokio::select! {
             () = tokio::time::sleep_until(video_until) => {}
-            Some(event) = events.recv() => {
-                if let PeerEvent::Track(track) = event {
+            Some(event) = negotiation.next_event() => {
+                if let Event::Peer(PeerEvent::Track(track)) = event {
                     timeline.mark(Phase::VideoTrack, "");
                     video = Some(count_frames(track, args.request_keyframe.then_some(10)));
                 }
@@ -363,7 +359,7 @@ async fn handshake(
             }
         }
     }
-    let _ = pc.close().await;
+    negotiation.close().await;
     let _ = socket.close(None).await;
     Ok(())
 }

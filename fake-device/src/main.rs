@@ -19,10 +19,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use futures_util::SinkExt;
-use peer::rtc_peer::{
-    PeerEvent, PeerSettings, RTCSessionDescription, RemoteCandidates, answer_offer, build_peer,
-    make_offer, nudge_until_open,
-};
+use peer::negotiation::{Event, Negotiation, Received, Side};
+use peer::rtc_peer::{PeerEvent, PeerSettings, build_peer, nudge_until_open};
 use peer::signaling::{ConnectError, ConnectOptions, Socket};
 use protocol::payload::Payload;
 use protocol::{DeviceForward, DeviceToServer, IceServer, RawValue, Register, ServerToDevice};
@@ -30,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{Instrument, debug, info, info_span, warn};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
-use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
+use webrtc::peer_connection::{PeerConnection as _, RTCPeerConnectionState};
 
 use crate::video::Clip;
 
@@ -125,14 +123,14 @@ async fn run(cli: Cli) -> Result<()> {
     let info = device_info(cli.device_info.as_deref())?;
     let clip = clip(&cli)?;
     let mut backoff = cli.reconnect_min;
-    let shutdown = shutdown_signal();
+    let shutdown = support::shutdown::signal();
     tokio::pin!(shutdown);
     loop {
         let session = serve(&cli, info.as_deref(), clip.as_ref());
         let outcome = tokio::select! {
             outcome = session => outcome,
-            () = &mut shutdown => {
-                info!("stopping");
+            signal = &mut shutdown => {
+                info!(%signal, "stopping");
                 return Ok(());
             }
         };
@@ -148,22 +146,9 @@ async fn run(cli: Cli) -> Result<()> {
         );
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
-            () = &mut shutdown => return Ok(()),
+            _ = &mut shutdown => return Ok(()),
         }
         backoff = (backoff * 2).min(cli.reconnect_max);
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        },
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
 }
 
@@ -218,7 +203,7 @@ async fn serve(
                 let Some(text) = text? else { break };
                 match ServerToDevice::decode(&text) {
                     Ok(ServerToDevice::ClientMsg(message)) => {
-                        let payload: Payload = match serde_json::from_str(message.payload.get()) {
+                        let payload = match Payload::from_raw(message.payload) {
                             Ok(payload) => payload,
                             Err(e) => {
                                 debug!(client_id = message.client_id, error = %e, "ignoring a payload of another layer");
@@ -285,10 +270,7 @@ fn spawn_client(
 
 /// Sends `payload` to client `client_id`.
 fn send(outgoing: &mpsc::UnboundedSender<String>, client_id: u64, payload: &Payload) {
-    let text = payload.to_json();
-    let Ok(raw) = RawValue::from_string(text) else {
-        return;
-    };
+    let raw = payload.to_raw();
     let forward = DeviceToServer::Forward(DeviceForward {
         client_id,
         payload: &raw,
@@ -305,25 +287,20 @@ async fn serve_client(
     default_ice_servers: Vec<IceServer>,
     clip: Option<Arc<Clip>>,
 ) -> Result<()> {
-    let mut peer = None;
+    let mut negotiation = Negotiation::new(Side::Device);
     // The video track of the current peer, until it connects; then its
     // player, which stops when dropped (a new peer, or the client left).
     let mut video_track = None;
     let mut player: Option<Player> = None;
-    let mut events: Option<mpsc::UnboundedReceiver<PeerEvent>> = None;
-    let mut candidates = RemoteCandidates::default();
     loop {
         tokio::select! {
             payload = payloads.recv() => {
                 let Some(payload) = payload else { break };
-                match payload {
-                    Payload::RequestOffer { ice_servers } => {
+                match negotiation.receive(payload).await? {
+                    Received::OfferRequested(ice_servers) => {
                         player = None;
-                        if let Some(old) = peer.take() {
-                            close_peer(old).await;
-                        }
                         let servers = if ice_servers.is_empty() { &default_ice_servers } else { &ice_servers };
-                        let (pc, receiver) = build_peer(settings, servers).await?;
+                        let (pc, events) = build_peer(settings, servers).await?;
                         let channel = pc.create_data_channel("echo", None).await?;
                         tokio::spawn(nudge_until_open(channel.clone(), NUDGE_LIMIT));
                         tokio::spawn(echo(channel).in_current_span());
@@ -331,46 +308,33 @@ async fn serve_client(
                             Some(_) => Some(video::add_track(&pc, client_id).await?),
                             None => None,
                         };
-                        let sdp = make_offer(&pc).await?;
-                        send(outgoing, client_id, &Payload::Offer { sdp });
+                        negotiation.set_peer(pc, events).await;
+                        send(outgoing, client_id, &negotiation.offer().await?);
                         info!("offer sent");
-                        candidates.reset();
-                        peer = Some(pc);
-                        events = Some(receiver);
                     }
-                    Payload::Answer { sdp } => {
-                        let Some(pc) = &peer else {
-                            warn!("answer without an offer; ignored");
-                            continue;
-                        };
-                        candidates.set_remote(pc, RTCSessionDescription::answer(sdp)?).await?;
-                        info!("answer applied");
-                    }
-                    Payload::Offer { sdp } => {
-                        // The client renegotiates (or offers first).
-                        if peer.is_none() {
-                            let (pc, receiver) = build_peer(settings, &default_ice_servers).await?;
-                            peer = Some(pc);
-                            events = Some(receiver);
-                        }
-                        let Some(pc) = &peer else { continue };
-                        let sdp = answer_offer(pc, &mut candidates, sdp).await?;
-                        send(outgoing, client_id, &Payload::Answer { sdp });
+                    Received::Reply(answer) => {
+                        send(outgoing, client_id, &answer);
                         info!("answered the client's offer");
                     }
-                    Payload::IceCandidate(candidate) => match &peer {
-                        Some(pc) => candidates.add(pc, candidate).await?,
-                        // Before any peer exists there is nothing to hold it for.
-                        None => debug!("candidate before request-offer; ignored"),
-                    },
-                    Payload::Error { error } => warn!(%error, "the client reports an error"),
+                    Received::AnswerApplied => info!("answer applied"),
+                    Received::CandidateTaken => {}
+                    Received::RemoteError(error) => warn!(%error, "the client reports an error"),
+                    // The client offers first: a peer for its offer.
+                    Received::NoPeer(offer @ Payload::Offer { .. }) => {
+                        let (pc, events) = build_peer(settings, &default_ice_servers).await?;
+                        negotiation.set_peer(pc, events).await;
+                        if let Received::Reply(answer) = negotiation.receive(offer).await? {
+                            send(outgoing, client_id, &answer);
+                            info!("answered the client's offer");
+                        }
+                    }
+                    // Before any peer exists there is nothing to hold it for.
+                    Received::NoPeer(other) => debug!(?other, "no peer yet; ignored"),
                 }
             }
-            Some(event) = next_event(&mut events) => match event {
-                PeerEvent::LocalCandidate(candidate) => {
-                    send(outgoing, client_id, &Payload::flat_candidate(candidate));
-                }
-                PeerEvent::ConnectionState(state) => {
+            Some(event) = negotiation.next_event() => match event {
+                Event::Send(candidate) => send(outgoing, client_id, &candidate),
+                Event::Peer(PeerEvent::ConnectionState(state)) => {
                     info!(%state, "peer connection state");
                     if state == RTCPeerConnectionState::Connected
                         && let (Some(track), Some(clip)) = (video_track.take(), &clip)
@@ -378,19 +342,19 @@ async fn serve_client(
                         player = Some(Player::start(track, clip.clone()));
                     }
                 }
-                PeerEvent::IceConnectionState(state) => debug!(%state, "ICE connection state"),
-                PeerEvent::DataChannel(channel) => {
+                Event::Peer(PeerEvent::IceConnectionState(state)) => debug!(%state, "ICE connection state"),
+                Event::Peer(PeerEvent::DataChannel(channel)) => {
                     tokio::spawn(echo(channel).in_current_span());
                 }
                 // A device shows its screen; it does not watch the client's.
-                PeerEvent::Track(_) => debug!("the client sends media; ignored"),
+                Event::Peer(PeerEvent::Track(_)) => debug!("the client sends media; ignored"),
+                // The negotiation hands our candidates out as `Event::Send`.
+                Event::Peer(PeerEvent::LocalCandidate(_)) => {}
             },
         }
     }
     drop(player);
-    if let Some(pc) = peer {
-        close_peer(pc).await;
-    }
+    negotiation.close().await;
     Ok(())
 }
 
@@ -413,19 +377,6 @@ impl Player {
 impl Drop for Player {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-async fn next_event(events: &mut Option<mpsc::UnboundedReceiver<PeerEvent>>) -> Option<PeerEvent> {
-    match events {
-        Some(events) => events.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn close_peer(pc: impl PeerConnection) {
-    if let Err(e) = pc.close().await {
-        debug!(error = %e, "closing the peer connection");
     }
 }
 

@@ -1,7 +1,9 @@
 //! What `fake-device` and `client-cli` share: the connection to a signaling
 //! server (ws or wss, tokens, certificates, errors a person can act on) and
-//! a WebRTC peer set up to work on these machines.
+//! a WebRTC peer set up to work on these machines, and the payload layer
+//! both sides speak over it.
 
+pub mod negotiation;
 pub mod rtc_peer;
 pub mod signaling;
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use protocol::IceServer;
-use protocol::payload::{CandidateInit, WireCandidate};
+use protocol::payload::CandidateInit;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
 use rtc::peer_connection::transport::RTCDtlsRole;
@@ -31,8 +31,6 @@ use webrtc::peer_connection::{
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, Registry, SettingEngineBuilder,
     register_default_interceptors,
 };
-
-pub use webrtc::peer_connection::RTCSessionDescription;
 
 /// Peer settings a user may want to change; the flags both tools share.
 #[derive(Debug, Clone, clap::Args)]
@@ -245,80 +243,6 @@ pub async fn nudge_until_open(channel: Arc<dyn DataChannel>, limit: Duration) {
         }
         tokio::time::sleep(NUDGE_INTERVAL).await;
     }
-}
-
-/// The remote side's candidates, applied once the remote description is set
-/// and buffered until then (they may arrive before the offer or answer).
-#[derive(Debug, Default)]
-pub struct RemoteCandidates {
-    early: Vec<CandidateInit>,
-    have_remote_description: bool,
-}
-
-impl RemoteCandidates {
-    /// Adds a candidate now, or keeps it for when the remote description
-    /// is set. End-of-candidates markers are skipped.
-    pub async fn add(&mut self, pc: &impl PeerConnection, candidate: WireCandidate) -> Result<()> {
-        if candidate.is_end_of_candidates() {
-            return Ok(());
-        }
-        let candidate = candidate.into_init();
-        if self.have_remote_description {
-            pc.add_ice_candidate(to_rtc_candidate(candidate)).await?;
-        } else {
-            self.early.push(candidate);
-        }
-        Ok(())
-    }
-
-    /// Sets the remote description, then applies the candidates kept so far.
-    pub async fn set_remote(
-        &mut self,
-        pc: &impl PeerConnection,
-        description: RTCSessionDescription,
-    ) -> Result<()> {
-        pc.set_remote_description(description).await?;
-        self.have_remote_description = true;
-        for candidate in self.early.drain(..) {
-            pc.add_ice_candidate(to_rtc_candidate(candidate)).await?;
-        }
-        Ok(())
-    }
-
-    /// A new peer connection starts with no remote description.
-    pub fn reset(&mut self) {
-        self.early.clear();
-        self.have_remote_description = false;
-    }
-}
-
-/// Applies the remote `offer` and returns the SDP of our answer.
-pub async fn answer_offer(
-    pc: &impl PeerConnection,
-    candidates: &mut RemoteCandidates,
-    offer_sdp: String,
-) -> Result<String> {
-    candidates
-        .set_remote(pc, RTCSessionDescription::offer(offer_sdp)?)
-        .await?;
-    let answer = pc.create_answer(None).await?;
-    pc.set_local_description(answer).await?;
-    Ok(pc
-        .local_description()
-        .await
-        .context("no local description after setting the answer")?
-        .sdp)
-}
-
-/// Creates an offer, sets it locally and returns its SDP.
-pub async fn make_offer(pc: &impl PeerConnection) -> Result<String> {
-    let offer = pc.create_offer(None).await?;
-    pc.set_local_description(offer).await?;
-    Ok(pc
-        .local_description()
-        .await
-        .context("no local description after setting the offer")?
-        .sdp)
 }
 
 /// Counts the frames arriving on a VP8 video track (an RTP packet with the

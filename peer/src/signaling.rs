@@ -8,7 +8,6 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result, anyhow, bail};
 use futures_util::StreamExt;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -278,42 +277,18 @@ impl ConnectOptions {
         }
     }
 
-    /// A plain HTTP GET of `path`, for `/devices` and friends.
+    /// A GET of `path` (under the URL's base path, with the token), for
+    /// `/devices`, `/metrics` and friends: its status and body.
     pub async fn http_get(&self, path: &str) -> Result<(u16, String)> {
-        let (mut stream, target) = self.open_stream(None).await?;
-        let mut request = format!(
-            "GET {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-            target.base_path,
-            authority(&target)
-        );
+        let (stream, target) = self.open_stream(None).await?;
+        let mut request = support::http::Request::get(&format!("{}{path}", target.base_path));
         if let Some(token) = &self.token {
-            request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+            request = request.header("Authorization", &format!("Bearer {token}"));
         }
-        request.push_str("\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
-        let text = String::from_utf8_lossy(&raw);
-        let Some((head, body)) = text.split_once("\r\n\r\n") else {
-            bail!(
-                "the server at {} did not answer HTTP; if it serves TLS, use wss://",
-                authority(&target)
-            );
-        };
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .context("the server's answer has no HTTP status")?;
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)?
-        } else {
-            body.to_owned()
-        };
-        Ok((status, body))
+        let response = support::http::send(stream, &authority(&target), request)
+            .await
+            .with_context(|| format!("GET {path} from {}", authority(&target)))?;
+        Ok((response.status, response.body))
     }
 }
 
@@ -348,19 +323,6 @@ fn authority(target: &Target) -> String {
         format!("[{}]:{}", target.host, target.port)
     } else {
         format!("{}:{}", target.host, target.port)
-    }
-}
-
-fn dechunk(mut body: &str) -> Result<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n").context("bad chunked body")?;
-        let size = usize::from_str_radix(size.trim(), 16).context("bad chunk size")?;
-        if size == 0 || rest.len() < size {
-            return Ok(out);
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
     }
 }
 

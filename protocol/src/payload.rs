@@ -18,7 +18,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::IceServer;
+use crate::{IceServer, RawValue};
 
 /// One message of the payload layer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +127,18 @@ impl Payload {
         // Plain structs of strings and numbers always serialize.
         serde_json::to_string(self).unwrap_or_else(|_| "null".to_owned())
     }
+
+    /// This payload as the raw JSON a `forward` carries.
+    pub fn to_raw(&self) -> Box<RawValue> {
+        // Plain structs of strings and numbers always serialize.
+        serde_json::value::to_raw_value(self).unwrap_or_else(|_| RawValue::NULL.to_owned())
+    }
+
+    /// The payload a `client_msg` or `device_msg` carries, if it is one of
+    /// this layer's (other layers may share the channel).
+    pub fn from_raw(raw: &RawValue) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(raw.get())
+    }
 }
 
 #[cfg(test)]
@@ -210,6 +222,9 @@ mod tests {
             },
         ] {
             assert_eq!(parse(&payload.to_json()), payload);
+            let raw = payload.to_raw();
+            assert_eq!(raw.get(), payload.to_json());
+            assert_eq!(Payload::from_raw(&raw).ok(), Some(payload));
         }
         // request-offer without ice_servers, as older clients send it.
         assert_eq!(

@@ -202,11 +202,8 @@ fn insecure_flag_allows_non_loopback_and_self_signed_prints_a_fingerprint() {
         .address
         .strip_prefix("0.0.0.0:")
         .expect("wildcard address");
-    let body = http_get_blocking(&format!("127.0.0.1:{port}"), "/devices");
-    assert!(
-        body.starts_with("HTTP/1.1 200") && body.ends_with("[]"),
-        "{body}"
-    );
+    let reply = http_get_blocking(&format!("127.0.0.1:{port}"), "/devices");
+    assert!(reply.status == 200 && reply.body == "[]", "{reply:?}");
 }
 
 /// Graceful shutdown under load: SIGTERM while 1,000 device/client pairs
@@ -419,25 +416,26 @@ fn ice_servers_file_and_stun_flags_fill_config() {
         "--ice-servers",
         path.to_str().unwrap(),
     ]);
-    let body = http_get_blocking(&server.address, "/infra_config");
-    assert!(
-        body.ends_with(r#"{"message_type":"config","ice_servers":[{"urls":["stun:127.0.0.1:3478"]},{"urls":["turn:127.0.0.1:3478"],"username":"u","credential":"c"}]}"#),
+    let body = http_get_blocking(&server.address, "/infra_config").body;
+    assert_eq!(
+        body,
+        r#"{"message_type":"config","ice_servers":[{"urls":["stun:127.0.0.1:3478"]},{"urls":["turn:127.0.0.1:3478"],"username":"u","credential":"c"}]}"#,
         "{body}"
     );
     let _ = std::fs::remove_file(path);
 }
 
-fn http_get_blocking(address: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
+/// `GET path` from `address` (`host:port`).
+fn http_get_blocking(address: &str, path: &str) -> support::http::Response {
+    try_http_get_blocking(address, path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+fn try_http_get_blocking(
+    address: &str,
+    path: &str,
+) -> Result<support::http::Response, support::http::Error> {
+    let address = address.parse().expect("a numeric host:port");
+    support::http::get_blocking(address, path)
 }
 
 // ---------------------------------------------------------------------------
@@ -464,7 +462,7 @@ fn reference_http_server_port() {
         .port();
     let server = Server::start_with(&[&format!("--http_server_port={port}")]);
     assert_eq!(server.address, format!("127.0.0.1:{port}"));
-    assert!(http_get_blocking(&server.address, "/healthz").ends_with("ok\n"));
+    assert_eq!(http_get_blocking(&server.address, "/healthz").body, "ok\n");
     // It names a port, so it cannot be given with --listen.
     let output = Command::new(BINARY)
         .args(["--listen", "127.0.0.1:0", "--http_server_port=1"])
@@ -496,7 +494,7 @@ fn reference_use_secure_http() {
     for off in ["--use_secure_http=false", "--nouse_secure_http"] {
         let plain = Server::start(&[off, &certs]);
         assert_eq!(plain.scheme, "ws", "{off}");
-        assert!(http_get_blocking(&plain.address, "/healthz").ends_with("ok\n"));
+        assert_eq!(http_get_blocking(&plain.address, "/healthz").body, "ok\n");
     }
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -507,8 +505,11 @@ fn reference_certs_dir() {
     let server = Server::start(&[&format!("--certs_dir={}", dir.display())]);
     assert_eq!(server.scheme, "wss");
     // Plain HTTP on the TLS port gets no HTTP answer.
-    let reply = http_get_blocking(&server.address, "/healthz");
-    assert!(!reply.starts_with("HTTP/1.1"), "{reply}");
+    let reply = try_http_get_blocking(&server.address, "/healthz");
+    assert!(
+        matches!(reply, Err(support::http::Error::NotHttp(_))),
+        "{reply:?}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -521,25 +522,30 @@ fn reference_assets_dir() {
     std::fs::write(dir.with_extension("secret"), "outside").unwrap();
     let server = Server::start(&[&format!("--assets_dir={}", dir.display())]);
     let index = http_get_blocking(&server.address, "/");
-    assert!(index.starts_with("HTTP/1.1 200"), "{index}");
+    assert_eq!(index.status, 200, "{index:?}");
     assert!(
-        index.contains("content-type: text/html; charset=utf-8"),
-        "{index}"
+        index.header("content-type") == Some("text/html; charset=utf-8"),
+        "{index:?}"
     );
-    assert!(index.ends_with("<h1>devices</h1>"), "{index}");
+    assert!(index.body.ends_with("<h1>devices</h1>"), "{index:?}");
     let script = http_get_blocking(&server.address, "/js/app.js");
-    assert!(script.contains("content-type: text/javascript"), "{script}");
-    assert!(script.ends_with("let x = 1;"), "{script}");
+    assert!(
+        script
+            .header("content-type")
+            .is_some_and(|value| value.starts_with("text/javascript")),
+        "{script:?}"
+    );
+    assert!(script.body.ends_with("let x = 1;"), "{script:?}");
     let name = dir.with_extension("secret");
     let name = name.file_name().unwrap().to_str().unwrap();
     for outside in [format!("/../{name}"), format!("/js/%2e%2e/../{name}")] {
         let reply = http_get_blocking(&server.address, &outside);
-        assert!(reply.starts_with("HTTP/1.1 404"), "{outside}: {reply}");
+        assert_eq!(reply.status, 404, "{outside}: {reply:?}");
     }
     let missing = http_get_blocking(&server.address, "/nothing.html");
-    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    assert_eq!(missing.status, 404, "{missing:?}");
     // The server's own endpoints come first.
-    assert!(http_get_blocking(&server.address, "/devices").ends_with("[]"));
+    assert_eq!(http_get_blocking(&server.address, "/devices").body, "[]");
     // A folder that is not there is refused at start.
     let output = Command::new(BINARY)
         .args([
@@ -563,9 +569,10 @@ fn reference_stun_server() {
         "--stun-server",
         "turn:127.0.0.1:3479",
     ]);
-    let body = http_get_blocking(&server.address, "/infra_config");
-    assert!(
-        body.ends_with(r#"{"message_type":"config","ice_servers":[{"urls":["stun:127.0.0.1:3478"]},{"urls":["turn:127.0.0.1:3479"]}]}"#),
+    let body = http_get_blocking(&server.address, "/infra_config").body;
+    assert_eq!(
+        body,
+        r#"{"message_type":"config","ice_servers":[{"urls":["stun:127.0.0.1:3478"]},{"urls":["turn:127.0.0.1:3479"]}]}"#,
         "{body}"
     );
 }

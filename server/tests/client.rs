@@ -127,7 +127,9 @@ async fn c03_alternative_flow_client_waits_for_its_device() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
+// The clock is paused: it moves only when every task waits, straight to
+// the next timer, so the timeouts below are virtual time.
+#[tokio::test(start_paused = true)]
 async fn c03_alternative_flow_wait_ends_with_not_found() {
     let server = TestServer::start(waiting_config(Duration::from_secs(1))).await;
     let mut client = server.client().await;
@@ -419,7 +421,9 @@ async fn c12_size_limit_is_exact() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
+// The clock is paused: it moves only when every task waits, straight to
+// the next timer, so the timeouts below are virtual time.
+#[tokio::test(start_paused = true)]
 async fn c13_connect_timeout() {
     let server = TestServer::start(ServerConfig {
         handshake_timeout: Duration::from_millis(400),

@@ -429,7 +429,9 @@ async fn d14_default_size_limit_is_64_kib() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
+// The clock is paused: it moves only when every task waits, straight to
+// the next timer, so the timeouts below are virtual time.
+#[tokio::test(start_paused = true)]
 async fn d15_registration_timeout() {
     let server = TestServer::start(signaling_server::ServerConfig {
         handshake_timeout: Duration::from_millis(400),

@@ -220,7 +220,9 @@ fn keepalive_config() -> ServerConfig {
     }
 }
 
-#[tokio::test]
+// The clock is paused: it moves only when every task waits, straight to
+// the next timer, so the timeouts below are virtual time.
+#[tokio::test(start_paused = true)]
 async fn idle_timeout_closes_a_peer_that_stops_answering_pings() {
     let server = TestServer::start(keepalive_config()).await;
     // This device never reads, so it never answers a ping.
@@ -262,7 +264,9 @@ async fn idle_timeout_closes_a_peer_that_stops_answering_pings() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
+// The clock is paused: it moves only when every task waits, straight to
+// the next timer, so the timeouts below are virtual time.
+#[tokio::test(start_paused = true)]
 async fn device_can_take_its_id_back_after_the_keepalive_reaps_it() {
     let server = TestServer::start(keepalive_config()).await;
     let _vanished = server.registered_device_with_info("cvd").await;
@@ -387,12 +391,14 @@ async fn shutdown_time_with_a_deaf_peer(
     })
     .await;
     let _deaf = server.registered_device_with_info("deaf").await;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     server.stop().await.unwrap();
     started.elapsed()
 }
 
-#[tokio::test]
+// The clock is paused: it moves only when every task waits, straight to
+// the next timer, so the timeouts below are virtual time.
+#[tokio::test(start_paused = true)]
 async fn close_timeout_bounds_the_wait_for_a_peer_that_never_answers() {
     let took =
         shutdown_time_with_a_deaf_peer(Duration::from_millis(300), Duration::from_secs(20)).await;
@@ -400,7 +406,9 @@ async fn close_timeout_bounds_the_wait_for_a_peer_that_never_answers() {
     assert!(took < Duration::from_secs(10), "{took:?}");
 }
 
-#[tokio::test]
+// The clock is paused: it moves only when every task waits, straight to
+// the next timer, so the timeouts below are virtual time.
+#[tokio::test(start_paused = true)]
 async fn shutdown_grace_bounds_the_whole_shutdown() {
     let took =
         shutdown_time_with_a_deaf_peer(Duration::from_secs(20), Duration::from_millis(300)).await;

@@ -140,7 +140,9 @@ async fn errors_have_the_reference_shape() {
 
 /// Client ids are shared with websocket clients (the next id), and a
 /// polling client's departure is announced like any other (C14).
-#[tokio::test]
+// The clock is paused: it moves only when every task waits, straight to
+// the next timer, so the timeouts below are virtual time.
+#[tokio::test(start_paused = true)]
 async fn ids_and_departures_as_for_websocket_clients() {
     let server = TestServer::start(ServerConfig {
         poll_timeout: Duration::from_millis(300),

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 const DEVICE_ID: &str = "cvd-demo";
 
@@ -26,16 +26,7 @@ pub fn run(root: &std::path::Path) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .context("listen for SIGTERM")?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result.context("wait for Ctrl-C")?,
-            _ = terminate.recv() => {}
-        }
-        anyhow::Ok(())
-    })?;
+    runtime.block_on(support::shutdown::signal());
     println!("demo: stopping");
     // Dropping the processes stops them; give the device a moment first.
     drop(device);

@@ -547,22 +547,11 @@ fn killed_mid_handshake(tools: &Tools) -> Result<String> {
 
 /// One sample of the server's /metrics, 0 when absent.
 fn metric(server: &Server, series: &str) -> Result<f64> {
-    use std::io::{Read, Write};
     let address = server.url.strip_prefix("ws://").context("a plain server")?;
-    let mut stream = std::net::TcpStream::connect(address)?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response
-        .lines()
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
-        })
-        .unwrap_or(0.0))
+    let address = address.parse().context("a numeric server address")?;
+    let metrics = support::http::get_blocking(address, "/metrics")?;
+    ensure!(metrics.status == 200, "GET /metrics: {}", metrics.status);
+    Ok(support::prometheus::sample_or_zero(&metrics.body, series))
 }
 
 /// The build step: every binary the scenarios run.

@@ -5,11 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use signaling_server::ServerConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -104,13 +103,7 @@ impl TestServer {
 
     /// The value of one metric line (name with labels), 0 when absent.
     pub async fn metric(&self, series: &str) -> f64 {
-        let body = self.get("/metrics").await.body;
-        body.lines()
-            .find_map(|line| {
-                let (name, value) = line.rsplit_once(' ')?;
-                (name == series).then(|| value.parse().ok())?
-            })
-            .unwrap_or(0.0)
+        support::prometheus::sample_or_zero(&self.get("/metrics").await.body, series)
     }
 }
 
@@ -248,98 +241,28 @@ impl Peer {
     }
 }
 
-/// A plain HTTP response.
-#[derive(Debug)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: String,
-    pub body: String,
-}
+pub use support::http::Response as HttpResponse;
 
-/// A minimal HTTP/1.1 GET, enough for the server's JSON and text endpoints.
+/// `GET path` with `headers`, answered within [`PROMPT`].
 pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-    http_request(addr, &format!("GET {path} HTTP/1.1"), headers).await
+    let request = headers.iter().fold(
+        support::http::Request::get(path),
+        |request, (name, value)| request.header(name, value),
+    );
+    http_request(addr, request).await
 }
 
-pub async fn http_request(
-    addr: SocketAddr,
-    request_line: &str,
-    headers: &[(&str, &str)],
-) -> HttpResponse {
-    try_http_request(addr, request_line, headers, "")
-        .await
-        .unwrap_or_else(|e| panic!("{request_line}: {e:#}"))
-}
-
-/// `POST path` with a JSON body.
+/// `POST path` with a JSON body, answered within [`PROMPT`].
 pub async fn http_post(addr: SocketAddr, path: &str, body: &str) -> HttpResponse {
-    let request_line = format!("POST {path} HTTP/1.1");
-    try_http_request(
-        addr,
-        &request_line,
-        &[("Content-Type", "application/json")],
-        body,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{request_line}: {e:#}"))
+    http_request(addr, support::http::Request::post_json(path, body)).await
 }
 
-async fn try_http_request(
-    addr: SocketAddr,
-    request_line: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Result<HttpResponse> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let mut request = format!("{request_line}\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if !body.is_empty() {
-        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(PROMPT, stream.read_to_end(&mut raw)).await??;
-    let text = String::from_utf8(raw)?;
-    let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
-    let status_line = head.lines().next().context("no status line")?;
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .context("no status")?
-        .parse()?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)?
-    } else {
-        body.to_owned()
-    };
-    Ok(HttpResponse {
-        status,
-        headers: head.to_owned(),
-        body,
-    })
-}
-
-fn dechunk(mut body: &str) -> Result<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n").context("chunk size")?;
-        let size = usize::from_str_radix(size.trim(), 16)?;
-        if size == 0 {
-            return Ok(out);
-        }
-        if rest.len() < size + 2 {
-            bail!("short chunk");
-        }
-        out.push_str(&rest[..size]);
-        body = &rest[size + 2..];
-    }
+async fn http_request(addr: SocketAddr, request: support::http::Request) -> HttpResponse {
+    let what = format!("{request:?}");
+    tokio::time::timeout(PROMPT, support::http::request(addr, request))
+        .await
+        .unwrap_or_else(|_| panic!("no answer within {PROMPT:?} to {what}"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 /// The HTTP status of a refused websocket upgrade.

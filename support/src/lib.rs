@@ -1,0 +1,15 @@
+//! Small pieces that the server binary, the tools and the tests share, so
+//! each exists once:
+//!
+//! - [`http`]: one HTTP/1.1 request over any byte stream (plain TCP or a
+//!   TLS session), answered with its status, headers and decoded body;
+//! - [`prometheus`]: reading one sample out of a Prometheus text
+//!   exposition;
+//! - [`shutdown`]: the future that resolves on SIGINT or SIGTERM.
+//!
+//! It depends on nothing the server does not already build (tokio, hyper),
+//! so the xtask runner can use it without pulling in the WebRTC stack.
+
+pub mod http;
+pub mod prometheus;
+pub mod shutdown;
