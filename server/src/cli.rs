@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use protocol::IceServer;
 
-use crate::config::{ServerConfig, default_max_connections};
+use crate::config::{CUTTLEFISH_POLL_BACKOFF_CAP, ServerConfig, default_max_connections};
 use crate::tls;
 
 /// A WebRTC signaling server for Cuttlefish-style devices and their clients.
@@ -170,7 +170,9 @@ pub struct Cli {
 
     /// A polling client (POST /connect, /forward, /poll_messages) that
     /// makes no request for this long is dropped, and its device told.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    /// Cuttlefish's clients wait up to 60 s between polls, so keep it
+    /// above that; the default is three such waits.
+    #[arg(long, default_value = "3m", value_parser = parse_duration)]
     pub poll_timeout: Duration,
 
     /// Initial read buffer of each websocket, in bytes; it grows for larger
@@ -232,6 +234,8 @@ pub enum CliError {
 pub struct Notes {
     /// Where a self-signed certificate was written, and its fingerprint.
     pub self_signed: Option<tls::SelfSigned>,
+    /// Settings that start but will surprise someone, said once at start.
+    pub warnings: Vec<String>,
 }
 
 impl Cli {
@@ -285,6 +289,13 @@ impl Cli {
             && !dir.is_dir()
         {
             return Err(CliError::AssetsDir(dir.clone()));
+        }
+        if self.poll_timeout <= CUTTLEFISH_POLL_BACKOFF_CAP {
+            notes.warnings.push(format!(
+                "--poll-timeout {} is not longer than the {} Cuttlefish's polling clients may wait between polls; they will be dropped while idle",
+                humantime::format_duration(self.poll_timeout),
+                humantime::format_duration(CUTTLEFISH_POLL_BACKOFF_CAP),
+            ));
         }
         if self.idle_timeout <= self.ping_interval {
             return Err(CliError::IdleShorterThanPing {

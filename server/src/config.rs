@@ -8,6 +8,17 @@ use protocol::IceServer;
 
 use crate::core::{OutboxLimits, RateLimit, Settings};
 
+/// The longest wait of Cuttlefish's polling clients between two polls: they
+/// poll 1 s after a poll that brought messages, else twice the last wait,
+/// up to this.
+pub const CUTTLEFISH_POLL_BACKOFF_CAP: Duration = Duration::from_secs(60);
+
+/// `--poll-timeout`'s default: three of Cuttlefish's longest waits, so a
+/// client whose timer a browser delays (background tabs get their timers
+/// batched) is not dropped, while one that is gone is dropped within three
+/// minutes.
+pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(180);
+
 /// Everything [`crate::run`] needs to know. [`ServerConfig::default`] gives
 /// the documented defaults; the binary fills it from its flags.
 #[derive(Debug, Clone)]
@@ -56,7 +67,9 @@ pub struct ServerConfig {
     /// `None` is no limit.
     pub rate_limit: Option<RateLimit>,
     /// A polling client (`POST /connect`) that makes no request for this
-    /// long is dropped, and its device told.
+    /// long is dropped, and its device told. Longer than
+    /// [`CUTTLEFISH_POLL_BACKOFF_CAP`], or Cuttlefish's own clients are
+    /// dropped while they wait.
     pub poll_timeout: Duration,
     /// Serve the files of this directory on every other GET path (the
     /// reference's `--assets_dir`).
@@ -109,7 +122,7 @@ impl Default for ServerConfig {
                 burst: 20_000,
             }),
             assets_dir: None,
-            poll_timeout: Duration::from_secs(30),
+            poll_timeout: DEFAULT_POLL_TIMEOUT,
             tls: None,
         }
     }

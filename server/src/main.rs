@@ -46,6 +46,9 @@ async fn main() -> anyhow::Result<()> {
             generated.fingerprint
         );
     }
+    for warning in &notes.warnings {
+        tracing::warn!("{warning}");
+    }
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

@@ -181,6 +181,18 @@ impl Peer {
         }
     }
 
+    /// The next text frame, however long it takes (for driven-time tests,
+    /// where [`PROMPT`] would pass in an instant); pings are skipped.
+    pub async fn recv_text_whenever(&mut self) -> String {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(text))) => return text.to_string(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
     pub async fn recv_json(&mut self) -> Value {
         let text = self.recv_text().await;
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
