@@ -51,6 +51,12 @@ pub struct BenchArgs {
     /// (from /proc) over the measured window.
     #[arg(long, global = true)]
     server_pid: Option<u32>,
+
+    /// Put the relay and idle modes' devices on this device socket (the
+    /// server's --device-socket) instead of /register_device; clients stay
+    /// on the websocket.
+    #[arg(long, global = true, value_name = "PATH")]
+    device_socket: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -141,6 +147,7 @@ pub async fn run(options: &ConnectOptions, args: BenchArgs) -> Result<()> {
         run_id: format!("{:x}", std::process::id()),
         json: args.json,
         server_pid: args.server_pid,
+        device_socket: args.device_socket,
     };
     match args.mode {
         Mode::Relay(relay) => run_relay(Arc::new(context), relay).await,
@@ -158,9 +165,41 @@ struct Bench {
     run_id: String,
     json: bool,
     server_pid: Option<u32>,
+    device_socket: Option<std::path::PathBuf>,
+}
+
+/// A device of the relay and idle modes, where `--device-socket` puts it.
+enum BenchDevice {
+    Websocket(Box<Socket>),
+    Socket(tokio_seqpacket::UnixSeqpacket),
 }
 
 impl Bench {
+    /// A registered device on the device socket if one was given, else on
+    /// the websocket; its `config` read.
+    async fn any_device(&self, device_id: &str) -> Result<BenchDevice> {
+        let Some(path) = &self.device_socket else {
+            return Ok(BenchDevice::Websocket(Box::new(
+                self.device(device_id).await?,
+            )));
+        };
+        let socket = tokio_seqpacket::UnixSeqpacket::connect(path)
+            .await
+            .with_context(|| format!("connect to the device socket {}", path.display()))?;
+        let register = DeviceToServer::Register(Register {
+            device_id: device_id.into(),
+            device_info: None,
+        });
+        socket.send(register.encode().as_bytes()).await?;
+        let mut buffer = vec![0u8; 64 * 1024];
+        let n = socket.recv(&mut buffer).await?.bytes_read();
+        let text = std::str::from_utf8(&buffer[..n])?;
+        match ServerToDevice::decode(text) {
+            Ok(ServerToDevice::Config(_)) => Ok(BenchDevice::Socket(socket)),
+            other => bail!("registering {device_id}: expected config, got {other:?}"),
+        }
+    }
+
     async fn connect(&self, path: &str) -> Result<Socket> {
         let n = self.next_source.fetch_add(1, Ordering::Relaxed) as usize;
         let source = (self.sources.len() > 1 || self.sources[0] != IpAddr::from([127, 0, 0, 1]))
@@ -321,6 +360,10 @@ fn parse_relay_payload(payload: &str) -> Option<(u64, u64)> {
 }
 
 async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
+    ensure!(
+        !(args.bare && bench.device_socket.is_some()),
+        "the bare relay has no device socket: drop --bare or --device-socket"
+    );
     let bar = bench.progress("connecting");
     let epoch = Instant::now();
     let counters = Arc::new(RelayCounters::default());
@@ -337,7 +380,7 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
     let mut devices = Vec::with_capacity(args.devices);
     for d in 0..args.devices {
         let id = format!("bench-{}-{d}", bench.run_id);
-        devices.push((id.clone(), bench.device(&id).await?));
+        devices.push((id.clone(), bench.any_device(&id).await?));
     }
     let mut clients = Vec::new();
     for (id, _) in &devices {
@@ -347,7 +390,14 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
     }
     let device_tasks: Vec<_> = devices
         .into_iter()
-        .map(|(_, socket)| tokio::spawn(echo_device(socket, counters.clone(), args.bare)))
+        .map(|(_, device)| match device {
+            BenchDevice::Websocket(socket) => {
+                tokio::spawn(echo_device(*socket, counters.clone(), args.bare))
+            }
+            BenchDevice::Socket(socket) => {
+                tokio::spawn(echo_socket_device(socket, counters.clone()))
+            }
+        })
         .collect();
     let client_tasks: Vec<_> = clients
         .into_iter()
@@ -613,6 +663,34 @@ async fn echo_device(mut socket: Socket, counters: Arc<RelayCounters>, bare: boo
     }
 }
 
+/// [`echo_device`] on the device socket: each packet answered with one.
+async fn echo_socket_device(socket: tokio_seqpacket::UnixSeqpacket, counters: Arc<RelayCounters>) {
+    let mut buffer = vec![0u8; 1 << 20];
+    while let Ok(info) = socket.recv(&mut buffer).await {
+        let Some(text) = (info.bytes_read() > 0)
+            .then(|| std::str::from_utf8(&buffer[..info.bytes_read()]).ok())
+            .flatten()
+        else {
+            return;
+        };
+        match ServerToDevice::decode(text) {
+            Ok(ServerToDevice::ClientMsg(message)) => {
+                let back = DeviceToServer::Forward(DeviceForward {
+                    client_id: message.client_id,
+                    payload: message.payload,
+                });
+                if socket.send(back.encode().as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            Ok(ServerToDevice::ClientDisconnected(_)) => {}
+            _ => {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// Queues the echo of one frame; `echo_device` flushes.
 async fn echo(
     socket: &mut Socket,
@@ -806,10 +884,10 @@ async fn run_idle(bench: Arc<Bench>, args: IdleArgs) -> Result<()> {
                         return Ok::<_, anyhow::Error>(held);
                     }
                     let id = format!("idle-{}-{d}", bench.run_id);
-                    held.push(bench.device(&id).await?);
+                    held.push(bench.any_device(&id).await?);
                     opened.fetch_add(1, Ordering::Relaxed);
                     for _ in 0..clients_per_device {
-                        held.push(bench.client(&id).await?);
+                        held.push(BenchDevice::Websocket(Box::new(bench.client(&id).await?)));
                         opened.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -839,8 +917,22 @@ async fn run_idle(bench: Arc<Bench>, args: IdleArgs) -> Result<()> {
     // Keep every socket read (answering the server's pings) while holding.
     let readers: Vec<_> = held
         .into_iter()
-        .map(|mut socket| {
-            tokio::spawn(async move { while let Some(Ok(_)) = socket.next().await {} })
+        .map(|held| {
+            tokio::spawn(async move {
+                match held {
+                    BenchDevice::Websocket(mut socket) => {
+                        while let Some(Ok(_)) = socket.next().await {}
+                    }
+                    BenchDevice::Socket(socket) => {
+                        let mut buffer = [0u8; 512];
+                        while socket
+                            .recv(&mut buffer)
+                            .await
+                            .is_ok_and(|i| i.bytes_read() > 0)
+                        {}
+                    }
+                }
+            })
         })
         .collect();
     tokio::time::sleep(args.hold).await;

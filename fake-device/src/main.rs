@@ -18,14 +18,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use futures_util::SinkExt;
+use peer::device_link::DeviceLink;
 use peer::negotiation::{Event, Negotiation, Received, Side};
 use peer::rtc_peer::{PeerEvent, PeerSettings, build_peer, nudge_until_open};
-use peer::signaling::{ConnectError, ConnectOptions, Socket};
+use peer::signaling::{ConnectError, ConnectOptions};
 use protocol::payload::Payload;
 use protocol::{DeviceForward, DeviceToServer, IceServer, RawValue, Register, ServerToDevice};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 use tracing::{Instrument, debug, info, info_span, warn};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::{PeerConnection as _, RTCPeerConnectionState};
@@ -43,6 +42,12 @@ const NUDGE_LIMIT: Duration = Duration::from_secs(10);
 struct Cli {
     #[command(flatten)]
     connect: ConnectOptions,
+
+    /// Register on this device socket (a unix SOCK_SEQPACKET socket, as
+    /// Cuttlefish's devices reach its Go operator, e.g.
+    /// /run/cuttlefish/operator) instead of the server's websocket.
+    #[arg(long, value_name = "PATH")]
+    device_socket: Option<PathBuf>,
 
     /// The id to register under.
     #[arg(long)]
@@ -123,7 +128,7 @@ async fn run(cli: Cli) -> Result<()> {
     let info = device_info(cli.device_info.as_deref())?;
     let clip = clip(&cli)?;
     let mut backoff = cli.reconnect_min;
-    let shutdown = support::shutdown::signal();
+    let shutdown = support::shutdown::listen().recv();
     tokio::pin!(shutdown);
     loop {
         let session = serve(&cli, info.as_deref(), clip.as_ref());
@@ -173,16 +178,13 @@ async fn serve(
     info: Option<&RawValue>,
     clip: Option<&Arc<Clip>>,
 ) -> Result<Served, ConnectError> {
-    let mut socket = cli.connect.connect(protocol::REGISTER_DEVICE_PATH).await?;
+    let mut link = DeviceLink::open(&cli.connect, cli.device_socket.as_deref()).await?;
     let register = DeviceToServer::Register(Register {
         device_id: cli.device_id.as_str().into(),
         device_info: info,
     });
-    socket
-        .send(Message::text(register.encode()))
-        .await
-        .map_err(lost)?;
-    let mut ice_servers = match next_message(&mut socket).await? {
+    link.send(register.encode()).await.map_err(lost)?;
+    let mut ice_servers = match link.next_text().await.map_err(lost)? {
         Some(text) => match ServerToDevice::decode(&text) {
             Ok(ServerToDevice::Config(config)) => config.ice_servers,
             Ok(ServerToDevice::Error(e)) => {
@@ -199,8 +201,8 @@ async fn serve(
     let mut clients: HashMap<u64, mpsc::UnboundedSender<Payload>> = HashMap::new();
     loop {
         tokio::select! {
-            text = next_message(&mut socket) => {
-                let Some(text) = text? else { break };
+            text = link.next_text() => {
+                let Some(text) = text.map_err(lost)? else { break };
                 match ServerToDevice::decode(&text) {
                     Ok(ServerToDevice::ClientMsg(message)) => {
                         let payload = match Payload::from_raw(message.payload) {
@@ -228,17 +230,13 @@ async fn serve(
                 }
             }
             Some(frame) = to_send.recv() => {
-                socket.send(Message::text(frame)).await.map_err(lost)?;
+                link.send(frame).await.map_err(lost)?;
             }
         }
     }
     // Dropping the inboxes closes every peer.
     drop(clients);
     Ok(Served::Registered)
-}
-
-async fn next_message(socket: &mut Socket) -> Result<Option<String>, ConnectError> {
-    peer::signaling::next_text(socket).await.map_err(lost)
 }
 
 fn spawn_client(

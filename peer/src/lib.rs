@@ -3,6 +3,7 @@
 //! a WebRTC peer set up to work on these machines, and the payload layer
 //! both sides speak over it.
 
+pub mod device_link;
 pub mod negotiation;
 pub mod rtc_peer;
 pub mod signaling;

@@ -567,6 +567,19 @@ fn json_string<'a>(raw: &'a RawValue) -> Option<Cow<'a, str>> {
     }
 }
 
+/// A frame that is a bare payload, as the Go operator's clients send them
+/// on `/devices/{id}/connect`: one JSON object, kept verbatim, within the
+/// same nesting bound as every message.
+pub fn parse_bare_payload(text: &str) -> Result<&RawValue, DecodeError> {
+    match text.trim_start().as_bytes().first() {
+        Some(b'{') => {}
+        None => return Err(DecodeError::InvalidMessage("empty message".into())),
+        Some(_) => return Err(DecodeError::InvalidMessage("expected a JSON object".into())),
+    }
+    check_nesting(text)?;
+    serde_json::from_str(text).map_err(|e| DecodeError::InvalidMessage(e.to_string()))
+}
+
 /// Checks a device id against the rules every endpoint shares: non-empty, at
 /// most [`MAX_DEVICE_ID_BYTES`] bytes, no control characters.
 pub fn validate_device_id(id: &str) -> Result<(), DecodeError> {

@@ -521,3 +521,29 @@ proptest! {
         let _ = ServerToClient::decode(&text);
     }
 }
+
+#[test]
+fn bare_payloads_are_objects_kept_verbatim_within_the_nesting_bound() {
+    let text = r#" { "type" : "offer", "n": 12345678901234567890 } "#;
+    assert_eq!(parse_bare_payload(text).unwrap().get(), text.trim());
+    for (text, want) in [
+        ("", "Invalid message: empty message"),
+        ("[1]", "Invalid message: expected a JSON object"),
+        ("\"hi\"", "Invalid message: expected a JSON object"),
+    ] {
+        assert_eq!(parse_bare_payload(text).unwrap_err().to_string(), want);
+    }
+    assert!(
+        parse_bare_payload("{")
+            .unwrap_err()
+            .to_string()
+            .starts_with("Invalid message: EOF")
+    );
+    let deep = format!(r#"{{"a":{}1{}}}"#, "[".repeat(128), "]".repeat(128));
+    assert_eq!(
+        parse_bare_payload(&deep).unwrap_err().to_string(),
+        "Invalid message: nested deeper than 128 levels"
+    );
+    let at_bound = format!(r#"{{"a":{}1{}}}"#, "[".repeat(127), "]".repeat(127));
+    assert!(parse_bare_payload(&at_bound).is_ok());
+}

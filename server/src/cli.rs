@@ -8,7 +8,9 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use protocol::IceServer;
 
-use crate::config::{CUTTLEFISH_POLL_BACKOFF_CAP, ServerConfig, default_max_connections};
+use crate::config::{
+    CUTTLEFISH_POLL_BACKOFF_CAP, DeviceSocketConfig, ServerConfig, default_max_connections,
+};
 use crate::tls;
 
 /// A WebRTC signaling server for Cuttlefish-style devices and their clients.
@@ -55,6 +57,42 @@ pub struct Cli {
     /// DIR/server.crt and DIR/server.key serve wss:// and https://.
     #[arg(long = "certs_dir", value_name = "DIR", conflicts_with_all = ["tls_cert", "tls_self_signed"])]
     pub certs_dir: Option<PathBuf>,
+
+    /// Devices may also register on this unix SOCK_SEQPACKET socket, one
+    /// JSON message per packet, as Cuttlefish's devices do with its Go
+    /// operator (whose --socket_path=PATH this also is; its default there
+    /// is /run/cuttlefish/operator).
+    #[arg(
+        long,
+        alias = "socket_path",
+        env = "SIGNALING_DEVICE_SOCKET",
+        value_name = "PATH"
+    )]
+    pub device_socket: Option<PathBuf>,
+
+    /// The device socket's permission bits, in octal. Who may connect is
+    /// who may write the socket; the default is the Go operator's.
+    #[arg(long, default_value = "770", value_name = "OCTAL", value_parser = parse_mode, requires = "device_socket")]
+    pub device_socket_mode: u32,
+
+    /// The device socket's owner, as a numeric uid.
+    #[arg(long, value_name = "UID", requires = "device_socket")]
+    pub device_socket_owner: Option<u32>,
+
+    /// The device socket's group, as a numeric gid (with mode 770, the
+    /// users of this group may connect).
+    #[arg(long, value_name = "GID", requires = "device_socket")]
+    pub device_socket_group: Option<u32>,
+
+    /// Only processes of this user (a numeric uid, read with SO_PEERCRED)
+    /// may register on the device socket; repeatable. Without it, whoever
+    /// can open the socket may.
+    #[arg(
+        long = "device-socket-allow-uid",
+        value_name = "UID",
+        requires = "device_socket"
+    )]
+    pub device_socket_allowed_uids: Vec<u32>,
 
     /// Serve this directory's files on every other GET path (`/` is
     /// index.html), e.g. Cuttlefish's web UI. Also --assets_dir=DIR.
@@ -194,6 +232,14 @@ pub enum LogFormat {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 10s, 500ms, 2m)"))
+}
+
+/// File permission bits in octal, as chmod takes them (e.g. 770 or 0660).
+fn parse_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text, 8)
+        .ok()
+        .filter(|mode| *mode <= 0o7777)
+        .ok_or_else(|| format!("{text:?} is not a file mode in octal (write e.g. 770 or 0660)"))
 }
 
 /// A setting that cannot work.
@@ -348,6 +394,14 @@ impl Cli {
             shutdown_grace: self.shutdown_grace,
             read_buffer_bytes: to_usize(self.read_buffer_bytes),
             assets_dir: self.assets_dir,
+            device_socket: self.device_socket.map(|path| DeviceSocketConfig {
+                path,
+                mode: self.device_socket_mode,
+                owner: self.device_socket_owner,
+                group: self.device_socket_group,
+                allowed_uids: (!self.device_socket_allowed_uids.is_empty())
+                    .then_some(self.device_socket_allowed_uids),
+            }),
             poll_timeout: self.poll_timeout,
             rate_limit: (self.rate_limit > 0).then_some(crate::RateLimit {
                 per_second: self.rate_limit,

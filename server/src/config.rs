@@ -19,6 +19,41 @@ pub const CUTTLEFISH_POLL_BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// minutes.
 pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// The device socket: a unix `SOCK_SEQPACKET` socket on which devices
+/// register as Cuttlefish's devices do with its Go operator, one JSON
+/// message per packet (PROTOCOL.md, "The device socket").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSocketConfig {
+    /// Where the socket is made. A socket left there by a server that is
+    /// gone is replaced; one a live server answers on is an error.
+    pub path: PathBuf,
+    /// The socket file's permission bits; who may connect is who may write
+    /// it.
+    pub mode: u32,
+    /// The socket file's owner and group, if they are to be changed.
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+    /// Only processes of these users may register (their uid, from
+    /// `SO_PEERCRED`); `None` lets in whoever can open the socket.
+    pub allowed_uids: Option<Vec<u32>>,
+}
+
+impl DeviceSocketConfig {
+    /// The Go operator's mode: its owner and group may connect.
+    pub const DEFAULT_MODE: u32 = 0o770;
+
+    /// A socket at `path` with the Go operator's mode and no other checks.
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            mode: Self::DEFAULT_MODE,
+            owner: None,
+            group: None,
+            allowed_uids: None,
+        }
+    }
+}
+
 /// Everything [`crate::run`] needs to know. [`ServerConfig::default`] gives
 /// the documented defaults; the binary fills it from its flags.
 #[derive(Debug, Clone)]
@@ -71,6 +106,8 @@ pub struct ServerConfig {
     /// [`CUTTLEFISH_POLL_BACKOFF_CAP`], or Cuttlefish's own clients are
     /// dropped while they wait.
     pub poll_timeout: Duration,
+    /// Devices may also register on this unix socket (`--device-socket`).
+    pub device_socket: Option<DeviceSocketConfig>,
     /// Serve the files of this directory on every other GET path (the
     /// reference's `--assets_dir`).
     pub assets_dir: Option<PathBuf>,
@@ -122,6 +159,7 @@ impl Default for ServerConfig {
                 burst: 20_000,
             }),
             assets_dir: None,
+            device_socket: None,
             poll_timeout: DEFAULT_POLL_TIMEOUT,
             tls: None,
         }

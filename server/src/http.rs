@@ -12,16 +12,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use subtle::ConstantTimeEq;
 
 use crate::ServerState;
+use crate::core::ServerError;
 use crate::limits;
 use crate::metrics::{Endpoint, RefusedReason};
-use crate::websocket;
+use crate::polling::Flavor;
+use crate::websocket::{self, Door};
 
 /// Set on an HTTP connection once it has answered a websocket upgrade.
 #[derive(Debug, Clone, Default)]
@@ -44,6 +46,9 @@ pub(crate) enum Refusal {
     NotAnUpgrade,
     WrongVersion,
     MissingKey,
+    /// The device socket's peer runs as a user not in
+    /// `--device-socket-allow-uid`.
+    UidNotAllowed,
 }
 
 impl From<limits::Refusal> for Refusal {
@@ -63,10 +68,11 @@ impl Refusal {
             Self::PerIp => StatusCode::TOO_MANY_REQUESTS,
             Self::NotAnUpgrade | Self::WrongVersion => StatusCode::UPGRADE_REQUIRED,
             Self::MissingKey => StatusCode::BAD_REQUEST,
+            Self::UidNotAllowed => StatusCode::FORBIDDEN,
         }
     }
 
-    fn text(self) -> &'static str {
+    pub(crate) fn text(self) -> &'static str {
         match self {
             Self::Unauthorized => "Unauthorized: missing or invalid token",
             Self::ShuttingDown => "Server shutting down",
@@ -75,13 +81,14 @@ impl Refusal {
             Self::NotAnUpgrade => "Upgrade required: this endpoint takes websocket connections",
             Self::WrongVersion => "Unsupported websocket version: 13 is required",
             Self::MissingKey => "Bad request: missing Sec-WebSocket-Key",
+            Self::UidNotAllowed => "Unauthorized: this user may not register on the device socket",
         }
     }
 
     /// The label it is counted under; a refusal during shutdown is not.
     fn reason(self) -> Option<RefusedReason> {
         match self {
-            Self::Unauthorized => Some(RefusedReason::Unauthorized),
+            Self::Unauthorized | Self::UidNotAllowed => Some(RefusedReason::Unauthorized),
             Self::ShuttingDown => None,
             Self::Full => Some(RefusedReason::ConnectionLimit),
             Self::PerIp => Some(RefusedReason::PerIpLimit),
@@ -97,15 +104,24 @@ impl Refusal {
             Self::Unauthorized => Some((header::WWW_AUTHENTICATE, "Bearer")),
             Self::NotAnUpgrade => Some((header::UPGRADE, "websocket")),
             Self::WrongVersion => Some((header::SEC_WEBSOCKET_VERSION, "13")),
-            Self::ShuttingDown | Self::Full | Self::PerIp | Self::MissingKey => None,
+            Self::ShuttingDown
+            | Self::Full
+            | Self::PerIp
+            | Self::MissingKey
+            | Self::UidNotAllowed => None,
+        }
+    }
+
+    /// Counts it on /metrics.
+    pub fn count(self, state: &ServerState) {
+        if let Some(reason) = self.reason() {
+            state.core.metrics.refused(reason);
         }
     }
 
     /// The response, counted on /metrics.
     pub fn respond(self, state: &ServerState) -> Response {
-        if let Some(reason) = self.reason() {
-            state.core.metrics.refused(reason);
-        }
+        self.count(state);
         let mut response = json_error(self.status(), self.text());
         if let Some((name, value)) = self.hint() {
             response
@@ -120,6 +136,8 @@ pub(crate) fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route(protocol::REGISTER_DEVICE_PATH, get(register_device))
         .route(protocol::CONNECT_CLIENT_PATH, get(connect_client))
+        .route("/devices/{device_id}", get(device_descriptor))
+        .route("/devices/{device_id}/connect", get(device_connect))
         .route("/devices", get(devices))
         .route("/infra_config", get(infra_config))
         .route("/healthz", get(healthz))
@@ -127,6 +145,17 @@ pub(crate) fn router(state: Arc<ServerState>) -> Router {
         .route("/connect", post(poll_connect))
         .route("/forward", post(poll_forward))
         .route("/poll_messages", post(poll_messages))
+        .route("/polled_connections", post(polled_connections))
+        .route(
+            "/polled_connections/{connection_id}/messages",
+            get(polled_messages),
+        )
+        // `:forward` is a literal segment; the router takes no segment
+        // that starts with a colon, so it is matched here.
+        .route(
+            "/polled_connections/{connection_id}/{action}",
+            post(polled_forward),
+        )
         .fallback(not_found)
         .with_state(state)
 }
@@ -234,19 +263,65 @@ async fn polling_body(
 }
 
 async fn poll_connect(State(state): State<Arc<ServerState>>, request: Request) -> Response {
+    new_polled_client(&state, request, Flavor::Reference).await
+}
+
+/// `POST /polled_connections`, the Go operator's polling `connect`.
+async fn polled_connections(State(state): State<Arc<ServerState>>, request: Request) -> Response {
+    new_polled_client(&state, request, Flavor::GoOperator).await
+}
+
+async fn new_polled_client(state: &ServerState, request: Request, flavor: Flavor) -> Response {
     if state.shutdown.is_cancelled() {
         return crate::polling::error(StatusCode::SERVICE_UNAVAILABLE, "Server shutting down");
     }
-    match polling_body(&state, request).await {
+    match polling_body(state, request).await {
         Ok(body) => state.polling.connect(
             &state.core,
             &state.config,
             &state.tracker,
             &state.shutdown,
             &body,
+            flavor,
         ),
         Err(refusal) => refusal,
     }
+}
+
+/// `POST /polled_connections/{id}/:forward`.
+async fn polled_forward(
+    State(state): State<Arc<ServerState>>,
+    Path((connection_id, action)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    if action != ":forward" {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            &format!("Not found: {}", request.uri().path()),
+        );
+    }
+    match polling_body(&state, request).await {
+        Ok(body) => state.polling.go_forward(&connection_id, &body),
+        Err(refusal) => refusal,
+    }
+}
+
+/// `GET /polled_connections/{id}/messages?start=N&count=M`.
+async fn polled_messages(
+    State(state): State<Arc<ServerState>>,
+    Path(connection_id): Path<String>,
+    request: Request,
+) -> Response {
+    if !token_accepted(&state, Endpoint::ConnectClient, &request) {
+        state.core.metrics.refused(RefusedReason::Unauthorized);
+        return crate::polling::error(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized: missing or invalid token",
+        );
+    }
+    state
+        .polling
+        .go_messages(&connection_id, request.uri().query())
 }
 
 async fn poll_forward(State(state): State<Arc<ServerState>>, request: Request) -> Response {
@@ -268,7 +343,7 @@ async fn register_device(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    websocket::upgrade(state, peer, request, Endpoint::RegisterDevice)
+    websocket::upgrade(state, peer, request, Door::RegisterDevice)
 }
 
 async fn connect_client(
@@ -276,7 +351,60 @@ async fn connect_client(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    websocket::upgrade(state, peer, request, Endpoint::ConnectClient)
+    websocket::upgrade(state, peer, request, Door::ConnectClient)
+}
+
+/// `GET /devices/{id}/connect`, the Go operator's client websocket: 404
+/// before the upgrade when no device holds the id, as there.
+async fn device_connect(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(device_id): Path<String>,
+    request: Request,
+) -> Response {
+    if !token_accepted(&state, Endpoint::DeviceConnect, &request) {
+        return Refusal::Unauthorized.respond(&state);
+    }
+    if !state.core.registry.is_registered(&device_id) {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            &ServerError::DeviceNotFound(device_id).to_string(),
+        );
+    }
+    websocket::upgrade(state, peer, request, Door::DeviceConnect { device_id })
+}
+
+/// `GET /devices/{id}`: the Go operator's descriptor of a device, with its
+/// `device_info` as `registration_info`.
+async fn device_descriptor(
+    State(state): State<Arc<ServerState>>,
+    Path(device_id): Path<String>,
+    request: Request,
+) -> Response {
+    if !token_accepted(&state, Endpoint::ConnectClient, &request) {
+        return Refusal::Unauthorized.respond(&state);
+    }
+    match state.core.registry.device_info(&device_id) {
+        Some(info) => json(descriptor_json(&device_id, Some(info.get()))),
+        None => json_error(
+            StatusCode::NOT_FOUND,
+            &ServerError::DeviceNotFound(device_id).to_string(),
+        ),
+    }
+}
+
+/// A device's descriptor in the Go operator's shape. Group, owner, name and
+/// adb port come from pre-registration, which this server does not have
+/// yet: the group is empty and the adb port 0, as the Go operator reports a
+/// device that was not pre-registered.
+fn descriptor_json(device_id: &str, registration_info: Option<&str>) -> String {
+    let id = serde_json::to_string(device_id).unwrap_or_else(|_| "\"\"".into());
+    match registration_info {
+        Some(info) => format!(
+            r#"{{"device_id":{id},"group_name":"","adb_port":0,"registration_info":{info}}}"#
+        ),
+        None => format!(r#"{{"device_id":{id},"group_name":"","adb_port":0}}"#),
+    }
 }
 
 /// Whether the request carries the token the endpoint needs (or none is
@@ -286,7 +414,7 @@ pub(crate) fn token_accepted(state: &ServerState, endpoint: Endpoint, request: &
     let config = &state.config;
     let expected = match endpoint {
         Endpoint::RegisterDevice => config.device_token.as_deref(),
-        Endpoint::ConnectClient => config.client_token.as_deref(),
+        Endpoint::ConnectClient | Endpoint::DeviceConnect => config.client_token.as_deref(),
     };
     let Some(expected) = expected else {
         return true;

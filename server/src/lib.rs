@@ -12,7 +12,9 @@
 //! a message travels); the front doors around it own the transports:
 //! `websocket/` (the seed's `/register_device` and `/connect_client`) and
 //! `polling.rs` (the reference's HTTP polling flow), both behind `http.rs`
-//! (routes and every refusal before an upgrade). `lib.rs` accepts
+//! (routes and every refusal before an upgrade), and `device_socket.rs`
+//! (devices on a unix `SOCK_SEQPACKET` socket, as Cuttlefish's Go operator
+//! takes them). `lib.rs` accepts
 //! connections, holds the server-wide state and shuts down.
 
 use std::future::Future;
@@ -34,6 +36,9 @@ mod assets;
 pub mod cli;
 pub mod config;
 pub mod core;
+mod device_socket;
+mod door;
+mod encode;
 mod http;
 mod limits;
 pub mod metrics;
@@ -47,6 +52,7 @@ mod websocket;
 pub mod sim;
 pub use crate::core::RateLimit;
 pub use config::ServerConfig;
+pub use device_socket::DeviceSocketError;
 
 use crate::core::Core;
 use crate::limits::Limiter;
@@ -57,6 +63,8 @@ use crate::metrics::Metrics;
 pub enum Error {
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
+    #[error("device socket {0}")]
+    DeviceSocket(#[from] DeviceSocketError),
 }
 
 /// The server-wide state, in one place: the core's (settings, registry,
@@ -83,23 +91,72 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let metrics = Arc::new(Metrics::new());
-    let tls = config.tls.clone().map(TlsAcceptor::from);
-    let state = Arc::new(ServerState {
-        limiter: Arc::new(Limiter::new(
-            config.max_connections,
-            config.max_connections_per_ip,
-        )),
-        ws_config: websocket::websocket_config(&config),
-        core: Arc::new(Core::new(config.core_settings(), metrics)),
-        config,
-        shutdown: CancellationToken::new(),
-        tracker: TaskTracker::new(),
-        polling: Arc::default(),
-    });
+    Server::bind(listener, config)?.run(shutdown).await
+}
+
+/// A server with everything it listens on bound, not yet serving: binding
+/// errors (a device socket in use) come before anything is served.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    device_socket: Option<device_socket::DeviceSocket>,
+    state: Arc<ServerState>,
+}
+
+impl Server {
+    /// Binds the device socket, if configured, beside `listener`.
+    pub fn bind(listener: TcpListener, config: ServerConfig) -> Result<Self, Error> {
+        let device_socket = config
+            .device_socket
+            .as_ref()
+            .map(device_socket::bind)
+            .transpose()?;
+        let metrics = Arc::new(Metrics::new());
+        let state = Arc::new(ServerState {
+            limiter: Arc::new(Limiter::new(
+                config.max_connections,
+                config.max_connections_per_ip,
+            )),
+            ws_config: websocket::websocket_config(&config),
+            core: Arc::new(Core::new(config.core_settings(), metrics)),
+            config,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            polling: Arc::default(),
+        });
+        Ok(Self {
+            listener,
+            device_socket,
+            state,
+        })
+    }
+
+    /// Serves until `shutdown` resolves, then closes every connection
+    /// (websockets with 1001) and waits for them up to the grace period.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let Self {
+            listener,
+            device_socket,
+            state,
+        } = self;
+        serve(listener, device_socket, state, shutdown).await
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    device_socket: Option<device_socket::DeviceSocket>,
+    state: Arc<ServerState>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let tls = state.config.tls.clone().map(TlsAcceptor::from);
     let router = http::router(state.clone());
     let local = listener.local_addr()?;
     info!(address = %local, tls = tls.is_some(), "listening");
+    if let Some(socket) = device_socket {
+        info!(path = %socket.path().display(), "device socket listening");
+        state.tracker.spawn(socket.serve(state.clone()));
+    }
 
     tokio::pin!(shutdown);
     loop {

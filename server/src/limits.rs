@@ -1,4 +1,5 @@
-//! Connection limits, checked before a websocket upgrade.
+//! Connection limits, checked before a websocket upgrade and when the
+//! device socket accepts.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -32,7 +33,8 @@ pub(crate) enum Refusal {
 #[derive(Debug)]
 pub(crate) struct Permit {
     limiter: Arc<Limiter>,
-    ip: IpAddr,
+    /// The address counted against `--max-connections-per-ip`, if any.
+    ip: Option<IpAddr>,
 }
 
 impl Limiter {
@@ -71,7 +73,21 @@ impl Limiter {
         }
         Ok(Permit {
             limiter: self.clone(),
-            ip,
+            ip: Some(ip),
+        })
+    }
+
+    /// A place for a connection on a local (unix) socket: it counts against
+    /// `--max-connections`; the per-address limit does not apply.
+    pub fn try_acquire_local(self: &Arc<Self>) -> Result<Permit, Refusal> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.max).then_some(open + 1)
+            })
+            .map_err(|_| Refusal::Full)?;
+        Ok(Permit {
+            limiter: self.clone(),
+            ip: None,
         })
     }
 }
@@ -79,12 +95,12 @@ impl Limiter {
 impl Drop for Permit {
     fn drop(&mut self) {
         let limiter = &self.limiter;
-        if let Some(per_ip) = &limiter.per_ip {
+        if let (Some(per_ip), Some(ip)) = (&limiter.per_ip, self.ip) {
             let mut open = per_ip.open.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(count) = open.get_mut(&self.ip) {
+            if let Some(count) = open.get_mut(&ip) {
                 *count -= 1;
                 if *count == 0 {
-                    open.remove(&self.ip);
+                    open.remove(&ip);
                 }
             }
         }
@@ -109,5 +125,19 @@ mod tests {
         drop(a1);
         let _b2 = limiter.try_acquire(b).unwrap();
         assert_eq!(limiter.try_acquire(b).unwrap_err(), Refusal::Full);
+    }
+
+    #[test]
+    fn local_connections_count_in_all_but_not_per_address() {
+        let limiter = Arc::new(Limiter::new(3, Some(1)));
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let first = limiter.try_acquire_local().unwrap();
+        let _second = limiter.try_acquire_local().unwrap();
+        // The per-address place of 127.0.0.1 is still free.
+        let _a1 = limiter.try_acquire(a).unwrap();
+        assert_eq!(limiter.try_acquire_local().unwrap_err(), Refusal::Full);
+        drop(first);
+        let _third = limiter.try_acquire_local().unwrap();
+        assert_eq!(limiter.try_acquire(a).unwrap_err(), Refusal::Full);
     }
 }

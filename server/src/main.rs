@@ -4,6 +4,8 @@
 use anyhow::Context as _;
 use clap::Parser;
 use signaling_server::cli::{Cli, LogFormat};
+use std::io::Write as _;
+
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -18,12 +20,6 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-}
-
-/// Resolves on SIGINT or SIGTERM, saying which in the log.
-async fn shutdown_signal() {
-    let signal = support::shutdown::signal().await;
-    tracing::info!(%signal, "stop requested");
 }
 
 #[tokio::main]
@@ -53,9 +49,27 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
-    println!(
+    let device_socket = config.device_socket.as_ref().map(|s| s.path.clone());
+    // Bound, and the stop signals caught, before the banner: once it is
+    // printed, every door is open and SIGTERM stops it gracefully.
+    let server = signaling_server::Server::bind(listener, config)?;
+    let signals = support::shutdown::listen();
+    // The banner comes last: scripts read up to it and may then close
+    // stdout, so nothing is printed after it (and a closed stdout is not
+    // an error).
+    let mut stdout = std::io::stdout();
+    if let Some(path) = device_socket {
+        let _ = writeln!(stdout, "device socket at {}", path.display());
+    }
+    let _ = writeln!(
+        stdout,
         "signaling server on {scheme}://{local} (devices: {scheme}://{local}/register_device, clients: {scheme}://{local}/connect_client)"
     );
-    signaling_server::run(listener, config, shutdown_signal()).await?;
+    server
+        .run(async move {
+            let signal = signals.recv().await;
+            tracing::info!(%signal, "stop requested");
+        })
+        .await?;
     Ok(())
 }

@@ -14,6 +14,8 @@ use prometheus_client::registry::Registry;
 pub enum Endpoint {
     RegisterDevice,
     ConnectClient,
+    /// The Go operator's client websocket, `/devices/{id}/connect`.
+    DeviceConnect,
 }
 
 impl Endpoint {
@@ -21,6 +23,7 @@ impl Endpoint {
         match self {
             Self::RegisterDevice => "register_device",
             Self::ConnectClient => "connect_client",
+            Self::DeviceConnect => "devices_connect",
         }
     }
 }
@@ -90,6 +93,8 @@ pub struct Metrics {
     /// Clients connected to a device, or waiting for one, right now.
     pub clients: Gauge,
     connections: Family<EndpointLabel, Gauge>,
+    /// Connections open on the device socket right now.
+    pub socket_connections: Gauge,
     relayed: Family<DirectionLabel, Counter>,
     errors: Family<PhraseLabel, Counter>,
     refused: Family<ReasonLabel, Counter>,
@@ -123,6 +128,12 @@ impl Metrics {
             "Open websocket connections by endpoint",
             connections.clone(),
         );
+        let socket_connections = Gauge::default();
+        registry.register(
+            "device_socket_connections",
+            "Open connections on the device socket",
+            socket_connections.clone(),
+        );
         let relayed = Family::<DirectionLabel, Counter>::default();
         registry.register(
             "messages_relayed",
@@ -144,13 +155,13 @@ impl Metrics {
         let bytes_in = Counter::default();
         registry.register(
             "received_bytes",
-            "Payload bytes of websocket messages received",
+            "Payload bytes of messages received (websocket frames, device socket packets)",
             bytes_in.clone(),
         );
         let bytes_out = Counter::default();
         registry.register(
             "sent_bytes",
-            "Payload bytes of websocket messages sent",
+            "Payload bytes of messages sent (websocket frames, device socket packets)",
             bytes_out.clone(),
         );
         let resident_memory = Gauge::default();
@@ -164,6 +175,7 @@ impl Metrics {
             devices,
             clients,
             connections,
+            socket_connections,
             relayed,
             errors,
             refused,

@@ -1,5 +1,10 @@
-//! The reference server's HTTP polling flow, for clients that cannot open
-//! websockets: `POST /connect`, `POST /forward`, `POST /poll_messages`.
+//! The HTTP polling flows, for clients that cannot open websockets: the
+//! reference server's (`POST /connect`, `POST /forward`, `POST
+//! /poll_messages`, each answer draining what is queued) and the Go
+//! operator's (`POST /polled_connections`, `POST
+//! /polled_connections/{id}/:forward`, `GET
+//! /polled_connections/{id}/messages?start=N`, where the device's messages
+//! are kept, bounded, and read by index: a cursor).
 //!
 //! A polling client is a client like any other to its device: the same
 //! registry link, the same client ids, the same `client_disconnected`
@@ -31,6 +36,7 @@ use crate::ServerConfig;
 use crate::core::registry::lock;
 use crate::core::session::ClientSession;
 use crate::core::{Batch, Connection, Core, Due, Keepalive, Outgoing, ServerError};
+use crate::door::now;
 
 /// The polling clients of this server, by connection id.
 #[derive(Debug, Default)]
@@ -45,11 +51,31 @@ struct PollingClient {
     conn: Mutex<Option<Connection<ClientSession>>>,
     /// Cancelled when the client is dropped, to end its watcher.
     gone: CancellationToken,
+    /// The Go flavor's kept messages (unused by the reference flavor).
+    kept: Mutex<Kept>,
 }
 
-/// The core's clock reading: tokio's, so a paused test clock drives it.
-fn now() -> std::time::Instant {
-    Instant::now().into_std()
+/// Which polling API a client came in by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flavor {
+    /// `POST /connect`: the reference's shapes and statuses.
+    Reference,
+    /// `POST /polled_connections`: the Go operator's.
+    GoOperator,
+}
+
+/// The device's messages to a Go-flavored client, by index: the client asks
+/// for them from the count it has seen, and what it has seen is dropped.
+#[derive(Debug, Default)]
+struct Kept {
+    /// The index of `frames[0]`.
+    first: u64,
+    /// Each a `{"message_type":"device_msg","payload":…}` frame.
+    frames: std::collections::VecDeque<String>,
+    /// The payload bytes of `frames`, bounded like an outbox.
+    bytes: usize,
+    /// The device left: nothing more will come.
+    device_gone: bool,
 }
 
 /// The error a client whose queue overflowed is dropped with, not yet
@@ -163,6 +189,7 @@ impl Polling {
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
         body: &[u8],
+        flavor: Flavor,
     ) -> Response {
         let fields = match fields(body) {
             Ok(fields) => fields,
@@ -183,7 +210,7 @@ impl Polling {
         let outbox = core.outbox();
         let session = ClientSession::new(core.clone(), outbox.clone(), now);
         let keepalive = Keepalive {
-            idle: config.poll_timeout,
+            idle: Some(config.poll_timeout),
             ping: None,
         };
         let mut conn = Connection::new(session, keepalive, now);
@@ -214,6 +241,7 @@ impl Polling {
         let client = Arc::new(PollingClient {
             conn: Mutex::new(Some(conn)),
             gone: CancellationToken::new(),
+            kept: Mutex::default(),
         });
         lock(&self.clients).insert(connection_id.clone(), client.clone());
         let span = info_span!("polling client", device_id = %device_id);
@@ -222,11 +250,17 @@ impl Polling {
                 .watch(connection_id.clone(), client, shutdown.clone())
                 .instrument(span),
         );
-        info!(device_id = %device_id, "polling client connected");
-        let body = format!(
-            r#"{{"connection_id":"{connection_id}","message_type":"device_info","device_info":{}}}"#,
-            info.get()
-        );
+        info!(device_id = %device_id, ?flavor, "polling client connected");
+        let body = match flavor {
+            Flavor::Reference => format!(
+                r#"{{"connection_id":"{connection_id}","message_type":"device_info","device_info":{}}}"#,
+                info.get()
+            ),
+            Flavor::GoOperator => format!(
+                r#"{{"connection_id":"{connection_id}","device_info":{}}}"#,
+                info.get()
+            ),
+        };
         json(StatusCode::OK, body)
     }
 
@@ -372,4 +406,175 @@ impl Polling {
         }
         json(StatusCode::OK, format!("[{}]", payloads.join(",")))
     }
+
+    /// The Go flavor's client `connection_id` names, marked as seen; or its
+    /// 404.
+    fn go_client(&self, connection_id: &str) -> Result<Arc<PollingClient>, Refusal> {
+        let unknown = || {
+            Refusal::new(
+                StatusCode::NOT_FOUND,
+                "Unknown connection_id: it never existed, or it was dropped",
+            )
+        };
+        let client = self.get(connection_id).ok_or_else(unknown)?;
+        lock(&client.conn)
+            .as_mut()
+            .ok_or_else(unknown)?
+            .on_activity(now());
+        Ok(client)
+    }
+
+    /// `POST /polled_connections/{id}/:forward {"payload"}`: relays the
+    /// payload verbatim; the answer is `"ok"`, as the Go operator's.
+    pub fn go_forward(&self, connection_id: &str, body: &[u8]) -> Response {
+        let fields = match fields(body) {
+            Ok(fields) => fields,
+            Err(refusal) => return refusal.into_response(),
+        };
+        let client = match self.go_client(connection_id) {
+            Ok(client) => client,
+            Err(refusal) => return refusal.into_response(),
+        };
+        let mut guard = lock(&client.conn);
+        let Some(conn) = guard.as_mut() else {
+            return error(StatusCode::NOT_FOUND, "Unknown connection_id: dropped");
+        };
+        let Some(payload) = fields.get("payload") else {
+            let e = ServerError::Decode(protocol::DecodeError::MissingPayload);
+            conn.core().metrics.error_sent(&e);
+            return error(StatusCode::BAD_REQUEST, &e.to_string());
+        };
+        if !conn.admit(now()) {
+            // Over the rate limit the session ends (C15): the core queued
+            // why; the client is dropped and told.
+            let mut batch = Batch::default();
+            conn.outbox().take(&mut batch);
+            drop(guard);
+            self.remove(connection_id, None);
+            let ended = batch.items.into_iter().find_map(|item| match item {
+                Outgoing::Close(e) => Some(e),
+                _ => None,
+            });
+            return match ended {
+                Some(e) => error(status(&e), &e.to_string()),
+                None => error(StatusCode::NOT_FOUND, "Unknown connection_id: dropped"),
+            };
+        }
+        conn.session_mut().forward(payload);
+        json(StatusCode::OK, r#""ok""#.to_owned())
+    }
+
+    /// `GET /polled_connections/{id}/messages?start=N&count=M`: the
+    /// device's messages from index `start` (what the client has seen so
+    /// far, 0 at first), at most `count` of them. Messages before `start`
+    /// are dropped: the client has them. Once the device has left and the
+    /// client has been handed everything, it is dropped.
+    pub fn go_messages(&self, connection_id: &str, query: Option<&str>) -> Response {
+        let (start, count) = match cursor(query) {
+            Ok(cursor) => cursor,
+            Err(refusal) => return refusal.into_response(),
+        };
+        let client = match self.go_client(connection_id) {
+            Ok(client) => client,
+            Err(refusal) => return refusal.into_response(),
+        };
+        let mut batch = Batch::default();
+        let limits = match lock(&client.conn).as_ref() {
+            Some(conn) => {
+                conn.outbox().take(&mut batch);
+                conn.core().settings.outbox
+            }
+            None => return error(StatusCode::NOT_FOUND, "Unknown connection_id: dropped"),
+        };
+        let mut kept = lock(&client.kept);
+        for item in batch.items {
+            match item {
+                Outgoing::DeviceMsg(payload) => {
+                    kept.bytes += payload.len();
+                    if let Some(frame) = crate::encode::frame(Outgoing::DeviceMsg(payload)) {
+                        kept.frames.push_back(frame);
+                    }
+                }
+                Outgoing::Close(ServerError::DeviceDisconnected) => kept.device_gone = true,
+                Outgoing::Close(ended) => {
+                    drop(kept);
+                    self.remove(connection_id, None);
+                    return error(status(&ended), &ended.to_string());
+                }
+                other => debug!(item = ?other, "not a device message; not relayed"),
+            }
+        }
+        let end = kept.first + kept.frames.len() as u64;
+        if start < kept.first || start > end {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "Invalid start: {start} is outside the messages kept, {} to {end} (messages before {} were read)",
+                    kept.first, kept.first
+                ),
+            );
+        }
+        // What the client has seen is dropped.
+        while kept.first < start {
+            if let Some(frame) = kept.frames.pop_front() {
+                kept.bytes = kept.bytes.saturating_sub(payload_len(&frame));
+            }
+            kept.first += 1;
+        }
+        let overflowed = batch.overflowed
+            || kept.frames.len() > limits.max_messages
+            || kept.bytes > limits.max_bytes;
+        if overflowed {
+            drop(kept);
+            self.remove(connection_id, slow_consumer(&client).as_ref());
+            return error(
+                StatusCode::NOT_FOUND,
+                "Unknown connection_id: dropped, its queue was full",
+            );
+        }
+        let available = kept.frames.len();
+        let take = count.map_or(available, |count| count.min(available));
+        let body = format!(
+            "[{}]",
+            kept.frames
+                .iter()
+                .take(take)
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let handed_everything = kept.device_gone && take == available;
+        drop(kept);
+        if handed_everything {
+            self.remove(connection_id, None);
+        }
+        json(StatusCode::OK, body)
+    }
+}
+
+/// The payload bytes of a kept `device_msg` frame, as they were counted.
+fn payload_len(frame: &str) -> usize {
+    const ENVELOPE: usize = r#"{"message_type":"device_msg","payload":}"#.len();
+    frame.len().saturating_sub(ENVELOPE)
+}
+
+/// `start` and `count` of a messages request: non-negative integers;
+/// `start` defaults to 0 and `count` to all.
+fn cursor(query: Option<&str>) -> Result<(u64, Option<usize>), Refusal> {
+    let mut start = 0;
+    let mut count = None;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let invalid = || {
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                format!("Invalid {key}: {value:?} is not a non-negative integer"),
+            )
+        };
+        match key.as_ref() {
+            "start" => start = value.parse().map_err(|_| invalid())?,
+            "count" => count = Some(value.parse().map_err(|_| invalid())?),
+            _ => {}
+        }
+    }
+    Ok((start, count))
 }

@@ -38,8 +38,8 @@ use serde_json::Value;
 use crate::config::ServerConfig;
 use crate::core::session::{ClientSession, DeviceSession};
 use crate::core::{Batch, Connection, Core, Due, Keepalive, Outbox, Outgoing};
+use crate::encode;
 use crate::metrics::Metrics;
-use crate::websocket::encode;
 
 /// Device ids the generated messages use; raw frames may use any other.
 const IDS: [&str; 3] = ["dev-a", "dev-b", "dev-c"];
@@ -331,7 +331,7 @@ impl Sim {
     /// peer shows life only by sending.
     fn keepalive(&self) -> Keepalive {
         Keepalive {
-            idle: ServerConfig::default().idle_timeout,
+            idle: Some(ServerConfig::default().idle_timeout),
             ping: None,
         }
     }

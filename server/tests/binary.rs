@@ -394,6 +394,18 @@ fn bad_flags_get_clear_errors() {
             "10 is not in 64..=16777216",
         ),
         (vec!["--rate-burst", "0"], "--rate-burst"),
+        (
+            vec!["--device-socket", "/tmp/x", "--device-socket-mode", "99"],
+            "not a file mode in octal",
+        ),
+        (
+            vec!["--device-socket-mode", "700"],
+            "--device-socket <PATH>",
+        ),
+        (
+            vec!["--device-socket", "/nonexistent/dir/operator"],
+            "/nonexistent/dir/operator: cannot bind",
+        ),
     ] {
         let output = Command::new(BINARY).args(&args).output().expect("run");
         assert!(!output.status.success(), "{args:?}");
@@ -442,6 +454,47 @@ fn try_http_get_blocking(
 // The reference server's flags, in its value forms (README: "Replacing the
 // reference server"); one test each.
 // ---------------------------------------------------------------------------
+
+/// The Go operator's socket flag: the socket is made with its mode, a
+/// device registers on it, and SIGTERM removes it.
+#[test]
+fn go_operator_socket_path() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = std::env::temp_dir().join(format!("signaling-socket-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("operator");
+    let mut server = Server::start(&[&format!("--socket_path={}", path.display())]);
+    let meta =
+        std::fs::metadata(&path).expect("the socket exists once the server says where it listens");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o770);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let device = tokio_seqpacket::UnixSeqpacket::connect(&path)
+            .await
+            .unwrap();
+        device
+            .send(br#"{"message_type":"register","device_id":"cvd-socket"}"#)
+            .await
+            .unwrap();
+        let mut buffer = vec![0u8; 4096];
+        let n = match device.recv(&mut buffer).await {
+            Ok(info) => info.bytes_read(),
+            Err(e) => panic!("{e}: {}", server.stderr()),
+        };
+        assert!(buffer[..n].starts_with(br#"{"message_type":"config""#));
+        let address = server.address.parse().unwrap();
+        let devices = support::http::get(address, "/devices").await.unwrap();
+        assert_eq!(devices.body, r#"["cvd-socket"]"#);
+    });
+    server.signal("TERM");
+    assert!(server.wait_exit(Duration::from_secs(10)).success());
+    assert!(!path.exists(), "removed at exit");
+    std::fs::remove_dir_all(dir).unwrap();
+}
 
 /// A folder holding a certificate as the reference expects it:
 /// server.crt and server.key.

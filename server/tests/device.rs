@@ -1,6 +1,9 @@
 //! PROTOCOL.md's rows D1–D17 ("Every decision, row by row",
-//! `/register_device`), each against the real server with a real websocket
-//! client. The same timeouts with driven time: `server/src/core/tests.rs`.
+//! `/register_device`), each against the real server, run twice: with the
+//! device on a real websocket (`/register_device`) and on the device socket
+//! (PROTOCOL.md, "The device socket"). Where the two differ (close frames,
+//! binary frames), `DevicePeer::expect_end` says how. The same timeouts
+//! with driven time: `server/src/core/tests.rs`.
 
 #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
@@ -8,23 +11,24 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, test_config};
+use common::{DevicePeer, DeviceTransport, TestServer, test_config};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-#[tokio::test]
-async fn d01_register_gets_config() {
-    let server = TestServer::start(signaling_server::ServerConfig {
-        ice_servers: vec![protocol::IceServer {
-            urls: vec!["stun:127.0.0.1:3478".into()],
-            username: None,
-            credential: None,
-        }],
-        ..test_config()
-    })
+async fn d01_register_gets_config(transport: DeviceTransport) {
+    let server = TestServer::start_for(
+        transport,
+        signaling_server::ServerConfig {
+            ice_servers: vec![protocol::IceServer {
+                urls: vec!["stun:127.0.0.1:3478".into()],
+                username: None,
+                credential: None,
+            }],
+            ..test_config()
+        },
+    )
     .await;
-    let mut device = server.device().await;
+    let mut device = server.device_peer().await;
     device
         .send(r#"{"message_type":"register","device_id":"d1","device_info":{"x":1}}"#)
         .await;
@@ -36,9 +40,8 @@ async fn d01_register_gets_config() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn d02_invalid_device_id_closes_1008() {
-    let server = TestServer::with_defaults().await;
+async fn d02_invalid_device_id_closes_1008(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
     let too_long = format!(
         r#"{{"message_type":"register","device_id":"{}"}}"#,
         "d".repeat(257)
@@ -66,33 +69,32 @@ async fn d02_invalid_device_id_closes_1008() {
         ),
     ];
     for (text, want) in cases {
-        let mut device = server.device().await;
+        let mut device = server.device_peer().await;
         assert_eq!(device.send_and_recv_error(&text).await, want);
-        let (code, reason) = device.recv_close().await;
-        assert_eq!(code, CloseCode::Policy);
-        assert_eq!(reason, want);
+        device.expect_end(CloseCode::Policy, want).await;
     }
     // Just inside the bound: 256 bytes is accepted.
     let id = "d".repeat(256);
-    let _device = server.registered_device_with_info(&id).await;
+    let _device = server.registered_device_peer(&id).await;
     assert_eq!(server.get("/devices").await.body, format!(r#"["{id}"]"#));
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn d03_duplicate_id_is_refused_and_the_holder_is_untouched() {
-    let server = TestServer::with_defaults().await;
-    let mut holder = server.registered_device_with_info("dup").await;
+async fn d03_duplicate_id_is_refused_and_the_holder_is_untouched(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
+    let mut holder = server.registered_device_peer("dup").await;
     let mut client = server.connected_client("dup").await;
 
-    let mut second = server.device().await;
+    let mut second = server.device_peer().await;
     assert_eq!(
         second
             .send_and_recv_error(r#"{"message_type":"register","device_id":"dup"}"#)
             .await,
         "Device id already taken: dup"
     );
-    assert_eq!(second.recv_close().await.0, CloseCode::Policy);
+    second
+        .expect_end(CloseCode::Policy, "Device id already taken: dup")
+        .await;
 
     // The holder still relays both ways.
     client
@@ -112,10 +114,9 @@ async fn d03_duplicate_id_is_refused_and_the_holder_is_untouched() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn d04_register_again_keeps_the_registration() {
-    let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device_with_info("first").await;
+async fn d04_register_again_keeps_the_registration(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
+    let mut device = server.registered_device_peer("first").await;
     assert_eq!(
         device
             .send_and_recv_error(r#"{"message_type":"register","device_id":"second"}"#)
@@ -135,10 +136,9 @@ async fn d04_register_again_keeps_the_registration() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn d05_forward_before_register_is_not_registered() {
-    let server = TestServer::with_defaults().await;
-    let mut device = server.device().await;
+async fn d05_forward_before_register_is_not_registered(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
+    let mut device = server.device_peer().await;
     assert_eq!(
         device
             .send_and_recv_error(r#"{"message_type":"forward","client_id":1,"payload":{}}"#)
@@ -160,10 +160,9 @@ async fn d05_forward_before_register_is_not_registered() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn d06_forward_reaches_the_client_verbatim() {
-    let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device_with_info("d6").await;
+async fn d06_forward_reaches_the_client_verbatim(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
+    let mut device = server.registered_device_peer("d6").await;
     let mut client = server.connected_client("d6").await;
     client
         .send(r#"{"message_type":"forward","payload":null}"#)
@@ -185,10 +184,9 @@ async fn d06_forward_reaches_the_client_verbatim() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn d07_forward_to_a_departed_client_answers_client_disconnected() {
-    let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device_with_info("d7").await;
+async fn d07_forward_to_a_departed_client_answers_client_disconnected(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
+    let mut device = server.registered_device_peer("d7").await;
     let client = server.connected_client("d7").await;
     client.close().await;
     assert_eq!(
@@ -207,10 +205,9 @@ async fn d07_forward_to_a_departed_client_answers_client_disconnected() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn d08_forward_to_an_unknown_client() {
-    let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device_with_info("d8").await;
+async fn d08_forward_to_an_unknown_client(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
+    let mut device = server.registered_device_peer("d8").await;
     let _client = server.connected_client("d8").await;
     assert_eq!(
         device
@@ -229,10 +226,9 @@ async fn d08_forward_to_an_unknown_client() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn d09_invalid_client_id() {
-    let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device_with_info("d9").await;
+async fn d09_invalid_client_id(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
+    let mut device = server.registered_device_peer("d9").await;
     for (text, want) in [
         (
             r#"{"message_type":"forward","payload":1}"#,
@@ -260,10 +256,9 @@ async fn d09_invalid_client_id() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn d10_missing_payload() {
-    let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device_with_info("d10").await;
+async fn d10_missing_payload(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
+    let mut device = server.registered_device_peer("d10").await;
     let mut client = server.connected_client("d10").await;
     assert_eq!(
         device
@@ -282,17 +277,16 @@ async fn d10_missing_payload() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn d11_unknown_message_type() {
-    let server = TestServer::with_defaults().await;
-    let mut device = server.device().await;
+async fn d11_unknown_message_type(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
+    let mut device = server.device_peer().await;
     assert_eq!(
         device
             .send_and_recv_error(r#"{"message_type":"connect","device_id":"x"}"#)
             .await,
         "Unknown message type: connect"
     );
-    let _ = server.registered_device_with_info("d11").await;
+    let _ = server.registered_device_peer("d11").await;
     assert_eq!(
         device
             .send_and_recv_error(r#"{"message_type":"hello"}"#)
@@ -302,10 +296,9 @@ async fn d11_unknown_message_type() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn d12_invalid_message() {
-    let server = TestServer::with_defaults().await;
-    let mut device = server.device().await;
+async fn d12_invalid_message(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
+    let mut device = server.device_peer().await;
     let nested = |depth: usize| {
         format!(
             r#"{{"message_type":"register","device_id":"deep","device_info":{}1{}}}"#,
@@ -347,11 +340,13 @@ async fn d12_invalid_message() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn d13_binary_frame_closes_1003() {
-    let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device_with_info("d13").await;
+async fn d13_binary_frame_closes_1003(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
+    let mut device = server.registered_device_peer("d13").await;
     let mut client = server.connected_client("d13").await;
+    let DevicePeer::Websocket(device) = &mut device else {
+        panic!("binary frames are a websocket's");
+    };
     device.send_message(Message::binary(vec![1, 2, 3])).await;
     assert_eq!(
         device.recv_close().await,
@@ -364,19 +359,13 @@ async fn d13_binary_frame_closes_1003() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn d13_invalid_utf8_closes_1007() {
-    let server = TestServer::with_defaults().await;
-    let mut device = server.registered_device_with_info("d13u").await;
-    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
-    device.send_message(Message::Frame(frame)).await;
-    assert_eq!(
-        device.recv_close().await,
-        (
-            CloseCode::Invalid,
-            "Invalid UTF-8 in text message".to_owned()
-        )
-    );
+async fn d13_invalid_utf8_closes_1007(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
+    let mut device = server.registered_device_peer("d13u").await;
+    device.send_not_utf8(&[b'{', 0xff, 0xfe, b'}']).await;
+    device
+        .expect_end(CloseCode::Invalid, "Invalid UTF-8 in text message")
+        .await;
     server.stop().await.unwrap();
 }
 
@@ -387,27 +376,24 @@ fn register_of_len(id: &str, len: usize) -> String {
     format!("{head}{}{tail}", "x".repeat(len - head.len() - tail.len()))
 }
 
-#[tokio::test]
-async fn d14_size_limit_is_exact() {
-    let server = TestServer::start(signaling_server::ServerConfig {
-        max_message_bytes: 4096,
-        ..test_config()
-    })
+async fn d14_size_limit_is_exact(transport: DeviceTransport) {
+    let server = TestServer::start_for(
+        transport,
+        signaling_server::ServerConfig {
+            max_message_bytes: 4096,
+            ..test_config()
+        },
+    )
     .await;
-    let mut other = server.registered_device_with_info("bystander").await;
-    let mut at_limit = server.device().await;
+    let mut other = server.registered_device_peer("bystander").await;
+    let mut at_limit = server.device_peer().await;
     at_limit.send(&register_of_len("d14", 4096)).await;
     assert_eq!(at_limit.recv_json().await["message_type"], "config");
 
-    let mut over = server.device().await;
+    let mut over = server.device_peer().await;
     over.send(&register_of_len("d14b", 4097)).await;
-    assert_eq!(
-        over.recv_close().await,
-        (
-            CloseCode::Size,
-            "Message too big: the limit is 4096 bytes".to_owned()
-        )
-    );
+    over.expect_end(CloseCode::Size, "Message too big: the limit is 4096 bytes")
+        .await;
     // Nobody else noticed.
     let mut client = server.connected_client("bystander").await;
     client
@@ -417,29 +403,31 @@ async fn d14_size_limit_is_exact() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn d14_default_size_limit_is_64_kib() {
-    let server = TestServer::with_defaults().await;
-    let mut at_limit = server.device().await;
+async fn d14_default_size_limit_is_64_kib(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
+    let mut at_limit = server.device_peer().await;
     at_limit.send(&register_of_len("big", 65_536)).await;
     assert_eq!(at_limit.recv_json().await["message_type"], "config");
-    let mut over = server.device().await;
+    let mut over = server.device_peer().await;
     over.send(&register_of_len("bigger", 65_537)).await;
-    assert_eq!(over.recv_close().await.0, CloseCode::Size);
+    over.expect_end(CloseCode::Size, "Message too big: the limit is 65536 bytes")
+        .await;
     server.stop().await.unwrap();
 }
 
-// The clock is paused: it moves only when every task waits, straight to
-// the next timer, so the timeouts below are virtual time.
-#[tokio::test(start_paused = true)]
-async fn d15_registration_timeout() {
-    let server = TestServer::start(signaling_server::ServerConfig {
-        handshake_timeout: Duration::from_millis(400),
-        ..test_config()
-    })
+// Run on a paused clock (see `on_both_transports`), so the timeouts below
+// are virtual time.
+async fn d15_registration_timeout(transport: DeviceTransport) {
+    let server = TestServer::start_for(
+        transport,
+        signaling_server::ServerConfig {
+            handshake_timeout: Duration::from_millis(400),
+            ..test_config()
+        },
+    )
     .await;
     // Just inside: registering before the timeout keeps the connection.
-    let mut quick = server.device().await;
+    let mut quick = server.device_peer().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     quick
         .send(r#"{"message_type":"register","device_id":"quick"}"#)
@@ -447,16 +435,15 @@ async fn d15_registration_timeout() {
     assert_eq!(quick.recv_json().await["message_type"], "config");
 
     // Past it: a silent connection is told and closed.
-    let mut silent = server.device().await;
+    let mut silent = server.device_peer().await;
     let started = tokio::time::Instant::now();
     assert_eq!(silent.recv_error().await, "Registration timeout");
     assert!(started.elapsed() >= Duration::from_millis(300));
-    assert_eq!(
-        silent.recv_close().await,
-        (CloseCode::Policy, "Registration timeout".to_owned())
-    );
+    silent
+        .expect_end(CloseCode::Policy, "Registration timeout")
+        .await;
     // Errors before registering do not stop the clock.
-    let mut chatty = server.device().await;
+    let mut chatty = server.device_peer().await;
     assert_eq!(
         chatty.send_and_recv_error("{}").await,
         "Invalid message: missing message_type"
@@ -469,10 +456,9 @@ async fn d15_registration_timeout() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn d16_device_disconnect_tells_clients_and_frees_the_id() {
-    let server = TestServer::with_defaults().await;
-    let device = server.registered_device_with_info("d16").await;
+async fn d16_device_disconnect_tells_clients_and_frees_the_id(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
+    let device = server.registered_device_peer("d16").await;
     let mut first = server.connected_client("d16").await;
     let mut second = server.connected_client("d16").await;
     device.close().await;
@@ -484,7 +470,7 @@ async fn d16_device_disconnect_tells_clients_and_frees_the_id() {
         );
     }
     // The id is free at once, and client ids start again at 1.
-    let mut again = server.registered_device_with_info("d16").await;
+    let mut again = server.registered_device_peer("d16").await;
     let mut client = server.connected_client("d16").await;
     client
         .send(r#"{"message_type":"forward","payload":1}"#)
@@ -496,10 +482,9 @@ async fn d16_device_disconnect_tells_clients_and_frees_the_id() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn d16_abrupt_device_drop_also_tells_clients() {
-    let server = TestServer::with_defaults().await;
-    let device = server.registered_device_with_info("abrupt").await;
+async fn d16_abrupt_device_drop_also_tells_clients(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
+    let device = server.registered_device_peer("abrupt").await;
     let mut client = server.connected_client("abrupt").await;
     // Drop the TCP connection without a close handshake.
     drop(device);
@@ -514,42 +499,31 @@ async fn d16_abrupt_device_drop_also_tells_clients() {
 
 /// D17: `burst` messages at once pass, the next one ends the session; the
 /// device's clients hear it as a departure (D16); the refusal is counted.
-#[tokio::test]
-async fn d17_rate_limit_is_exact() {
-    use futures_util::SinkExt;
-
-    let server = TestServer::start(signaling_server::ServerConfig {
-        rate_limit: Some(signaling_server::RateLimit {
-            per_second: 1,
-            burst: 5,
-        }),
-        ..test_config()
-    })
+async fn d17_rate_limit_is_exact(transport: DeviceTransport) {
+    let server = TestServer::start_for(
+        transport,
+        signaling_server::ServerConfig {
+            rate_limit: Some(signaling_server::RateLimit {
+                per_second: 1,
+                burst: 5,
+            }),
+            ..test_config()
+        },
+    )
     .await;
-    let mut device = server.registered_device_with_info("d17").await;
+    let mut device = server.registered_device_peer("d17").await;
     let mut client = server.connected_client("d17").await;
     // The register was one message: four more fit the burst, the fifth
     // forward does not. All in one write, well inside the one-second
     // interval in which the burst could earn a message back.
-    for _ in 0..5 {
-        device
-            .ws
-            .feed(Message::text(
-                r#"{"message_type":"forward","client_id":1,"payload":"x"}"#,
-            ))
-            .await
-            .unwrap();
-    }
-    device.ws.flush().await.unwrap();
+    let forward = r#"{"message_type":"forward","client_id":1,"payload":"x"}"#;
+    device.send_all(&[forward; 5]).await;
     for _ in 0..4 {
         assert_eq!(client.recv_json().await["message_type"], "device_msg");
     }
     let text = "Rate limit exceeded: more than 1 messages per second (bursts of 5)";
     assert_eq!(device.recv_error().await, text);
-    assert_eq!(
-        device.recv_close().await,
-        (CloseCode::Policy, text.to_owned())
-    );
+    device.expect_end(CloseCode::Policy, text).await;
     assert_eq!(client.recv_error().await, "Device disconnected");
     assert_eq!(client.recv_close().await.0, CloseCode::Away);
     assert_eq!(
@@ -559,4 +533,68 @@ async fn d17_rate_limit_is_exact() {
         1.0
     );
     server.stop().await.unwrap();
+}
+
+/// Each row as two tests, `<row>::websocket` and `<row>::device_socket`;
+/// `paused` ones run on a paused clock (time moves only when every task
+/// waits, straight to the next timer).
+macro_rules! on_both_transports {
+    ($($row:ident $(: $mode:ident)?),* $(,)?) => {
+        $( on_both_transports!(@row $($mode)? $row); )*
+    };
+    (@row $row:ident) => {
+        mod $row {
+            #[tokio::test]
+            async fn websocket() {
+                super::$row(super::DeviceTransport::Websocket).await
+            }
+            #[tokio::test]
+            async fn device_socket() {
+                super::$row(super::DeviceTransport::Socket).await
+            }
+        }
+    };
+    (@row paused $row:ident) => {
+        mod $row {
+            #[tokio::test(start_paused = true)]
+            async fn websocket() {
+                super::$row(super::DeviceTransport::Websocket).await
+            }
+            #[tokio::test(start_paused = true)]
+            async fn device_socket() {
+                super::$row(super::DeviceTransport::Socket).await
+            }
+        }
+    };
+    (@row websocket_only $row:ident) => {
+        mod $row {
+            #[tokio::test]
+            async fn websocket() {
+                super::$row(super::DeviceTransport::Websocket).await
+            }
+        }
+    };
+}
+
+on_both_transports! {
+    d01_register_gets_config,
+    d02_invalid_device_id_closes_1008,
+    d03_duplicate_id_is_refused_and_the_holder_is_untouched,
+    d04_register_again_keeps_the_registration,
+    d05_forward_before_register_is_not_registered,
+    d06_forward_reaches_the_client_verbatim,
+    d07_forward_to_a_departed_client_answers_client_disconnected,
+    d08_forward_to_an_unknown_client,
+    d09_invalid_client_id,
+    d10_missing_payload,
+    d11_unknown_message_type,
+    d12_invalid_message,
+    d13_binary_frame_closes_1003: websocket_only,
+    d13_invalid_utf8_closes_1007,
+    d14_size_limit_is_exact,
+    d14_default_size_limit_is_64_kib,
+    d15_registration_timeout: paused,
+    d16_device_disconnect_tells_clients_and_frees_the_id,
+    d16_abrupt_device_drop_also_tells_clients,
+    d17_rate_limit_is_exact,
 }

@@ -42,12 +42,6 @@ fn assert_error(reply: &common::HttpResponse, status: u16, starts: &str) {
     assert!(text.starts_with(starts), "{text}");
 }
 
-/// How Cuttlefish's polling clients pace themselves: 1 s after a poll that
-/// brought messages, else twice the last delay, up to 60 s.
-fn cuttlefish_backoff(delay: Duration) -> Duration {
-    (delay * 2).min(Duration::from_secs(60))
-}
-
 /// A client that polls on Cuttlefish's backoff for ten minutes of quiet is
 /// never dropped; once it stops, it is dropped after --poll-timeout (3 min
 /// by default) and its device is told. Driven time: the clock is paused and
@@ -55,45 +49,13 @@ fn cuttlefish_backoff(delay: Duration) -> Duration {
 #[tokio::test(start_paused = true)]
 async fn a_client_on_cuttlefish_backoff_stays_and_one_that_stops_is_dropped() {
     let server = TestServer::start(test_config()).await;
-    let poll_timeout = ServerConfig::default().poll_timeout;
-    assert!(poll_timeout > Duration::from_secs(60), "{poll_timeout:?}");
-    let mut device = server.registered_device_with_info("patient").await;
+    let device = server.registered_device_with_info("patient").await;
     let id = poll_connect(&server, "patient").await;
-
-    // The device reads throughout (so it answers the server's pings) and
-    // must hear nothing while its client keeps polling.
-    let quiet = Duration::from_secs(600);
-    let listening = tokio::spawn(async move {
-        device.expect_silence(quiet).await;
-        device
-    });
-    let started = tokio::time::Instant::now();
-    let mut delay = Duration::from_secs(1);
-    let mut polls = 0;
-    while started.elapsed() < quiet - Duration::from_secs(60) {
-        tokio::time::sleep(delay).await;
+    common::poll_on_backoff_then_stop(device, || async {
         let reply = poll(&server, &id).await;
-        assert_eq!((reply.status, reply.body.as_str()), (200, "[]"), "poll {polls}");
-        polls += 1;
-        delay = cuttlefish_backoff(delay);
-    }
-    assert!(polls >= 12, "{polls} polls; the 60 s cap was reached");
-    let last_poll = tokio::time::Instant::now();
-    let mut device = listening.await.unwrap();
-
-    // It stops polling: dropped once --poll-timeout has passed.
-    let gone = tokio::time::timeout(poll_timeout * 2, device.recv_text_whenever())
-        .await
-        .expect("the client is dropped");
-    assert_eq!(
-        gone,
-        r#"{"message_type":"client_disconnected","client_id":1}"#
-    );
-    let waited = last_poll.elapsed();
-    assert!(
-        waited >= poll_timeout && waited <= poll_timeout + Duration::from_secs(1),
-        "dropped {waited:?} after its last poll"
-    );
+        assert_eq!((reply.status, reply.body.as_str()), (200, "[]"));
+    })
+    .await;
     assert_error(&poll(&server, &id).await, 401, "Unknown connection_id");
     server.stop().await.unwrap();
 }

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use tokio::signal::unix::SignalKind;
+
 /// Which signal asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
@@ -18,29 +20,68 @@ impl fmt::Display for Signal {
     }
 }
 
-/// Resolves on the first SIGINT or SIGTERM, saying which. If SIGTERM cannot
-/// be listened for, it says so in the log and waits for SIGINT alone.
-pub async fn signal() -> Signal {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(terminate) => terminate,
+/// SIGINT and SIGTERM, caught from the moment [`listen`] returns.
+#[derive(Debug)]
+pub struct Signals {
+    interrupt: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+/// Catches SIGINT and SIGTERM from now on: call it before telling anyone
+/// the process is up, or a signal sent right after would still kill it
+/// the default way. A signal that cannot be caught is said in the log and
+/// left to its default.
+pub fn listen() -> Signals {
+    let catch = |kind: SignalKind, name: &str| match tokio::signal::unix::signal(kind) {
+        Ok(signal) => Some(signal),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops this process");
-            interrupted().await;
-            return Signal::Interrupt;
+            tracing::warn!(error = %e, "cannot listen for {name}; it stops this process the default way");
+            None
         }
     };
-    tokio::select! {
-        () = interrupted() => Signal::Interrupt,
-        _ = terminate.recv() => Signal::Terminate,
+    Signals {
+        interrupt: catch(SignalKind::interrupt(), "SIGINT"),
+        terminate: catch(SignalKind::terminate(), "SIGTERM"),
     }
 }
 
-/// SIGINT; if even that cannot be listened for, never (the process is then
-/// stopped the hard way, which is all it can be).
-async fn interrupted() {
-    if let Err(e) = tokio::signal::ctrl_c().await {
-        tracing::warn!(error = %e, "cannot listen for SIGINT");
-        std::future::pending::<()>().await;
+impl Signals {
+    /// Resolves on the first SIGINT or SIGTERM, saying which.
+    pub async fn recv(mut self) -> Signal {
+        tokio::select! {
+            Some(()) = next(&mut self.interrupt) => Signal::Interrupt,
+            Some(()) = next(&mut self.terminate) => Signal::Terminate,
+        }
+    }
+}
+
+async fn next(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// [`listen`], then [`Signals::recv`]: for a process whose readiness
+/// nobody waits on.
+pub async fn signal() -> Signal {
+    listen().recv().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SIGTERM sent after `listen` is caught, not fatal.
+    #[tokio::test]
+    async fn a_signal_after_listen_is_caught() {
+        let signals = listen();
+        let pid = std::process::id().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        assert_eq!(signals.recv().await, Signal::Terminate);
     }
 }

@@ -30,6 +30,8 @@ pub struct Server {
     pub url: String,
     /// Flags every tool needs to reach it (`--ca-cert`, `--token`, ...).
     pub tool_flags: Vec<String>,
+    /// Flags `client-cli bench` needs after `bench` (`--device-socket`).
+    pub bench_flags: Vec<String>,
 }
 
 impl Tools {
@@ -81,11 +83,23 @@ impl Tools {
             process,
             url,
             tool_flags: Vec::new(),
+            bench_flags: Vec::new(),
         })
     }
 
     /// Starts a fake device and waits until the server lists it.
     pub fn fake_device(&self, name: &str, server: &Server, device_id: &str) -> Result<Process> {
+        self.fake_device_with(name, server, device_id, &[])
+    }
+
+    /// [`Self::fake_device`] with `extra` flags.
+    pub fn fake_device_with(
+        &self,
+        name: &str,
+        server: &Server,
+        device_id: &str,
+        extra: &[&str],
+    ) -> Result<Process> {
         let mut command = self.command("fake-device");
         command
             .args(["--server", &server.url])
@@ -95,6 +109,7 @@ impl Tools {
                 "--device-info",
                 &format!(r#"{{"e2e":"{name}","displays":[{{"x_res":640,"y_res":360}}]}}"#),
             ])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         let process = Process::start(
@@ -217,7 +232,7 @@ type Scenario = fn(&Tools) -> Result<String>;
 
 /// Runs every scenario; the first failure stops the run.
 pub fn run_scenarios(tools: &Tools) -> Result<()> {
-    let scenarios: [(&str, Scenario); 8] = [
+    let scenarios: [(&str, Scenario); 9] = [
         ("plain ws, one client", plain_ws),
         (
             "wss, self-signed certificate via --ca-cert",
@@ -232,6 +247,7 @@ pub fn run_scenarios(tools: &Tools) -> Result<()> {
             "kill -9 mid-handshake: clients and a device",
             killed_mid_handshake,
         ),
+        ("device on the unix socket (--socket_path)", device_socket),
     ];
     for (index, (name, scenario)) in scenarios.iter().enumerate() {
         let started = Instant::now();
@@ -552,6 +568,36 @@ fn metric(server: &Server, series: &str) -> Result<f64> {
     let metrics = support::http::get_blocking(address, "/metrics")?;
     ensure!(metrics.status == 200, "GET /metrics: {}", metrics.status);
     Ok(support::prometheus::sample_or_zero(&metrics.body, series))
+}
+
+/// fake-device registers on the device socket, as a Cuttlefish device
+/// does with the Go operator; client-cli reaches it over the websocket.
+fn device_socket(tools: &Tools) -> Result<String> {
+    let dir = std::env::temp_dir().join(format!("e2e-device-socket-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("operator");
+    let path_arg = path.to_string_lossy().into_owned();
+    let mut server = tools.server("9-socket", &[&format!("--socket_path={path_arg}")])?;
+    let _device = tools.fake_device_with(
+        "9-socket",
+        &server,
+        "e2e-socket",
+        &["--device-socket", &path_arg],
+    )?;
+    let handshake = tools.connect(&server, "e2e-socket")?;
+    ensure!(
+        metric(&server, "signaling_device_socket_connections")? == 1.0,
+        "the device is not on the socket"
+    );
+    server.process.signal("TERM")?;
+    let status = server.process.wait_exit(Duration::from_secs(15))?;
+    ensure!(status.success(), "the server exited with {status}");
+    ensure!(!path.exists(), "the socket was not removed at exit");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(format!(
+        "registered over SOCK_SEQPACKET; data channel open at {:.1} ms; socket removed at exit",
+        handshake.data_channel_open_ms
+    ))
 }
 
 /// The build step: every binary the scenarios run.

@@ -31,6 +31,8 @@ struct Scenario {
     tls: bool,
     /// Run against the bare relay example instead of the server.
     bare: bool,
+    /// Its devices register on the server's device socket.
+    device_socket: bool,
     /// Run against the `--against` server binary instead of this build's.
     baseline: bool,
 }
@@ -45,6 +47,7 @@ fn scenario(name: &'static str, args: Vec<String>, runs: usize) -> Scenario {
         fresh_server: false,
         tls: false,
         bare: false,
+        device_socket: false,
         baseline: false,
     }
 }
@@ -92,6 +95,24 @@ fn standard() -> Vec<Scenario> {
             )
         },
         scenario("relay 50 pairs × 4 in flight, 4 KiB", relay("4096", &[]), 3),
+        Scenario {
+            fresh_server: true,
+            device_socket: true,
+            ..scenario(
+                "device socket: relay 50 pairs × 4 in flight, 200 B",
+                relay("200", &[]),
+                3,
+            )
+        },
+        Scenario {
+            fresh_server: true,
+            device_socket: true,
+            ..scenario(
+                "device socket: relay 50 pairs × 4 in flight, 4 KiB",
+                relay("4096", &[]),
+                3,
+            )
+        },
         scenario(
             "unloaded round trip: 1 pair, 1 in flight, 200 B",
             args(&[
@@ -126,6 +147,15 @@ fn standard() -> Vec<Scenario> {
             fresh_server: true,
             ..scenario(
                 "idle: 5,000 registered devices",
+                args(&["idle", "--devices", "5000", "--hold", "3s"]),
+                1,
+            )
+        },
+        Scenario {
+            fresh_server: true,
+            device_socket: true,
+            ..scenario(
+                "device socket: idle: 5,000 registered devices",
                 args(&["idle", "--devices", "5000", "--hold", "3s"]),
                 1,
             )
@@ -211,6 +241,25 @@ fn quick() -> Vec<Scenario> {
             args(&["idle", "--devices", "100", "--hold", "200ms"]),
             1,
         ),
+        Scenario {
+            fresh_server: true,
+            device_socket: true,
+            ..scenario(
+                "relay with devices on the device socket (quick)",
+                args(&[
+                    "relay",
+                    "--devices",
+                    "4",
+                    "--in-flight",
+                    "2",
+                    "--duration",
+                    "1s",
+                    "--warmup",
+                    "200ms",
+                ]),
+                1,
+            )
+        },
         scenario(
             "churn (quick)",
             args(&["churn", "--duration", "1s", "--concurrency", "4"]),
@@ -223,8 +272,10 @@ fn quick() -> Vec<Scenario> {
 /// server: CPU per relayed message at 200 B and 4 KiB, idle memory. Every
 /// run gets a fresh server, so neither build inherits the other's state.
 fn comparison() -> Vec<Scenario> {
+    // Servers from before the device socket cannot serve its scenarios.
     let measured = standard().into_iter().filter(|s| {
         !s.bare
+            && !s.device_socket
             && (s.name.starts_with("relay 50 pairs") || s.name == "idle: 5,000 registered devices")
     });
     let mut all = Vec::new();
@@ -238,6 +289,7 @@ fn comparison() -> Vec<Scenario> {
                 fresh_server: true,
                 tls: false,
                 bare: false,
+                device_socket: false,
                 baseline,
             });
         }
@@ -350,7 +402,8 @@ pub fn run_with(root: &Path, quick_run: bool, against: Option<&Path>) -> Result<
     for (scenario, row) in scenarios.iter().zip(&rows) {
         table.push_str(&format!("| {} | {row} |\n", scenario.name));
     }
-    // Each of ours against the bare relay: (what, ours, bare, field, unit).
+    // Each of ours against its reference (the bare relay, or the same
+    // scenario with websocket devices): (what, ours, reference, field, unit).
     let comparisons = [
         (
             "server CPU per message relative to the bare relay, 200 B",
@@ -365,6 +418,27 @@ pub fn run_with(root: &Path, quick_run: bool, against: Option<&Path>) -> Result<
             "bare relay baseline, 50 × 4, 4 KiB",
             "/server_cpu_us_per_msg",
             "µs",
+        ),
+        (
+            "server CPU per message, socket devices relative to websocket devices, 200 B",
+            "device socket: relay 50 pairs × 4 in flight, 200 B",
+            "relay 50 pairs × 4 in flight, 200 B",
+            "/server_cpu_us_per_msg",
+            "µs",
+        ),
+        (
+            "server CPU per message, socket devices relative to websocket devices, 4 KiB",
+            "device socket: relay 50 pairs × 4 in flight, 4 KiB",
+            "relay 50 pairs × 4 in flight, 4 KiB",
+            "/server_cpu_us_per_msg",
+            "µs",
+        ),
+        (
+            "idle memory per device, socket relative to websocket",
+            "device socket: idle: 5,000 registered devices",
+            "idle: 5,000 registered devices",
+            "/server_rss_per_connection",
+            "B",
         ),
         (
             "churn rate relative to the bare relay",
@@ -536,6 +610,7 @@ fn start_bare_relay(tools: &Tools) -> Result<Server> {
         process,
         url,
         tool_flags: Vec::new(),
+        bench_flags: Vec::new(),
     })
 }
 
@@ -557,8 +632,25 @@ fn start_server(tools: &Tools, scenario: &Scenario) -> Result<Server> {
         flags.extend(["--tls-self-signed".into(), "--tls-self-signed-dir".into()]);
         flags.push(cert_dir.to_string_lossy().into_owned());
     }
+    let socket = scenario.device_socket.then(|| {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::env::temp_dir().join(format!("bench-device-socket-{}-{n}", std::process::id()))
+    });
+    if let Some(path) = &socket {
+        flags.extend([
+            "--device-socket".into(),
+            path.to_string_lossy().into_owned(),
+        ]);
+    }
     let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut server = tools.server(&name, &flag_refs)?;
+    if let Some(path) = socket {
+        server.bench_flags = vec![
+            "--device-socket".into(),
+            path.to_string_lossy().into_owned(),
+        ];
+    }
     if scenario.tls {
         // The certificate names localhost; connect by that name.
         server.url = server.url.replace("127.0.0.1", "localhost");
@@ -582,6 +674,7 @@ fn bench_once(tools: &Tools, server: &Server, scenario: &Scenario, pinned: bool)
         .args(&server.tool_flags)
         .arg("bench")
         .args(&scenario.args)
+        .args(&server.bench_flags)
         .args(["--json", "--server-pid", &server.process.pid().to_string()])
         .stdin(Stdio::null());
     // With taskset the server's pid is taskset's, which exec'd the server.

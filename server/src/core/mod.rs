@@ -125,11 +125,17 @@ impl Core {
     }
 }
 
+/// How long a connection with no deadline at all (no idle timeout, no
+/// ping, no session timer) sleeps before it looks again.
+const NOTHING_DUE_RECHECK: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// How a front door keeps a connection alive, or gives up on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keepalive {
-    /// A connection that shows no sign of life for this long is ended.
-    pub idle: Duration,
+    /// A connection that shows no sign of life for this long is ended;
+    /// `None` where the transport itself reports a peer that is gone (a
+    /// unix socket's end of stream when its process exits).
+    pub idle: Option<Duration>,
     /// Probe the peer this often (a websocket ping), if the front door can.
     pub ping: Option<Duration>,
 }
@@ -153,6 +159,9 @@ pub struct Connection<S> {
     /// The rate limit's state (see `rate.rs`).
     rate_due: Instant,
     last_seen: Instant,
+    /// When the front door last woke it: with nothing due, the next look
+    /// is a while after this.
+    last_woken: Instant,
     next_ping: Option<Instant>,
     keepalive: Keepalive,
 }
@@ -164,6 +173,7 @@ impl<S: Session> Connection<S> {
             session,
             rate_due: now,
             last_seen: now,
+            last_woken: now,
             next_ping: keepalive.ping.map(|ping| now + ping),
             keepalive,
         }
@@ -224,22 +234,28 @@ impl<S: Session> Connection<S> {
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
     pub fn poll_timeout(&self) -> Instant {
-        let idle_at = self.last_seen + self.keepalive.idle;
+        let idle_at = self.keepalive.idle.map(|idle| self.last_seen + idle);
         let session = if self.outbox().is_closing() {
             None
         } else {
             self.session.poll_timeout()
         };
-        [Some(idle_at), self.next_ping, session]
+        [idle_at, self.next_ping, session]
             .into_iter()
             .flatten()
             .min()
-            .unwrap_or(idle_at)
+            // Nothing is due: look again after a while, and find nothing.
+            .unwrap_or(self.last_woken.max(self.last_seen) + NOTHING_DUE_RECHECK)
     }
 
     /// Acts on every deadline that has passed by `now`.
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Due> {
-        if now >= self.last_seen + self.keepalive.idle {
+        self.last_woken = self.last_woken.max(now);
+        if self
+            .keepalive
+            .idle
+            .is_some_and(|idle| now >= self.last_seen + idle)
+        {
             let error = ServerError::IdleTimeout;
             self.session.replies().core.metrics.error_sent(&error);
             return Some(Due::End(error));

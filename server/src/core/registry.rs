@@ -191,6 +191,19 @@ impl Registry {
         lock(&self.maps).waiting.values().map(Vec::len).sum()
     }
 
+    /// Whether a device holds `id` right now.
+    pub fn is_registered(&self, id: &str) -> bool {
+        lock(&self.maps).devices.contains_key(id)
+    }
+
+    /// The `device_info` of the device that holds `id`, if one does.
+    pub fn device_info(&self, id: &str) -> Option<Json> {
+        lock(&self.maps)
+            .devices
+            .get(id)
+            .map(|slot| slot.info.clone())
+    }
+
     /// The ids of every registered device, sorted.
     pub fn device_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = lock(&self.maps)

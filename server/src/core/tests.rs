@@ -150,8 +150,9 @@ fn protocol_md_lists_every_error_and_nothing_else() {
 
 const HANDSHAKE: Duration = Duration::from_secs(10);
 const WAIT: Duration = Duration::from_secs(5);
+const IDLE: Duration = Duration::from_secs(45);
 const KEEPALIVE: Keepalive = Keepalive {
-    idle: Duration::from_secs(45),
+    idle: Some(IDLE),
     ping: Some(Duration::from_secs(15)),
 };
 
@@ -299,8 +300,8 @@ fn idle_timeout_counts_from_the_last_sign_of_life() {
     // A pong at 20 s: the idle timeout now counts from there.
     device.on_activity(t0 + Duration::from_secs(20));
     assert_eq!(device.handle_timeout(t0 + 2 * ping), Some(Due::Ping));
-    assert_eq!(device.handle_timeout(t0 + KEEPALIVE.idle), Some(Due::Ping));
-    let idle_at = t0 + Duration::from_secs(20) + KEEPALIVE.idle;
+    assert_eq!(device.handle_timeout(t0 + IDLE), Some(Due::Ping));
+    let idle_at = t0 + Duration::from_secs(20) + IDLE;
     assert_eq!(device.poll_timeout(), t0 + 4 * ping);
     assert_eq!(
         device.handle_timeout(idle_at - Duration::from_millis(1)),
@@ -311,6 +312,33 @@ fn idle_timeout_counts_from_the_last_sign_of_life() {
         device.handle_timeout(idle_at),
         Some(Due::End(ServerError::IdleTimeout))
     );
+}
+
+/// A device socket's connection has no idle timeout (the kernel reports a
+/// peer that is gone) and no pings: once registered, nothing ends it.
+#[test]
+fn without_idle_timeout_or_pings_a_registered_device_stays() {
+    let core = core(Duration::ZERO);
+    let t0 = Instant::now();
+    let session = DeviceSession::new(core.clone(), core.outbox(), t0);
+    let keepalive = Keepalive {
+        idle: None,
+        ping: None,
+    };
+    let mut device = Connection::new(session, keepalive, t0);
+    // The registration timeout still applies before registering.
+    assert_eq!(device.poll_timeout(), t0 + HANDSHAKE);
+    device.on_text(r#"{"message_type":"register","device_id":"quiet"}"#, t0);
+    sent(&device);
+    let week = Duration::from_secs(7 * 24 * 60 * 60);
+    let mut now = t0;
+    while now < t0 + week {
+        let next = device.poll_timeout();
+        assert!(next > now, "each wake-up is later than the last");
+        now = next;
+        assert_eq!(device.handle_timeout(now), None);
+    }
+    assert_eq!(sent(&device), []);
 }
 
 #[test]

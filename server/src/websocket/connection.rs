@@ -9,7 +9,6 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::pin::Pin;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -18,12 +17,13 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::encode;
 use crate::ServerState;
-use crate::core::{Batch, Connection, Due, Outbox, Outgoing, ServerError, Session};
+use crate::core::{Batch, Connection, Due, Outgoing, ServerError, Session};
+use crate::door::{self, now};
+use crate::encode::{self, Dialect};
 
 /// How a connection ends.
 #[derive(Debug)]
@@ -34,11 +34,6 @@ enum Ending {
     PeerClosed,
     /// The socket is gone; nothing more can be sent.
     Gone,
-}
-
-/// The core's clock reading: tokio's, so a paused test clock drives it.
-fn now() -> std::time::Instant {
-    Instant::now().into_std()
 }
 
 /// Runs a connection until it ends. The connection (and with it the
@@ -59,6 +54,7 @@ pub(crate) fn drive<S, T>(
     mut conn: Connection<S>,
     state: &ServerState,
     shutdown: CancellationToken,
+    dialect: Dialect,
 ) -> impl Future<Output = ()>
 where
     S: Session,
@@ -83,12 +79,13 @@ where
                     }
                     // Boxed: the write path's futures exist only while writing,
                     // so an idle connection does not carry their space.
-                    let written = Box::pin(guarded_write(
-                        write_batch(&mut ws, &mut batch, state),
+                    let written = Box::pin(door::unless_stuck(
+                        write_batch(&mut ws, &mut batch, state, dialect),
                         &conn,
                         cancelled.as_mut(),
                     ))
-                    .await;
+                    .await
+                    .unwrap_or_else(|error| Err(Ending::Close(error)));
                     // Give the queue's allocation back (a close may also
                     // have left items unsent): an idle connection holds
                     // none, at the price of one allocation per burst.
@@ -125,11 +122,13 @@ where
                         let ping = async {
                             ws.send(Message::Ping(Default::default()))
                                 .await
-                                .map(|()| None)
+                                .map(|()| None::<Ending>)
                                 .map_err(|_| Ending::Gone)
                         };
                         if let Err(ending) =
-                            Box::pin(guarded_write(ping, &conn, cancelled.as_mut())).await
+                            Box::pin(door::unless_stuck(ping, &conn, cancelled.as_mut()))
+                                .await
+                                .unwrap_or_else(|error| Err(Ending::Close(error)))
                         {
                             break ending;
                         }
@@ -159,31 +158,12 @@ where
     }
 }
 
-/// Runs a write, unless the outbox overflows (the peer is not reading, so
-/// the write may never finish) or the server shuts down first. `Ok(Some)`
-/// is a close the write asked for.
-async fn guarded_write<F, S: Session>(
-    write: F,
-    conn: &Connection<S>,
-    shutdown: Pin<&mut WaitForCancellationFuture<'_>>,
-) -> Result<Option<Ending>, Ending>
-where
-    F: Future<Output = Result<Option<Ending>, Ending>>,
-{
-    let outbox: &Outbox = conn.outbox();
-    tokio::select! {
-        biased;
-        result = write => result,
-        () = outbox.overflowed() => Err(Ending::Close(conn.slow_consumer())),
-        () = shutdown => Err(Ending::Close(ServerError::ShuttingDown)),
-    }
-}
-
 /// Writes a batch, stopping at a close. Returns the close, if there was one.
 async fn write_batch<T>(
     ws: &mut WebSocketStream<T>,
     batch: &mut Batch,
     state: &ServerState,
+    dialect: Dialect,
 ) -> Result<Option<Ending>, Ending>
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -194,8 +174,8 @@ where
             close = Some(Ending::Close(error));
             break;
         }
-        let Some(text) = encode::frame(item) else {
-            break;
+        let Some(text) = encode::frame_in(item, dialect) else {
+            continue;
         };
         state.core.metrics.bytes_out.inc_by(text.len() as u64);
         ws.feed(Message::Text(text.into()))

@@ -1,4 +1,5 @@
-//! The seed's websocket front door: `/register_device` and `/connect_client`.
+//! The websocket front doors: the seed's `/register_device` and
+//! `/connect_client`, and the Go operator's `/devices/{id}/connect`.
 //!
 //! An upgrade request is admitted (token, shutdown, connection limits),
 //! its handshake checked, and answered 101; the upgraded socket then gets a
@@ -24,23 +25,46 @@ use tracing::{Instrument, Span, field, info_span, warn};
 use crate::ServerState;
 use crate::core::session::{ClientSession, DeviceSession};
 use crate::core::{Connection, Keepalive};
+use crate::encode::Dialect;
 use crate::http::{Refusal, Upgrading, token_accepted};
 use crate::limits::Permit;
 use crate::metrics::Endpoint;
 use read_ahead::ReadAhead;
 
 mod connection;
-pub(crate) mod encode;
 mod read_ahead;
 
-/// Answers a websocket request on `endpoint`: a refusal, or 101 with the
+/// Which websocket a request opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Door {
+    RegisterDevice,
+    ConnectClient,
+    /// The Go operator's client websocket: the path names the device, and
+    /// the client sends bare payloads.
+    DeviceConnect {
+        device_id: String,
+    },
+}
+
+impl Door {
+    fn endpoint(&self) -> Endpoint {
+        match self {
+            Self::RegisterDevice => Endpoint::RegisterDevice,
+            Self::ConnectClient => Endpoint::ConnectClient,
+            Self::DeviceConnect { .. } => Endpoint::DeviceConnect,
+        }
+    }
+}
+
+/// Answers a websocket request on `door`: a refusal, or 101 with the
 /// connection's task spawned.
 pub(crate) fn upgrade(
     state: Arc<ServerState>,
     peer: SocketAddr,
     mut request: Request,
-    endpoint: Endpoint,
+    door: Door,
 ) -> Response {
+    let endpoint = door.endpoint();
     let admitted = admit(&state, peer, &request, endpoint)
         .and_then(|permit| Ok((permit, Handshake::read(request.headers())?)));
     let (permit, handshake) = match admitted {
@@ -52,7 +76,7 @@ pub(crate) fn upgrade(
         upgrading.0.store(true, Ordering::Release);
     }
     let span = connection_span(endpoint, peer);
-    let task = serve(state.clone(), endpoint, permit, on_upgrade);
+    let task = serve(state.clone(), door, permit, on_upgrade);
     state.tracker.spawn(task.instrument(span));
     handshake.response()
 }
@@ -146,7 +170,7 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 fn connection_span(endpoint: Endpoint, peer: SocketAddr) -> Span {
     match endpoint {
         Endpoint::RegisterDevice => info_span!("device", %peer, device_id = field::Empty),
-        Endpoint::ConnectClient => {
+        Endpoint::ConnectClient | Endpoint::DeviceConnect => {
             info_span!("client", %peer, device_id = field::Empty, client_id = field::Empty)
         }
     }
@@ -163,7 +187,7 @@ fn connection_span(endpoint: Endpoint, peer: SocketAddr) -> Span {
 )]
 fn serve(
     state: Arc<ServerState>,
-    endpoint: Endpoint,
+    door: Door,
     permit: Permit,
     on_upgrade: OnUpgrade,
 ) -> impl Future<Output = ()> {
@@ -181,25 +205,33 @@ fn serve(
             Some(state.ws_config),
         )
         .await;
-        let gauge = state.core.metrics.connections(endpoint);
+        let gauge = state.core.metrics.connections(door.endpoint());
         gauge.inc();
         let core = state.core.clone();
         let keepalive = Keepalive {
-            idle: state.config.idle_timeout,
+            idle: Some(state.config.idle_timeout),
             ping: Some(state.config.ping_interval),
         };
-        let now = tokio::time::Instant::now().into_std();
+        let now = crate::door::now();
         let shutdown = state.shutdown.clone();
-        match endpoint {
-            Endpoint::RegisterDevice => {
+        match door {
+            Door::RegisterDevice => {
                 let session = DeviceSession::new(core.clone(), core.outbox(), now);
                 let conn = Connection::new(session, keepalive, now);
-                connection::drive(ws, conn, &state, shutdown).await;
+                connection::drive(ws, conn, &state, shutdown, Dialect::Seed).await;
             }
-            Endpoint::ConnectClient => {
+            Door::ConnectClient => {
                 let session = ClientSession::new(core.clone(), core.outbox(), now);
                 let conn = Connection::new(session, keepalive, now);
-                connection::drive(ws, conn, &state, shutdown).await;
+                connection::drive(ws, conn, &state, shutdown, Dialect::Seed).await;
+            }
+            Door::DeviceConnect { device_id } => {
+                // The device may have left since the check before the
+                // upgrade: the session then says `Device not found`.
+                let session =
+                    ClientSession::with_bare_payloads(core.clone(), core.outbox(), &device_id, now);
+                let conn = Connection::new(session, keepalive, now);
+                connection::drive(ws, conn, &state, shutdown, Dialect::GoOperator).await;
             }
         }
         gauge.dec();

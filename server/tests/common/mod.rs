@@ -3,12 +3,15 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use signaling_server::ServerConfig;
+use signaling_server::config::DeviceSocketConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -25,23 +28,85 @@ pub const PROMPT: Duration = Duration::from_secs(5);
 /// A running server; dropping it without `stop` aborts it.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The device socket, when the server has one.
+    pub device_socket: Option<PathBuf>,
+    /// A temporary folder made for the server (by `start_for`), removed
+    /// with it.
+    own_dir: Option<PathBuf>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), signaling_server::Error>>>,
+}
+
+/// How a test's devices reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceTransport {
+    /// The seed's `/register_device` websocket.
+    Websocket,
+    /// The device socket (`--device-socket`), as Cuttlefish's devices.
+    Socket,
+}
+
+/// A fresh folder under the system's temporary one, for one test's files.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("sig-{name}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create a temporary folder");
+    dir
 }
 
 impl TestServer {
     pub async fn start(config: ServerConfig) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
+        let device_socket = config.device_socket.as_ref().map(|s| s.path.clone());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(signaling_server::run(listener, config, async move {
+        let bound = signaling_server::Server::bind(listener, config).expect("the server binds");
+        let task = tokio::spawn(bound.run(async move {
             let _ = stopped.await;
         }));
         Self {
             addr,
+            device_socket,
+            own_dir: None,
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// A server whose devices (`device_peer`, `registered_device_peer`)
+    /// come over `transport`; the device socket lives in a folder of its
+    /// own.
+    pub async fn start_for(transport: DeviceTransport, mut config: ServerConfig) -> Self {
+        let own_dir = (transport == DeviceTransport::Socket).then(|| temp_dir("device-socket"));
+        if let Some(dir) = &own_dir {
+            config.device_socket = Some(DeviceSocketConfig::at(dir.join("operator")));
+        }
+        let mut server = Self::start(config).await;
+        server.own_dir = own_dir;
+        server
+    }
+
+    /// A new device connection, on the device socket if the server has
+    /// one, else on `/register_device`.
+    pub async fn device_peer(&self) -> DevicePeer {
+        match &self.device_socket {
+            Some(path) => DevicePeer::Socket(SocketPeer::connect(path).await),
+            None => DevicePeer::Websocket(self.device().await),
+        }
+    }
+
+    /// [`Self::device_peer`] registered under `id` with `device_info`
+    /// `{"name": id}`, its `config` already read.
+    pub async fn registered_device_peer(&self, id: &str) -> DevicePeer {
+        let mut device = self.device_peer().await;
+        let register = serde_json::json!({
+            "message_type": "register", "device_id": id, "device_info": {"name": id},
+        });
+        device.send(&register.to_string()).await;
+        let config = device.recv_json().await;
+        assert_eq!(config["message_type"], "config", "{config}");
+        device
     }
 
     pub async fn with_defaults() -> Self {
@@ -111,6 +176,9 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
+        }
+        if let Some(dir) = &self.own_dir {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
@@ -253,6 +321,181 @@ impl Peer {
     }
 }
 
+/// A device on either transport, with the calls the device tests make.
+#[allow(clippy::large_enum_variant)] // A few per test.
+pub enum DevicePeer {
+    Websocket(Peer),
+    Socket(SocketPeer),
+}
+
+impl DevicePeer {
+    pub async fn send(&mut self, text: &str) {
+        match self {
+            Self::Websocket(peer) => peer.send(text).await,
+            Self::Socket(peer) => peer.send_bytes(text.as_bytes()).await,
+        }
+    }
+
+    /// Sends every message at once: one websocket write, or packets back
+    /// to back.
+    pub async fn send_all(&mut self, texts: &[&str]) {
+        match self {
+            Self::Websocket(peer) => {
+                for text in texts {
+                    peer.ws.feed(Message::text(*text)).await.expect("feed");
+                }
+                peer.ws.flush().await.expect("flush");
+            }
+            Self::Socket(peer) => {
+                for text in texts {
+                    peer.send_bytes(text.as_bytes()).await;
+                }
+            }
+        }
+    }
+
+    /// Sends bytes that are not UTF-8: as a websocket text frame, or a
+    /// packet.
+    pub async fn send_not_utf8(&mut self, bytes: &[u8]) {
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        match self {
+            Self::Websocket(peer) => {
+                let frame = Frame::message(bytes.to_vec(), OpCode::Data(Data::Text), true);
+                peer.send_message(Message::Frame(frame)).await;
+            }
+            Self::Socket(peer) => peer.send_bytes(bytes).await,
+        }
+    }
+
+    pub async fn recv_text(&mut self) -> String {
+        match self {
+            Self::Websocket(peer) => peer.recv_text().await,
+            Self::Socket(peer) => peer.recv_text().await,
+        }
+    }
+
+    pub async fn recv_json(&mut self) -> Value {
+        let text = self.recv_text().await;
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    /// Expects `{"error": ...}` and returns the text.
+    pub async fn recv_error(&mut self) -> String {
+        error_text(&self.recv_json().await)
+    }
+
+    pub async fn send_and_recv_error(&mut self, text: &str) -> String {
+        self.send(text).await;
+        self.recv_error().await
+    }
+
+    /// The server ended the session with `code` and `reason`: on a
+    /// websocket, its close frame says both; the device socket has no close
+    /// frames, so its stream ends, after an error packet with the reason
+    /// for the endings a websocket says with a close code alone.
+    pub async fn expect_end(&mut self, code: CloseCode, reason: &str) {
+        match self {
+            Self::Websocket(peer) => {
+                assert_eq!(peer.recv_close().await, (code, reason.to_owned()));
+            }
+            Self::Socket(peer) => {
+                // 1008 and 1001 endings come after their error frame, which
+                // the test has read; the others a websocket says with its
+                // close code alone, and the socket with a last packet.
+                if !matches!(code, CloseCode::Policy | CloseCode::Away) {
+                    let text = peer.recv_packet().await.expect("a last error packet");
+                    let value: Value = serde_json::from_str(&text)
+                        .unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+                    assert_eq!(error_text(&value), reason);
+                }
+                assert_eq!(peer.recv_packet().await, None, "the socket ends");
+            }
+        }
+    }
+
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        match self {
+            Self::Websocket(peer) => peer.expect_silence(wait).await,
+            Self::Socket(peer) => peer.expect_silence(wait).await,
+        }
+    }
+
+    /// Leaves: a close handshake, or shutting the socket down.
+    pub async fn close(self) {
+        match self {
+            Self::Websocket(peer) => peer.close().await,
+            Self::Socket(peer) => peer.close().await,
+        }
+    }
+}
+
+fn error_text(value: &Value) -> String {
+    assert_eq!(value.as_object().map(|o| o.len()), Some(1), "{value}");
+    value["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error: {value}"))
+        .to_owned()
+}
+
+/// A device on the device socket: one message per packet.
+pub struct SocketPeer {
+    pub socket: tokio_seqpacket::UnixSeqpacket,
+}
+
+impl SocketPeer {
+    pub async fn connect(path: &Path) -> Self {
+        let socket = tokio_seqpacket::UnixSeqpacket::connect(path)
+            .await
+            .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+        Self { socket }
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        let sent = self
+            .socket
+            .send(bytes)
+            .await
+            .unwrap_or_else(|e| panic!("send {} bytes: {e}", bytes.len()));
+        assert_eq!(sent, bytes.len(), "one packet, whole");
+    }
+
+    /// The next packet as text, `None` at the end of the stream; panics
+    /// after [`PROMPT`].
+    pub async fn recv_packet(&mut self) -> Option<String> {
+        tokio::time::timeout(PROMPT, self.recv_packet_whenever())
+            .await
+            .expect("timed out waiting for a packet")
+    }
+
+    /// The next packet, however long it takes.
+    pub async fn recv_packet_whenever(&mut self) -> Option<String> {
+        let mut buffer = vec![0u8; 256 * 1024];
+        let info = match self.socket.recv(&mut buffer).await {
+            Ok(info) => info,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+            Err(e) => panic!("recv: {e}"),
+        };
+        assert!(!info.truncated(), "a packet over 256 KiB");
+        let n = info.bytes_read();
+        (n > 0).then(|| String::from_utf8(buffer[..n].to_vec()).expect("UTF-8 from the server"))
+    }
+
+    pub async fn recv_text(&mut self) -> String {
+        self.recv_packet().await.expect("the socket ended")
+    }
+
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Ok(packet) = tokio::time::timeout(wait, self.recv_packet_whenever()).await {
+            panic!("expected silence, got {packet:?}");
+        }
+    }
+
+    pub async fn close(self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+}
+
 pub use support::http::Response as HttpResponse;
 
 /// `GET path` with `headers`, answered within [`PROMPT`].
@@ -283,6 +526,51 @@ pub fn refusal_status(error: &WsError) -> u16 {
         WsError::Http(response) => response.status().as_u16(),
         other => panic!("expected an HTTP refusal, got {other}"),
     }
+}
+
+/// A polling client on Cuttlefish's backoff (1 s after a poll that brought
+/// messages, else twice the last wait, up to 60 s) for ten quiet minutes,
+/// each `poll` checking its answer, while `device` reads all along (so it
+/// answers pings) and must hear nothing. Then the client stops: the
+/// client's disconnect must reach the device within `--poll-timeout` (the
+/// default) plus a second, and not before it. For a paused clock.
+pub async fn poll_on_backoff_then_stop<F, Fut>(device: Peer, mut poll: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let poll_timeout = ServerConfig::default().poll_timeout;
+    assert!(poll_timeout > Duration::from_secs(60), "{poll_timeout:?}");
+    let quiet = Duration::from_secs(600);
+    let mut device = device;
+    let listening = tokio::spawn(async move {
+        device.expect_silence(quiet).await;
+        device
+    });
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_secs(1);
+    let mut polls = 0;
+    while started.elapsed() < quiet - Duration::from_secs(60) {
+        tokio::time::sleep(delay).await;
+        poll().await;
+        polls += 1;
+        delay = (delay * 2).min(Duration::from_secs(60));
+    }
+    assert!(polls >= 12, "{polls} polls; the 60 s cap was reached");
+    let last_poll = tokio::time::Instant::now();
+    let mut device = listening.await.expect("the device listened");
+    let gone = tokio::time::timeout(poll_timeout * 2, device.recv_text_whenever())
+        .await
+        .expect("the client is dropped");
+    assert_eq!(
+        gone,
+        r#"{"message_type":"client_disconnected","client_id":1}"#
+    );
+    let waited = last_poll.elapsed();
+    assert!(
+        waited >= poll_timeout && waited <= poll_timeout + Duration::from_secs(1),
+        "dropped {waited:?} after its last poll"
+    );
 }
 
 /// Polls `check` until it holds or [`PROMPT`] passes.

@@ -1,6 +1,8 @@
 //! The client's state machine (PROTOCOL.md, "Every decision, row by row":
 //! `/connect_client`, rows C1–C15; C11, C12 and C15 are decided before a
-//! frame reaches it).
+//! frame reaches it), and the Go operator's dialect of it
+//! (`/devices/{id}/connect`): the path names the device, and every frame is
+//! a bare payload for it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +22,18 @@ use crate::core::registry::{ClientLink, Connection, NotAttached};
 pub struct ClientSession {
     replies: Replies,
     state: State,
+    framing: Framing,
+}
+
+/// What a client's frames are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// The seed's `connect` and `forward` messages.
+    Messages,
+    /// Bare payloads, each one JSON object, for the device the session was
+    /// connected to when it opened (the Go operator's
+    /// `/devices/{id}/connect`).
+    BarePayloads,
 }
 
 #[derive(Debug)]
@@ -43,7 +57,24 @@ impl ClientSession {
         Self {
             replies: Replies { core, outbox },
             state: State::AwaitingConnect { connect_by },
+            framing: Framing::Messages,
         }
+    }
+
+    /// A client of the Go operator's `/devices/{id}/connect`, connected to
+    /// `device_id` at once (no alternative-flow wait: the door answers 404
+    /// before the upgrade for a device that is not there). Each frame it
+    /// sends is a payload for the device.
+    pub fn with_bare_payloads(
+        core: Arc<Core>,
+        outbox: Outbox,
+        device_id: &str,
+        now: Instant,
+    ) -> Self {
+        let mut session = Self::new(core, outbox, now);
+        session.framing = Framing::BarePayloads;
+        session.connect(device_id, None, now);
+        session
     }
 
     /// A `connect` to a valid device id (C1–C3, C5). With `wait`, a client
@@ -131,6 +162,13 @@ impl ClientSession {
 
 impl Session for ClientSession {
     fn on_text(&mut self, text: &str, now: Instant) {
+        if self.framing == Framing::BarePayloads {
+            // Not a JSON object: said, and the session goes on (as C8).
+            return match protocol::parse_bare_payload(text) {
+                Ok(payload) => self.forward(payload),
+                Err(e) => self.replies.send_error(e.into()),
+            };
+        }
         let frame = match Frame::<ClientMessageType>::parse(text) {
             Ok(frame) => frame,
             // C9, C10

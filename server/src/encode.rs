@@ -1,5 +1,5 @@
-//! The seed websocket's encoding of what the core sends: each item one
-//! JSON text frame of the protocol.
+//! The seed's JSON encoding of what the core sends: each item one protocol
+//! message, a websocket text frame or a device socket's packet.
 
 use protocol::{
     ClientDisconnected, ClientMsg, DeviceInfo, DeviceMsg, ErrorMsg, RawValue, ServerToClient,
@@ -7,6 +7,29 @@ use protocol::{
 };
 
 use crate::core::{Json, Outgoing, ServerError};
+
+/// Which client dialect a connection speaks: what it is sent differs only
+/// where the Go operator's `/devices/{id}/connect` differs from the seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// The seed's messages (and every device connection).
+    Seed,
+    /// The Go operator's client websocket: no `config` (its clients read
+    /// `/infra_config`), and `device_info` as `{"device_info": …}`.
+    GoOperator,
+}
+
+/// The frame text of one item in `dialect`; `None` for what is not sent as
+/// a frame (a close; `config` in the Go dialect).
+pub(crate) fn frame_in(item: Outgoing, dialect: Dialect) -> Option<String> {
+    match (dialect, item) {
+        (Dialect::GoOperator, Outgoing::Config(_)) => None,
+        (Dialect::GoOperator, Outgoing::DeviceInfo(info)) => {
+            Some(format!(r#"{{"device_info":{}}}"#, info.get()))
+        }
+        (_, item) => frame(item),
+    }
+}
 
 /// The frame text of one item; `None` for a close, which is not a text
 /// frame. A relayed payload already sits in its frame (see `core::Json`).

@@ -1,0 +1,363 @@
+//! The device socket: devices register on a unix `SOCK_SEQPACKET` socket,
+//! as Cuttlefish's devices do with its Go operator (its default is
+//! `/run/cuttlefish/operator`). One JSON message per packet, the seed's
+//! device messages both ways; a device here is the same to clients as one
+//! on `/register_device`: same registry, ids, announcements and limits.
+//!
+//! What differs from a websocket, and why (PROTOCOL.md, "The device
+//! socket"): there are no close frames, so a session that ends with an
+//! error gets that error as its last packet (including the ones a
+//! websocket says with a close code alone: too big, not UTF-8, shutting
+//! down), then the socket is shut down. There are no pings and no idle
+//! timeout: when a device's process exits, the kernel ends its socket. Who
+//! may connect is who may write the socket file (its mode, owner and
+//! group are settable); the peer's uid, gid and pid (`SO_PEERCRED`) are in
+//! every log line of the connection, and can be limited to a list of uids.
+//!
+//! Like `websocket/connection.rs`, this file only moves packets and keeps
+//! time; every decision is the core's.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::task::Poll;
+
+use tokio::time::{Instant, sleep_until, timeout_at};
+use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
+use tracing::{Instrument, debug, field, info, info_span, warn};
+
+use crate::ServerState;
+use crate::config::DeviceSocketConfig;
+use crate::core::session::DeviceSession;
+use crate::core::{Batch, Connection, Due, Keepalive, Outgoing, ServerError};
+use crate::door::{self, now};
+use crate::encode;
+use crate::http::Refusal;
+
+/// Why the device socket cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceSocketError {
+    #[error("{0}: another server is listening on this socket")]
+    InUse(PathBuf),
+    #[error("{0}: exists and is not a socket; not replacing it")]
+    NotASocket(PathBuf),
+    #[error("{path}: cannot {action}: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: io::Error,
+    },
+}
+
+fn io_error(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> DeviceSocketError {
+    let path = path.to_owned();
+    move |source| DeviceSocketError::Io {
+        path,
+        action,
+        source,
+    }
+}
+
+/// A bound device socket, not yet serving.
+#[derive(Debug)]
+pub(crate) struct DeviceSocket {
+    listener: UnixSeqpacketListener,
+    path: PathBuf,
+    /// The socket file made here (device, inode): removed at shutdown only
+    /// if it is still this one.
+    file: (u64, u64),
+}
+
+/// Binds the socket at `config.path` with its mode and owner. A socket
+/// file that nothing answers on (a server that is gone) is replaced.
+pub(crate) fn bind(config: &DeviceSocketConfig) -> Result<DeviceSocket, DeviceSocketError> {
+    let path = &config.path;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            match UnixSeqpacket::connect_blocking(path) {
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(path)
+                        .map_err(io_error(path, "remove the stale socket"))?;
+                }
+                // Connected, or a live socket of another kind.
+                _ => return Err(DeviceSocketError::InUse(path.clone())),
+            }
+        }
+        Ok(_) => return Err(DeviceSocketError::NotASocket(path.clone())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_error(path, "inspect the path")(e)),
+    }
+    let listener = UnixSeqpacketListener::bind(path).map_err(io_error(path, "bind"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.mode))
+        .map_err(io_error(path, "set the socket's mode"))?;
+    if config.owner.is_some() || config.group.is_some() {
+        std::os::unix::fs::chown(path, config.owner, config.group)
+            .map_err(io_error(path, "set the socket's owner"))?;
+    }
+    let meta = std::fs::metadata(path).map_err(io_error(path, "inspect the socket"))?;
+    Ok(DeviceSocket {
+        listener,
+        path: path.clone(),
+        file: (meta.dev(), meta.ino()),
+    })
+}
+
+impl DeviceSocket {
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Accepts devices until the server shuts down, then removes the
+    /// socket file.
+    pub(crate) async fn serve(self, state: Arc<ServerState>) {
+        let Self {
+            mut listener,
+            path,
+            file,
+        } = self;
+        loop {
+            let accepted = tokio::select! {
+                () = state.shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok(socket) => {
+                    let task = serve_connection(socket, state.clone());
+                    state.tracker.spawn(task);
+                }
+                Err(e) => {
+                    // Out of file descriptors or similar: back off.
+                    warn!(error = %e, "device socket: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+        drop(listener);
+        let still_ours = std::fs::metadata(&path).is_ok_and(|m| (m.dev(), m.ino()) == file);
+        if still_ours && let Err(e) = std::fs::remove_file(&path) {
+            warn!(path = %path.display(), error = %e, "cannot remove the device socket");
+        }
+    }
+}
+
+/// One device's connection: checked (uid, shutdown, connection limit), then
+/// driven until it ends.
+fn serve_connection(socket: UnixSeqpacket, state: Arc<ServerState>) -> impl Future<Output = ()> {
+    let credentials = socket.peer_cred().ok();
+    let uid = credentials.map(|c| c.uid());
+    let span = info_span!(
+        "device",
+        transport = "socket",
+        uid,
+        gid = credentials.map(|c| c.gid()),
+        pid = credentials.and_then(|c| c.pid()),
+        device_id = field::Empty,
+    );
+    async move {
+        let refusal = if !uid_allowed(&state, uid) {
+            Some(Refusal::UidNotAllowed)
+        } else if state.shutdown.is_cancelled() {
+            Some(Refusal::ShuttingDown)
+        } else {
+            None
+        };
+        let permit = match refusal.map_or_else(
+            || state.limiter.try_acquire_local().map_err(Refusal::from),
+            Err,
+        ) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                info!(reason = refusal.text(), "device socket connection refused");
+                refusal.count(&state);
+                let error = protocol::ServerToDevice::Error(protocol::ErrorMsg {
+                    error: refusal.text().into(),
+                })
+                .encode();
+                let deadline = Instant::now() + state.config.close_timeout;
+                let _ = timeout_at(deadline, socket.send(error.as_bytes())).await;
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        };
+        let gauge = state.core.metrics.socket_connections.clone();
+        gauge.inc();
+        let now = now();
+        let core = state.core.clone();
+        let session = DeviceSession::new(core.clone(), core.outbox(), now);
+        // No idle timeout and no pings: the kernel ends the socket of a
+        // device whose process is gone.
+        let keepalive = Keepalive {
+            idle: None,
+            ping: None,
+        };
+        drive(socket, Connection::new(session, keepalive, now), &state).await;
+        gauge.dec();
+        drop(permit);
+    }
+    .instrument(span)
+}
+
+fn uid_allowed(state: &ServerState, uid: Option<u32>) -> bool {
+    let allowed = state
+        .config
+        .device_socket
+        .as_ref()
+        .and_then(|socket| socket.allowed_uids.as_ref());
+    match (allowed, uid) {
+        (None, _) => true,
+        (Some(allowed), Some(uid)) => allowed.contains(&uid),
+        (Some(_), None) => false,
+    }
+}
+
+/// How a connection ends.
+#[derive(Debug)]
+enum Ending {
+    /// Send this error (unless the core already queued it) and shut down.
+    Close(ServerError),
+    /// The device closed its end, or the socket failed.
+    Gone,
+}
+
+/// One packet read, or why there is none.
+enum Packet {
+    Text(String),
+    TooBig,
+    NotUtf8,
+    End,
+}
+
+thread_local! {
+    /// Where packets are received: one buffer of the size limit per worker
+    /// thread, so an idle device holds no read buffer at all.
+    static RECEIVE_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The next packet, whole. A packet over `limit` bytes arrives truncated
+/// (the kernel says so) and is refused; the rest of it is gone.
+async fn next_packet(socket: &UnixSeqpacket, limit: usize) -> io::Result<Packet> {
+    std::future::poll_fn(|cx| {
+        RECEIVE_BUFFER.with_borrow_mut(|buffer| {
+            if buffer.len() < limit {
+                buffer.resize(limit, 0);
+            }
+            match socket.poll_recv(cx, &mut buffer[..limit]) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Ready(Ok(info)) if info.truncated() => Poll::Ready(Ok(Packet::TooBig)),
+                // Zero bytes is the end of the stream (an empty packet
+                // reads the same; no device sends one).
+                Poll::Ready(Ok(info)) if info.bytes_read() == 0 => Poll::Ready(Ok(Packet::End)),
+                Poll::Ready(Ok(info)) => {
+                    let bytes = &buffer[..info.bytes_read()];
+                    Poll::Ready(Ok(match std::str::from_utf8(bytes) {
+                        Ok(text) => Packet::Text(text.to_owned()),
+                        Err(_) => Packet::NotUtf8,
+                    }))
+                }
+            }
+        })
+    })
+    .await
+}
+
+/// Runs a device's connection until it ends. The connection (and with it
+/// the registration) is dropped as soon as the session is over, which
+/// announces the departure to its clients.
+async fn drive(socket: UnixSeqpacket, mut conn: Connection<DeviceSession>, state: &ServerState) {
+    let config = &state.config;
+    let mut batch = Batch::default();
+    let cancelled = state.shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let ending = loop {
+        let wake = Instant::from_std(conn.poll_timeout());
+        tokio::select! {
+            biased;
+            () = &mut cancelled => break Ending::Close(ServerError::ShuttingDown),
+            () = conn.outbox().next_batch(&mut batch) => {
+                if batch.overflowed {
+                    break Ending::Close(conn.slow_consumer());
+                }
+                let written = door::unless_stuck(
+                    write_batch(&socket, &mut batch, state),
+                    &conn,
+                    cancelled.as_mut(),
+                )
+                .await
+                .unwrap_or_else(|error| Err(Ending::Close(error)));
+                batch.items = VecDeque::new();
+                match written {
+                    Ok(None) => {}
+                    Ok(Some(ending)) | Err(ending) => break ending,
+                }
+            }
+            packet = next_packet(&socket, config.max_message_bytes) => match packet {
+                Ok(Packet::Text(text)) => {
+                    state.core.metrics.bytes_in.inc_by(text.len() as u64);
+                    conn.on_text(&text, now());
+                }
+                Ok(Packet::TooBig) => break Ending::Close(ServerError::MessageTooBig {
+                    limit: config.max_message_bytes,
+                }),
+                Ok(Packet::NotUtf8) => break Ending::Close(ServerError::InvalidUtf8),
+                Ok(Packet::End) => break Ending::Gone,
+                Err(e) => {
+                    debug!(error = %e, "device socket read failed");
+                    break Ending::Gone;
+                }
+            },
+            () = sleep_until(wake) => match conn.handle_timeout(now()) {
+                Some(Due::End(error)) => break Ending::Close(error),
+                // No pings on this socket (the keepalive asks for none).
+                Some(Due::Ping) | None => {}
+            },
+        }
+    };
+    let queued_by_core = matches!(&ending, Ending::Close(_)) && conn.outbox().is_closing();
+    drop(conn);
+    if let Ending::Close(error) = ending {
+        debug!(reason = %error, "closing");
+        // The core queued its fatal errors (with their error frame) and
+        // they were written; an ending found here (too big, not UTF-8,
+        // shutdown) is said now, as the last packet, where a websocket
+        // would say it with a close code. A slow consumer is past
+        // listening.
+        let say_it = !queued_by_core && !matches!(error, ServerError::SlowConsumer { .. });
+        if say_it {
+            if error.sends_error_frame() || error.is_fatal() {
+                state.core.metrics.error_sent(&error);
+            }
+            let deadline = Instant::now() + config.close_timeout;
+            let frame = encode::error_frame(&error);
+            let _ = timeout_at(deadline, socket.send(frame.as_bytes())).await;
+        }
+        let _ = socket.shutdown(std::net::Shutdown::Both);
+    }
+    info!("connection closed");
+}
+
+/// Writes a batch, one packet per message, stopping at a close.
+async fn write_batch(
+    socket: &UnixSeqpacket,
+    batch: &mut Batch,
+    state: &ServerState,
+) -> Result<Option<Ending>, Ending> {
+    for item in batch.items.drain(..) {
+        if let Outgoing::Close(error) = item {
+            return Ok(Some(Ending::Close(error)));
+        }
+        let Some(text) = encode::frame(item) else {
+            break;
+        };
+        state.core.metrics.bytes_out.inc_by(text.len() as u64);
+        if let Err(e) = socket.send(text.as_bytes()).await {
+            debug!(error = %e, "device socket write failed");
+            return Err(Ending::Gone);
+        }
+    }
+    Ok(None)
+}
