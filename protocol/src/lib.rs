@@ -32,6 +32,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 pub use serde_json::value::RawValue;
 
+pub mod control;
 mod encode;
 mod error;
 pub mod payload;

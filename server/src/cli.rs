@@ -30,6 +30,29 @@ pub struct Cli {
     #[arg(long = "http_server_port", value_name = "N", conflicts_with = "listen")]
     pub http_server_port: Option<u16>,
 
+    /// The Go operator's port flag (--http_port=N): listen on this port of
+    /// --listen_addr (127.0.0.1 unless given). Its default there is 1080;
+    /// here the port stays --listen's unless given.
+    #[arg(long = "http_port", value_name = "N", conflicts_with_all = ["listen", "http_server_port"])]
+    pub http_port: Option<u16>,
+
+    /// The Go operator's address flag (--listen_addr=IP): listen on this
+    /// address, on the port --http_port or --http_server_port names.
+    #[arg(long = "listen_addr", value_name = "IP", conflicts_with = "listen")]
+    pub listen_addr: Option<std::net::IpAddr>,
+
+    /// The Go operator's --log_file=PATH: the log is appended there as well
+    /// as written to stderr (without colours).
+    #[arg(long = "log_file", value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+
+    /// What GET /devices lists: device ids (the reference server's answer)
+    /// or descriptors (the Go operator's: objects with device_id,
+    /// group_name, adb_port). Without it, ids, unless a Go operator flag
+    /// (--socket_path, --http_port, --listen_addr) is given.
+    #[arg(long, value_enum, value_name = "SHAPE")]
+    pub devices_list: Option<DevicesList>,
+
     /// The reference server's TLS switch (--use_secure_http=true|false):
     /// true needs a certificate (--certs_dir, --tls-cert/--tls-key or
     /// --tls-self-signed); false serves plain ws:// even if --certs_dir is
@@ -60,38 +83,50 @@ pub struct Cli {
 
     /// Devices may also register on this unix SOCK_SEQPACKET socket, one
     /// JSON message per packet, as Cuttlefish's devices do with its Go
-    /// operator (whose --socket_path=PATH this also is; its default there
-    /// is /run/cuttlefish/operator).
+    /// operator (its default there is /run/cuttlefish/operator).
     #[arg(
         long,
-        alias = "socket_path",
         env = "SIGNALING_DEVICE_SOCKET",
-        value_name = "PATH"
+        value_name = "PATH",
+        group = "socket"
     )]
     pub device_socket: Option<PathBuf>,
 
+    /// The Go operator's spelling of --device-socket (--socket_path=PATH).
+    #[arg(long = "socket_path", value_name = "PATH", group = "socket")]
+    pub socket_path: Option<PathBuf>,
+
+    /// A unix SOCK_SEQPACKET socket for the Go operator's control
+    /// connections: a host tool pre-registers the devices it launches
+    /// (group, owner, name, adb port) and hears each register. Its
+    /// default there is /run/cuttlefish/operator_control. The
+    /// --device-socket-* settings apply to it too.
+    #[arg(long, value_name = "PATH", group = "control")]
+    pub control_socket: Option<PathBuf>,
+
+    /// The Go operator's spelling of --control-socket
+    /// (--control_socket_path=PATH).
+    #[arg(long = "control_socket_path", value_name = "PATH", group = "control")]
+    pub control_socket_path: Option<PathBuf>,
+
     /// The device socket's permission bits, in octal. Who may connect is
     /// who may write the socket; the default is the Go operator's.
-    #[arg(long, default_value = "770", value_name = "OCTAL", value_parser = parse_mode, requires = "device_socket")]
+    #[arg(long, default_value = "770", value_name = "OCTAL", value_parser = parse_mode)]
     pub device_socket_mode: u32,
 
     /// The device socket's owner, as a numeric uid.
-    #[arg(long, value_name = "UID", requires = "device_socket")]
+    #[arg(long, value_name = "UID")]
     pub device_socket_owner: Option<u32>,
 
     /// The device socket's group, as a numeric gid (with mode 770, the
     /// users of this group may connect).
-    #[arg(long, value_name = "GID", requires = "device_socket")]
+    #[arg(long, value_name = "GID")]
     pub device_socket_group: Option<u32>,
 
     /// Only processes of this user (a numeric uid, read with SO_PEERCRED)
     /// may register on the device socket; repeatable. Without it, whoever
     /// can open the socket may.
-    #[arg(
-        long = "device-socket-allow-uid",
-        value_name = "UID",
-        requires = "device_socket"
-    )]
+    #[arg(long = "device-socket-allow-uid", value_name = "UID")]
     pub device_socket_allowed_uids: Vec<u32>,
 
     /// Serve this directory's files on every other GET path (`/` is
@@ -223,6 +258,16 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
+/// What `GET /devices` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum DevicesList {
+    /// `["id", …]`, sorted: the reference server's answer.
+    #[default]
+    Ids,
+    /// `[{"device_id", "group_name", "adb_port"}, …]`: the Go operator's.
+    Descriptors,
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -245,6 +290,10 @@ fn parse_mode(text: &str) -> Result<u32, String> {
 /// A setting that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    #[error(
+        "--device-socket-mode, --device-socket-owner, --device-socket-group and --device-socket-allow-uid need --device-socket PATH (or --socket_path, or --control-socket)"
+    )]
+    SocketSettingsWithoutSocket,
     #[error(
         "refusing to serve plain ws:// on the non-loopback address {0}: give --tls-cert and \
          --tls-key (or --tls-self-signed), or --allow-insecure if a TLS proxy is in front"
@@ -285,18 +334,62 @@ pub struct Notes {
 }
 
 impl Cli {
-    /// The address to listen on: --listen, or its host with
-    /// --http_server_port.
+    /// The address to listen on: --listen, or its parts from the reference
+    /// server's and the Go operator's flags.
     pub fn listen_address(&self) -> SocketAddr {
-        match self.http_server_port {
-            Some(port) => SocketAddr::new(self.listen.ip(), port),
-            None => self.listen,
-        }
+        let ip = self.listen_addr.unwrap_or(self.listen.ip());
+        let port = self
+            .http_port
+            .or(self.http_server_port)
+            .unwrap_or(self.listen.port());
+        SocketAddr::new(ip, port)
+    }
+
+    /// Whether a flag only the Go operator has was given.
+    fn go_operator_flags(&self) -> bool {
+        self.socket_path.is_some()
+            || self.control_socket_path.is_some()
+            || self.http_port.is_some()
+            || self.listen_addr.is_some()
     }
 
     /// Builds the server's configuration, reading the files named.
     pub fn into_config(self) -> Result<(ServerConfig, Notes), CliError> {
         let mut notes = Notes::default();
+        let go_flags = self.go_operator_flags();
+        let socket_given = [
+            &self.device_socket,
+            &self.socket_path,
+            &self.control_socket,
+            &self.control_socket_path,
+        ]
+        .iter()
+        .any(|path| path.is_some());
+        let socket_settings = self.device_socket_owner.is_some()
+            || self.device_socket_group.is_some()
+            || !self.device_socket_allowed_uids.is_empty()
+            || self.device_socket_mode != DeviceSocketConfig::DEFAULT_MODE;
+        if socket_settings && !socket_given {
+            return Err(CliError::SocketSettingsWithoutSocket);
+        }
+        let socket_at = |path: PathBuf| DeviceSocketConfig {
+            path,
+            mode: self.device_socket_mode,
+            owner: self.device_socket_owner,
+            group: self.device_socket_group,
+            allowed_uids: (!self.device_socket_allowed_uids.is_empty())
+                .then(|| self.device_socket_allowed_uids.clone()),
+        };
+        let device_socket = self
+            .device_socket
+            .clone()
+            .or(self.socket_path.clone())
+            .map(socket_at);
+        let control_socket = self
+            .control_socket
+            .clone()
+            .or(self.control_socket_path.clone())
+            .map(socket_at);
         let listen = self.listen_address();
         let secure = if self.nouse_secure_http {
             Some(false)
@@ -394,14 +487,13 @@ impl Cli {
             shutdown_grace: self.shutdown_grace,
             read_buffer_bytes: to_usize(self.read_buffer_bytes),
             assets_dir: self.assets_dir,
-            device_socket: self.device_socket.map(|path| DeviceSocketConfig {
-                path,
-                mode: self.device_socket_mode,
-                owner: self.device_socket_owner,
-                group: self.device_socket_group,
-                allowed_uids: (!self.device_socket_allowed_uids.is_empty())
-                    .then_some(self.device_socket_allowed_uids),
+            devices_list: self.devices_list.unwrap_or(if go_flags {
+                DevicesList::Descriptors
+            } else {
+                DevicesList::Ids
             }),
+            device_socket,
+            control_socket,
             poll_timeout: self.poll_timeout,
             rate_limit: (self.rate_limit > 0).then_some(crate::RateLimit {
                 per_second: self.rate_limit,

@@ -108,6 +108,11 @@ pub struct ServerConfig {
     pub poll_timeout: Duration,
     /// Devices may also register on this unix socket (`--device-socket`).
     pub device_socket: Option<DeviceSocketConfig>,
+    /// The Go operator's control socket, for pre-registration
+    /// (`--control-socket`).
+    pub control_socket: Option<DeviceSocketConfig>,
+    /// What `GET /devices` answers: ids, or the Go operator's descriptors.
+    pub devices_list: crate::cli::DevicesList,
     /// Serve the files of this directory on every other GET path (the
     /// reference's `--assets_dir`).
     pub assets_dir: Option<PathBuf>,
@@ -160,6 +165,8 @@ impl Default for ServerConfig {
             }),
             assets_dir: None,
             device_socket: None,
+            control_socket: None,
+            devices_list: crate::cli::DevicesList::Ids,
             poll_timeout: DEFAULT_POLL_TIMEOUT,
             tls: None,
         }

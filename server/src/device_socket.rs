@@ -32,8 +32,8 @@ use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use crate::ServerState;
 use crate::config::DeviceSocketConfig;
-use crate::core::session::DeviceSession;
-use crate::core::{Batch, Connection, Due, Keepalive, Outgoing, ServerError};
+use crate::core::session::{ControlSession, DeviceSession};
+use crate::core::{Batch, Connection, Due, Keepalive, Outgoing, ServerError, Session};
 use crate::door::{self, now};
 use crate::encode;
 use crate::http::Refusal;
@@ -62,9 +62,29 @@ fn io_error(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> Devi
     }
 }
 
-/// A bound device socket, not yet serving.
+/// What a unix socket of this server takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SocketKind {
+    /// Devices registering (`--device-socket`).
+    Devices,
+    /// The Go operator's control connections: pre-registration
+    /// (`--control-socket`).
+    Control,
+}
+
+impl SocketKind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Devices => "device socket",
+            Self::Control => "control socket",
+        }
+    }
+}
+
+/// A bound device or control socket, not yet serving.
 #[derive(Debug)]
 pub(crate) struct DeviceSocket {
+    kind: SocketKind,
     listener: UnixSeqpacketListener,
     path: PathBuf,
     /// The socket file made here (device, inode): removed at shutdown only
@@ -74,7 +94,10 @@ pub(crate) struct DeviceSocket {
 
 /// Binds the socket at `config.path` with its mode and owner. A socket
 /// file that nothing answers on (a server that is gone) is replaced.
-pub(crate) fn bind(config: &DeviceSocketConfig) -> Result<DeviceSocket, DeviceSocketError> {
+pub(crate) fn bind(
+    config: &DeviceSocketConfig,
+    kind: SocketKind,
+) -> Result<DeviceSocket, DeviceSocketError> {
     let path = &config.path;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -100,6 +123,7 @@ pub(crate) fn bind(config: &DeviceSocketConfig) -> Result<DeviceSocket, DeviceSo
     }
     let meta = std::fs::metadata(path).map_err(io_error(path, "inspect the socket"))?;
     Ok(DeviceSocket {
+        kind,
         listener,
         path: path.clone(),
         file: (meta.dev(), meta.ino()),
@@ -111,10 +135,15 @@ impl DeviceSocket {
         &self.path
     }
 
+    pub(crate) fn kind(&self) -> SocketKind {
+        self.kind
+    }
+
     /// Accepts devices until the server shuts down, then removes the
     /// socket file.
     pub(crate) async fn serve(self, state: Arc<ServerState>) {
         let Self {
+            kind,
             mut listener,
             path,
             file,
@@ -126,12 +155,12 @@ impl DeviceSocket {
             };
             match accepted {
                 Ok(socket) => {
-                    let task = serve_connection(socket, state.clone());
+                    let task = serve_connection(socket, kind, state.clone());
                     state.tracker.spawn(task);
                 }
                 Err(e) => {
                     // Out of file descriptors or similar: back off.
-                    warn!(error = %e, "device socket: accept failed");
+                    warn!(socket = kind.name(), error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             }
@@ -139,26 +168,37 @@ impl DeviceSocket {
         drop(listener);
         let still_ours = std::fs::metadata(&path).is_ok_and(|m| (m.dev(), m.ino()) == file);
         if still_ours && let Err(e) = std::fs::remove_file(&path) {
-            warn!(path = %path.display(), error = %e, "cannot remove the device socket");
+            warn!(socket = kind.name(), path = %path.display(), error = %e, "cannot remove the socket");
         }
     }
 }
 
-/// One device's connection: checked (uid, shutdown, connection limit), then
-/// driven until it ends.
-fn serve_connection(socket: UnixSeqpacket, state: Arc<ServerState>) -> impl Future<Output = ()> {
+/// One connection: checked (uid, shutdown, connection limit), then driven
+/// until it ends.
+fn serve_connection(
+    socket: UnixSeqpacket,
+    kind: SocketKind,
+    state: Arc<ServerState>,
+) -> impl Future<Output = ()> {
     let credentials = socket.peer_cred().ok();
     let uid = credentials.map(|c| c.uid());
-    let span = info_span!(
-        "device",
-        transport = "socket",
-        uid,
-        gid = credentials.map(|c| c.gid()),
-        pid = credentials.and_then(|c| c.pid()),
-        device_id = field::Empty,
+    let (gid, pid) = (
+        credentials.map(|c| c.gid()),
+        credentials.and_then(|c| c.pid()),
     );
+    let span = match kind {
+        SocketKind::Devices => info_span!(
+            "device",
+            transport = "socket",
+            uid,
+            gid,
+            pid,
+            device_id = field::Empty,
+        ),
+        SocketKind::Control => info_span!("control", uid, gid, pid),
+    };
     async move {
-        let refusal = if !uid_allowed(&state, uid) {
+        let refusal = if !uid_allowed(&state, kind, uid) {
             Some(Refusal::UidNotAllowed)
         } else if state.shutdown.is_cancelled() {
             Some(Refusal::ShuttingDown)
@@ -171,7 +211,11 @@ fn serve_connection(socket: UnixSeqpacket, state: Arc<ServerState>) -> impl Futu
         ) {
             Ok(permit) => permit,
             Err(refusal) => {
-                info!(reason = refusal.text(), "device socket connection refused");
+                info!(
+                    socket = kind.name(),
+                    reason = refusal.text(),
+                    "connection refused"
+                );
                 refusal.count(&state);
                 let error = protocol::ServerToDevice::Error(protocol::ErrorMsg {
                     error: refusal.text().into(),
@@ -187,24 +231,35 @@ fn serve_connection(socket: UnixSeqpacket, state: Arc<ServerState>) -> impl Futu
         gauge.inc();
         let now = now();
         let core = state.core.clone();
-        let session = DeviceSession::new(core.clone(), core.outbox(), now);
         // No idle timeout and no pings: the kernel ends the socket of a
-        // device whose process is gone.
+        // process that is gone.
         let keepalive = Keepalive {
             idle: None,
             ping: None,
         };
-        drive(socket, Connection::new(session, keepalive, now), &state).await;
+        match kind {
+            SocketKind::Devices => {
+                let session = DeviceSession::new(core.clone(), core.outbox(), now);
+                drive(socket, Connection::new(session, keepalive, now), &state).await;
+            }
+            SocketKind::Control => {
+                info!("control connection");
+                let session = ControlSession::new(core.clone(), core.outbox());
+                drive(socket, Connection::new(session, keepalive, now), &state).await;
+            }
+        }
         gauge.dec();
         drop(permit);
     }
     .instrument(span)
 }
 
-fn uid_allowed(state: &ServerState, uid: Option<u32>) -> bool {
-    let allowed = state
-        .config
-        .device_socket
+fn uid_allowed(state: &ServerState, kind: SocketKind, uid: Option<u32>) -> bool {
+    let config = match kind {
+        SocketKind::Devices => &state.config.device_socket,
+        SocketKind::Control => &state.config.control_socket,
+    };
+    let allowed = config
         .as_ref()
         .and_then(|socket| socket.allowed_uids.as_ref());
     match (allowed, uid) {
@@ -268,7 +323,7 @@ async fn next_packet(socket: &UnixSeqpacket, limit: usize) -> io::Result<Packet>
 /// Runs a device's connection until it ends. The connection (and with it
 /// the registration) is dropped as soon as the session is over, which
 /// announces the departure to its clients.
-async fn drive(socket: UnixSeqpacket, mut conn: Connection<DeviceSession>, state: &ServerState) {
+async fn drive<S: Session>(socket: UnixSeqpacket, mut conn: Connection<S>, state: &ServerState) {
     let config = &state.config;
     let mut batch = Batch::default();
     let cancelled = state.shutdown.cancelled();

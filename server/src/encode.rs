@@ -55,6 +55,13 @@ pub(crate) fn frame(item: Outgoing) -> Option<String> {
             ServerToDevice::ClientDisconnected(ClientDisconnected { client_id }).encode()
         }
         Outgoing::Error(error) => error_frame(&error),
+        Outgoing::PreRegistration(statuses) => protocol::control::encode_statuses(&statuses),
+        Outgoing::Registered { device_id } => protocol::control::RegistrationStatus {
+            id: device_id.to_string(),
+            status: protocol::control::RegistrationState::Registered,
+            message: String::new(),
+        }
+        .encode(),
         Outgoing::Close(_) => return None,
     })
 }

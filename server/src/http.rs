@@ -19,7 +19,9 @@ use axum::routing::{get, post};
 use subtle::ConstantTimeEq;
 
 use crate::ServerState;
+use crate::cli::DevicesList;
 use crate::core::ServerError;
+use crate::core::registry::Descriptor;
 use crate::limits;
 use crate::metrics::{Endpoint, RefusedReason};
 use crate::polling::Flavor;
@@ -224,8 +226,34 @@ async fn devices(State(state): State<Arc<ServerState>>, request: Request) -> Res
     if !token_accepted(&state, Endpoint::ConnectClient, &request) {
         return Refusal::Unauthorized.respond(&state);
     }
-    let ids = state.core.registry.device_ids();
-    json(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
+    match state.config.devices_list {
+        DevicesList::Ids => {
+            let ids = state.core.registry.device_ids();
+            json(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
+        }
+        DevicesList::Descriptors => {
+            // The Go operator's filters; an empty one matches all.
+            let query = request.uri().query().unwrap_or("");
+            let (mut group, mut owner) = (None, None);
+            for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+                match key.as_ref() {
+                    "groupId" if !value.is_empty() => group = Some(value.into_owned()),
+                    "owner" if !value.is_empty() => owner = Some(value.into_owned()),
+                    _ => {}
+                }
+            }
+            let descriptors: Vec<String> = state
+                .core
+                .registry
+                .descriptors()
+                .iter()
+                .filter(|(_, d)| group.as_ref().is_none_or(|g| *g == d.group_name))
+                .filter(|(_, d)| owner.as_ref().is_none_or(|o| *o == d.owner))
+                .map(|(id, d)| descriptor_json(id, d, None))
+                .collect();
+            json(format!("[{}]", descriptors.join(",")))
+        }
+    }
 }
 
 async fn infra_config(State(state): State<Arc<ServerState>>, request: Request) -> Response {
@@ -384,8 +412,10 @@ async fn device_descriptor(
     if !token_accepted(&state, Endpoint::ConnectClient, &request) {
         return Refusal::Unauthorized.respond(&state);
     }
-    match state.core.registry.device_info(&device_id) {
-        Some(info) => json(descriptor_json(&device_id, Some(info.get()))),
+    match state.core.registry.descriptor(&device_id) {
+        Some((descriptor, info)) => {
+            json(descriptor_json(&device_id, &descriptor, Some(info.get())))
+        }
         None => json_error(
             StatusCode::NOT_FOUND,
             &ServerError::DeviceNotFound(device_id).to_string(),
@@ -393,17 +423,41 @@ async fn device_descriptor(
     }
 }
 
-/// A device's descriptor in the Go operator's shape. Group, owner, name and
-/// adb port come from pre-registration, which this server does not have
-/// yet: the group is empty and the adb port 0, as the Go operator reports a
-/// device that was not pre-registered.
-fn descriptor_json(device_id: &str, registration_info: Option<&str>) -> String {
-    let id = serde_json::to_string(device_id).unwrap_or_else(|_| "\"\"".into());
+/// A device's descriptor in the Go operator's shape: its group, owner,
+/// name and adb port come from its pre-registration (empty and 0 without
+/// one, and owner and name left out when empty, as there).
+fn descriptor_json(
+    device_id: &str,
+    descriptor: &Descriptor,
+    registration_info: Option<&str>,
+) -> String {
+    /// The Go operator's `DeviceDescriptor`, field for field.
+    #[derive(serde::Serialize)]
+    struct Shape<'a> {
+        device_id: &'a str,
+        group_name: &'a str,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        owner: &'a str,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        name: &'a str,
+        adb_port: u16,
+    }
+    let value = Shape {
+        device_id,
+        group_name: &descriptor.group_name,
+        owner: &descriptor.owner,
+        name: &descriptor.name,
+        adb_port: descriptor.adb_port,
+    };
+    // Strings and a number always serialize.
+    let text = serde_json::to_string(&value).unwrap_or_else(|_| "{}".into());
     match registration_info {
+        // The device's own JSON, verbatim, as the last field.
         Some(info) => format!(
-            r#"{{"device_id":{id},"group_name":"","adb_port":0,"registration_info":{info}}}"#
+            r#"{},"registration_info":{info}}}"#,
+            &text[..text.len() - 1]
         ),
-        None => format!(r#"{{"device_id":{id},"group_name":"","adb_port":0}}"#),
+        None => text,
     }
 }
 

@@ -55,6 +55,7 @@ pub use config::ServerConfig;
 pub use device_socket::DeviceSocketError;
 
 use crate::core::Core;
+use crate::device_socket::SocketKind;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 
@@ -99,7 +100,8 @@ pub async fn run(
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
-    device_socket: Option<device_socket::DeviceSocket>,
+    /// The device socket and the control socket, those configured.
+    sockets: Vec<device_socket::DeviceSocket>,
     state: Arc<ServerState>,
 }
 
@@ -109,7 +111,12 @@ impl Server {
         let device_socket = config
             .device_socket
             .as_ref()
-            .map(device_socket::bind)
+            .map(|socket| device_socket::bind(socket, SocketKind::Devices))
+            .transpose()?;
+        let control_socket = config
+            .control_socket
+            .as_ref()
+            .map(|socket| device_socket::bind(socket, SocketKind::Control))
             .transpose()?;
         let metrics = Arc::new(Metrics::new());
         let state = Arc::new(ServerState {
@@ -126,7 +133,7 @@ impl Server {
         });
         Ok(Self {
             listener,
-            device_socket,
+            sockets: device_socket.into_iter().chain(control_socket).collect(),
             state,
         })
     }
@@ -136,16 +143,16 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let Self {
             listener,
-            device_socket,
+            sockets,
             state,
         } = self;
-        serve(listener, device_socket, state, shutdown).await
+        serve(listener, sockets, state, shutdown).await
     }
 }
 
 async fn serve(
     listener: TcpListener,
-    device_socket: Option<device_socket::DeviceSocket>,
+    sockets: Vec<device_socket::DeviceSocket>,
     state: Arc<ServerState>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
@@ -153,8 +160,8 @@ async fn serve(
     let router = http::router(state.clone());
     let local = listener.local_addr()?;
     info!(address = %local, tls = tls.is_some(), "listening");
-    if let Some(socket) = device_socket {
-        info!(path = %socket.path().display(), "device socket listening");
+    for socket in sockets {
+        info!(socket = socket.kind().name(), path = %socket.path().display(), "listening");
         state.tracker.spawn(socket.serve(state.clone()));
     }
 

@@ -5,27 +5,64 @@ use anyhow::Context as _;
 use clap::Parser;
 use signaling_server::cli::{Cli, LogFormat};
 use std::io::Write as _;
+use std::path::Path;
 
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr, and with `--log_file` appended to that file too (never
+/// with colour codes in the file).
+fn init_logging(format: LogFormat, log_file: Option<&Path>) -> anyhow::Result<()> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("info,hyper=warn,tokio_tungstenite=warn,tungstenite=warn,rustls=warn")
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let file = log_file
+        .map(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open --log_file {}", path.display()))
+        })
+        .transpose()?;
+    let layer = |json: bool, writer: tracing_subscriber::fmt::writer::BoxMakeWriter, ansi: bool| {
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(ansi);
+        if json {
+            layer.json().boxed()
+        } else {
+            layer.boxed()
+        }
+    };
+    let json = format == LogFormat::Json;
+    let mut layers = vec![layer(
+        json,
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    )];
+    if let Some(file) = file {
+        layers.push(layer(
+            json,
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::sync::Mutex::new(file)),
+            false,
+        ));
     }
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(layers)
+        .init();
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    init_logging(cli.log_format, cli.log_file.as_deref())?;
     let listen = cli.listen_address();
     let (config, notes) = cli.into_config()?;
     let scheme = if config.tls.is_some() { "wss" } else { "ws" };

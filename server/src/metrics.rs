@@ -93,7 +93,7 @@ pub struct Metrics {
     /// Clients connected to a device, or waiting for one, right now.
     pub clients: Gauge,
     connections: Family<EndpointLabel, Gauge>,
-    /// Connections open on the device socket right now.
+    /// Connections open on the device and control sockets right now.
     pub socket_connections: Gauge,
     relayed: Family<DirectionLabel, Counter>,
     errors: Family<PhraseLabel, Counter>,
@@ -131,7 +131,7 @@ impl Metrics {
         let socket_connections = Gauge::default();
         registry.register(
             "device_socket_connections",
-            "Open connections on the device socket",
+            "Open connections on the device and control sockets",
             socket_connections.clone(),
         );
         let relayed = Family::<DirectionLabel, Counter>::default();

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -400,7 +400,7 @@ fn bad_flags_get_clear_errors() {
         ),
         (
             vec!["--device-socket-mode", "700"],
-            "--device-socket <PATH>",
+            "need --device-socket PATH",
         ),
         (
             vec!["--device-socket", "/nonexistent/dir/operator"],
@@ -463,7 +463,12 @@ fn go_operator_socket_path() {
     let dir = std::env::temp_dir().join(format!("signaling-socket-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("operator");
-    let mut server = Server::start(&[&format!("--socket_path={}", path.display())]);
+    let control = dir.join("operator_control");
+    let mut server = Server::start(&[
+        &format!("--socket_path={}", path.display()),
+        &format!("--control_socket_path={}", control.display()),
+    ]);
+    assert!(std::fs::metadata(&control).unwrap().file_type().is_socket());
     let meta =
         std::fs::metadata(&path).expect("the socket exists once the server says where it listens");
     assert!(meta.file_type().is_socket());
@@ -488,11 +493,96 @@ fn go_operator_socket_path() {
         assert!(buffer[..n].starts_with(br#"{"message_type":"config""#));
         let address = server.address.parse().unwrap();
         let devices = support::http::get(address, "/devices").await.unwrap();
-        assert_eq!(devices.body, r#"["cvd-socket"]"#);
+        // --socket_path is a Go operator flag: descriptors, as there.
+        assert_eq!(
+            devices.body,
+            r#"[{"device_id":"cvd-socket","group_name":"","adb_port":0}]"#
+        );
     });
     server.signal("TERM");
     assert!(server.wait_exit(Duration::from_secs(10)).success());
     assert!(!path.exists(), "removed at exit");
+    assert!(!control.exists(), "removed at exit");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The Go operator's flags in its spellings: --http_port and --listen_addr
+/// make the address, --log_file gets the log (without colour codes), and
+/// GET /devices answers descriptors unless --devices-list says otherwise.
+#[test]
+fn go_operator_flags() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(format!("signaling-go-flags-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("operator.log");
+    let server = Server::start_with(&[
+        &format!("--http_port={port}"),
+        "--listen_addr=127.0.0.1",
+        &format!("--log_file={}", log.display()),
+        // A start-up warning, so the log (at warn) has a line.
+        "--poll-timeout=30s",
+    ]);
+    assert_eq!(server.address, format!("127.0.0.1:{port}"));
+    assert_eq!(http_get_blocking(&server.address, "/devices").body, "[]");
+    let written = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        written.contains("--poll-timeout 30s is not longer than the 1m"),
+        "{written}"
+    );
+    assert!(!written.contains('\u{1b}'), "no colour codes: {written:?}");
+    drop(server);
+
+    // The shape can be chosen either way.
+    let server = Server::start_with(&[
+        "--listen_addr=127.0.0.1",
+        "--http_port=0",
+        "--devices-list=ids",
+    ]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let url = format!("ws://{}/register_device", server.address);
+        let (mut device, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        device
+            .send(Message::text(
+                r#"{"message_type":"register","device_id":"listed"}"#,
+            ))
+            .await
+            .unwrap();
+        device.next().await.unwrap().unwrap();
+        let address = server.address.parse().unwrap();
+        let ids = support::http::get(address, "/devices").await.unwrap();
+        assert_eq!(ids.body, r#"["listed"]"#);
+    });
+    drop(server);
+    let server = Server::start(&["--devices-list=descriptors"]);
+    runtime.block_on(async {
+        let url = format!("ws://{}/register_device", server.address);
+        let (mut device, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        device
+            .send(Message::text(
+                r#"{"message_type":"register","device_id":"described"}"#,
+            ))
+            .await
+            .unwrap();
+        device.next().await.unwrap().unwrap();
+        let address = server.address.parse().unwrap();
+        let all = support::http::get(address, "/devices").await.unwrap();
+        assert_eq!(
+            all.body,
+            r#"[{"device_id":"described","group_name":"","adb_port":0}]"#
+        );
+        let grouped = support::http::get(address, "/devices?groupId=g1")
+            .await
+            .unwrap();
+        assert_eq!(grouped.body, "[]");
+    });
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -133,6 +133,11 @@ impl Outbox {
 
     /// Whether a close was queued (or the outbox overflowed): the session is
     /// over and further input is ignored.
+    /// Whether `other` is this same outbox (a clone of it).
+    pub fn is(&self, other: &Outbox) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     pub fn is_closing(&self) -> bool {
         let state = self.lock();
         state.closing || state.overflowed

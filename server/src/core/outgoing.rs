@@ -113,6 +113,11 @@ pub enum Outgoing {
     /// The session is over: close with the error's code and text. Nothing
     /// after it is sent.
     Close(ServerError),
+    /// To a control connection: what became of each device of its
+    /// `pre-register`, in one message.
+    PreRegistration(Vec<protocol::control::RegistrationStatus>),
+    /// To a control connection: a device it pre-registered has registered.
+    Registered { device_id: Arc<str> },
 }
 
 impl Outgoing {
@@ -138,9 +143,12 @@ impl Outgoing {
         match self {
             Self::DeviceInfo(json) | Self::DeviceMsg(json) => json.len(),
             Self::ClientMsg { payload, .. } => payload.len(),
-            Self::Config(_) | Self::ClientDisconnected { .. } | Self::Error(_) | Self::Close(_) => {
-                0
-            }
+            Self::Config(_)
+            | Self::ClientDisconnected { .. }
+            | Self::Error(_)
+            | Self::Close(_)
+            | Self::PreRegistration(_)
+            | Self::Registered { .. } => 0,
         }
     }
 }

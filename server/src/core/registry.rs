@@ -41,6 +41,8 @@ struct Maps {
     devices: HashMap<Arc<str>, Arc<DeviceSlot>>,
     /// Clients waiting for a device id to register (the alternative flow).
     waiting: HashMap<Arc<str>, Vec<Arc<Waiter>>>,
+    /// Devices a control connection announced, until they register.
+    pre_registered: HashMap<Arc<str>, PreRegistered>,
 }
 
 #[derive(Debug)]
@@ -49,7 +51,35 @@ struct DeviceSlot {
     outbox: Outbox,
     /// The `device_info` every client gets, shared.
     info: Json,
+    /// From its pre-registration, if it had one.
+    descriptor: Descriptor,
     clients: Mutex<Clients>,
+}
+
+/// What the Go operator's descriptors say of a device beyond its id: set
+/// by a pre-registration on the control socket, empty (and 0) without one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Descriptor {
+    pub group_name: String,
+    pub owner: String,
+    pub name: String,
+    pub adb_port: u16,
+}
+
+#[derive(Debug)]
+struct PreRegistered {
+    descriptor: Descriptor,
+    /// The control connection that announced it, told when it registers.
+    watcher: Outbox,
+}
+
+/// Why a pre-registration was refused (the Go operator's reasons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PreRegisterError {
+    #[error("Device id already pre-registered")]
+    AlreadyPreRegistered,
+    #[error("Device id already registered")]
+    AlreadyRegistered,
 }
 
 #[derive(Debug)]
@@ -111,19 +141,31 @@ impl Registry {
         device_info: Option<&RawValue>,
         outbox: Outbox,
     ) -> Result<DeviceRegistration, IdTaken> {
+        let info = device_info.map_or_else(Json::null, Json::shared);
+        let mut maps = lock(&self.maps);
+        if maps.devices.contains_key(id) {
+            return Err(IdTaken);
+        }
+        let pre = maps.pre_registered.remove(id);
         let slot = Arc::new(DeviceSlot {
             id: id.into(),
             outbox,
-            info: device_info.map_or_else(Json::null, Json::shared),
+            info,
+            descriptor: pre
+                .as_ref()
+                .map(|pre| pre.descriptor.clone())
+                .unwrap_or_default(),
             clients: Mutex::new(Clients {
                 next_id: 1,
                 live: HashMap::new(),
                 gone: false,
             }),
         });
-        let mut maps = lock(&self.maps);
-        if maps.devices.contains_key(id) {
-            return Err(IdTaken);
+        if let Some(pre) = pre {
+            // A control connection that went away is past telling.
+            let _ = pre.watcher.push(Outgoing::Registered {
+                device_id: slot.id.clone(),
+            });
         }
         maps.devices.insert(slot.id.clone(), slot.clone());
         let waiters = maps.waiting.remove(id).unwrap_or_default();
@@ -191,17 +233,65 @@ impl Registry {
         lock(&self.maps).waiting.values().map(Vec::len).sum()
     }
 
-    /// Whether a device holds `id` right now.
-    pub fn is_registered(&self, id: &str) -> bool {
-        lock(&self.maps).devices.contains_key(id)
+    /// Announces that device `id` will register, with what its descriptor
+    /// says; `watcher` is told when it does.
+    pub fn pre_register(
+        &self,
+        id: &str,
+        descriptor: Descriptor,
+        watcher: Outbox,
+    ) -> Result<(), PreRegisterError> {
+        let mut maps = lock(&self.maps);
+        if maps.pre_registered.contains_key(id) {
+            return Err(PreRegisterError::AlreadyPreRegistered);
+        }
+        if maps.devices.contains_key(id) {
+            return Err(PreRegisterError::AlreadyRegistered);
+        }
+        maps.pre_registered.insert(
+            id.into(),
+            PreRegistered {
+                descriptor,
+                watcher,
+            },
+        );
+        Ok(())
     }
 
-    /// The `device_info` of the device that holds `id`, if one does.
-    pub fn device_info(&self, id: &str) -> Option<Json> {
+    /// Cancels `watcher`'s pre-registration of `id`, if it is still waiting.
+    pub fn cancel_pre_registration(&self, id: &str, watcher: &Outbox) {
+        let mut maps = lock(&self.maps);
+        if maps
+            .pre_registered
+            .get(id)
+            .is_some_and(|pre| pre.watcher.is(watcher))
+        {
+            maps.pre_registered.remove(id);
+        }
+    }
+
+    /// The descriptor and `device_info` of the device that holds `id`.
+    pub fn descriptor(&self, id: &str) -> Option<(Descriptor, Json)> {
         lock(&self.maps)
             .devices
             .get(id)
-            .map(|slot| slot.info.clone())
+            .map(|slot| (slot.descriptor.clone(), slot.info.clone()))
+    }
+
+    /// Every registered device's id and descriptor, sorted by id.
+    pub fn descriptors(&self) -> Vec<(String, Descriptor)> {
+        let mut all: Vec<(String, Descriptor)> = lock(&self.maps)
+            .devices
+            .values()
+            .map(|slot| (slot.id.to_string(), slot.descriptor.clone()))
+            .collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Whether a device holds `id` right now.
+    pub fn is_registered(&self, id: &str) -> bool {
+        lock(&self.maps).devices.contains_key(id)
     }
 
     /// The ids of every registered device, sorted.

@@ -14,9 +14,11 @@ use super::outbox::{Outbox, PushError};
 use super::outgoing::Outgoing;
 
 pub mod client;
+pub mod control;
 pub mod device;
 
 pub use client::ClientSession;
+pub use control::ControlSession;
 pub use device::DeviceSession;
 
 /// A connection's state machine, as its front door sees it.
