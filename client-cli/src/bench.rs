@@ -189,6 +189,7 @@ impl Bench {
         let register = DeviceToServer::Register(Register {
             device_id: device_id.into(),
             device_info: None,
+            device_port: None,
         });
         socket.send(register.encode().as_bytes()).await?;
         let mut buffer = vec![0u8; 64 * 1024];
@@ -216,6 +217,7 @@ impl Bench {
         let register = DeviceToServer::Register(Register {
             device_id: device_id.into(),
             device_info: None,
+            device_port: None,
         });
         socket.send(Message::text(register.encode())).await?;
         match next_text(&mut socket)

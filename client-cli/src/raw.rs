@@ -23,6 +23,7 @@ pub async fn run(options: &ConnectOptions, role: Role) -> Result<()> {
                 DeviceToServer::Register(Register {
                     device_id: id.as_str().into(),
                     device_info: None,
+                    device_port: None,
                 })
                 .encode()
             }),

@@ -182,6 +182,7 @@ async fn serve(
     let register = DeviceToServer::Register(Register {
         device_id: cli.device_id.as_str().into(),
         device_info: info,
+        device_port: None,
     });
     link.send(register.encode()).await.map_err(lost)?;
     let mut ice_servers = match link.next_text().await.map_err(lost)? {

@@ -97,8 +97,11 @@ impl DeviceToServer<'_> {
         match self {
             Self::Register(m) => {
                 let info_len = m.device_info.map_or(0, |i| i.get().len());
-                let writer = ObjectWriter::typed("register", m.device_id.len() + info_len + 32)
+                let mut writer = ObjectWriter::typed("register", m.device_id.len() + info_len + 48)
                     .string("device_id", &m.device_id);
+                if let Some(port) = m.device_port {
+                    writer = writer.uint("device_port", u64::from(port));
+                }
                 match m.device_info {
                     Some(info) => writer.raw("device_info", info).finish(),
                     None => writer.finish(),

@@ -121,11 +121,16 @@ pub struct Register<'a> {
     pub device_id: Cow<'a, str>,
     /// Absent when the device sent none; clients then get `null`.
     pub device_info: Option<&'a RawValue>,
+    /// The port of the device's own web server on its host (Cuttlefish's
+    /// `device_port`), whose pages `/devices/{id}/files/` serves.
+    pub device_port: Option<u16>,
 }
 
 impl PartialEq for Register<'_> {
     fn eq(&self, other: &Self) -> bool {
-        self.device_id == other.device_id && opt_raw_eq(self.device_info, other.device_info)
+        self.device_id == other.device_id
+            && opt_raw_eq(self.device_info, other.device_info)
+            && self.device_port == other.device_port
     }
 }
 
@@ -173,6 +178,7 @@ impl<'a> Frame<'a, DeviceMessageType> {
             DeviceMessageType::Register => Ok(DeviceToServer::Register(Register {
                 device_id: self.fields.device_id()?,
                 device_info: self.fields.device_info,
+                device_port: self.fields.device_port()?,
             })),
             DeviceMessageType::Forward => Ok(DeviceToServer::Forward(DeviceForward {
                 client_id: self.fields.client_id()?,
@@ -472,6 +478,8 @@ struct RawFields<'a> {
     #[serde(borrow, default, deserialize_with = "present")]
     device_info: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
+    device_port: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
     client_id: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     payload: Option<&'a RawValue>,
@@ -512,6 +520,21 @@ impl<'a> RawFields<'a> {
             .ok_or_else(|| DecodeError::InvalidDeviceId("device_id must be a string".into()))?;
         validate_device_id(&id)?;
         Ok(id)
+    }
+
+    /// `device_port`: absent or `null` is none (0 too, as the Go operator
+    /// reads it); otherwise a port number.
+    fn device_port(&self) -> Result<Option<u16>, DecodeError> {
+        let Some(raw) = self.device_port else {
+            return Ok(None);
+        };
+        match serde_json::from_str::<Option<u16>>(raw.get()) {
+            Ok(port) => Ok(port.filter(|port| *port != 0)),
+            Err(_) => Err(DecodeError::InvalidMessage(format!(
+                "device_port must be a port number (0 to 65535), got {}",
+                raw.get()
+            ))),
+        }
     }
 
     fn client_id(&self) -> Result<u64, DecodeError> {

@@ -39,7 +39,8 @@ fn register_with_and_without_device_info() {
         msg,
         DeviceToServer::Register(Register {
             device_id: "x".into(),
-            device_info: None
+            device_info: None,
+            device_port: None,
         })
     );
 }
@@ -218,6 +219,40 @@ fn envelope_errors() {
         err(r#"{"message_type":"forward","payload":1,"payload":2,"client_id":1}"#)
             .starts_with("Invalid message: duplicate field `payload`")
     );
+}
+
+#[test]
+fn device_port_is_a_port_number_and_round_trips() {
+    let decode = |text: &str| match DeviceToServer::decode(text) {
+        Ok(DeviceToServer::Register(register)) => Ok(register.device_port),
+        Ok(other) => panic!("{other:?}"),
+        Err(e) => Err(e.to_string()),
+    };
+    let register = |port: &str| {
+        format!(r#"{{"message_type":"register","device_id":"a","device_port":{port}}}"#)
+    };
+    assert_eq!(decode(&register("8443")), Ok(Some(8443)));
+    // 0 and null are none, as the Go operator reads them.
+    assert_eq!(decode(&register("0")), Ok(None));
+    assert_eq!(decode(&register("null")), Ok(None));
+    for bad in ["65536", "-1", "\"80\"", "1.5"] {
+        assert!(
+            decode(&register(bad))
+                .unwrap_err()
+                .starts_with("Invalid message: device_port must be a port number"),
+            "{bad}"
+        );
+    }
+    let message = DeviceToServer::Register(Register {
+        device_id: "a".into(),
+        device_info: None,
+        device_port: Some(8443),
+    });
+    assert_eq!(
+        message.encode(),
+        r#"{"message_type":"register","device_id":"a","device_port":8443}"#
+    );
+    assert_eq!(DeviceToServer::decode(&message.encode()).unwrap(), message);
 }
 
 #[test]
@@ -420,7 +455,7 @@ proptest! {
         let info = info.map(|t| raw(&t));
         let payload = raw(&payload);
         let messages = [
-            DeviceToServer::Register(Register { device_id: id.as_str().into(), device_info: info.as_deref() }),
+            DeviceToServer::Register(Register { device_id: id.as_str().into(), device_info: info.as_deref(), device_port: None }),
             DeviceToServer::Forward(DeviceForward { client_id, payload: &payload }),
         ];
         for message in messages {

@@ -140,6 +140,7 @@ pub(crate) fn router(state: Arc<ServerState>) -> Router {
         .route(protocol::CONNECT_CLIENT_PATH, get(connect_client))
         .route("/devices/{device_id}", get(device_descriptor))
         .route("/devices/{device_id}/connect", get(device_connect))
+        .route("/devices/{device_id}/files/{*path}", get(device_files))
         .route("/devices", get(devices))
         .route("/infra_config", get(infra_config))
         .route("/healthz", get(healthz))
@@ -400,6 +401,18 @@ async fn device_connect(
         );
     }
     websocket::upgrade(state, peer, request, Door::DeviceConnect { device_id })
+}
+
+/// `GET /devices/{id}/files/{path}`: the device's own pages.
+async fn device_files(
+    State(state): State<Arc<ServerState>>,
+    Path((device_id, _path)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    if !token_accepted(&state, Endpoint::ConnectClient, &request) {
+        return Refusal::Unauthorized.respond(&state);
+    }
+    crate::files::serve(state, device_id, request).await
 }
 
 /// `GET /devices/{id}`: the Go operator's descriptor of a device, with its

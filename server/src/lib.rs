@@ -39,6 +39,7 @@ pub mod core;
 mod device_socket;
 mod door;
 mod encode;
+mod files;
 mod http;
 mod limits;
 pub mod metrics;

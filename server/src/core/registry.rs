@@ -53,6 +53,8 @@ struct DeviceSlot {
     info: Json,
     /// From its pre-registration, if it had one.
     descriptor: Descriptor,
+    /// Its own web server's port on this host, if it has one.
+    device_port: Option<u16>,
     clients: Mutex<Clients>,
 }
 
@@ -139,6 +141,7 @@ impl Registry {
         self: &Arc<Self>,
         id: &str,
         device_info: Option<&RawValue>,
+        device_port: Option<u16>,
         outbox: Outbox,
     ) -> Result<DeviceRegistration, IdTaken> {
         let info = device_info.map_or_else(Json::null, Json::shared);
@@ -155,6 +158,7 @@ impl Registry {
                 .as_ref()
                 .map(|pre| pre.descriptor.clone())
                 .unwrap_or_default(),
+            device_port,
             clients: Mutex::new(Clients {
                 next_id: 1,
                 live: HashMap::new(),
@@ -276,6 +280,14 @@ impl Registry {
             .devices
             .get(id)
             .map(|slot| (slot.descriptor.clone(), slot.info.clone()))
+    }
+
+    /// Whether a device holds `id`, and if so its web server's port.
+    pub fn device_port(&self, id: &str) -> Option<Option<u16>> {
+        lock(&self.maps)
+            .devices
+            .get(id)
+            .map(|slot| slot.device_port)
     }
 
     /// Every registered device's id and descriptor, sorted by id.

@@ -51,10 +51,12 @@ impl DeviceSession {
         }
         let core = &self.replies.core;
         let outbox = self.replies.outbox.clone();
-        match core
-            .registry
-            .register(&register.device_id, register.device_info, outbox)
-        {
+        match core.registry.register(
+            &register.device_id,
+            register.device_info,
+            register.device_port,
+            outbox,
+        ) {
             Ok(registration) => {
                 // D1
                 Span::current().record("device_id", registration.device_id());
