@@ -141,6 +141,7 @@ pub(crate) fn router(state: Arc<ServerState>) -> Router {
         .route("/devices/{device_id}", get(device_descriptor))
         .route("/devices/{device_id}/connect", get(device_connect))
         .route("/devices/{device_id}/files/{*path}", get(device_files))
+        .route("/devices/{device_id}/adb", get(device_adb))
         .route("/devices", get(devices))
         .route("/infra_config", get(infra_config))
         .route("/healthz", get(healthz))
@@ -403,6 +404,67 @@ async fn device_connect(
     websocket::upgrade(state, peer, request, Door::DeviceConnect { device_id })
 }
 
+/// `GET /devices/{id}/adb`: a websocket bridged to the device's adb port
+/// on 127.0.0.1, from its pre-registration or else `adb_port` in its
+/// `device_info`. The port is connected before the upgrade, so a refusal
+/// is an HTTP status.
+async fn device_adb(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(device_id): Path<String>,
+    request: Request,
+) -> Response {
+    if !token_accepted(&state, Endpoint::Adb, &request) {
+        return Refusal::Unauthorized.respond(&state);
+    }
+    let Some((descriptor, info)) = state.core.registry.descriptor(&device_id) else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            &ServerError::DeviceNotFound(device_id).to_string(),
+        );
+    };
+    let from_info = || {
+        serde_json::from_str::<serde_json::Value>(info.get())
+            .ok()?
+            .get("adb_port")?
+            .as_u64()
+            .and_then(|port| u16::try_from(port).ok())
+    };
+    let port = Some(descriptor.adb_port)
+        .filter(|port| *port != 0)
+        .or_else(from_info)
+        .filter(|port| *port != 0);
+    let Some(port) = port else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            &format!("Not found: no adb port for the device {device_id}"),
+        );
+    };
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let connected = tokio::time::timeout(
+        state.config.handshake_timeout,
+        tokio::net::TcpStream::connect(address),
+    )
+    .await;
+    let adb = match connected {
+        Ok(Ok(adb)) => adb,
+        Ok(Err(e)) => {
+            return json_error(
+                StatusCode::BAD_GATEWAY,
+                &format!("Bad gateway: adb at {address}: {e}"),
+            );
+        }
+        Err(_) => {
+            return json_error(
+                StatusCode::BAD_GATEWAY,
+                &format!("Bad gateway: adb at {address} did not accept in time"),
+            );
+        }
+    };
+    let _ = adb.set_nodelay(true);
+    websocket::upgrade(state, peer, request, Door::AdbBridge { adb })
+}
+
 /// `GET /devices/{id}/files/{path}`: the device's own pages.
 async fn device_files(
     State(state): State<Arc<ServerState>>,
@@ -481,7 +543,9 @@ pub(crate) fn token_accepted(state: &ServerState, endpoint: Endpoint, request: &
     let config = &state.config;
     let expected = match endpoint {
         Endpoint::RegisterDevice => config.device_token.as_deref(),
-        Endpoint::ConnectClient | Endpoint::DeviceConnect => config.client_token.as_deref(),
+        Endpoint::ConnectClient | Endpoint::DeviceConnect | Endpoint::Adb => {
+            config.client_token.as_deref()
+        }
     };
     let Some(expected) = expected else {
         return true;

@@ -16,6 +16,8 @@ pub enum Endpoint {
     ConnectClient,
     /// The Go operator's client websocket, `/devices/{id}/connect`.
     DeviceConnect,
+    /// The Go operator's adb bridge, `/devices/{id}/adb`.
+    Adb,
 }
 
 impl Endpoint {
@@ -24,6 +26,7 @@ impl Endpoint {
             Self::RegisterDevice => "register_device",
             Self::ConnectClient => "connect_client",
             Self::DeviceConnect => "devices_connect",
+            Self::Adb => "devices_adb",
         }
     }
 }

@@ -367,3 +367,87 @@ async fn kept_messages_are_bounded() {
     );
     server.stop().await.unwrap();
 }
+
+/// `/devices/{id}/adb`: a websocket bridged to the device's adb port on
+/// loopback, both ways, bytes as they are.
+#[tokio::test]
+async fn the_adb_bridge_carries_bytes_both_ways() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    // adb's side: answers each read with its bytes reversed.
+    let adb = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let adb_port = adb.local_addr().unwrap().port();
+    let adb_task = tokio::spawn(async move {
+        let (mut stream, _) = adb.accept().await.unwrap();
+        let mut buffer = [0u8; 64];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let mut back = buffer[..n].to_vec();
+                    back.reverse();
+                    stream.write_all(&back).await.unwrap();
+                }
+            }
+        }
+    });
+    let server = TestServer::with_defaults().await;
+    let mut device = server.device().await;
+    device
+        .send(&format!(
+            r#"{{"message_type":"register","device_id":"adb","device_info":{{"adb_port":{adb_port}}}}}"#
+        ))
+        .await;
+    device.recv_json().await;
+    let mut bridge = Peer::connect(&server.url("/devices/adb/adb")).await;
+    bridge
+        .ws
+        .send(Message::binary(vec![0u8, 1, 2, 0xff]))
+        .await
+        .unwrap();
+    let back = tokio::time::timeout(common::PROMPT, bridge.ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, Message::binary(vec![0xffu8, 2, 1, 0]));
+    bridge.close().await;
+    tokio::time::timeout(common::PROMPT, adb_task)
+        .await
+        .expect("the adb connection is closed with the bridge")
+        .unwrap();
+
+    // No port, or nothing listening on it: refused before the upgrade.
+    let _plain = server.registered_device_with_info("no-adb").await;
+    let refused = Peer::try_connect_with(&server.url("/devices/no-adb/adb"), &[])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refusal_status(&refused), 404);
+    let refused = Peer::try_connect_with(&server.url("/devices/nobody/adb"), &[])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refusal_status(&refused), 404);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut unreachable = server.device().await;
+    unreachable
+        .send(&format!(
+            r#"{{"message_type":"register","device_id":"adb-gone","device_info":{{"adb_port":{closed}}}}}"#
+        ))
+        .await;
+    unreachable.recv_json().await;
+    let refused = Peer::try_connect_with(&server.url("/devices/adb-gone/adb"), &[])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refusal_status(&refused), 502);
+    drop(device);
+    server.stop().await.unwrap();
+}

@@ -31,11 +31,12 @@ use crate::limits::Permit;
 use crate::metrics::Endpoint;
 use read_ahead::ReadAhead;
 
+mod adb;
 mod connection;
 mod read_ahead;
 
 /// Which websocket a request opens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Door {
     RegisterDevice,
     ConnectClient,
@@ -43,6 +44,11 @@ pub(crate) enum Door {
     /// the client sends bare payloads.
     DeviceConnect {
         device_id: String,
+    },
+    /// The Go operator's `/devices/{id}/adb`: bytes bridged to the
+    /// device's adb port, already connected.
+    AdbBridge {
+        adb: tokio::net::TcpStream,
     },
 }
 
@@ -52,6 +58,7 @@ impl Door {
             Self::RegisterDevice => Endpoint::RegisterDevice,
             Self::ConnectClient => Endpoint::ConnectClient,
             Self::DeviceConnect { .. } => Endpoint::DeviceConnect,
+            Self::AdbBridge { .. } => Endpoint::Adb,
         }
     }
 }
@@ -170,6 +177,7 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 fn connection_span(endpoint: Endpoint, peer: SocketAddr) -> Span {
     match endpoint {
         Endpoint::RegisterDevice => info_span!("device", %peer, device_id = field::Empty),
+        Endpoint::Adb => info_span!("adb", %peer, device_id = field::Empty),
         Endpoint::ConnectClient | Endpoint::DeviceConnect => {
             info_span!("client", %peer, device_id = field::Empty, client_id = field::Empty)
         }
@@ -199,10 +207,17 @@ fn serve(
                 return;
             }
         };
+        let ws_config = match &door {
+            Door::AdbBridge { .. } => state
+                .ws_config
+                .max_message_size(Some(adb::ADB_MESSAGE_LIMIT))
+                .max_frame_size(Some(adb::ADB_MESSAGE_LIMIT)),
+            _ => state.ws_config,
+        };
         let ws = WebSocketStream::from_raw_socket(
             ReadAhead::new(TokioIo::new(upgraded)),
             Role::Server,
-            Some(state.ws_config),
+            Some(ws_config),
         )
         .await;
         let gauge = state.core.metrics.connections(door.endpoint());
@@ -233,6 +248,7 @@ fn serve(
                 let conn = Connection::new(session, keepalive, now);
                 connection::drive(ws, conn, &state, shutdown, Dialect::GoOperator).await;
             }
+            Door::AdbBridge { adb } => adb::bridge(ws, adb, shutdown).await,
         }
         gauge.dec();
         drop(permit);
