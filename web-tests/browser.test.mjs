@@ -7,7 +7,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
@@ -211,4 +211,70 @@ test('the polling flow works when the page has no websockets', async () => {
   assert.equal(await page.locator('#timeline [data-phase="websocket open"]').count(), 0);
   await page.context().close();
   await stop(device);
+});
+
+// A page in the Go operator's layout (/devices/{id}/files/…) that uses this
+// server's js/server_connector.js as Cuttlefish's client does: request the
+// device, send request-offer, and wait for the device's offer.
+const CONNECTOR_PAGE = `<!doctype html>
+<script type="module">
+import * as connectorModule from './js/server_connector.js';
+window.result = (async () => {
+  const id = connectorModule.deviceId();
+  const connector = await connectorModule.createConnector();
+  const messages = [];
+  connector.onDeviceMsg((message) => messages.push(message));
+  const { deviceInfo, infraConfig } = await connector.requestDevice(id);
+  await connector.sendToDevice({ type: 'request-offer', ice_servers: [] });
+  connector.expectMessagesSoon(10000);
+  const deadline = Date.now() + 10000;
+  while (!messages.some((m) => m.type === 'offer') && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return { id, deviceInfo, infraConfig, offer: messages.some((m) => m.type === 'offer') };
+})();
+</script>`;
+
+// Runs the connector page for `id` on a server serving it from an
+// assets folder; `withoutWebSockets` takes WebSocket away first.
+async function connectorRun(id, { withoutWebSockets = false, token } = {}) {
+  const assets = join(artifacts, `connector-assets-${id}`);
+  mkdirSync(assets, { recursive: true });
+  writeFileSync(join(assets, 'connector.html'), CONNECTOR_PAGE);
+  const tokenFlags = token ? ['--client-token', token] : [];
+  const { child: own, match: [, address] } = await start('signaling-server',
+    ['--listen', '127.0.0.1:0', '--assets-dir', assets, ...tokenFlags], /signaling server on ws:\/\/(\S+)/);
+  const device = (await start('fake-device', ['--server', `ws://${address}`, '--device-id', id,
+    '--device-info', JSON.stringify({ name: id })])).child;
+  const list = token ? `?token=${encodeURIComponent(token)}` : '';
+  await until(`${id} is listed`, async () =>
+    (await (await fetch(`http://${address}/devices${list}`)).json()).includes(id));
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const logs = [];
+  page.on('console', (message) => logs.push(message.text()));
+  if (withoutWebSockets) await page.addInitScript(() => { delete window.WebSocket; });
+  const query = token ? `?token=${encodeURIComponent(token)}` : '';
+  await page.goto(`http://${address}/devices/${id}/files/connector.html${query}`);
+  const result = await page.evaluate(() => window.result);
+  await context.close();
+  await stop(device);
+  await stop(own);
+  return { result, logs };
+}
+
+test('the server\'s connector: websocket first, the device\'s offer arrives', async () => {
+  const { result, logs } = await connectorRun('web-connector');
+  assert.equal(result.id, 'web-connector');
+  assert.deepEqual(result.deviceInfo, { name: 'web-connector' });
+  assert.equal(result.infraConfig.message_type, 'config');
+  assert.ok(result.offer, 'the device\'s offer came');
+  assert.ok(logs.includes('signaling over the websocket'), logs.join('\n'));
+});
+
+test('the server\'s connector falls back to polling, with the page\'s token on every request', async () => {
+  const { result, logs } = await connectorRun('web-connector-poll', { withoutWebSockets: true, token: 'page-secret' });
+  assert.deepEqual(result.deviceInfo, { name: 'web-connector-poll' });
+  assert.ok(result.offer, 'the device\'s offer came by polling');
+  assert.ok(logs.includes('signaling by polling'), logs.join('\n'));
 });

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use subtle::ConstantTimeEq;
@@ -468,13 +468,32 @@ async fn device_adb(
 /// `GET /devices/{id}/files/{path}`: the device's own pages.
 async fn device_files(
     State(state): State<Arc<ServerState>>,
-    Path((device_id, _path)): Path<(String, String)>,
+    Path((device_id, path)): Path<(String, String)>,
     request: Request,
 ) -> Response {
-    if !token_accepted(&state, Endpoint::ConnectClient, &request) {
+    // Served from this server's own copy, as the Go operator does: the
+    // page talks to this server, not to the device. A static script with
+    // nothing secret in it, so no token is asked for it.
+    if path == "js/server_connector.js" && request.method() == Method::GET {
+        return crate::web::server_connector();
+    }
+    let by_cookie = files_cookie_accepted(&state, request.headers());
+    if !by_cookie && !token_accepted(&state, Endpoint::ConnectClient, &request) {
         return Refusal::Unauthorized.respond(&state);
     }
-    crate::files::serve(state, device_id, request).await
+    let token_in_query = !by_cookie
+        && state.config.client_token.is_some()
+        && request
+            .uri()
+            .query()
+            .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(key, _)| key == "token"));
+    let mut response = crate::files::serve(state.clone(), device_id.clone(), request).await;
+    if token_in_query && let Some(cookie) = files_cookie(&state, &device_id) {
+        // The page's own scripts and styles do not carry ?token=: a cookie
+        // for this device's files does, and nothing else.
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
 }
 
 /// `GET /devices/{id}`: the Go operator's descriptor of a device, with its
@@ -534,6 +553,47 @@ fn descriptor_json(
         ),
         None => text,
     }
+}
+
+const FILES_COOKIE: &str = "signaling_token";
+
+/// The cookie that lets a device page's sub-resources through: the client
+/// token, for `/devices/{id}/files/` only, not readable by scripts, not
+/// sent by other sites.
+fn files_cookie(state: &ServerState, device_id: &str) -> Option<HeaderValue> {
+    let token = state.config.client_token.as_deref()?;
+    let path: String = form_urlencoded::byte_serialize(device_id.as_bytes()).collect();
+    let secure = if state.config.tls.is_some() {
+        "; Secure"
+    } else {
+        ""
+    };
+    HeaderValue::from_str(&format!(
+        "{FILES_COOKIE}={}; Path=/devices/{path}/files/; HttpOnly; SameSite=Strict{secure}",
+        form_urlencoded::byte_serialize(token.as_bytes()).collect::<String>()
+    ))
+    .ok()
+}
+
+/// Whether the request carries the files cookie with the client token.
+fn files_cookie_accepted(state: &ServerState, headers: &HeaderMap) -> bool {
+    let Some(expected) = state.config.client_token.as_deref() else {
+        return false;
+    };
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(name, _)| *name == FILES_COOKIE)
+        .any(|(_, value)| {
+            let value: String = form_urlencoded::parse(format!("v={value}").as_bytes())
+                .map(|(_, v)| v.into_owned())
+                .next()
+                .unwrap_or_default();
+            value.as_bytes().ct_eq(expected.as_bytes()).into()
+        })
 }
 
 /// Whether the request carries the token the endpoint needs (or none is

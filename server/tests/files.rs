@@ -213,3 +213,69 @@ async fn a_device_web_server_that_is_not_there_is_a_bad_gateway() {
     );
     server.stop().await.unwrap();
 }
+
+/// The page's connector is this server's own, for every device and without
+/// a token; with a client token, a page opened with ?token= gets a cookie
+/// for its device's files, so its scripts load too.
+#[tokio::test]
+async fn the_connector_is_ours_and_a_page_token_reaches_its_scripts() {
+    let web = DeviceWeb::start().await;
+    let server = TestServer::start(ServerConfig {
+        client_token: Some("page secret".into()),
+        ..test_config()
+    })
+    .await;
+    let _device = device_with_port(&server, "web", Some(web.port)).await;
+    let connector = server
+        .get("/devices/web/files/js/server_connector.js")
+        .await;
+    assert_eq!(connector.status, 200);
+    assert!(
+        connector
+            .body
+            .contains("export async function createConnector()")
+    );
+    assert!(
+        connector
+            .header("content-type")
+            .is_some_and(|value| value.starts_with("text/javascript"))
+    );
+    assert!(
+        web.heads.lock().unwrap().is_empty(),
+        "not asked of the device"
+    );
+
+    assert_eq!(
+        server.get("/devices/web/files/client.html").await.status,
+        401
+    );
+    let page = server
+        .get("/devices/web/files/client.html?token=page%20secret")
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let cookie = page.header("set-cookie").unwrap().to_owned();
+    assert!(
+        cookie.starts_with(
+            "signaling_token=page+secret; Path=/devices/web/files/; HttpOnly; SameSite=Strict"
+        ),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    let script = http_get(
+        server.addr,
+        "/devices/web/files/client.html",
+        &[("Cookie", &pair)],
+    )
+    .await;
+    assert_eq!(script.status, 200);
+    // The cookie is this server's: the device does not see it.
+    assert!(!web.last_head().to_ascii_lowercase().contains("cookie"));
+    let wrong = http_get(
+        server.addr,
+        "/devices/web/files/client.html",
+        &[("Cookie", "signaling_token=guess")],
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    server.stop().await.unwrap();
+}
