@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use futures_util::SinkExt;
 use peer::negotiation::{Event, Negotiation, Received, Side};
 use peer::rtc_peer::{PeerEvent, PeerSettings, build_peer, count_frames};
@@ -44,8 +44,24 @@ pub struct ConnectArgs {
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     timeout: Duration,
 
+    /// Which client API to connect through: the seed's /connect_client, or
+    /// the Go operator's /devices/{id}/connect (ICE servers from
+    /// /infra_config, bare payload frames).
+    #[arg(long, value_enum, default_value_t = ClientApi::Seed)]
+    api: ClientApi,
+
     #[command(flatten)]
     peer: PeerSettings,
+}
+
+/// The client APIs a server may offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientApi {
+    /// `/connect_client`: `connect`, then `config` and `device_info`;
+    /// payloads inside `forward`.
+    Seed,
+    /// `/devices/{id}/connect`: `{"device_info"}` first; bare payloads.
+    Go,
 }
 
 /// What happened when, printed as it happens (or collected for --json).
@@ -137,10 +153,16 @@ pub async fn run(options: &ConnectOptions, args: ConnectArgs) -> Result<()> {
     result
 }
 
-async fn forward(socket: &mut Socket, payload: &Payload) -> Result<()> {
-    let raw = payload.to_raw();
-    let message = ClientToServer::Forward(ClientForward { payload: &raw });
-    socket.send(Message::text(message.encode())).await?;
+/// Sends a payload to the device the way `api` carries it.
+async fn forward(socket: &mut Socket, api: ClientApi, payload: &Payload) -> Result<()> {
+    let text = match api {
+        ClientApi::Seed => {
+            let raw = payload.to_raw();
+            ClientToServer::Forward(ClientForward { payload: &raw }).encode()
+        }
+        ClientApi::Go => payload.to_json(),
+    };
+    socket.send(Message::text(text)).await?;
     Ok(())
 }
 
@@ -149,6 +171,13 @@ async fn next(socket: &mut Socket) -> Result<ServerMessage> {
     let text = peer::signaling::next_text(socket)
         .await?
         .context("the server closed the connection")?;
+    // The Go operator's first frame: {"device_info": …}, nothing else in it.
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::from_str::<serde_json::Value>(&text)
+        && fields.len() == 1
+        && let Some(info) = fields.get("device_info")
+    {
+        return Ok(ServerMessage::DeviceInfo(info.to_string()));
+    }
     let message = ServerToClient::decode(&text)
         .map_err(|e| anyhow!("undecodable message from the server ({e}): {text}"))?;
     Ok(match message {
@@ -173,18 +202,34 @@ async fn handshake(
     timeline: &mut Timeline,
     rtts: &mut Vec<f64>,
 ) -> Result<()> {
-    let mut socket = options.connect(protocol::CONNECT_CLIENT_PATH).await?;
-    timeline.mark(
-        Phase::WebsocketOpen,
-        &options.endpoint_url(protocol::CONNECT_CLIENT_PATH)?,
-    );
-    let connect = ClientToServer::Connect(Connect {
-        device_id: args.device_id.as_str().into(),
-    });
-    socket.send(Message::text(connect.encode())).await?;
-
-    let ServerMessage::Config(ice_servers) = next(&mut socket).await? else {
-        bail!("the server did not send config first");
+    let (mut socket, ice_servers) = match args.api {
+        ClientApi::Seed => {
+            let mut socket = options.connect(protocol::CONNECT_CLIENT_PATH).await?;
+            timeline.mark(
+                Phase::WebsocketOpen,
+                &options.endpoint_url(protocol::CONNECT_CLIENT_PATH)?,
+            );
+            let connect = ClientToServer::Connect(Connect {
+                device_id: args.device_id.as_str().into(),
+            });
+            socket.send(Message::text(connect.encode())).await?;
+            let ServerMessage::Config(ice_servers) = next(&mut socket).await? else {
+                bail!("the server did not send config first");
+            };
+            (socket, ice_servers)
+        }
+        ClientApi::Go => {
+            // These clients read the ICE servers from /infra_config.
+            let (status, body) = options.http_get("/infra_config").await?;
+            ensure!(status == 200, "GET /infra_config answered {status}: {body}");
+            let Ok(ServerToClient::Config(config)) = ServerToClient::decode(&body) else {
+                bail!("GET /infra_config is not a config message: {body}");
+            };
+            let path = format!("/devices/{}/connect", args.device_id);
+            let socket = options.connect(&path).await?;
+            timeline.mark(Phase::WebsocketOpen, &options.endpoint_url(&path)?);
+            (socket, config.ice_servers)
+        }
     };
     timeline.mark(
         Phase::Config,
@@ -205,6 +250,7 @@ async fn handshake(
     let mut negotiation = Negotiation::with_peer(Side::Client, pc, events);
     forward(
         &mut socket,
+        args.api,
         &Payload::RequestOffer {
             ice_servers: ice_servers.clone(),
         },
@@ -225,7 +271,7 @@ async fn handshake(
                 }
                 match negotiation.receive(payload).await? {
                     Received::Reply(answer) => {
-                        forward(&mut socket, &answer).await?;
+                        forward(&mut socket, args.api, &answer).await?;
                         timeline.mark(Phase::AnswerSent, "");
                     }
                     Received::RemoteError(error) => bail!("the device says: {error}"),
@@ -235,7 +281,7 @@ async fn handshake(
                 }
             }
             event = negotiation.next_event() => match event.context("the peer connection stopped reporting")? {
-                Event::Send(candidate) => forward(&mut socket, &candidate).await?,
+                Event::Send(candidate) => forward(&mut socket, args.api, &candidate).await?,
                 Event::Peer(PeerEvent::IceConnectionState(RTCIceConnectionState::Connected)) => {
                     timeline.mark(Phase::IceConnected, "");
                 }

@@ -80,8 +80,7 @@ async fn devices(options: &ConnectOptions, json: bool) -> anyhow::Result<()> {
         println!("{body}");
         return Ok(());
     }
-    let ids: Vec<String> = serde_json::from_str(&body)
-        .map_err(|e| anyhow::anyhow!("the server's device list is not a JSON array of ids: {e}"))?;
+    let ids = device_ids(&body)?;
     if ids.is_empty() {
         eprintln!("no devices registered");
     }
@@ -89,4 +88,39 @@ async fn devices(options: &ConnectOptions, json: bool) -> anyhow::Result<()> {
         println!("{id}");
     }
     Ok(())
+}
+
+/// The ids in a `GET /devices` answer: a list of ids (the reference
+/// server's shape) or of descriptors with a `device_id` (the Go
+/// operator's).
+fn device_ids(body: &str) -> anyhow::Result<Vec<String>> {
+    let entries: Vec<serde_json::Value> = serde_json::from_str(body)
+        .map_err(|e| anyhow::anyhow!("the server's device list is not a JSON array: {e}"))?;
+    entries
+        .into_iter()
+        .map(|entry| match entry {
+            serde_json::Value::String(id) => Ok(id),
+            serde_json::Value::Object(mut descriptor) => match descriptor.remove("device_id") {
+                Some(serde_json::Value::String(id)) => Ok(id),
+                _ => anyhow::bail!("a device descriptor without a device_id"),
+            },
+            other => anyhow::bail!("not a device id or descriptor: {other}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_lists_of_both_shapes_give_their_ids() {
+        assert_eq!(device_ids(r#"["a","b"]"#).unwrap(), ["a", "b"]);
+        assert_eq!(
+            device_ids(r#"[{"device_id":"a","group_name":"","adb_port":0}]"#).unwrap(),
+            ["a"]
+        );
+        assert!(device_ids(r#"[1]"#).is_err());
+        assert!(device_ids(r#"{"a":1}"#).is_err());
+    }
 }

@@ -31,7 +31,8 @@ async function refreshDevices() {
   try {
     const response = await fetch(withToken('/devices'));
     if (!response.ok) throw new Error('HTTP ' + response.status);
-    ids = await response.json();
+    // Ids (the reference server's list) or descriptors (the Go operator's).
+    ids = (await response.json()).map((entry) => (typeof entry === 'string' ? entry : entry.device_id));
   } catch (e) {
     $('no-devices').hidden = false;
     $('no-devices').textContent = 'Cannot list devices: ' + e.message;

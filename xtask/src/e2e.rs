@@ -247,7 +247,7 @@ pub fn run_scenarios(tools: &Tools) -> Result<()> {
             "kill -9 mid-handshake: clients and a device",
             killed_mid_handshake,
         ),
-        ("device on the unix socket (--socket_path)", device_socket),
+        ("device on the socket; both client APIs", device_socket),
     ];
     for (index, (name, scenario)) in scenarios.iter().enumerate() {
         let started = Instant::now();
@@ -571,7 +571,8 @@ fn metric(server: &Server, series: &str) -> Result<f64> {
 }
 
 /// fake-device registers on the device socket, as a Cuttlefish device
-/// does with the Go operator; client-cli reaches it over the websocket.
+/// does with the Go operator; client-cli reaches it over the seed's
+/// websocket and over the Go operator's `/devices/{id}/connect`.
 fn device_socket(tools: &Tools) -> Result<String> {
     let dir = std::env::temp_dir().join(format!("e2e-device-socket-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -589,14 +590,20 @@ fn device_socket(tools: &Tools) -> Result<String> {
         metric(&server, "signaling_device_socket_connections")? == 1.0,
         "the device is not on the socket"
     );
+    // The Go operator's client API to the same device.
+    let output = tools
+        .connect_command(&server, "e2e-socket", &["--api", "go"])
+        .output()?;
+    let go = check_connect(&output)?;
     server.process.signal("TERM")?;
     let status = server.process.wait_exit(Duration::from_secs(15))?;
     ensure!(status.success(), "the server exited with {status}");
     ensure!(!path.exists(), "the socket was not removed at exit");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(format!(
-        "registered over SOCK_SEQPACKET; data channel open at {:.1} ms; socket removed at exit",
-        handshake.data_channel_open_ms
+        "registered over SOCK_SEQPACKET; data channel open at {:.1} ms over /connect_client, {:.1} ms over /devices/{{id}}/connect; socket removed at exit",
+        handshake.data_channel_open_ms,
+        data_channel_open_ms(&go)
     ))
 }
 
