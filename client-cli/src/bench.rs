@@ -104,6 +104,10 @@ struct RelayArgs {
     /// then the server's gauges must return to zero.
     #[arg(long, default_value_t = 0, conflicts_with = "bare")]
     disconnects: u64,
+    /// The clients' API: the seed's /connect_client, or the Go operator's
+    /// /devices/{id}/connect (bare payload frames).
+    #[arg(long, value_enum, default_value_t = crate::connect::ClientApi::Seed, conflicts_with = "bare")]
+    client_api: crate::connect::ClientApi,
 }
 
 #[derive(Debug, clap::Args)]
@@ -228,6 +232,22 @@ impl Bench {
             Some(Ok(ServerToDevice::Config(_))) => Ok(socket),
             other => bail!("registering {device_id}: expected config, got {other:?}"),
         }
+    }
+
+    /// A client of the Go operator's API connected to `device_id`, its
+    /// `{"device_info"}` read.
+    async fn go_client(&self, device_id: &str) -> Result<Socket> {
+        let mut socket = self
+            .connect(&format!("/devices/{device_id}/connect"))
+            .await?;
+        let text = next_text(&mut socket)
+            .await?
+            .context("closed while connecting")?;
+        ensure!(
+            text.starts_with(r#"{"device_info":"#),
+            "connecting to {device_id}: expected device_info, got {text}"
+        );
+        Ok(socket)
     }
 
     /// A client connected to `device_id`, its `config` and `device_info` read.
@@ -387,7 +407,10 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
     let mut clients = Vec::new();
     for (id, _) in &devices {
         for _ in 0..args.clients_per_device {
-            clients.push(bench.client(id).await?);
+            clients.push(match args.client_api {
+                crate::connect::ClientApi::Seed => bench.client(id).await?,
+                crate::connect::ClientApi::Go => bench.go_client(id).await?,
+            });
         }
     }
     let device_tasks: Vec<_> = devices
@@ -414,6 +437,7 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
                 in_flight: args.in_flight.max(1),
                 rate: args.rate,
                 bare: args.bare,
+                bare_payloads: args.client_api == crate::connect::ClientApi::Go,
             };
             tokio::spawn(task.run(socket))
         })
@@ -735,6 +759,9 @@ struct RelayClient {
     in_flight: usize,
     rate: Option<f64>,
     bare: bool,
+    /// Sends payloads as they are (the Go operator's client API) instead
+    /// of inside `forward`.
+    bare_payloads: bool,
 }
 
 struct ClientOutcome {
@@ -745,7 +772,12 @@ impl RelayClient {
     /// Queues message `seq`; the caller flushes.
     async fn feed(&self, socket: &mut Socket, seq: u64) -> Result<()> {
         let sent_ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let payload = RawValue::from_string(relay_payload(seq, sent_ns, self.payload_bytes))?;
+        let payload = relay_payload(seq, sent_ns, self.payload_bytes);
+        if self.bare_payloads {
+            socket.feed(Message::text(payload)).await?;
+            return Ok(());
+        }
+        let payload = RawValue::from_string(payload)?;
         let forward = ClientToServer::Forward(ClientForward { payload: &payload });
         socket.feed(Message::text(forward.encode())).await?;
         Ok(())

@@ -113,6 +113,14 @@ fn standard() -> Vec<Scenario> {
                 3,
             )
         },
+        Scenario {
+            fresh_server: true,
+            ..scenario(
+                "Go operator client API: relay 50 pairs × 4 in flight, 200 B",
+                relay("200", &["--client-api", "go"]),
+                3,
+            )
+        },
         scenario(
             "unloaded round trip: 1 pair, 1 in flight, 200 B",
             args(&[
@@ -239,6 +247,23 @@ fn quick() -> Vec<Scenario> {
         scenario(
             "idle (quick)",
             args(&["idle", "--devices", "100", "--hold", "200ms"]),
+            1,
+        ),
+        scenario(
+            "relay with Go operator clients (quick)",
+            args(&[
+                "relay",
+                "--devices",
+                "2",
+                "--in-flight",
+                "2",
+                "--duration",
+                "1s",
+                "--warmup",
+                "200ms",
+                "--client-api",
+                "go",
+            ]),
             1,
         ),
         Scenario {
@@ -430,6 +455,13 @@ pub fn run_with(root: &Path, quick_run: bool, against: Option<&Path>) -> Result<
             "server CPU per message, socket devices relative to websocket devices, 4 KiB",
             "device socket: relay 50 pairs × 4 in flight, 4 KiB",
             "relay 50 pairs × 4 in flight, 4 KiB",
+            "/server_cpu_us_per_msg",
+            "µs",
+        ),
+        (
+            "server CPU per message, Go operator clients relative to seed clients, 200 B",
+            "Go operator client API: relay 50 pairs × 4 in flight, 200 B",
+            "relay 50 pairs × 4 in flight, 200 B",
             "/server_cpu_us_per_msg",
             "µs",
         ),
