@@ -36,6 +36,21 @@ pub struct Cli {
     #[arg(long = "http_port", value_name = "N", conflicts_with_all = ["listen", "http_server_port"])]
     pub http_port: Option<u16>,
 
+    /// The Go operator's --https_port=N: also serve the same endpoints with
+    /// TLS (https://, wss://) on this port of --listen_addr, with the
+    /// certificate of --tls_cert_dir.
+    #[arg(long = "https_port", value_name = "N")]
+    pub https_port: Option<u16>,
+
+    /// The Go operator's --tls_cert_dir=DIR: DIR/cert.pem and DIR/key.pem
+    /// serve --https_port.
+    #[arg(
+        long = "tls_cert_dir",
+        value_name = "DIR",
+        default_value = "/etc/cuttlefish-common/operator/cert"
+    )]
+    pub tls_cert_dir: PathBuf,
+
     /// The Go operator's address flag (--listen_addr=IP): listen on this
     /// address, on the port --http_port or --http_server_port names.
     #[arg(long = "listen_addr", value_name = "IP", conflicts_with = "listen")]
@@ -345,9 +360,27 @@ impl Cli {
         SocketAddr::new(ip, port)
     }
 
+    /// Where `--https_port` listens, and its TLS, if it is given.
+    pub fn https_listen(
+        &self,
+    ) -> Result<Option<(SocketAddr, std::sync::Arc<rustls::ServerConfig>)>, CliError> {
+        let Some(port) = self.https_port else {
+            return Ok(None);
+        };
+        let tls = tls::load_pem(
+            &self.tls_cert_dir.join("cert.pem"),
+            &self.tls_cert_dir.join("key.pem"),
+        )?;
+        Ok(Some((
+            SocketAddr::new(self.listen_address().ip(), port),
+            tls,
+        )))
+    }
+
     /// Whether a flag only the Go operator has was given.
     fn go_operator_flags(&self) -> bool {
-        self.socket_path.is_some()
+        self.https_port.is_some()
+            || self.socket_path.is_some()
             || self.control_socket_path.is_some()
             || self.http_port.is_some()
             || self.listen_addr.is_some()

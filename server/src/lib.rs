@@ -101,9 +101,22 @@ pub async fn run(
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
+    /// More listeners, each with its TLS (the Go operator's `--https_port`
+    /// beside its plain port).
+    tls_listeners: Vec<(TcpListener, TlsListener)>,
     /// The device socket and the control socket, those configured.
     sockets: Vec<device_socket::DeviceSocket>,
     state: Arc<ServerState>,
+}
+
+/// A listener's TLS configuration.
+#[derive(Clone)]
+struct TlsListener(TlsAcceptor);
+
+impl std::fmt::Debug for TlsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsListener")
+    }
 }
 
 impl Server {
@@ -134,9 +147,22 @@ impl Server {
         });
         Ok(Self {
             listener,
+            tls_listeners: Vec::new(),
             sockets: device_socket.into_iter().chain(control_socket).collect(),
             state,
         })
+    }
+
+    /// Serves on `listener` too, with TLS: the same endpoints on a second
+    /// port (the Go operator's `--https_port` beside `--http_port`).
+    pub fn with_tls_listener(
+        mut self,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Self {
+        self.tls_listeners
+            .push((listener, TlsListener(TlsAcceptor::from(tls))));
+        self
     }
 
     /// Serves until `shutdown` resolves, then closes every connection
@@ -144,32 +170,77 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let Self {
             listener,
+            tls_listeners,
             sockets,
             state,
         } = self;
-        serve(listener, sockets, state, shutdown).await
+        let main_tls = state.config.tls.clone().map(TlsAcceptor::from);
+        let listeners = std::iter::once((listener, main_tls))
+            .chain(tls_listeners.into_iter().map(|(l, tls)| (l, Some(tls.0))))
+            .collect();
+        serve(listeners, sockets, state, shutdown).await
     }
 }
 
 async fn serve(
-    listener: TcpListener,
+    listeners: Vec<(TcpListener, Option<TlsAcceptor>)>,
     sockets: Vec<device_socket::DeviceSocket>,
     state: Arc<ServerState>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let tls = state.config.tls.clone().map(TlsAcceptor::from);
     let router = http::router(state.clone());
-    let local = listener.local_addr()?;
-    info!(address = %local, tls = tls.is_some(), "listening");
     for socket in sockets {
         info!(socket = socket.kind().name(), path = %socket.path().display(), "listening");
         state.tracker.spawn(socket.serve(state.clone()));
     }
+    let stop_accepting = CancellationToken::new();
+    let mut accepting = Vec::new();
+    for (listener, tls) in listeners {
+        let local = listener.local_addr()?;
+        info!(address = %local, tls = tls.is_some(), "listening");
+        accepting.push(tokio::spawn(accept(
+            listener,
+            tls,
+            router.clone(),
+            state.clone(),
+            stop_accepting.clone(),
+        )));
+    }
+    shutdown.await;
+    stop_accepting.cancel();
+    for task in accepting {
+        // Each drops its listener as it ends.
+        let _ = task.await;
+    }
 
-    tokio::pin!(shutdown);
+    info!("shutting down");
+    state.shutdown.cancel();
+    state.tracker.close();
+    let grace = state.config.shutdown_grace;
+    if tokio::time::timeout(grace, state.tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            remaining = state.tracker.len(),
+            "connections still open after the grace period"
+        );
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Accepts connections on `listener` (with TLS if given) until `stop`.
+async fn accept(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    router: axum::Router,
+    state: Arc<ServerState>,
+    stop: CancellationToken,
+) {
     loop {
         let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
+            () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -201,23 +272,6 @@ async fn serve(
             }
         });
     }
-
-    info!("shutting down");
-    drop(listener);
-    state.shutdown.cancel();
-    state.tracker.close();
-    let grace = state.config.shutdown_grace;
-    if tokio::time::timeout(grace, state.tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            remaining = state.tracker.len(),
-            "connections still open after the grace period"
-        );
-    }
-    info!("stopped");
-    Ok(())
 }
 
 /// Serves HTTP/1.1 on one connection, with upgrades.

@@ -64,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.log_file.as_deref())?;
     let listen = cli.listen_address();
+    let https = cli.https_listen()?;
     let (config, notes) = cli.into_config()?;
     let scheme = if config.tls.is_some() { "wss" } else { "ws" };
     if let Some(generated) = &notes.self_signed {
@@ -89,7 +90,16 @@ async fn main() -> anyhow::Result<()> {
     let device_socket = config.device_socket.as_ref().map(|s| s.path.clone());
     // Bound, and the stop signals caught, before the banner: once it is
     // printed, every door is open and SIGTERM stops it gracefully.
-    let server = signaling_server::Server::bind(listener, config)?;
+    let mut server = signaling_server::Server::bind(listener, config)?;
+    let mut https_line = None;
+    if let Some((address, tls)) = https {
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address} (--https_port)"))?;
+        let local = listener.local_addr()?;
+        https_line = Some(format!("also serving https://{local} and wss://{local}"));
+        server = server.with_tls_listener(listener, tls);
+    }
     let signals = support::shutdown::listen();
     // The banner comes last: scripts read up to it and may then close
     // stdout, so nothing is printed after it (and a closed stdout is not
@@ -97,6 +107,9 @@ async fn main() -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     if let Some(path) = device_socket {
         let _ = writeln!(stdout, "device socket at {}", path.display());
+    }
+    if let Some(line) = https_line {
+        let _ = writeln!(stdout, "{line}");
     }
     let _ = writeln!(
         stdout,

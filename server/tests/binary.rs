@@ -586,6 +586,41 @@ fn go_operator_flags() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// The Go operator's --https_port with --tls_cert_dir (cert.pem, key.pem):
+/// the same endpoints with TLS on a second port.
+#[test]
+fn go_operator_https_port() {
+    let dir = std::env::temp_dir().join(format!("signaling-https-{}", std::process::id()));
+    let generated = signaling_server::tls::self_signed(&dir, "127.0.0.1".parse().unwrap()).unwrap();
+    assert_eq!(generated.cert_path, dir.join("cert.pem"));
+    let https_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Server::start_with(&[
+        "--listen_addr=127.0.0.1",
+        "--http_port=0",
+        &format!("--https_port={https_port}"),
+        &format!("--tls_cert_dir={}", dir.display()),
+    ]);
+    assert_eq!(server.scheme, "ws");
+    assert_eq!(http_get_blocking(&server.address, "/healthz").body, "ok\n");
+    // TLS there: plain HTTP gets no HTTP answer.
+    let reply = try_http_get_blocking(&format!("127.0.0.1:{https_port}"), "/healthz");
+    assert!(reply.is_err(), "{reply:?}");
+    drop(server);
+    // A folder without the certificate is an error at start.
+    let output = Command::new(BINARY)
+        .args(["--https_port=1", "--tls_cert_dir=/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/cert.pem"), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A folder holding a certificate as the reference expects it:
 /// server.crt and server.key.
 fn certs_dir(name: &str) -> std::path::PathBuf {

@@ -567,3 +567,44 @@ async fn the_web_client_is_built_in() {
     assert_eq!(server.get("/other.js").await.status, 404);
     server.stop().await.unwrap();
 }
+
+/// A second listener with TLS (the Go operator's --https_port beside its
+/// plain port) serves the same endpoints; both stop with the server.
+#[tokio::test]
+async fn a_tls_listener_beside_the_plain_one_serves_the_same_endpoints() {
+    let dir = std::env::temp_dir().join(format!("signaling-https-port-{}", std::process::id()));
+    let generated = signaling_server::tls::self_signed(&dir, "127.0.0.1".parse().unwrap()).unwrap();
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain_addr = plain.local_addr().unwrap();
+    let secure = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let secure_addr = secure.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = signaling_server::Server::bind(plain, test_config())
+        .unwrap()
+        .with_tls_listener(secure, generated.config.clone());
+    let task = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    let over_plain = support::http::get(plain_addr, "/healthz").await.unwrap();
+    assert_eq!(over_plain.body, "ok\n");
+    let connector = tls_connector(&generated.cert_path, &[&rustls::version::TLS13]);
+    let tcp = tokio::net::TcpStream::connect(secure_addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let over_tls = support::http::send(tls, "localhost", support::http::Request::get("/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(over_tls.body, "ok\n");
+    // The TLS port speaks only TLS.
+    assert!(matches!(
+        support::http::get(secure_addr, "/healthz").await,
+        Err(support::http::Error::NotHttp(_) | support::http::Error::Exchange(_))
+    ));
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(secure_addr).await.is_err(),
+        "closed at stop"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
