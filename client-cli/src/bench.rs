@@ -67,6 +67,26 @@ enum Mode {
     Idle(IdleArgs),
     /// Connect, exchange one message and leave, over and over.
     Churn(ChurnArgs),
+    /// Polling clients of the Go operator's API relaying to echoing
+    /// devices: forward, then poll until the echo arrives, over one
+    /// kept-alive HTTP connection each.
+    Poll(PollArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PollArgs {
+    /// Devices, each with one polling client.
+    #[arg(long, default_value_t = 50)]
+    devices: usize,
+    /// Size of each payload in bytes.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(64..=60_000))]
+    payload_bytes: u64,
+    /// Measured time, after the warm-up.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Time before measuring starts.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -157,6 +177,7 @@ pub async fn run(options: &ConnectOptions, args: BenchArgs) -> Result<()> {
         Mode::Relay(relay) => run_relay(Arc::new(context), relay).await,
         Mode::Idle(idle) => run_idle(Arc::new(context), idle).await,
         Mode::Churn(churn) => run_churn(Arc::new(context), churn).await,
+        Mode::Poll(poll) => run_poll(Arc::new(context), poll).await,
     }
 }
 
@@ -1005,6 +1026,238 @@ async fn run_idle(bench: Arc<Bench>, args: IdleArgs) -> Result<()> {
         registered >= args.devices as f64,
         "the server lists {registered} devices, expected at least {}",
         args.devices
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// poll
+// ---------------------------------------------------------------------------
+
+/// One polling client: forward a payload, poll until its echo is there,
+/// again, until `running` is cleared. Returns the round trips measured
+/// (while `measuring`) in `histogram`, and the requests it made.
+/// What every polling client shares.
+struct PollShared {
+    payload_bytes: usize,
+    epoch: Instant,
+    measuring: AtomicBool,
+    running: AtomicBool,
+    histogram: Mutex<Histogram<u64>>,
+    completed: AtomicU64,
+}
+
+async fn poll_client(bench: &Bench, device_id: &str, shared: &PollShared) -> Result<u64> {
+    let PollShared {
+        payload_bytes,
+        epoch,
+        measuring,
+        running,
+        histogram,
+        completed,
+    } = shared;
+    let (payload_bytes, epoch) = (*payload_bytes, *epoch);
+    let n = bench.next_source.fetch_add(1, Ordering::Relaxed) as usize;
+    let source = Some(bench.sources[n % bench.sources.len()]);
+    let (mut http, base, bearer) = bench.options.http_connection(source).await?;
+    let request = |request: support::http::Request| match &bearer {
+        Some(value) => request.header("Authorization", value),
+        None => request,
+    };
+    let body = serde_json::json!({ "device_id": device_id }).to_string();
+    let reply = http
+        .send(request(support::http::Request::post_json(
+            &format!("{base}/polled_connections"),
+            &body,
+        )))
+        .await?;
+    ensure!(
+        reply.status == 200,
+        "POST /polled_connections: {} {}",
+        reply.status,
+        reply.body
+    );
+    let connection: serde_json::Value = serde_json::from_str(&reply.body)?;
+    let id = connection["connection_id"]
+        .as_str()
+        .context("no connection_id")?
+        .to_owned();
+    let mut requests = 1u64;
+    let mut seen = 0u64;
+    let mut seq = 0u64;
+    let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    while running.load(Ordering::Acquire) {
+        let sent_ns = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let forward = format!(
+            r#"{{"payload":{}}}"#,
+            relay_payload(seq, sent_ns, payload_bytes)
+        );
+        let reply = http
+            .send(request(support::http::Request::post_json(
+                &format!("{base}/polled_connections/{id}/:forward"),
+                &forward,
+            )))
+            .await?;
+        requests += 1;
+        ensure!(
+            reply.status == 200,
+            "forward: {} {}",
+            reply.status,
+            reply.body
+        );
+        // Poll at once until the echo is there: the server's cost per
+        // polled message, not a browser's pace.
+        loop {
+            let reply = http
+                .send(request(support::http::Request::get(&format!(
+                    "{base}/polled_connections/{id}/messages?start={seen}"
+                ))))
+                .await?;
+            requests += 1;
+            ensure!(
+                reply.status == 200,
+                "messages: {} {}",
+                reply.status,
+                reply.body
+            );
+            let messages: Vec<serde_json::Value> = serde_json::from_str(&reply.body)?;
+            if messages.is_empty() {
+                continue;
+            }
+            seen += messages.len() as u64;
+            let echoed = messages
+                .last()
+                .and_then(|m| m["payload"]["seq"].as_u64())
+                .context("an echo that is not ours")?;
+            ensure!(echoed == seq, "echo {echoed} for {seq}");
+            break;
+        }
+        let now_ns = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        completed.fetch_add(1, Ordering::Relaxed);
+        if measuring.load(Ordering::Acquire) {
+            let _ = local.record(now_ns.saturating_sub(sent_ns).max(1));
+        }
+        seq += 1;
+    }
+    histogram.lock().await.add(&local)?;
+    Ok(requests)
+}
+
+async fn run_poll(bench: Arc<Bench>, args: PollArgs) -> Result<()> {
+    let bar = bench.progress("connecting");
+    let counters = Arc::new(RelayCounters::default());
+    let shared = Arc::new(PollShared {
+        payload_bytes: usize::try_from(args.payload_bytes)?,
+        epoch: Instant::now(),
+        measuring: AtomicBool::new(false),
+        running: AtomicBool::new(true),
+        histogram: Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?),
+        completed: AtomicU64::new(0),
+    });
+    let mut device_tasks = Vec::new();
+    let mut ids = Vec::new();
+    for d in 0..args.devices {
+        let id = format!("poll-{}-{d}", bench.run_id);
+        let task = match bench.any_device(&id).await? {
+            BenchDevice::Websocket(socket) => {
+                tokio::spawn(echo_device(*socket, counters.clone(), false))
+            }
+            BenchDevice::Socket(socket) => {
+                tokio::spawn(echo_socket_device(socket, counters.clone()))
+            }
+        };
+        device_tasks.push(task);
+        ids.push(id);
+    }
+    let clients: Vec<_> = ids
+        .into_iter()
+        .map(|id| {
+            let (bench, shared) = (bench.clone(), shared.clone());
+            tokio::spawn(async move { poll_client(&bench, &id, &shared).await })
+        })
+        .collect();
+    bar.set_message("warming up");
+    tokio::time::sleep(args.warmup).await;
+    let metrics_before = match bench.server_pid {
+        Some(_) => Some(bench.metrics().await?),
+        None => None,
+    };
+    let cpu_before = bench.server_pid.map(cpu_seconds).transpose()?;
+    shared.measuring.store(true, Ordering::Release);
+    let started = Instant::now();
+    let completed_before = shared.completed.load(Ordering::Relaxed);
+    tokio::time::sleep(args.duration).await;
+    shared.measuring.store(false, Ordering::Release);
+    let elapsed = started.elapsed().as_secs_f64();
+    let round_trips = shared.completed.load(Ordering::Relaxed) - completed_before;
+    let cpu_after = bench.server_pid.map(cpu_seconds).transpose()?;
+    let metrics_after = match bench.server_pid {
+        Some(_) => Some(bench.metrics().await?),
+        None => None,
+    };
+    shared.running.store(false, Ordering::Release);
+    let mut requests = 0;
+    for client in clients {
+        requests += client.await??;
+    }
+    for task in device_tasks {
+        task.abort();
+    }
+    bar.finish_and_clear();
+    let server = match (cpu_before, cpu_after, &metrics_before, &metrics_after) {
+        (Some(before), Some(after), Some(m0), Some(m1)) => {
+            let relayed = relayed_total(m1) - relayed_total(m0);
+            Some((
+                after - before,
+                relayed,
+                (after - before) / relayed.max(1.0) * 1e6,
+            ))
+        }
+        _ => None,
+    };
+    let histogram = shared.histogram.lock().await;
+    let micros = |q: f64| histogram.value_at_quantile(q) as f64 / 1e3;
+    let result = json!({
+        // Read as the relay rows are: per relayed message, both ways.
+        "mode": "relay",
+        "flow": "polling",
+        "devices": args.devices,
+        "payload_bytes": args.payload_bytes,
+        "seconds": elapsed,
+        "round_trips_per_s": round_trips as f64 / elapsed,
+        "relayed_per_s": 2.0 * round_trips as f64 / elapsed,
+        "http_requests": requests,
+        "rtt_us": {
+            "p50": micros(0.5), "p90": micros(0.9), "p99": micros(0.99),
+            "p999": micros(0.999), "max": histogram.max() as f64 / 1e3,
+        },
+        "server_cpu_s": server.map(|s| s.0),
+        "server_relayed": server.map(|s| s.1),
+        "server_cpu_us_per_msg": server.map(|s| s.2),
+        "lost": 0,
+        "reordered": 0,
+        "errors": counters.errors.load(Ordering::Relaxed),
+    });
+    if bench.json {
+        println!("{result}");
+    } else {
+        println!(
+            "poll: {} polling clients, {} B payloads, {elapsed:.1} s measured\n  {:.0} relayed messages/s; round trip µs p50 {:.1} p99 {:.1}",
+            args.devices,
+            args.payload_bytes,
+            2.0 * round_trips as f64 / elapsed,
+            micros(0.5),
+            micros(0.99),
+        );
+        if let Some((_, relayed, per_message)) = server {
+            println!(
+                "  server: {per_message:.2} µs CPU per relayed message ({relayed:.0} relayed)"
+            );
+        }
+    }
+    ensure!(
+        counters.errors.load(Ordering::Relaxed) == 0,
+        "a device got a frame it did not expect"
     );
     Ok(())
 }

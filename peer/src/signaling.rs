@@ -277,6 +277,19 @@ impl ConnectOptions {
         }
     }
 
+    /// An HTTP connection to the server kept open for many requests, from
+    /// the local address `source`; `base_path` and `bearer` are what each
+    /// request needs (the URL's base path, the token's header value).
+    pub async fn http_connection(
+        &self,
+        source: Option<IpAddr>,
+    ) -> Result<(support::http::KeptAlive, String, Option<String>)> {
+        let (stream, target) = self.open_stream(source).await?;
+        let kept = support::http::KeptAlive::open(stream, &authority(&target)).await?;
+        let bearer = self.token.as_ref().map(|token| format!("Bearer {token}"));
+        Ok((kept, target.base_path.clone(), bearer))
+    }
+
     /// A GET of `path` (under the URL's base path, with the token), for
     /// `/devices`, `/metrics` and friends: its status and body.
     pub async fn http_get(&self, path: &str) -> Result<(u16, String)> {

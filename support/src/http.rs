@@ -150,6 +150,46 @@ where
     }
 }
 
+/// One HTTP/1.1 connection kept open for request after request, as a
+/// browser polling a server keeps its connection.
+#[derive(Debug)]
+pub struct KeptAlive {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl KeptAlive {
+    /// Opens the connection over `stream` to `host` (the `Host` header).
+    pub async fn open<S>(stream: S, host: &str) -> Result<Self, Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        // The connection's I/O runs beside the requests until it closes.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Self {
+            sender,
+            host: host.to_owned(),
+        })
+    }
+
+    /// Sends `request` and reads its whole answer.
+    pub async fn send(&mut self, request: Request) -> Result<Response, Error> {
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request.build(&self.host)?).await?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Response {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}
+
 /// `request` to `address` over plain TCP.
 pub async fn request(address: SocketAddr, request: Request) -> Result<Response, Error> {
     let stream = tokio::net::TcpStream::connect(address)
@@ -240,6 +280,44 @@ mod tests {
         let response = get(address, "/nothing").await.unwrap();
         assert_eq!(response.status, 404);
         assert_eq!(response.body, "no such page");
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_carries_several_requests() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut seen = 0;
+            let mut pending = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while seen < 2 {
+                let n = stream.read(&mut buffer).await.unwrap();
+                assert!(n > 0);
+                pending.extend_from_slice(&buffer[..n]);
+                while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                    pending.drain(..end + 4);
+                    seen += 1;
+                    let body = format!("answer {seen}");
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    stream.write_all(reply.as_bytes()).await.unwrap();
+                }
+            }
+        });
+        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let mut kept = KeptAlive::open(stream, &address.to_string()).await.unwrap();
+        assert_eq!(
+            kept.send(Request::get("/a")).await.unwrap().body,
+            "answer 1"
+        );
+        assert_eq!(
+            kept.send(Request::get("/b")).await.unwrap().body,
+            "answer 2"
+        );
+        server.await.unwrap();
     }
 
     #[tokio::test]

@@ -116,6 +116,24 @@ fn standard() -> Vec<Scenario> {
         Scenario {
             fresh_server: true,
             ..scenario(
+                "polling (Go operator API): 50 clients, 1 in flight, 200 B",
+                args(&[
+                    "poll",
+                    "--devices",
+                    "50",
+                    "--payload-bytes",
+                    "200",
+                    "--duration",
+                    "10s",
+                    "--warmup",
+                    "2s",
+                ]),
+                3,
+            )
+        },
+        Scenario {
+            fresh_server: true,
+            ..scenario(
                 "Go operator client API: relay 50 pairs × 4 in flight, 200 B",
                 relay("200", &["--client-api", "go"]),
                 3,
@@ -249,6 +267,24 @@ fn quick() -> Vec<Scenario> {
             args(&["idle", "--devices", "100", "--hold", "200ms"]),
             1,
         ),
+        // Its own server: polling clients stay until --poll-timeout, and
+        // the scenarios after it check the gauges return to zero.
+        Scenario {
+            fresh_server: true,
+            ..scenario(
+                "polling clients (quick)",
+                args(&[
+                    "poll",
+                    "--devices",
+                    "2",
+                    "--duration",
+                    "1s",
+                    "--warmup",
+                    "200ms",
+                ]),
+                1,
+            )
+        },
         scenario(
             "relay with Go operator clients (quick)",
             args(&[
