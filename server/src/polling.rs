@@ -314,18 +314,30 @@ impl Polling {
                 "Invalid message: missing connection_id",
             ));
         };
+        let client = self.seen(&connection_id, Flavor::Reference)?;
+        Ok((connection_id, client))
+    }
+
+    /// The client `connection_id` names, marked as seen; or the flavor's
+    /// refusal for an unknown one (the reference's 401, the Go operator's
+    /// 404).
+    fn seen(&self, connection_id: &str, flavor: Flavor) -> Result<Arc<PollingClient>, Refusal> {
+        let status = match flavor {
+            Flavor::Reference => StatusCode::UNAUTHORIZED,
+            Flavor::GoOperator => StatusCode::NOT_FOUND,
+        };
         let unknown = || {
             Refusal::new(
-                StatusCode::UNAUTHORIZED,
+                status,
                 "Unknown connection_id: it never existed, or it was dropped",
             )
         };
-        let client = self.get(&connection_id).ok_or_else(unknown)?;
+        let client = self.get(connection_id).ok_or_else(unknown)?;
         lock(&client.conn)
             .as_mut()
             .ok_or_else(unknown)?
             .on_activity(now());
-        Ok((connection_id, client))
+        Ok(client)
     }
 
     /// `POST /forward {"connection_id","payload"}`: relays the payload
@@ -407,23 +419,6 @@ impl Polling {
         json(StatusCode::OK, format!("[{}]", payloads.join(",")))
     }
 
-    /// The Go flavor's client `connection_id` names, marked as seen; or its
-    /// 404.
-    fn go_client(&self, connection_id: &str) -> Result<Arc<PollingClient>, Refusal> {
-        let unknown = || {
-            Refusal::new(
-                StatusCode::NOT_FOUND,
-                "Unknown connection_id: it never existed, or it was dropped",
-            )
-        };
-        let client = self.get(connection_id).ok_or_else(unknown)?;
-        lock(&client.conn)
-            .as_mut()
-            .ok_or_else(unknown)?
-            .on_activity(now());
-        Ok(client)
-    }
-
     /// `POST /polled_connections/{id}/:forward {"payload"}`: relays the
     /// payload verbatim; the answer is `"ok"`, as the Go operator's.
     pub fn go_forward(&self, connection_id: &str, body: &[u8]) -> Response {
@@ -431,7 +426,7 @@ impl Polling {
             Ok(fields) => fields,
             Err(refusal) => return refusal.into_response(),
         };
-        let client = match self.go_client(connection_id) {
+        let client = match self.seen(connection_id, Flavor::GoOperator) {
             Ok(client) => client,
             Err(refusal) => return refusal.into_response(),
         };
@@ -474,7 +469,7 @@ impl Polling {
             Ok(cursor) => cursor,
             Err(refusal) => return refusal.into_response(),
         };
-        let client = match self.go_client(connection_id) {
+        let client = match self.seen(connection_id, Flavor::GoOperator) {
             Ok(client) => client,
             Err(refusal) => return refusal.into_response(),
         };

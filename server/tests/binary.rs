@@ -506,6 +506,28 @@ fn go_operator_socket_path() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// `GET /devices{query}` while a device registered as `device_id` holds
+/// its websocket.
+fn devices_with(
+    runtime: &tokio::runtime::Runtime,
+    server: &Server,
+    device_id: &str,
+    query: &str,
+) -> String {
+    runtime.block_on(async {
+        let url = format!("ws://{}/register_device", server.address);
+        let (mut device, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        let register = format!(r#"{{"message_type":"register","device_id":"{device_id}"}}"#);
+        device.send(Message::text(register)).await.unwrap();
+        device.next().await.unwrap().unwrap();
+        let address = server.address.parse().unwrap();
+        let devices = support::http::get(address, &format!("/devices{query}"))
+            .await
+            .unwrap();
+        devices.body
+    })
+}
+
 /// The Go operator's flags in its spellings: --http_port and --listen_addr
 /// make the address, --log_file gets the log (without colour codes), and
 /// GET /devices answers descriptors unless --devices-list says otherwise.
@@ -546,43 +568,20 @@ fn go_operator_flags() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async {
-        let url = format!("ws://{}/register_device", server.address);
-        let (mut device, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-        device
-            .send(Message::text(
-                r#"{"message_type":"register","device_id":"listed"}"#,
-            ))
-            .await
-            .unwrap();
-        device.next().await.unwrap().unwrap();
-        let address = server.address.parse().unwrap();
-        let ids = support::http::get(address, "/devices").await.unwrap();
-        assert_eq!(ids.body, r#"["listed"]"#);
-    });
+    assert_eq!(
+        devices_with(&runtime, &server, "listed", ""),
+        r#"["listed"]"#
+    );
     drop(server);
     let server = Server::start(&["--devices-list=descriptors"]);
-    runtime.block_on(async {
-        let url = format!("ws://{}/register_device", server.address);
-        let (mut device, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-        device
-            .send(Message::text(
-                r#"{"message_type":"register","device_id":"described"}"#,
-            ))
-            .await
-            .unwrap();
-        device.next().await.unwrap().unwrap();
-        let address = server.address.parse().unwrap();
-        let all = support::http::get(address, "/devices").await.unwrap();
-        assert_eq!(
-            all.body,
-            r#"[{"device_id":"described","group_name":"","adb_port":0}]"#
-        );
-        let grouped = support::http::get(address, "/devices?groupId=g1")
-            .await
-            .unwrap();
-        assert_eq!(grouped.body, "[]");
-    });
+    assert_eq!(
+        devices_with(&runtime, &server, "described", ""),
+        r#"[{"device_id":"described","group_name":"","adb_port":0}]"#
+    );
+    assert_eq!(
+        devices_with(&runtime, &server, "grouped", "?groupId=g1"),
+        "[]"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
