@@ -16,6 +16,7 @@
 //! it relayed in that window (from its /metrics).
 
 use std::net::IpAddr;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -31,6 +32,7 @@ use protocol::{
 };
 use serde_json::json;
 use support::prometheus::sample_or_zero as metric;
+use support::seqpacket::{self, Packet};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -128,6 +130,11 @@ struct RelayArgs {
     /// /devices/{id}/connect (bare payload frames).
     #[arg(long, value_enum, default_value_t = crate::connect::ClientApi::Seed, conflicts_with = "bare")]
     client_api: crate::connect::ClientApi,
+    /// Websocket devices write each echoed frame with a system call of its
+    /// own, as a device that sends message by message does (and as a
+    /// device socket's packets always go), instead of a burst per write.
+    #[arg(long)]
+    device_write_each: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -407,6 +414,10 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
         !(args.bare && bench.device_socket.is_some()),
         "the bare relay has no device socket: drop --bare or --device-socket"
     );
+    ensure!(
+        !(args.device_write_each && bench.device_socket.is_some()),
+        "--device-write-each is for websocket devices; a device socket's packets always go one by one"
+    );
     let bar = bench.progress("connecting");
     let epoch = Instant::now();
     let counters = Arc::new(RelayCounters::default());
@@ -437,9 +448,12 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
     let device_tasks: Vec<_> = devices
         .into_iter()
         .map(|(_, device)| match device {
-            BenchDevice::Websocket(socket) => {
-                tokio::spawn(echo_device(*socket, counters.clone(), args.bare))
-            }
+            BenchDevice::Websocket(socket) => tokio::spawn(echo_device(
+                *socket,
+                counters.clone(),
+                args.bare,
+                args.device_write_each,
+            )),
             BenchDevice::Socket(socket) => {
                 tokio::spawn(echo_socket_device(socket, counters.clone()))
             }
@@ -693,13 +707,22 @@ fn vanish(socket: Socket, reset: bool) {
 /// It answers every frame that has already arrived before writing, so a
 /// burst of frames read at once goes back in one write: the generator then
 /// spends its core on messages, not on a syscall per frame, and can load a
-/// server harder than one core's worth of single-frame writes.
-async fn echo_device(mut socket: Socket, counters: Arc<RelayCounters>, bare: bool) {
+/// server harder than one core's worth of single-frame writes. With
+/// `write_each`, every echo is written (and flushed) on its own.
+async fn echo_device(
+    mut socket: Socket,
+    counters: Arc<RelayCounters>,
+    bare: bool,
+    write_each: bool,
+) {
     while let Some(Ok(message)) = socket.next().await {
         if echo(&mut socket, message, &counters, bare).await.is_err() {
             return;
         }
         while let Some(Some(Ok(message))) = socket.next().now_or_never() {
+            if write_each && socket.flush().await.is_err() {
+                return;
+            }
             if echo(&mut socket, message, &counters, bare).await.is_err() {
                 return;
             }
@@ -711,30 +734,41 @@ async fn echo_device(mut socket: Socket, counters: Arc<RelayCounters>, bare: boo
 }
 
 /// [`echo_device`] on the device socket: each packet answered with one.
+/// What has arrived is received with one system call and answered with
+/// one, as `echo_device` answers a burst with one write; each packet is
+/// still one message, as a Cuttlefish device sends them.
 async fn echo_socket_device(socket: tokio_seqpacket::UnixSeqpacket, counters: Arc<RelayCounters>) {
-    let mut buffer = vec![0u8; 1 << 20];
-    while let Ok(info) = socket.recv(&mut buffer).await {
-        let Some(text) = (info.bytes_read() > 0)
-            .then(|| std::str::from_utf8(&buffer[..info.bytes_read()]).ok())
-            .flatten()
-        else {
+    let mut replies = Vec::new();
+    loop {
+        let Ok(mut ready) = socket.as_async_fd().readable().await else {
             return;
         };
-        match ServerToDevice::decode(text) {
-            Ok(ServerToDevice::ClientMsg(message)) => {
-                let back = DeviceToServer::Forward(DeviceForward {
-                    client_id: message.client_id,
-                    payload: message.payload,
-                });
-                if socket.send(back.encode().as_bytes()).await.is_err() {
-                    return;
+        let mut ended = false;
+        let received = seqpacket::receive_ready(&mut ready, 64 * 1024, |packet| {
+            let Packet::Text(text) = packet else {
+                ended = true;
+                return ControlFlow::Break(());
+            };
+            match ServerToDevice::decode(text) {
+                Ok(ServerToDevice::ClientMsg(message)) => {
+                    let back = DeviceToServer::Forward(DeviceForward {
+                        client_id: message.client_id,
+                        payload: message.payload,
+                    });
+                    replies.push(back.encode());
+                }
+                Ok(ServerToDevice::ClientDisconnected(_)) => {}
+                _ => {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Ok(ServerToDevice::ClientDisconnected(_)) => {}
-            _ => {
-                counters.errors.fetch_add(1, Ordering::Relaxed);
-            }
+            ControlFlow::Continue(())
+        });
+        drop(ready);
+        if received.is_err() || seqpacket::send_all(&socket, &replies).await.is_err() || ended {
+            return;
         }
+        replies.clear();
     }
 }
 
@@ -1160,7 +1194,7 @@ async fn run_poll(bench: Arc<Bench>, args: PollArgs) -> Result<()> {
         let id = format!("poll-{}-{d}", bench.run_id);
         let task = match bench.any_device(&id).await? {
             BenchDevice::Websocket(socket) => {
-                tokio::spawn(echo_device(*socket, counters.clone(), false))
+                tokio::spawn(echo_device(*socket, counters.clone(), false, false))
             }
             BenchDevice::Socket(socket) => {
                 tokio::spawn(echo_socket_device(socket, counters.clone()))

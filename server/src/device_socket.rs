@@ -17,15 +17,15 @@
 //! Like `websocket/connection.rs`, this file only moves packets and keeps
 //! time; every decision is the core's.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
+use std::ops::ControlFlow;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::task::Poll;
 
+use support::seqpacket::{self, Packet};
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
 use tracing::{Instrument, debug, field, info, info_span, warn};
@@ -278,48 +278,6 @@ enum Ending {
     Gone,
 }
 
-/// One packet read, or why there is none.
-enum Packet {
-    Text(String),
-    TooBig,
-    NotUtf8,
-    End,
-}
-
-thread_local! {
-    /// Where packets are received: one buffer of the size limit per worker
-    /// thread, so an idle device holds no read buffer at all.
-    static RECEIVE_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The next packet, whole. A packet over `limit` bytes arrives truncated
-/// (the kernel says so) and is refused; the rest of it is gone.
-async fn next_packet(socket: &UnixSeqpacket, limit: usize) -> io::Result<Packet> {
-    std::future::poll_fn(|cx| {
-        RECEIVE_BUFFER.with_borrow_mut(|buffer| {
-            if buffer.len() < limit {
-                buffer.resize(limit, 0);
-            }
-            match socket.poll_recv(cx, &mut buffer[..limit]) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Ready(Ok(info)) if info.truncated() => Poll::Ready(Ok(Packet::TooBig)),
-                // Zero bytes is the end of the stream (an empty packet
-                // reads the same; no device sends one).
-                Poll::Ready(Ok(info)) if info.bytes_read() == 0 => Poll::Ready(Ok(Packet::End)),
-                Poll::Ready(Ok(info)) => {
-                    let bytes = &buffer[..info.bytes_read()];
-                    Poll::Ready(Ok(match std::str::from_utf8(bytes) {
-                        Ok(text) => Packet::Text(text.to_owned()),
-                        Err(_) => Packet::NotUtf8,
-                    }))
-                }
-            }
-        })
-    })
-    .await
-}
-
 /// Runs a device's connection until it ends. The connection (and with it
 /// the registration) is dropped as soon as the session is over, which
 /// announces the departure to its clients.
@@ -350,21 +308,32 @@ async fn drive<S: Session>(socket: UnixSeqpacket, mut conn: Connection<S>, state
                     Ok(Some(ending)) | Err(ending) => break ending,
                 }
             }
-            packet = next_packet(&socket, config.max_message_bytes) => match packet {
-                Ok(Packet::Text(text)) => {
-                    state.core.metrics.bytes_in.inc_by(text.len() as u64);
-                    conn.on_text(&text, now());
-                }
-                Ok(Packet::TooBig) => break Ending::Close(ServerError::MessageTooBig {
-                    limit: config.max_message_bytes,
-                }),
-                Ok(Packet::NotUtf8) => break Ending::Close(ServerError::InvalidUtf8),
-                Ok(Packet::End) => break Ending::Gone,
-                Err(e) => {
+            ready = socket.as_async_fd().readable() => {
+                let Ok(mut ready) = ready else { break Ending::Gone };
+                let mut ending = None;
+                let received = seqpacket::receive_ready(&mut ready, config.max_message_bytes, |packet| {
+                    match packet {
+                        Packet::Text(text) => {
+                            state.core.metrics.bytes_in.inc_by(text.len() as u64);
+                            conn.on_text(text, now());
+                            return ControlFlow::Continue(());
+                        }
+                        Packet::TooBig => ending = Some(Ending::Close(ServerError::MessageTooBig {
+                            limit: config.max_message_bytes,
+                        })),
+                        Packet::NotUtf8 => ending = Some(Ending::Close(ServerError::InvalidUtf8)),
+                        Packet::End => ending = Some(Ending::Gone),
+                    }
+                    ControlFlow::Break(())
+                });
+                if let Err(e) = received {
                     debug!(error = %e, "device socket read failed");
                     break Ending::Gone;
                 }
-            },
+                if let Some(ending) = ending {
+                    break ending;
+                }
+            }
             () = sleep_until(wake) => match conn.handle_timeout(now()) {
                 Some(Due::End(error)) => break Ending::Close(error),
                 // No pings on this socket (the keepalive asks for none).
@@ -401,18 +370,21 @@ async fn write_batch(
     batch: &mut Batch,
     state: &ServerState,
 ) -> Result<Option<Ending>, Ending> {
+    let mut close = None;
+    let mut frames = Vec::with_capacity(batch.items.len());
     for item in batch.items.drain(..) {
         if let Outgoing::Close(error) = item {
-            return Ok(Some(Ending::Close(error)));
-        }
-        let Some(text) = encode::frame(item) else {
+            close = Some(Ending::Close(error));
             break;
-        };
-        state.core.metrics.bytes_out.inc_by(text.len() as u64);
-        if let Err(e) = socket.send(text.as_bytes()).await {
-            debug!(error = %e, "device socket write failed");
-            return Err(Ending::Gone);
+        }
+        if let Some(text) = encode::frame(item) {
+            state.core.metrics.bytes_out.inc_by(text.len() as u64);
+            frames.push(text);
         }
     }
-    Ok(None)
+    if let Err(e) = seqpacket::send_all(socket, &frames).await {
+        debug!(error = %e, "device socket write failed");
+        return Err(Ending::Gone);
+    }
+    Ok(close)
 }

@@ -5,11 +5,15 @@
 //!   TLS session), answered with its status, headers and decoded body;
 //! - [`prometheus`]: reading one sample out of a Prometheus text
 //!   exposition;
-//! - [`shutdown`]: the future that resolves on SIGINT or SIGTERM.
+//! - [`shutdown`]: the future that resolves on SIGINT or SIGTERM;
+//! - [`seqpacket`]: many packets per system call on a unix
+//!   `SOCK_SEQPACKET` socket.
 //!
-//! It depends on nothing the server does not already build (tokio, hyper),
+//! It depends on nothing the server does not already build (tokio, hyper,
+//! tokio-seqpacket, nix),
 //! so the xtask runner can use it without pulling in the WebRTC stack.
 
 pub mod http;
 pub mod prometheus;
+pub mod seqpacket;
 pub mod shutdown;

@@ -113,6 +113,11 @@ fn standard() -> Vec<Scenario> {
                 3,
             )
         },
+        scenario(
+            "websocket devices writing each frame: relay 50 pairs × 4 in flight, 200 B",
+            relay("200", &["--device-write-each"]),
+            3,
+        ),
         Scenario {
             fresh_server: true,
             ..scenario(
@@ -330,14 +335,16 @@ fn quick() -> Vec<Scenario> {
 }
 
 /// The scenarios `--against` measures, each beside the same one on the other
-/// server: CPU per relayed message at 200 B and 4 KiB, idle memory. Every
-/// run gets a fresh server, so neither build inherits the other's state.
-fn comparison() -> Vec<Scenario> {
-    // Servers from before the device socket cannot serve its scenarios.
+/// server: CPU per relayed message at 200 B and 4 KiB, idle memory, and the
+/// same with devices on the device socket when both servers serve one.
+/// Every run gets a fresh server, so neither build inherits the other's
+/// state.
+fn comparison(with_device_socket: bool) -> Vec<Scenario> {
     let measured = standard().into_iter().filter(|s| {
+        let name = s.name.strip_prefix("device socket: ").unwrap_or(s.name);
         !s.bare
-            && !s.device_socket
-            && (s.name.starts_with("relay 50 pairs") || s.name == "idle: 5,000 registered devices")
+            && (with_device_socket || !s.device_socket)
+            && (name.starts_with("relay 50 pairs") || name == "idle: 5,000 registered devices")
     });
     let mut all = Vec::new();
     for scenario in measured {
@@ -350,12 +357,20 @@ fn comparison() -> Vec<Scenario> {
                 fresh_server: true,
                 tls: false,
                 bare: false,
-                device_socket: false,
+                device_socket: scenario.device_socket,
                 baseline,
             });
         }
     }
     all
+}
+
+/// Whether a server binary serves `--device-socket` (older ones do not).
+fn serves_device_socket(binary: &Path) -> bool {
+    std::process::Command::new(binary)
+        .arg("--help")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("--device-socket"))
 }
 
 /// Scenario names are `&'static str`; the few made at run time live as long.
@@ -391,7 +406,7 @@ pub fn run_with(root: &Path, quick_run: bool, against: Option<&Path>) -> Result<
     };
     let scenarios = match (quick_run, against) {
         (true, _) => quick(),
-        (false, Some(_)) => comparison(),
+        (false, Some(binary)) => comparison(serves_device_socket(binary)),
         (false, None) => standard(),
     };
     // Rounds: each round runs every scenario that has runs left once, so
@@ -442,13 +457,18 @@ pub fn run_with(root: &Path, quick_run: bool, against: Option<&Path>) -> Result<
         .iter()
         .map(|scenario| {
             format!(
-                "client-cli --server {} bench {} --server-pid PID --json",
+                "client-cli --server {} bench {}{} --server-pid PID --json",
                 if scenario.tls {
                     "wss://localhost:PORT --ca-cert cert.pem"
                 } else {
                     "ws://127.0.0.1:PORT"
                 },
                 scenario.args.join(" "),
+                if scenario.device_socket {
+                    " --device-socket PATH"
+                } else {
+                    ""
+                },
             )
         })
         .collect();
@@ -484,6 +504,13 @@ pub fn run_with(root: &Path, quick_run: bool, against: Option<&Path>) -> Result<
             "server CPU per message, socket devices relative to websocket devices, 200 B",
             "device socket: relay 50 pairs × 4 in flight, 200 B",
             "relay 50 pairs × 4 in flight, 200 B",
+            "/server_cpu_us_per_msg",
+            "µs",
+        ),
+        (
+            "server CPU per message, socket devices relative to websocket devices writing each frame, 200 B",
+            "device socket: relay 50 pairs × 4 in flight, 200 B",
+            "websocket devices writing each frame: relay 50 pairs × 4 in flight, 200 B",
             "/server_cpu_us_per_msg",
             "µs",
         ),
@@ -544,7 +571,8 @@ pub fn run_with(root: &Path, quick_run: bool, against: Option<&Path>) -> Result<
          time from /proc over the measured window divided by the messages it relayed in that window \
          (from its /metrics). The baseline is the bare relay (`server/examples/bare_relay.rs`: frames \
          forwarded unparsed, 4 KiB read buffers). The generator writes each burst of frames it has \
-         ready with one syscall, as a busy peer does. Scenarios run in rounds, a run of each per round. \
+         ready with one syscall, as a busy peer does; a device on the device socket (the server started \
+         with `--device-socket PATH` as well) sends one packet per message, as a Cuttlefish device does. Scenarios run in rounds, a run of each per round. \
          Machine: {}.\n\n{table}\nCommands (one line per scenario, in order):\n\n```\n{}\n```\n{END_MARK}",
         if pinned {
             ""
@@ -586,7 +614,7 @@ fn write_comparison(
         else {
             continue;
         };
-        let (field, unit) = if what.starts_with("idle") {
+        let (field, unit) = if what.contains("idle") {
             ("/server_rss_per_connection", "B per connection")
         } else {
             ("/server_cpu_us_per_msg", "µs/message")
