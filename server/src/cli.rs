@@ -149,6 +149,18 @@ pub struct Cli {
     #[arg(long, alias = "assets_dir", value_name = "DIR")]
     pub assets_dir: Option<PathBuf>,
 
+    /// The Go operator's --webui_url=URL: every path this server does not
+    /// serve itself is proxied to this http:// web server (any method,
+    /// websockets tunnelled), in place of --assets-dir and the built-in
+    /// pages. Also --webui-url.
+    #[arg(
+        long = "webui_url",
+        alias = "webui-url",
+        value_name = "URL",
+        conflicts_with = "assets_dir"
+    )]
+    pub webui_url: Option<String>,
+
     /// Serve plain ws:// and http:// on a non-loopback address. Tokens and
     /// signaling then cross the network unencrypted.
     #[arg(long)]
@@ -333,6 +345,8 @@ pub enum CliError {
     SecureWithoutCertificate,
     #[error("--use_secure_http=false contradicts --tls-cert or --tls-self-signed")]
     PlainWithCertificate,
+    #[error("--webui_url {0}")]
+    WebUiUrl(String),
     #[error("--assets-dir {0} is not a directory")]
     AssetsDir(PathBuf),
     #[error("{0}")]
@@ -380,6 +394,7 @@ impl Cli {
     /// Whether a flag only the Go operator has was given.
     fn go_operator_flags(&self) -> bool {
         self.https_port.is_some()
+            || self.webui_url.is_some()
             || self.socket_path.is_some()
             || self.control_socket_path.is_some()
             || self.http_port.is_some()
@@ -457,6 +472,12 @@ impl Cli {
         if tls.is_none() && !listen.ip().is_loopback() && !self.allow_insecure {
             return Err(CliError::InsecureListen(listen));
         }
+        let webui_url = self
+            .webui_url
+            .as_deref()
+            .map(crate::config::WebUiUrl::parse)
+            .transpose()
+            .map_err(CliError::WebUiUrl)?;
         if let Some(dir) = &self.assets_dir
             && !dir.is_dir()
         {
@@ -520,6 +541,7 @@ impl Cli {
             shutdown_grace: self.shutdown_grace,
             read_buffer_bytes: to_usize(self.read_buffer_bytes),
             assets_dir: self.assets_dir,
+            webui_url,
             devices_list: self.devices_list.unwrap_or(if go_flags {
                 DevicesList::Descriptors
             } else {

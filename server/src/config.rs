@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::uri::{Authority, Uri};
 use protocol::IceServer;
 
 use crate::core::{OutboxLimits, RateLimit, Settings};
@@ -116,6 +117,10 @@ pub struct ServerConfig {
     /// Serve the files of this directory on every other GET path (the
     /// reference's `--assets_dir`).
     pub assets_dir: Option<PathBuf>,
+    /// Proxy every path no route takes to this web UI (the Go operator's
+    /// `--webui_url`); it then stands in for `assets_dir` and the built-in
+    /// pages.
+    pub webui_url: Option<WebUiUrl>,
     /// Serve TLS with this configuration.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -164,6 +169,7 @@ impl Default for ServerConfig {
                 burst: 20_000,
             }),
             assets_dir: None,
+            webui_url: None,
             device_socket: None,
             control_socket: None,
             devices_list: crate::cli::DevicesList::Ids,
@@ -190,4 +196,102 @@ fn open_file_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Where `--webui_url` points: an `http://` server, and the path its pages
+/// sit under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebUiUrl {
+    authority: Authority,
+    /// The URL's path without its trailing `/`: `""` for the root.
+    prefix: String,
+}
+
+impl WebUiUrl {
+    /// Reads `http://HOST[:PORT][/PATH]`; no query, fragment or user.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("{url} is not a URL: {e}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(other) => {
+                return Err(format!(
+                    "{url}: only http:// web UIs are proxied, not {other}://"
+                ));
+            }
+            None => return Err(format!("{url}: give it as http://HOST[:PORT][/PATH]")),
+        }
+        let authority = uri
+            .authority()
+            .filter(|a| !a.host().is_empty())
+            .ok_or_else(|| format!("{url}: no host"))?
+            .clone();
+        if authority.as_str().contains('@') {
+            return Err(format!("{url}: a user in the URL is not supported"));
+        }
+        if uri.query().is_some() || url.contains('#') {
+            return Err(format!("{url}: a query or fragment is not supported"));
+        }
+        Ok(Self {
+            authority,
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+
+    pub(crate) fn host_and_port(&self) -> (&str, u16) {
+        let host = self.authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        (host, self.authority.port_u16().unwrap_or(80))
+    }
+}
+
+impl WebUiUrl {
+    pub(crate) fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The path the pages sit under, without its trailing `/`.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+impl std::fmt::Display for WebUiUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}{}/", self.authority, self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn web_ui_urls_are_read_with_their_path_and_port() {
+        let url = WebUiUrl::parse("http://127.0.0.1:8071/ui/").unwrap();
+        assert_eq!(url.host_and_port(), ("127.0.0.1", 8071));
+        assert_eq!(url.prefix, "/ui");
+        assert_eq!(url.to_string(), "http://127.0.0.1:8071/ui/");
+        let url = WebUiUrl::parse("http://[::1]").unwrap();
+        assert_eq!(url.host_and_port(), ("::1", 80));
+        assert_eq!(url.prefix, "");
+    }
+
+    #[test]
+    fn web_ui_urls_that_cannot_be_proxied_say_why() {
+        for (url, why) in [
+            ("https://127.0.0.1:8071", "only http://"),
+            ("127.0.0.1:8071", "http://HOST"),
+            ("http://127.0.0.1:8071/?a=b", "query"),
+            ("http://u:p@127.0.0.1:8071/", "user"),
+            ("http://", "URL"),
+        ] {
+            let error = WebUiUrl::parse(url).unwrap_err();
+            assert!(error.contains(why), "{url}: {error}");
+        }
+    }
 }

@@ -37,6 +37,10 @@ impl Upgrading {
     }
 }
 
+/// Whether the request came over TLS (a proxy says so onward).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OverTls(pub(crate) bool);
+
 /// Why a request was refused before a websocket upgrade, or a client-facing
 /// HTTP endpoint refused; each knows its status, body and metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,9 +193,22 @@ fn json(body: String) -> Response {
         .into_response()
 }
 
-/// Any other path: a file of `--assets-dir` if one is given, else of the
-/// built-in web client; else 404.
-async fn not_found(State(state): State<Arc<ServerState>>, request: Request) -> Response {
+/// Any other path: the web UI's answer with `--webui_url`; else a file of
+/// `--assets-dir` if one is given, else of the built-in web client; else
+/// 404.
+async fn not_found(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    if let Some(webui) = &state.config.webui_url {
+        let over_tls = request
+            .extensions()
+            .get::<OverTls>()
+            .is_some_and(|tls| tls.0);
+        let webui = webui.clone();
+        return crate::webui::serve(state, &webui, peer, over_tls, request).await;
+    }
     // An upgrade on an unknown path is a 404 whatever files there are.
     if !request.headers().contains_key(header::UPGRADE) {
         let (method, path) = (request.method(), request.uri().path());

@@ -47,6 +47,7 @@ mod polling;
 pub mod tls;
 mod web;
 mod websocket;
+mod webui;
 
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
@@ -261,10 +262,10 @@ async fn accept(
             let state = task_state;
             let timeout = state.config.handshake_timeout;
             match tls {
-                None => serve_http(stream, peer, router, &state).await,
+                None => serve_http(stream, peer, false, router, &state).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_http(stream, peer, router, &state).await,
+                        Ok(Ok(stream)) => serve_http(stream, peer, true, router, &state).await,
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
                     }
@@ -275,8 +276,13 @@ async fn accept(
 }
 
 /// Serves HTTP/1.1 on one connection, with upgrades.
-async fn serve_http<S>(stream: S, peer: SocketAddr, router: axum::Router, state: &ServerState)
-where
+async fn serve_http<S>(
+    stream: S,
+    peer: SocketAddr,
+    over_tls: bool,
+    router: axum::Router,
+    state: &ServerState,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let upgrading = http::Upgrading::default();
@@ -285,6 +291,7 @@ where
         let extensions = request.extensions_mut();
         extensions.insert(axum::extract::ConnectInfo(peer));
         extensions.insert(service_upgrading.clone());
+        extensions.insert(http::OverTls(over_tls));
         router.clone().oneshot(request.map(axum::body::Body::new))
     });
     let connection = hyper::server::conn::http1::Builder::new()

@@ -406,6 +406,18 @@ fn bad_flags_get_clear_errors() {
             vec!["--device-socket", "/nonexistent/dir/operator"],
             "/nonexistent/dir/operator: cannot bind",
         ),
+        (
+            vec!["--webui_url=https://127.0.0.1:8071/"],
+            "only http:// web UIs are proxied",
+        ),
+        (
+            vec!["--webui_url=127.0.0.1:8071"],
+            "give it as http://HOST[:PORT][/PATH]",
+        ),
+        (
+            vec!["--webui_url=http://127.0.0.1:1/", "--assets-dir", "/tmp"],
+            "cannot be used with",
+        ),
     ] {
         let output = Command::new(BINARY).args(&args).output().expect("run");
         assert!(!output.status.success(), "{args:?}");
