@@ -7,13 +7,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use futures_util::SinkExt;
 use peer::negotiation::{Event, Negotiation, Received, Side};
-use peer::rtc_peer::{PeerEvent, PeerSettings, build_peer, count_frames};
+use peer::rtc_peer::{FrameCount, PeerEvent, PeerSettings, build_peer, count_frames};
 use peer::signaling::{ConnectOptions, Socket};
 use protocol::payload::{Payload, Phase};
 use protocol::{ClientForward, ClientToServer, Connect, RawValue, ServerToClient};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{RTCIceConnectionState, RTCPeerConnectionState};
 
 #[derive(Debug, clap::Args)]
@@ -39,6 +41,13 @@ pub struct ConnectArgs {
     /// and report how long the keyframe took to come.
     #[arg(long)]
     request_keyframe: bool,
+
+    /// After the echoes, open Cuttlefish's `input-channel` and touch the
+    /// middle of the first display (down, then up, in Cuttlefish's format
+    /// and the display's coordinates); the device must report both on its
+    /// `fake-device-input` channel.
+    #[arg(long)]
+    input: bool,
 
     /// Give up after this long, saying which phase was not reached.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
@@ -257,7 +266,12 @@ async fn handshake(
     )
     .await?;
 
+    // The device's echo channel (or, from another device, the first it
+    // opens), its input reports, every label it opened, and its media.
     let mut channel: Option<Arc<dyn DataChannel>> = None;
+    let mut reports: Option<Arc<dyn DataChannel>> = None;
+    let mut device_channels: Vec<String> = Vec::new();
+    let mut streams: Vec<Stream> = Vec::new();
     let mut channel_open = false;
     let mut video = None;
     while !channel_open {
@@ -294,10 +308,17 @@ async fn handshake(
                 Event::Peer(PeerEvent::ConnectionState(RTCPeerConnectionState::Failed)) => {
                     bail!("the peer connection failed");
                 }
-                Event::Peer(PeerEvent::DataChannel(dc)) => channel = Some(dc),
+                Event::Peer(PeerEvent::DataChannel(dc)) => {
+                    let label = dc.label().await.unwrap_or_default();
+                    match label.as_str() {
+                        ECHO => channel = Some(dc),
+                        INPUT_REPORTS => reports = Some(dc),
+                        _ => {}
+                    }
+                    device_channels.push(label);
+                }
                 Event::Peer(PeerEvent::Track(track)) => {
-                    timeline.mark(Phase::VideoTrack, "");
-                    video = Some(count_frames(track, args.request_keyframe.then_some(10)));
+                    take_track(track, &mut streams, &mut video, args, timeline).await;
                 }
                 Event::Peer(_) => {}
             },
@@ -316,6 +337,9 @@ async fn handshake(
         }
     }
     let channel = channel.context("no data channel")?;
+    timeline
+        .notes
+        .insert("device_channels".into(), json!(device_channels));
 
     for n in 0..args.messages {
         let text = format!("echo {n} from client-cli {}", std::process::id());
@@ -351,13 +375,56 @@ async fn handshake(
     while tokio::time::Instant::now() < video_until {
         tokio::select! {
             () = tokio::time::sleep_until(video_until) => {}
-            Some(event) = negotiation.next_event() => {
-                if let Event::Peer(PeerEvent::Track(track)) = event {
-                    timeline.mark(Phase::VideoTrack, "");
-                    video = Some(count_frames(track, args.request_keyframe.then_some(10)));
+            Some(event) = negotiation.next_event() => match event {
+                Event::Peer(PeerEvent::Track(track)) => {
+                    take_track(track, &mut streams, &mut video, args, timeline).await;
                 }
-            }
+                Event::Peer(PeerEvent::DataChannel(dc)) => {
+                    let label = dc.label().await.unwrap_or_default();
+                    if label == INPUT_REPORTS {
+                        reports = Some(dc);
+                    }
+                    device_channels.push(label);
+                }
+                _ => {}
+            },
         }
+    }
+    timeline
+        .notes
+        .insert("device_channels".into(), json!(device_channels));
+    let stream_list: Vec<_> = streams
+        .iter()
+        .map(|stream| {
+            let mut entry = json!({"stream_id": stream.id, "kind": stream.kind});
+            if let Some(frames) = &stream.frames {
+                entry["frames"] = json!(frames.frames.load(std::sync::atomic::Ordering::Relaxed));
+            }
+            entry
+        })
+        .collect();
+    if !timeline.json && !streams.is_empty() {
+        let listed: Vec<String> = stream_list
+            .iter()
+            .map(|s| match s.get("frames") {
+                Some(frames) => format!(
+                    "{} (video, {frames} frames)",
+                    s["stream_id"].as_str().unwrap_or("")
+                ),
+                None => format!(
+                    "{} ({})",
+                    s["stream_id"].as_str().unwrap_or(""),
+                    s["kind"].as_str().unwrap_or("")
+                ),
+            })
+            .collect();
+        println!("             streams: {}", listed.join(", "));
+    }
+    timeline.notes.insert("streams".into(), json!(stream_list));
+    if args.input {
+        let pc = negotiation.peer().context("no peer connection")?;
+        let seen = touch(pc, reports.as_ref(), &info, timeline).await?;
+        timeline.notes.insert("input_reports".into(), json!(seen));
     }
     if let Some(video) = &video {
         let frames = video.frames.load(std::sync::atomic::Ordering::Relaxed);
@@ -408,6 +475,119 @@ async fn handshake(
     negotiation.close().await;
     let _ = socket.close(None).await;
     Ok(())
+}
+
+/// The device's channel for our tools' echoes, and the one where it
+/// reports the input it received.
+const ECHO: &str = "echo";
+const INPUT_REPORTS: &str = "fake-device-input";
+
+/// A media stream of the device's, as the client saw it.
+struct Stream {
+    id: String,
+    kind: &'static str,
+    /// A video track's frames, counted as they come.
+    frames: Option<Arc<FrameCount>>,
+}
+
+/// Notes a track of the device's (its stream id and kind) and counts a
+/// video track's frames; the first video track is the one the timeline
+/// and the keyframe request follow.
+async fn take_track(
+    track: Arc<dyn TrackRemote>,
+    streams: &mut Vec<Stream>,
+    video: &mut Option<Arc<FrameCount>>,
+    args: &ConnectArgs,
+    timeline: &mut Timeline,
+) {
+    let id = track.stream_id().await.to_string();
+    let kind = match track.kind().await {
+        RtpCodecKind::Video => "video",
+        RtpCodecKind::Audio => "audio",
+        _ => "other",
+    };
+    let frames = (kind == "video").then(|| {
+        let first = video.is_none();
+        let counted = count_frames(track, (first && args.request_keyframe).then_some(10));
+        if first {
+            timeline.mark(Phase::VideoTrack, &format!("stream {id}"));
+            *video = Some(counted.clone());
+        }
+        counted
+    });
+    streams.push(Stream { id, kind, frames });
+}
+
+/// Touches the middle of the device's first display through Cuttlefish's
+/// `input-channel` (down, then up) and waits for the device to report
+/// both; returns the reports.
+async fn touch(
+    pc: &impl webrtc::peer_connection::PeerConnection,
+    reports: Option<&Arc<dyn DataChannel>>,
+    device_info: &str,
+    timeline: &mut Timeline,
+) -> Result<Vec<serde_json::Value>> {
+    let reports = reports.context(
+        "the device opened no fake-device-input channel: it does not report input (not a fake-device?)",
+    )?;
+    let info: serde_json::Value = serde_json::from_str(device_info).unwrap_or_default();
+    let display = &info["displays"][0];
+    let (Some(width), Some(height)) = (display["x_res"].as_u64(), display["y_res"].as_u64()) else {
+        bail!("the device's device_info describes no display to touch");
+    };
+    let label = display["stream_id"]
+        .as_str()
+        .unwrap_or("display_0")
+        .to_owned();
+    let (x, y) = (width / 2, height / 2);
+    let input = pc.create_data_channel("input-channel", None).await?;
+    loop {
+        match input.poll().await {
+            Some(DataChannelEvent::OnOpen) => break,
+            Some(DataChannelEvent::OnClose) | None => bail!("input-channel closed before opening"),
+            _ => {}
+        }
+    }
+    let sent = Instant::now();
+    for down in [1, 0] {
+        let touch = json!({
+            "type": "multi-touch", "id": [0], "x": [x], "y": [y], "down": down, "device_label": label,
+        });
+        input.send_text(&touch.to_string()).await?;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match reports.poll().await {
+            Some(DataChannelEvent::OnMessage(message)) => {
+                let report: serde_json::Value = serde_json::from_slice(&message.data)
+                    .with_context(|| {
+                        format!(
+                            "an input report that is not JSON: {:?}",
+                            String::from_utf8_lossy(&message.data)
+                        )
+                    })?;
+                let touched = &report["input"];
+                ensure!(
+                    touched["type"] == "multi-touch"
+                        && touched["x"][0] == x
+                        && touched["y"][0] == y,
+                    "the device reported another input than the touch sent: {report}"
+                );
+                seen.push(report);
+            }
+            Some(DataChannelEvent::OnClose) | None => bail!("the input report channel closed"),
+            _ => {}
+        }
+    }
+    if !timeline.json {
+        println!(
+            "{:>9.1} ms  input: a touch at ({x}, {y}) on {label} reported by the device in {:.1} ms (count {})",
+            timeline.started.elapsed().as_secs_f64() * 1e3,
+            sent.elapsed().as_secs_f64() * 1e3,
+            seen[1]["count"]
+        );
+    }
+    Ok(seen)
 }
 
 async fn channel_event(channel: &Option<Arc<dyn DataChannel>>) -> Option<DataChannelEvent> {

@@ -1,7 +1,12 @@
 //! `fake-device`: registers like a Cuttlefish device and answers every
-//! client with its own WebRTC peer connection, offering a data channel
-//! labelled `echo` that sends back whatever it receives, and a video track
-//! with a test pattern (`--no-video` leaves it out).
+//! client with its own WebRTC peer connection shaped like a Cuttlefish
+//! device's: a video track per display of its `device_info` under the
+//! display's stream id (`display_0`, …), an Opus track per audio stream
+//! (`audio_0`, silent), the `device-control` channel Cuttlefish's client
+//! waits for, and Cuttlefish's channels served as a device would, or left
+//! silent (see `channels.rs`). For our own tools it also opens `echo`,
+//! which sends back whatever it receives, and `fake-device-input`, which
+//! reports each input that arrived.
 //!
 //! It speaks the payload layer of PROTOCOL.md: `request-offer` from a client
 //! starts a peer; the device sends its offer and trickles candidates (flat
@@ -26,11 +31,15 @@ use protocol::payload::Payload;
 use protocol::{DeviceForward, DeviceToServer, IceServer, RawValue, Register, ServerToDevice};
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
-use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::{PeerConnection as _, RTCPeerConnectionState};
 
+use crate::channels::Inputs;
+use crate::shape::Shape;
 use crate::video::Clip;
 
+mod audio;
+mod channels;
+mod shape;
 mod video;
 
 /// How long a new peer's driver is nudged while its data channel opens.
@@ -45,7 +54,8 @@ struct Cli {
 
     /// Register on this device socket (a unix SOCK_SEQPACKET socket, as
     /// Cuttlefish's devices reach its Go operator, e.g.
-    /// /run/cuttlefish/operator) instead of the server's websocket.
+    /// /run/cuttlefish/operator) instead of the server's websocket. Also
+    /// --server unix:PATH.
     #[arg(long, value_name = "PATH")]
     device_socket: Option<PathBuf>,
 
@@ -54,9 +64,17 @@ struct Cli {
     device_id: String,
 
     /// `device_info` to register with: JSON text, or @FILE to read it from
-    /// a file.
+    /// a file. Its `displays` and `audio_streams` decide the device's
+    /// tracks. Without it, a Cuttlefish device's (hardware, displays of
+    /// 720×1280, one audio stream, no buttons or touchpads).
     #[arg(long, value_name = "JSON|@FILE")]
     device_info: Option<String>,
+
+    /// How many displays the default device_info describes (1 to 16),
+    /// each its own video track.
+    #[arg(long, value_name = "N", conflicts_with = "device_info",
+          value_parser = clap::value_parser!(u8).range(1..=shape::MAX_DISPLAYS as i64))]
+    displays: Option<u8>,
 
     /// First wait before re-registering after the server connection drops;
     /// doubles on each failure.
@@ -67,11 +85,11 @@ struct Cli {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     reconnect_max: Duration,
 
-    /// Send no video track.
+    /// Send no video tracks.
     #[arg(long, conflicts_with = "video")]
     no_video: bool,
 
-    /// Loop this IVF file (VP8, starting with a keyframe) as the screen
+    /// Loop this IVF file (VP8, starting with a keyframe) on every display
     /// instead of the built-in 640×360 test pattern.
     #[arg(long, value_name = "FILE")]
     video: Option<PathBuf>,
@@ -110,28 +128,55 @@ async fn main() -> ExitCode {
     }
 }
 
-/// The `device_info` text, checked to be JSON.
-fn device_info(arg: Option<&str>) -> Result<Option<Box<RawValue>>> {
-    let Some(arg) = arg else { return Ok(None) };
-    let text = match arg.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read --device-info file {path}"))?,
-        None => arg.to_owned(),
+/// The `device_info` to register with, and the shape it gives the device.
+/// One given that Cuttlefish's client cannot show is still used, with a
+/// warning saying what it lacks.
+fn device_info(cli: &Cli) -> Result<(Box<RawValue>, Shape)> {
+    let text = match cli.device_info.as_deref() {
+        None => {
+            let displays = cli.displays.map_or(1, usize::from);
+            shape::default_info(displays).to_string()
+        }
+        Some(arg) => match arg.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --device-info file {path}"))?,
+            None => arg.to_owned(),
+        },
     };
     let raw =
         RawValue::from_string(text.trim().to_owned()).context("--device-info is not valid JSON")?;
-    Ok(Some(raw))
+    let value: serde_json::Value = serde_json::from_str(raw.get())?;
+    let shape = shape::shape_of(&value).context("--device-info")?;
+    let missing = shape::missing_for_cuttlefish(&value);
+    if !missing.is_empty() {
+        warn!(
+            missing = %missing.join(", "),
+            "this device_info lacks what Cuttlefish's web client reads; that client will show no device"
+        );
+    }
+    Ok((raw, shape))
 }
 
 async fn run(cli: Cli) -> Result<()> {
     protocol::validate_device_id(&cli.device_id).context("--device-id")?;
-    let info = device_info(cli.device_info.as_deref())?;
+    let (info, shape) = device_info(&cli)?;
     let clip = clip(&cli)?;
+    if let Some(clip) = &clip {
+        for screen in &shape.displays {
+            let resolution = format!("{}x{}", screen.width, screen.height);
+            let video = format!("{}x{}", clip.width, clip.height);
+            info!(stream_id = %screen.stream_id, resolution, video, "display");
+        }
+    }
+    for stream_id in &shape.audio_streams {
+        info!(%stream_id, "audio stream (silence)");
+    }
+    let shape = Arc::new(shape);
     let mut backoff = cli.reconnect_min;
     let shutdown = support::shutdown::listen().recv();
     tokio::pin!(shutdown);
     loop {
-        let session = serve(&cli, info.as_deref(), clip.as_ref());
+        let session = serve(&cli, &info, &shape, clip.as_ref());
         let outcome = tokio::select! {
             outcome = session => outcome,
             signal = &mut shutdown => {
@@ -175,13 +220,14 @@ fn lost(error: impl std::fmt::Display) -> ConnectError {
 /// drops.
 async fn serve(
     cli: &Cli,
-    info: Option<&RawValue>,
+    info: &RawValue,
+    shape: &Arc<Shape>,
     clip: Option<&Arc<Clip>>,
 ) -> Result<Served, ConnectError> {
     let mut link = DeviceLink::open(&cli.connect, cli.device_socket.as_deref()).await?;
     let register = DeviceToServer::Register(Register {
         device_id: cli.device_id.as_str().into(),
-        device_info: info,
+        device_info: Some(info),
         device_port: None,
     });
     link.send(register.encode()).await.map_err(lost)?;
@@ -214,7 +260,7 @@ async fn serve(
                             }
                         };
                         let inbox = clients.entry(message.client_id).or_insert_with(|| {
-                            spawn_client(message.client_id, outgoing.clone(), cli.peer.clone(), ice_servers.clone(), clip.cloned())
+                            spawn_client(message.client_id, outgoing.clone(), cli.peer.clone(), ice_servers.clone(), Media { shape: shape.clone(), clip: clip.cloned() })
                         });
                         let _ = inbox.send(payload);
                     }
@@ -240,18 +286,33 @@ async fn serve(
     Ok(Served::Registered)
 }
 
+/// What every client's peer sends: a track per display (if there is a
+/// clip to show) and per audio stream.
+#[derive(Debug, Clone)]
+struct Media {
+    shape: Arc<Shape>,
+    clip: Option<Arc<Clip>>,
+}
+
 fn spawn_client(
     client_id: u64,
     outgoing: mpsc::UnboundedSender<String>,
     settings: PeerSettings,
     ice_servers: Vec<IceServer>,
-    clip: Option<Arc<Clip>>,
+    media: Media,
 ) -> mpsc::UnboundedSender<Payload> {
     let (inbox, payloads) = mpsc::unbounded_channel();
     info!(client_id, "new client");
     let task = async move {
-        if let Err(e) =
-            serve_client(client_id, payloads, &outgoing, &settings, ice_servers, clip).await
+        if let Err(e) = serve_client(
+            client_id,
+            payloads,
+            &outgoing,
+            &settings,
+            ice_servers,
+            media,
+        )
+        .await
         {
             warn!(error = %format!("{e:#}"), "client session failed");
             send(
@@ -284,29 +345,31 @@ async fn serve_client(
     outgoing: &mpsc::UnboundedSender<String>,
     settings: &PeerSettings,
     default_ice_servers: Vec<IceServer>,
-    clip: Option<Arc<Clip>>,
+    media: Media,
 ) -> Result<()> {
     let mut negotiation = Negotiation::new(Side::Device);
-    // The video track of the current peer, until it connects; then its
-    // player, which stops when dropped (a new peer, or the client left).
-    let mut video_track = None;
-    let mut player: Option<Player> = None;
+    // The current peer's tracks, until it connects; then their players,
+    // which stop when dropped (a new peer, or the client left).
+    let mut tracks: Vec<Track> = Vec::new();
+    let mut players: Vec<Player> = Vec::new();
+    let inputs = Arc::new(Inputs::default());
     loop {
         tokio::select! {
             payload = payloads.recv() => {
                 let Some(payload) = payload else { break };
                 match negotiation.receive(payload).await? {
                     Received::OfferRequested(ice_servers) => {
-                        player = None;
+                        players.clear();
                         let servers = if ice_servers.is_empty() { &default_ice_servers } else { &ice_servers };
                         let (pc, events) = build_peer(settings, servers).await?;
-                        let channel = pc.create_data_channel("echo", None).await?;
-                        tokio::spawn(nudge_until_open(channel.clone(), NUDGE_LIMIT));
-                        tokio::spawn(echo(channel).in_current_span());
-                        video_track = match &clip {
-                            Some(_) => Some(video::add_track(&pc, client_id).await?),
-                            None => None,
-                        };
+                        for label in [channels::CONTROL, channels::ECHO, channels::INPUT_REPORTS] {
+                            let channel = pc.create_data_channel(label, None).await?;
+                            if label == channels::ECHO {
+                                tokio::spawn(nudge_until_open(channel.clone(), NUDGE_LIMIT));
+                            }
+                            tokio::spawn(channels::serve(channel, inputs.clone()).in_current_span());
+                        }
+                        tracks = add_tracks(&pc, &media).await?;
                         negotiation.set_peer(pc, events).await;
                         send(outgoing, client_id, &negotiation.offer().await?);
                         info!("offer sent");
@@ -335,15 +398,13 @@ async fn serve_client(
                 Event::Send(candidate) => send(outgoing, client_id, &candidate),
                 Event::Peer(PeerEvent::ConnectionState(state)) => {
                     info!(%state, "peer connection state");
-                    if state == RTCPeerConnectionState::Connected
-                        && let (Some(track), Some(clip)) = (video_track.take(), &clip)
-                    {
-                        player = Some(Player::start(track, clip.clone()));
+                    if state == RTCPeerConnectionState::Connected {
+                        players.extend(tracks.drain(..).map(|track| Player::start(track, &media)));
                     }
                 }
                 Event::Peer(PeerEvent::IceConnectionState(state)) => debug!(%state, "ICE connection state"),
                 Event::Peer(PeerEvent::DataChannel(channel)) => {
-                    tokio::spawn(echo(channel).in_current_span());
+                    tokio::spawn(channels::serve(channel, inputs.clone()).in_current_span());
                 }
                 // A device shows its screen; it does not watch the client's.
                 Event::Peer(PeerEvent::Track(_)) => debug!("the client sends media; ignored"),
@@ -352,21 +413,56 @@ async fn serve_client(
             },
         }
     }
-    drop(player);
+    drop(players);
     negotiation.close().await;
+    info!(inputs = inputs.count(), "client gone");
     Ok(())
 }
 
-/// A video track's send loop; dropping it stops the loop.
+/// A track added to a peer, waiting for it to connect.
+enum Track {
+    Display(video::LocalTrack),
+    Audio(video::LocalTrack),
+}
+
+/// A track per display (when there is a clip to show) and per audio
+/// stream, each under its stream id.
+async fn add_tracks(
+    pc: &impl webrtc::peer_connection::PeerConnection,
+    media: &Media,
+) -> Result<Vec<Track>> {
+    let mut tracks = Vec::new();
+    if media.clip.is_some() {
+        for display in &media.shape.displays {
+            tracks.push(Track::Display(
+                video::add_track(pc, &display.stream_id).await?,
+            ));
+        }
+    }
+    for stream_id in &media.shape.audio_streams {
+        tracks.push(Track::Audio(audio::add_track(pc, stream_id).await?));
+    }
+    Ok(tracks)
+}
+
+/// A track's send loop; dropping it stops the loop.
 struct Player(tokio::task::JoinHandle<()>);
 
 impl Player {
-    fn start(track: video::VideoTrack, clip: Arc<Clip>) -> Self {
+    fn start(track: Track, media: &Media) -> Self {
+        let clip = media.clip.clone();
         let task = async move {
-            info!("video playing");
-            if let Err(e) = video::play(track, clip).await {
+            let played = match (track, clip) {
+                (Track::Display(track), Some(clip)) => {
+                    info!("video playing");
+                    video::play(track, clip).await
+                }
+                (Track::Display(_), None) => Ok(()),
+                (Track::Audio(track), _) => audio::play_silence(track).await,
+            };
+            if let Err(e) = played {
                 // The peer closed under it: the usual way a player ends.
-                debug!(error = %format!("{e:#}"), "video stopped");
+                debug!(error = %format!("{e:#}"), "track stopped");
             }
         };
         Self(tokio::spawn(task.in_current_span()))
@@ -377,31 +473,4 @@ impl Drop for Player {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// Sends back every message the channel receives, text as text.
-async fn echo(channel: Arc<dyn DataChannel>) {
-    let label = channel.label().await.unwrap_or_default();
-    while let Some(event) = channel.poll().await {
-        match event {
-            DataChannelEvent::OnOpen => info!(%label, "data channel open"),
-            DataChannelEvent::OnMessage(message) => {
-                let result = if message.is_string {
-                    match std::str::from_utf8(&message.data) {
-                        Ok(text) => channel.send_text(text).await,
-                        Err(_) => channel.send(message.data).await,
-                    }
-                } else {
-                    channel.send(message.data).await
-                };
-                if let Err(e) = result {
-                    warn!(%label, error = %e, "echo failed");
-                    break;
-                }
-            }
-            DataChannelEvent::OnClose => break,
-            _ => {}
-        }
-    }
-    debug!(%label, "data channel closed");
 }

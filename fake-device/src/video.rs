@@ -1,5 +1,5 @@
-//! The fake device's screen: a VP8 test pattern (`media/test-pattern.ivf`,
-//! embedded) looped to every client.
+//! The fake device's screens: a VP8 test pattern (`media/test-pattern.ivf`,
+//! embedded) looped to every client, one track per display.
 //!
 //! Learned while making it: a local track serves one peer connection only
 //! (adding it to a second one silently moves it), so every client gets its
@@ -93,18 +93,50 @@ fn is_keyframe(frame: &[u8]) -> bool {
     frame.first().is_some_and(|tag| tag & 1 == 0)
 }
 
-/// One client's video track.
-pub struct VideoTrack {
+/// One of a client's media tracks (a display's video, an audio stream).
+pub struct LocalTrack {
     track: Arc<TrackLocalStaticSample>,
     sender: Arc<dyn RtpSender>,
     ssrc: u32,
 }
 
-impl std::fmt::Debug for VideoTrack {
+impl std::fmt::Debug for LocalTrack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VideoTrack")
+        f.debug_struct("LocalTrack")
             .field("ssrc", &self.ssrc)
             .finish()
+    }
+}
+
+impl LocalTrack {
+    /// The payload type the peer negotiated for the track's codec.
+    pub(crate) async fn payload_type(&self) -> Result<u8> {
+        self.sender
+            .get_parameters()
+            .await?
+            .rtp_parameters
+            .codecs
+            .first()
+            .map(|codec| codec.payload_type)
+            .context("the sender has no negotiated codec")
+    }
+
+    /// Sends one sample of `duration`.
+    pub(crate) async fn write(
+        &self,
+        payload_type: u8,
+        data: Bytes,
+        duration: Duration,
+    ) -> Result<()> {
+        self.track
+            .sample_writer(self.ssrc, payload_type)
+            .write_sample(&Sample {
+                data,
+                duration,
+                ..Sample::new(Instant::now())
+            })
+            .await?;
+        Ok(())
     }
 }
 
@@ -118,28 +150,29 @@ fn random_ssrc() -> u32 {
     (hash >> 32) as u32
 }
 
-/// Adds a VP8 track to `pc`, before its offer is made.
-pub async fn add_track(pc: &impl PeerConnection, client_id: u64) -> Result<VideoTrack> {
+/// Adds a track of `codec` to `pc` in the media stream `stream_id` (the
+/// `a=msid:` of the offer, which is how Cuttlefish's client tells a
+/// display's stream from another's), before its offer is made.
+pub(crate) async fn add_local_track(
+    pc: &impl PeerConnection,
+    stream_id: &str,
+    kind: RtpCodecKind,
+    codec: RTCRtpCodec,
+) -> Result<LocalTrack> {
     let ssrc = random_ssrc();
     let track = Arc::new(TrackLocalStaticSample::new(
         Instant::now(),
         MediaStreamTrack::new(
-            format!("fake-device-{client_id}"),
-            format!("screen-{client_id}"),
-            "screen".to_owned(),
-            RtpCodecKind::Video,
+            stream_id.to_owned(),
+            format!("{stream_id}-track"),
+            stream_id.to_owned(),
+            kind,
             vec![RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters {
                     ssrc: Some(ssrc),
                     ..Default::default()
                 },
-                codec: RTCRtpCodec {
-                    mime_type: MIME_TYPE_VP8.to_owned(),
-                    clock_rate: 90_000,
-                    channels: 0,
-                    sdp_fmtp_line: String::new(),
-                    rtcp_feedback: vec![],
-                },
+                codec,
                 ..Default::default()
             }],
         ),
@@ -147,28 +180,32 @@ pub async fn add_track(pc: &impl PeerConnection, client_id: u64) -> Result<Video
     let sender = pc
         .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
         .await
-        .context("cannot add the video track")?;
-    Ok(VideoTrack {
+        .with_context(|| format!("cannot add the track of {stream_id}"))?;
+    Ok(LocalTrack {
         track,
         sender,
         ssrc,
     })
 }
 
+/// Adds a display's VP8 track to `pc`, in the stream `stream_id`.
+pub async fn add_track(pc: &impl PeerConnection, stream_id: &str) -> Result<LocalTrack> {
+    let codec = RTCRtpCodec {
+        mime_type: MIME_TYPE_VP8.to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: String::new(),
+        rtcp_feedback: vec![],
+    };
+    add_local_track(pc, stream_id, RtpCodecKind::Video, codec).await
+}
+
 /// Sends the clip on the track, looping, one frame per frame duration,
 /// from its first (key)frame, until writing fails (the peer closed) or
 /// the task is dropped. A keyframe request makes the next frame sent the
 /// clip's next keyframe.
-pub async fn play(video: VideoTrack, clip: Arc<Clip>) -> Result<()> {
-    let payload_type = video
-        .sender
-        .get_parameters()
-        .await?
-        .rtp_parameters
-        .codecs
-        .first()
-        .map(|codec| codec.payload_type)
-        .context("the video sender has no negotiated codec")?;
+pub async fn play(video: LocalTrack, clip: Arc<Clip>) -> Result<()> {
+    let payload_type = video.payload_type().await?;
     let mut ticker = tokio::time::interval(clip.frame_duration);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next = 0;
@@ -178,13 +215,7 @@ pub async fn play(video: VideoTrack, clip: Arc<Clip>) -> Result<()> {
         tokio::select! {
             _ = ticker.tick() => {
                 video
-                    .track
-                    .sample_writer(video.ssrc, payload_type)
-                    .write_sample(&Sample {
-                        data: clip.frames[next].clone(),
-                        duration: clip.frame_duration,
-                        ..Sample::new(Instant::now())
-                    })
+                    .write(payload_type, clip.frames[next].clone(), clip.frame_duration)
                     .await?;
                 next = (next + 1) % clip.frames.len();
             }

@@ -29,7 +29,9 @@ impl DeviceLink {
         options: &ConnectOptions,
         device_socket: Option<&Path>,
     ) -> Result<Self, ConnectError> {
-        match device_socket {
+        // `--server unix:PATH` names a device socket too.
+        let from_server = options.server.strip_prefix("unix:").map(Path::new);
+        match device_socket.or(from_server) {
             Some(path) => UnixSeqpacket::connect(path)
                 .await
                 .map(Self::Socket)

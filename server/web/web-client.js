@@ -208,8 +208,15 @@ class Session {
     };
     this.pc.ondatachannel = (event) => this.onChannel(event.channel);
     this.pc.ontrack = (event) => {
+      // A Cuttlefish-shaped device sends a video track per display (each
+      // in its display's stream) and audio tracks: the first display's
+      // video is shown, the rest not yet.
+      if (event.track.kind !== 'video') return;
+      const stream = event.streams[0] || new MediaStream([event.track]);
+      const shown = $('video').srcObject;
+      if (shown && stream.id !== 'display_0') return;
       this.mark('video track');
-      $('video').srcObject = event.streams[0] || new MediaStream([event.track]);
+      $('video').srcObject = stream;
     };
     this.transport.send({ type: 'request-offer', ice_servers: this.iceServers });
   }
@@ -242,6 +249,9 @@ class Session {
   }
 
   onChannel(channel) {
+    // The device's other channels (device-control, its input reports)
+    // are not this console's.
+    if (channel.label !== 'echo') return;
     this.channel = channel;
     // The open event may have fired before this handler was set, or may
     // still come though the channel already reads as open: once either way.

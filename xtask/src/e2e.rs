@@ -100,16 +100,41 @@ impl Tools {
         device_id: &str,
         extra: &[&str],
     ) -> Result<Process> {
+        let info = format!(r#"{{"e2e":"{name}","displays":[{{"x_res":640,"y_res":360}}]}}"#);
+        let mut args = vec!["--device-info", info.as_str()];
+        args.extend_from_slice(extra);
+        self.start_fake_device(name, server, device_id, &args)
+    }
+
+    /// A fake device with its own, Cuttlefish-shaped, device_info, and
+    /// `extra` flags.
+    pub fn cuttlefish_device(
+        &self,
+        name: &str,
+        server: &Server,
+        device_id: &str,
+        extra: &[&str],
+    ) -> Result<Process> {
+        self.start_fake_device(name, server, device_id, extra)
+    }
+
+    fn start_fake_device(
+        &self,
+        name: &str,
+        server: &Server,
+        device_id: &str,
+        args: &[&str],
+    ) -> Result<Process> {
         let mut command = self.command("fake-device");
+        // A device told where to register (`--server unix:PATH`) goes there.
+        if !args.contains(&"--server") {
+            command
+                .args(["--server", &server.url])
+                .args(&server.tool_flags);
+        }
         command
-            .args(["--server", &server.url])
-            .args(&server.tool_flags)
             .args(["--device-id", device_id])
-            .args([
-                "--device-info",
-                &format!(r#"{{"e2e":"{name}","displays":[{{"x_res":640,"y_res":360}}]}}"#),
-            ])
-            .args(extra)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         let process = Process::start(
@@ -232,7 +257,7 @@ type Scenario = fn(&Tools) -> Result<String>;
 
 /// Runs every scenario; the first failure stops the run.
 pub fn run_scenarios(tools: &Tools) -> Result<()> {
-    let scenarios: [(&str, Scenario); 9] = [
+    let scenarios: [(&str, Scenario); 10] = [
         ("plain ws, one client", plain_ws),
         (
             "wss, self-signed certificate via --ca-cert",
@@ -248,6 +273,10 @@ pub fn run_scenarios(tools: &Tools) -> Result<()> {
             killed_mid_handshake,
         ),
         ("device on the socket; both client APIs", device_socket),
+        (
+            "a Cuttlefish-shaped device: displays, audio, input",
+            cuttlefish_shaped,
+        ),
     ];
     for (index, (name, scenario)) in scenarios.iter().enumerate() {
         let started = Instant::now();
@@ -604,6 +633,84 @@ fn device_socket(tools: &Tools) -> Result<String> {
         "registered over SOCK_SEQPACKET; data channel open at {:.1} ms over /connect_client, {:.1} ms over /devices/{{id}}/connect; socket removed at exit",
         handshake.data_channel_open_ms,
         data_channel_open_ms(&go)
+    ))
+}
+
+/// A fake device as Cuttlefish's client sees one, registered on the device
+/// socket with `--server unix:PATH`: two displays each under its stream
+/// id and playing, the audio stream, `device-control` opened by the
+/// device, and a touch on the first display reported back.
+fn cuttlefish_shaped(tools: &Tools) -> Result<String> {
+    let dir = std::env::temp_dir().join(format!("e2e-cuttlefish-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("operator");
+    let server = tools.server(
+        "10-cuttlefish",
+        &[&format!("--device-socket={}", path.display())],
+    )?;
+    // Registered on the device socket, named as the real streamer's
+    // server address is.
+    let socket = format!("unix:{}", path.display());
+    let _device = tools.cuttlefish_device(
+        "10-cuttlefish",
+        &server,
+        "cvd-1",
+        &["--server", &socket, "--displays", "2"],
+    )?;
+    let output = tools
+        .connect_command(&server, "cvd-1", &["--video-wait", "1s", "--input"])
+        .output()?;
+    let report = check_connect(&output)?;
+    let streams = report["streams"].as_array().cloned().unwrap_or_default();
+    let stream = |id: &str| streams.iter().find(|s| s["stream_id"] == id).cloned();
+    for display in ["display_0", "display_1"] {
+        let Some(seen) = stream(display) else {
+            bail!("no {display} stream: {report}");
+        };
+        let frames = seen["frames"].as_u64().unwrap_or(0);
+        ensure!(
+            seen["kind"] == "video" && frames >= 20,
+            "{display}: expected a playing video track, got {seen}: {report}"
+        );
+    }
+    ensure!(
+        stream("audio_0").is_some_and(|s| s["kind"] == "audio"),
+        "no audio_0 audio stream: {report}"
+    );
+    let channels = report["device_channels"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        channels.iter().any(|c| c == "device-control"),
+        "the device did not open device-control: {report}"
+    );
+    let inputs = report["input_reports"].as_array().map_or(0, Vec::len);
+    ensure!(
+        inputs == 2,
+        "expected the touch's down and up reported, got {inputs}: {report}"
+    );
+    ensure!(
+        metric(&server, "signaling_device_socket_connections")? == 1.0,
+        "the device is not on the socket"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(format!(
+        "on the device socket; streams {}; the device opened {}; a touch's down and up reported",
+        streams
+            .iter()
+            .map(|s| format!(
+                "{} ({})",
+                s["stream_id"].as_str().unwrap_or(""),
+                s["kind"].as_str().unwrap_or("")
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
+        channels
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
     ))
 }
 
