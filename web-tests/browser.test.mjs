@@ -72,6 +72,15 @@ async function fakeDevice(id) {
   return child;
 }
 
+// A fake device with its own, Cuttlefish-shaped, device_info and
+// `displays` displays, listed by the server.
+async function cuttlefishDevice(id, displays) {
+  const { child } = await start('fake-device', ['--server', base.replace('http', 'ws'), '--device-id', id,
+    '--displays', String(displays)]);
+  await until(`${id} is listed`, async () => (await devices()).includes(id));
+  return child;
+}
+
 async function newPage() {
   const context = await browser.newContext();
   return context.newPage();
@@ -148,6 +157,49 @@ test('the fake device\'s test pattern plays: frames keep decoding at the file\'s
   t.diagnostic(`${later.frames - first.frames} frames decoded in one second`);
   await expectEcho(page, 'hello from the browser');
   await page.screenshot({ path: join(artifacts, 'connected.png'), fullPage: true });
+  await page.context().close();
+  await stop(device);
+});
+
+test('two displays play at once, each in its own screen, and a click on either reaches the device', async (t) => {
+  const device = await cuttlefishDevice('web-displays', 2);
+  const page = await newPage();
+  await page.goto(base + '/?deviceId=web-displays');
+  await page.locator('#timeline [data-phase="data channel open"]').waitFor({ timeout: 15000 });
+  const screens = () => page.evaluate(async () => {
+    const stats = await window.currentPeer().getStats();
+    const decoded = [];
+    stats.forEach((report) => {
+      if (report.type === 'inbound-rtp' && report.kind === 'video') decoded.push(report.framesDecoded ?? 0);
+    });
+    const shown = [...document.querySelectorAll('#screens video')]
+      .map((video) => (video.srcObject ? video.dataset.stream : null));
+    return { decoded, shown };
+  });
+  await until('both displays decode frames', async () => {
+    const { decoded } = await screens();
+    return decoded.length === 2 && decoded.every((frames) => frames >= 10);
+  });
+  assert.deepEqual((await screens()).shown, ['display_0', 'display_1']);
+  const reported = async () => {
+    const count = await page.getAttribute('#input-count', 'data-count');
+    return { count: Number(count ?? 0), last: JSON.parse((await page.getAttribute('#input-count', 'data-last')) ?? 'null') };
+  };
+  // The input channel opens beside the echo channel; click until it has.
+  await until('a click on the first display reaches the device', async () => {
+    await page.click('#video');
+    return (await reported()).count >= 2;
+  });
+  const first = await reported();
+  assert.equal(first.last.type, 'multi-touch');
+  assert.equal(first.last.device_label, 'display_0');
+  // The middle of a 720×1280 display, give or take the click's rounding.
+  assert.ok(Math.abs(first.last.x[0] - 360) <= 2 && Math.abs(first.last.y[0] - 640) <= 2, JSON.stringify(first.last));
+  await page.click('video[data-stream="display_1"]');
+  await until('the click on the second display is counted', async () => (await reported()).count >= first.count + 2);
+  assert.equal((await reported()).last.device_label, 'display_1');
+  t.diagnostic(`the device counted ${(await reported()).count} inputs`);
+  await page.screenshot({ path: join(artifacts, 'two-displays.png'), fullPage: true });
   await page.context().close();
   await stop(device);
 });

@@ -20,7 +20,7 @@ use tracing::debug;
 
 use crate::ServerState;
 use crate::core::ServerError;
-use crate::http::json_error;
+use crate::http::{bad_gateway, json_error};
 
 /// Headers of one hop (RFC 9110 §7.6.1), never passed on.
 const HOP_BY_HOP: [HeaderName; 6] = [
@@ -81,15 +81,10 @@ pub(crate) async fn serve(
         Ok(response) => response,
         Err(e) => {
             debug!(%device_id, port, error = %e, "the device's web server did not answer");
-            let mut response = json_error(
-                StatusCode::BAD_GATEWAY,
+            bad_gateway(
+                "op-device",
                 &format!("Bad gateway: the device's web server at 127.0.0.1:{port}: {e}"),
-            );
-            // The Go operator's marker for a proxy error of this kind.
-            response
-                .headers_mut()
-                .insert("x-cutf-proxy", HeaderValue::from_static("op-device"));
-            response
+            )
         }
     }
 }

@@ -182,6 +182,16 @@ pub(crate) fn json_error(status: StatusCode, text: &str) -> Response {
         .into_response()
 }
 
+/// 502 from one of the proxies, with the Go operator's marker naming
+/// which (`x-cutf-proxy: op-device`, `op-webui`).
+pub(crate) fn bad_gateway(proxy: &'static str, text: &str) -> Response {
+    let mut response = json_error(StatusCode::BAD_GATEWAY, text);
+    response
+        .headers_mut()
+        .insert("x-cutf-proxy", HeaderValue::from_static(proxy));
+    response
+}
+
 fn json(body: String) -> Response {
     (
         [(

@@ -22,7 +22,7 @@ use tracing::{Instrument, debug, info, info_span};
 
 use crate::ServerState;
 use crate::config::WebUiUrl;
-use crate::http::{Refusal, Upgrading, json_error};
+use crate::http::{Refusal, Upgrading};
 
 /// Headers of one hop (RFC 9110 §7.6.1), never passed on; an upgrade
 /// sets `Connection` and `Upgrade` again.
@@ -210,15 +210,10 @@ async fn send(
 }
 
 fn bad_gateway(webui: &WebUiUrl, why: &str) -> Response {
-    let mut response = json_error(
-        StatusCode::BAD_GATEWAY,
+    crate::http::bad_gateway(
+        "op-webui",
         &format!("Bad gateway: the web UI at {webui}: {why}"),
-    );
-    // The Go operator's marker for a proxy error of this kind.
-    response
-        .headers_mut()
-        .insert("x-cutf-proxy", HeaderValue::from_static("op-webui"));
-    response
+    )
 }
 
 #[cfg(test)]

@@ -143,6 +143,16 @@ class PollingTransport {
 // One connection to a device.
 // ---------------------------------------------------------------------------
 
+// Back to one empty screen, as before any device.
+function clearScreens() {
+  const first = $('video');
+  first.srcObject = null;
+  delete first.dataset.stream;
+  first.style.aspectRatio = '';
+  for (const video of document.querySelectorAll('#screens video:not(#video)')) video.remove();
+  $('audio').srcObject = null;
+}
+
 class Session {
   constructor(deviceId) {
     this.deviceId = deviceId;
@@ -152,7 +162,8 @@ class Session {
     $('timeline').replaceChildren();
     $('device-info').textContent = '–';
     $('console-log').replaceChildren();
-    $('video').srcObject = null;
+    clearScreens();
+    $('input-count').textContent = 'No input sent yet.';
     this.enableConsole(false);
     setStatus('Connecting to ' + deviceId + '…', 'connecting');
     const events = {
@@ -193,7 +204,19 @@ class Session {
   onDeviceInfo(info) {
     this.mark('device_info');
     $('device-info').textContent = JSON.stringify(info, null, 2);
+    // A screen per display the device describes, in its order; a
+    // Cuttlefish device sends each display's video in a stream named by
+    // the display's stream_id (display_N by default).
+    const displays = info && Array.isArray(info.displays) ? info.displays : [];
+    this.displays = displays.map((display, n) => ({
+      streamId: typeof display.stream_id === 'string' ? display.stream_id : 'display_' + n,
+      width: display.x_res,
+      height: display.y_res,
+    }));
+    this.displays.forEach((display) => this.screen(display.streamId));
     this.pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    // Touches and keys go to the device on Cuttlefish's input channel.
+    this.input = this.pc.createDataChannel('input-channel');
     this.pc.onicecandidate = (event) => {
       if (event.candidate) {
         this.transport.send({ type: 'ice-candidate', candidate: event.candidate.toJSON() });
@@ -208,15 +231,17 @@ class Session {
     };
     this.pc.ondatachannel = (event) => this.onChannel(event.channel);
     this.pc.ontrack = (event) => {
-      // A Cuttlefish-shaped device sends a video track per display (each
-      // in its display's stream) and audio tracks: the first display's
-      // video is shown, the rest not yet.
-      if (event.track.kind !== 'video') return;
       const stream = event.streams[0] || new MediaStream([event.track]);
-      const shown = $('video').srcObject;
-      if (shown && stream.id !== 'display_0') return;
-      this.mark('video track');
-      $('video').srcObject = stream;
+      if (event.track.kind === 'audio') {
+        $('audio').srcObject = stream;
+        return;
+      }
+      if (event.track.kind !== 'video') return;
+      if (!this.videoMarked) {
+        this.videoMarked = true;
+        this.mark('video track');
+      }
+      this.screen(stream.id).srcObject = stream;
     };
     this.transport.send({ type: 'request-offer', ice_servers: this.iceServers });
   }
@@ -248,9 +273,96 @@ class Session {
     return this.pc.addIceCandidate(candidate);
   }
 
+  // The video element of the display whose stream is `streamId`: the
+  // first display takes #video, the others get one of their own; each
+  // sends its touches and keys to the device.
+  screen(streamId) {
+    const existing = [...document.querySelectorAll('#screens video')]
+      .find((video) => video.dataset.stream === streamId);
+    if (existing) return existing;
+    let video = $('video');
+    if (video.dataset.stream) {
+      video = document.createElement('video');
+      video.autoplay = true;
+      video.muted = true;
+      video.playsInline = true;
+      $('screens').append(video);
+    }
+    video.dataset.stream = streamId;
+    video.tabIndex = 0;
+    video.title = streamId;
+    const display = (this.displays || []).find((d) => d.streamId === streamId);
+    if (display && display.width > 0 && display.height > 0) {
+      video.style.aspectRatio = display.width + ' / ' + display.height;
+    }
+    this.sendInputFrom(video, streamId);
+    return video;
+  }
+
+  sendInput(message) {
+    if (!this.input || this.input.readyState !== 'open') return;
+    this.input.send(JSON.stringify(message));
+  }
+
+  // Pointer presses and drags on `video` as Cuttlefish's multi-touch
+  // events, in the display's own coordinates; keys while it has focus as
+  // its keyboard events.
+  sendInputFrom(video, label) {
+    const at = (event) => {
+      const display = (this.displays || []).find((d) => d.streamId === label) || {};
+      const width = display.width || video.videoWidth || 1;
+      const height = display.height || video.videoHeight || 1;
+      // The picture is letterboxed inside the element (object-fit: contain).
+      const rect = video.getBoundingClientRect();
+      const scale = Math.min(rect.width / width, rect.height / height);
+      const left = rect.left + (rect.width - width * scale) / 2;
+      const top = rect.top + (rect.height - height * scale) / 2;
+      const clamp = (v, max) => Math.max(0, Math.min(max - 1, Math.round(v)));
+      return { x: clamp((event.clientX - left) / scale, width), y: clamp((event.clientY - top) / scale, height) };
+    };
+    const touch = (event, down) => {
+      const { x, y } = at(event);
+      this.sendInput({ type: 'multi-touch', id: [0], x: [x], y: [y], down: down ? 1 : 0, device_label: label });
+    };
+    let pressed = false;
+    video.addEventListener('pointerdown', (event) => {
+      pressed = true;
+      video.focus();
+      // A browser may hold sound back until the page is touched.
+      $('audio').play().catch(() => {});
+      if (video.setPointerCapture) video.setPointerCapture(event.pointerId);
+      touch(event, true);
+    });
+    video.addEventListener('pointermove', (event) => { if (pressed) touch(event, true); });
+    const release = (event) => {
+      if (!pressed) return;
+      pressed = false;
+      touch(event, false);
+    };
+    video.addEventListener('pointerup', release);
+    video.addEventListener('pointercancel', release);
+    for (const type of ['keydown', 'keyup']) {
+      video.addEventListener(type, (event) => {
+        this.sendInput({ type: 'keyboard', keycode: event.code, event_type: type });
+        event.preventDefault();
+      });
+    }
+  }
+
   onChannel(channel) {
-    // The device's other channels (device-control, its input reports)
-    // are not this console's.
+    // The fake device reports each input it received.
+    if (channel.label === 'fake-device-input') {
+      channel.onmessage = (event) => {
+        try {
+          const report = JSON.parse(event.data);
+          $('input-count').textContent = report.count + ' input(s) seen by the device';
+          $('input-count').dataset.count = report.count;
+          $('input-count').dataset.last = JSON.stringify(report.input);
+        } catch (e) { /* not a report */ }
+      };
+      return;
+    }
+    // device-control and the rest are not this console's.
     if (channel.label !== 'echo') return;
     this.channel = channel;
     // The open event may have fired before this handler was set, or may

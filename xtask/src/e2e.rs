@@ -103,22 +103,12 @@ impl Tools {
         let info = format!(r#"{{"e2e":"{name}","displays":[{{"x_res":640,"y_res":360}}]}}"#);
         let mut args = vec!["--device-info", info.as_str()];
         args.extend_from_slice(extra);
-        self.start_fake_device(name, server, device_id, &args)
+        self.fake_device_as(name, server, device_id, &args)
     }
 
-    /// A fake device with its own, Cuttlefish-shaped, device_info, and
-    /// `extra` flags.
-    pub fn cuttlefish_device(
-        &self,
-        name: &str,
-        server: &Server,
-        device_id: &str,
-        extra: &[&str],
-    ) -> Result<Process> {
-        self.start_fake_device(name, server, device_id, extra)
-    }
-
-    fn start_fake_device(
+    /// A fake device started with exactly `args` (so with its own,
+    /// Cuttlefish-shaped, device_info unless they give one).
+    pub fn fake_device_as(
         &self,
         name: &str,
         server: &Server,
@@ -651,7 +641,7 @@ fn cuttlefish_shaped(tools: &Tools) -> Result<String> {
     // Registered on the device socket, named as the real streamer's
     // server address is.
     let socket = format!("unix:{}", path.display());
-    let _device = tools.cuttlefish_device(
+    let _device = tools.fake_device_as(
         "10-cuttlefish",
         &server,
         "cvd-1",
