@@ -151,6 +151,7 @@ function clearScreens() {
   first.style.aspectRatio = '';
   for (const video of document.querySelectorAll('#screens video:not(#video)')) video.remove();
   $('audio').srcObject = null;
+  for (const item of document.querySelectorAll('#stats dd')) item.textContent = '–';
 }
 
 class Session {
@@ -197,6 +198,7 @@ class Session {
   onClosed(why) {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.statsTimer);
     this.mark('signaling closed: ' + why);
     this.enableConsole(false);
   }
@@ -226,7 +228,10 @@ class Session {
       if (this.pc.iceConnectionState === 'connected') this.mark('ICE connected');
     };
     this.pc.onconnectionstatechange = () => {
-      if (this.pc.connectionState === 'connected') this.mark('DTLS connected');
+      if (this.pc.connectionState === 'connected') {
+        this.mark('DTLS connected');
+        this.watchStats();
+      }
       if (this.pc.connectionState === 'failed') this.fail('WebRTC connection failed');
     };
     this.pc.ondatachannel = (event) => this.onChannel(event.channel);
@@ -237,11 +242,16 @@ class Session {
         return;
       }
       if (event.track.kind !== 'video') return;
-      if (!this.videoMarked) {
+      const video = this.screen(stream.id);
+      // Marked when its first frame shows, which is after DTLS: the
+      // track event itself fires inside setRemoteDescription, before the
+      // answer is even sent, and the timeline keeps the handshake's order.
+      video.addEventListener('loadeddata', () => {
+        if (this.videoMarked || this.closed) return;
         this.videoMarked = true;
         this.mark('video track');
-      }
-      this.screen(stream.id).srcObject = stream;
+      }, { once: true });
+      video.srcObject = stream;
     };
     this.transport.send({ type: 'request-offer', ice_servers: this.iceServers });
   }
@@ -297,6 +307,59 @@ class Session {
     }
     this.sendInputFrom(video, streamId);
     return video;
+  }
+
+  // The connection as getStats() sees it, once a second: the selected
+  // candidate pair and its types (host, srflx, prflx, relay), its round
+  // trip, and the video received (bitrate, frames per second, packets
+  // lost) summed over the displays.
+  watchStats() {
+    if (this.statsTimer) return;
+    let before = null;
+    const show = (key, text) => {
+      const item = document.querySelector(`#stats [data-stat="${key}"] dd`);
+      if (item) item.textContent = text;
+    };
+    const read = async () => {
+      if (!this.pc || this.closed) return;
+      const stats = await this.pc.getStats();
+      const byId = new Map();
+      stats.forEach((report) => byId.set(report.id, report));
+      let pair = null;
+      let bytes = 0;
+      let fps = 0;
+      let lost = 0;
+      stats.forEach((report) => {
+        if (report.type === 'transport' && report.selectedCandidatePairId) {
+          pair = byId.get(report.selectedCandidatePairId) || pair;
+        }
+        if (report.type === 'candidate-pair' && !pair && report.nominated && report.state === 'succeeded') pair = report;
+        if (report.type === 'inbound-rtp' && report.kind === 'video') {
+          bytes += report.bytesReceived || 0;
+          fps += report.framesPerSecond || 0;
+          lost += report.packetsLost || 0;
+        }
+      });
+      if (pair) {
+        const local = byId.get(pair.localCandidateId) || {};
+        const remote = byId.get(pair.remoteCandidateId) || {};
+        const protocol = local.protocol || remote.protocol || '';
+        show('pair', `${local.candidateType || '?'} ↔ ${remote.candidateType || '?'}${protocol ? ' (' + protocol + ')' : ''}`);
+        if (typeof pair.currentRoundTripTime === 'number') {
+          show('rtt', (pair.currentRoundTripTime * 1000).toFixed(1) + ' ms');
+        }
+      }
+      const now = performance.now();
+      if (before) {
+        const bits = ((bytes - before.bytes) * 8) / ((now - before.at) / 1000);
+        show('bitrate', (bits / 1e6).toFixed(2) + ' Mbit/s');
+      }
+      before = { bytes, at: now };
+      show('fps', fps.toFixed(0));
+      show('lost', String(lost));
+    };
+    this.statsTimer = setInterval(() => read().catch(() => {}), 1000);
+    read().catch(() => {});
   }
 
   sendInput(message) {
@@ -400,6 +463,7 @@ class Session {
 
   close() {
     this.closed = true;
+    clearInterval(this.statsTimer);
     this.transport.close();
     if (this.pc) this.pc.close();
   }
@@ -419,6 +483,12 @@ $('console-form').addEventListener('submit', (event) => {
   const text = $('console-input').value;
   if (text && current) current.sendText(text);
   $('console-input').value = '';
+});
+
+// Every screen at once, full screen; Escape leaves.
+$('fullscreen').addEventListener('click', () => {
+  const screens = $('screens');
+  if (screens.requestFullscreen) screens.requestFullscreen().catch(() => {});
 });
 
 refreshDevices();
