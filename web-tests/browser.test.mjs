@@ -260,9 +260,10 @@ test('the page says so when the device goes away', async () => {
   await stop(device, 'SIGKILL');
   await page.locator('#status', { hasText: 'Device disconnected' }).waitFor({ timeout: 10000 });
   assert.equal(await page.getAttribute('#status', 'data-state'), 'error');
-  // It comes back, and the page connects again from the list.
+  // Its screen is cleared.
+  assert.equal(await page.evaluate(() => document.getElementById('video').srcObject), null);
+  // It comes back, and the page connects again on its own.
   const again = await fakeDevice('web-restart');
-  await page.locator('#devices [data-device-id="web-restart"] a').click();
   await expectEcho(page, 'after');
   await page.context().close();
   await stop(again);

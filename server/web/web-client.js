@@ -57,6 +57,8 @@ async function refreshDevices() {
     return item;
   }));
   $('no-devices').hidden = ids.length > 0;
+  // The device that left is back: connect to it again.
+  if (current && current.deviceLeft && ids.includes(current.deviceId)) connect(current.deviceId);
   $('no-devices').textContent = 'No device is registered.';
 }
 
@@ -193,6 +195,15 @@ class Session {
   fail(text) {
     this.mark('error: ' + text);
     setStatus(this.deviceId + ': ' + text, 'error');
+    // The device left: its screens go dark, and the page connects again
+    // when the device list shows it back.
+    if (text.startsWith('Device disconnected') && !this.deviceLeft) {
+      this.deviceLeft = true;
+      clearInterval(this.statsTimer);
+      if (this.pc) this.pc.close();
+      clearScreens();
+      setStatus(this.deviceId + ': ' + text + '; reconnecting when it is back', 'error');
+    }
   }
 
   onClosed(why) {
