@@ -37,7 +37,7 @@ use serde_json::Value;
 
 use crate::config::ServerConfig;
 use crate::core::session::{ClientSession, DeviceSession};
-use crate::core::{Batch, Connection, Core, Due, Keepalive, Outbox, Outgoing};
+use crate::core::{Batch, Connection, Core, Due, Keepalive, Outbox};
 use crate::encode;
 use crate::metrics::Metrics;
 
@@ -772,6 +772,7 @@ impl Sim {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::Outgoing;
     use proptest::prelude::*;
 
     fn action() -> impl Strategy<Value = Action> {
