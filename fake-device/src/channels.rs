@@ -5,13 +5,17 @@
 //! tools.
 //!
 //! Input (`input-channel`: Cuttlefish's JSON touches, mouse and keys) is
-//! counted, logged, and reported on this device's own channel
+//! counted, logged, drawn on the display it touched (the live screens
+//! mark the last touch), and reported on this device's own channel
 //! [`INPUT_REPORTS`], so a tool or a page can see that its input arrived.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Value, json};
+
+use crate::live::Screens;
+use crate::screen::Touch;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
@@ -63,18 +67,20 @@ fn role(label: &str) -> Role {
     }
 }
 
-/// One client session's input: how many messages came, and where the
-/// reports go once their channel is open.
+/// One client session's input: how many messages came, where the
+/// reports go once their channel is open, and the screens touches show on.
 pub struct Inputs {
     count: AtomicU64,
     reports: watch::Sender<Option<Arc<dyn DataChannel>>>,
+    screens: Option<Arc<Screens>>,
 }
 
-impl Default for Inputs {
-    fn default() -> Self {
+impl Inputs {
+    pub fn new(screens: Option<Arc<Screens>>) -> Self {
         Self {
             count: AtomicU64::new(0),
             reports: watch::Sender::new(None),
+            screens,
         }
     }
 }
@@ -165,6 +171,11 @@ async fn take_input(inputs: &Inputs, data: &[u8]) {
         keycode = keycode.as_deref(),
         "input"
     );
+    if let Some(screens) = &inputs.screens
+        && let Some((label, at, down)) = touch_of(&input)
+    {
+        screens.touch(label, at, down);
+    }
     let reports = inputs.reports.borrow().clone();
     if let Some(reports) = reports {
         let report = json!({"count": count, "input": input}).to_string();
@@ -174,9 +185,55 @@ async fn take_input(inputs: &Inputs, data: &[u8]) {
     }
 }
 
+/// The display, first point and down state of a touch: Cuttlefish's
+/// `multi-touch` (`device_label`, arrays of `x` and `y`) or an older
+/// client's `mouse` (`display_label`, numbers).
+fn touch_of(input: &Value) -> Option<(&str, Touch, bool)> {
+    let coordinate = |key: &str| {
+        let value = input.get(key)?;
+        let value = value
+            .as_array()
+            .map_or(Some(value), |points| points.first())?;
+        u32::try_from(value.as_i64()?.max(0)).ok()
+    };
+    let label = match input.get("type")?.as_str()? {
+        "multi-touch" => input.get("device_label")?.as_str()?,
+        "mouse" => input.get("display_label")?.as_str()?,
+        _ => return None,
+    };
+    let down = input.get("down").and_then(Value::as_i64).unwrap_or(0) != 0;
+    let at = Touch {
+        x: coordinate("x")?,
+        y: coordinate("y")?,
+    };
+    Some((label, at, down))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn touches_are_read_in_both_of_cuttlefishs_shapes() {
+        let touch = json!({"type": "multi-touch", "id": [0], "x": [12], "y": [34], "down": 1, "device_label": "display_1"});
+        assert_eq!(
+            touch_of(&touch),
+            Some(("display_1", Touch { x: 12, y: 34 }, true))
+        );
+        let mouse =
+            json!({"type": "mouse", "x": 5, "y": -3, "down": 0, "display_label": "display_0"});
+        assert_eq!(
+            touch_of(&mouse),
+            Some(("display_0", Touch { x: 5, y: 0 }, false))
+        );
+        for other in [
+            json!({"type": "keyboard", "keycode": "KeyA", "event_type": "keydown"}),
+            json!({"type": "multi-touch", "x": [], "y": [], "down": 1, "device_label": "display_0"}),
+            json!({"type": "multi-touch", "x": [1], "y": [1], "down": 1}),
+        ] {
+            assert_eq!(touch_of(&other), None, "{other}");
+        }
+    }
 
     #[test]
     fn cuttlefish_labels_are_never_echoed_and_our_own_are() {

@@ -1,7 +1,9 @@
 //! `fake-device`: registers like a Cuttlefish device and answers every
 //! client with its own WebRTC peer connection shaped like a Cuttlefish
 //! device's: a video track per display of its `device_info` under the
-//! display's stream id (`display_0`, …), an Opus track per audio stream
+//! display's stream id (`display_0`, …), drawn and VP8-encoded live
+//! (`live.rs`: the device id, the display's number, a clock, and where the
+//! last touch landed), an Opus track per audio stream
 //! (`audio_0`, silent), the `device-control` channel Cuttlefish's client
 //! waits for, and Cuttlefish's channels served as a device would, or left
 //! silent (see `channels.rs`). For our own tools it also opens `echo`,
@@ -34,13 +36,18 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use webrtc::peer_connection::{PeerConnection as _, RTCPeerConnectionState};
 
 use crate::channels::Inputs;
+use crate::live::Screens;
 use crate::shape::Shape;
 use crate::video::Clip;
 
 mod audio;
 mod channels;
+mod live;
+mod page;
+mod screen;
 mod shape;
 mod video;
+mod vp8;
 
 /// How long a new peer's driver is nudged while its data channel opens.
 const NUDGE_LIMIT: Duration = Duration::from_secs(10);
@@ -85,12 +92,18 @@ struct Cli {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     reconnect_max: Duration,
 
+    /// Serve the device's own page on 127.0.0.1:PORT (0: any free port)
+    /// and register with it as `device_port`, so the server's
+    /// /devices/{id}/files/ shows it, as a Cuttlefish device's files are.
+    #[arg(long, value_name = "PORT")]
+    device_port: Option<u16>,
+
     /// Send no video tracks.
     #[arg(long, conflicts_with = "video")]
     no_video: bool,
 
     /// Loop this IVF file (VP8, starting with a keyframe) on every display
-    /// instead of the built-in 640×360 test pattern.
+    /// instead of drawing the screens live.
     #[arg(long, value_name = "FILE")]
     video: Option<PathBuf>,
 
@@ -98,21 +111,57 @@ struct Cli {
     peer: PeerSettings,
 }
 
-/// The clip every client's video track plays, if any.
-fn clip(cli: &Cli) -> Result<Option<Arc<Clip>>> {
-    if cli.no_video {
-        return Ok(None);
-    }
-    let clip = match &cli.video {
-        Some(path) => {
+/// What the displays show.
+#[derive(Debug, Clone)]
+enum Screen {
+    /// Drawn and encoded live, one encoder per display.
+    Live(Arc<Screens>),
+    /// `--video FILE` on every display.
+    Clip(Arc<Clip>),
+    /// `--no-video`.
+    Off,
+}
+
+impl Screen {
+    fn from_cli(cli: &Cli, shape: &Shape) -> Result<Self> {
+        if cli.no_video {
+            return Ok(Self::Off);
+        }
+        if let Some(path) = &cli.video {
             let data = std::fs::read(path)
                 .with_context(|| format!("cannot read --video {}", path.display()))?;
-            Clip::from_ivf(&data).with_context(|| format!("--video {}", path.display()))?
+            let clip =
+                Clip::from_ivf(&data).with_context(|| format!("--video {}", path.display()))?;
+            for shown in &shape.displays {
+                let resolution = format!("{}x{}", shown.width, shown.height);
+                let video = format!("{}x{}", clip.width, clip.height);
+                info!(stream_id = %shown.stream_id, resolution, video, "display (clip)");
+            }
+            return Ok(Self::Clip(Arc::new(clip)));
         }
-        None => Clip::from_ivf(video::TEST_PATTERN).context("the built-in test pattern")?,
-    };
-    info!(width = clip.width, height = clip.height, "video track on");
-    Ok(Some(Arc::new(clip)))
+        let screens = Screens::start(&cli.device_id, shape)?;
+        for shown in &shape.displays {
+            let resolution = format!("{}x{}", shown.width, shown.height);
+            info!(stream_id = %shown.stream_id, resolution, libvpx = %vp8::libvpx_version(), "display (live VP8)");
+        }
+        Ok(Self::Live(Arc::new(screens)))
+    }
+
+    /// What the displays show, for a person.
+    fn describe(&self) -> String {
+        match self {
+            Self::Live(_) => format!("live VP8 (libvpx {})", vp8::libvpx_version()),
+            Self::Clip(clip) => format!("a looped VP8 clip of {}x{}", clip.width, clip.height),
+            Self::Off => "no video".to_owned(),
+        }
+    }
+
+    fn screens(&self) -> Option<Arc<Screens>> {
+        match self {
+            Self::Live(screens) => Some(screens.clone()),
+            _ => None,
+        }
+    }
 }
 
 #[tokio::main]
@@ -160,23 +209,32 @@ fn device_info(cli: &Cli) -> Result<(Box<RawValue>, Shape)> {
 async fn run(cli: Cli) -> Result<()> {
     protocol::validate_device_id(&cli.device_id).context("--device-id")?;
     let (info, shape) = device_info(&cli)?;
-    let clip = clip(&cli)?;
-    if let Some(clip) = &clip {
-        for screen in &shape.displays {
-            let resolution = format!("{}x{}", screen.width, screen.height);
-            let video = format!("{}x{}", clip.width, clip.height);
-            info!(stream_id = %screen.stream_id, resolution, video, "display");
-        }
-    }
+    let screen = Screen::from_cli(&cli, &shape)?;
+    let shape = Arc::new(shape);
+    let device_port = match cli.device_port {
+        Some(port) => Some(
+            page::serve(
+                port,
+                page::Page {
+                    device_id: cli.device_id.clone(),
+                    device_info: info.get().to_owned(),
+                    shape: shape.clone(),
+                    video: screen.describe(),
+                    screens: screen.screens(),
+                },
+            )
+            .await?,
+        ),
+        None => None,
+    };
     for stream_id in &shape.audio_streams {
         info!(%stream_id, "audio stream (silence)");
     }
-    let shape = Arc::new(shape);
     let mut backoff = cli.reconnect_min;
     let shutdown = support::shutdown::listen().recv();
     tokio::pin!(shutdown);
     loop {
-        let session = serve(&cli, &info, &shape, clip.as_ref());
+        let session = serve(&cli, &info, device_port, &shape, &screen);
         let outcome = tokio::select! {
             outcome = session => outcome,
             signal = &mut shutdown => {
@@ -221,14 +279,15 @@ fn lost(error: impl std::fmt::Display) -> ConnectError {
 async fn serve(
     cli: &Cli,
     info: &RawValue,
+    device_port: Option<u16>,
     shape: &Arc<Shape>,
-    clip: Option<&Arc<Clip>>,
+    screen: &Screen,
 ) -> Result<Served, ConnectError> {
     let mut link = DeviceLink::open(&cli.connect, cli.device_socket.as_deref()).await?;
     let register = DeviceToServer::Register(Register {
         device_id: cli.device_id.as_str().into(),
         device_info: Some(info),
-        device_port: None,
+        device_port,
     });
     link.send(register.encode()).await.map_err(lost)?;
     let mut ice_servers = match link.next_text().await.map_err(lost)? {
@@ -260,7 +319,7 @@ async fn serve(
                             }
                         };
                         let inbox = clients.entry(message.client_id).or_insert_with(|| {
-                            spawn_client(message.client_id, outgoing.clone(), cli.peer.clone(), ice_servers.clone(), Media { shape: shape.clone(), clip: clip.cloned() })
+                            spawn_client(message.client_id, outgoing.clone(), cli.peer.clone(), ice_servers.clone(), Media { shape: shape.clone(), screen: screen.clone() })
                         });
                         let _ = inbox.send(payload);
                     }
@@ -286,12 +345,12 @@ async fn serve(
     Ok(Served::Registered)
 }
 
-/// What every client's peer sends: a track per display (if there is a
-/// clip to show) and per audio stream.
+/// What every client's peer sends: a track per display (unless
+/// `--no-video`) and per audio stream.
 #[derive(Debug, Clone)]
 struct Media {
     shape: Arc<Shape>,
-    clip: Option<Arc<Clip>>,
+    screen: Screen,
 }
 
 fn spawn_client(
@@ -352,7 +411,7 @@ async fn serve_client(
     // which stop when dropped (a new peer, or the client left).
     let mut tracks: Vec<Track> = Vec::new();
     let mut players: Vec<Player> = Vec::new();
-    let inputs = Arc::new(Inputs::default());
+    let inputs = Arc::new(Inputs::new(media.screen.screens()));
     loop {
         tokio::select! {
             payload = payloads.recv() => {
@@ -421,21 +480,23 @@ async fn serve_client(
 
 /// A track added to a peer, waiting for it to connect.
 enum Track {
-    Display(video::LocalTrack),
+    /// The track of the display at this place in the shape.
+    Display(video::LocalTrack, usize),
     Audio(video::LocalTrack),
 }
 
-/// A track per display (when there is a clip to show) and per audio
-/// stream, each under its stream id.
+/// A track per display (unless `--no-video`) and per audio stream, each
+/// under its stream id.
 async fn add_tracks(
     pc: &impl webrtc::peer_connection::PeerConnection,
     media: &Media,
 ) -> Result<Vec<Track>> {
     let mut tracks = Vec::new();
-    if media.clip.is_some() {
-        for display in &media.shape.displays {
+    if !matches!(media.screen, Screen::Off) {
+        for (index, display) in media.shape.displays.iter().enumerate() {
             tracks.push(Track::Display(
                 video::add_track(pc, &display.stream_id).await?,
+                index,
             ));
         }
     }
@@ -450,14 +511,25 @@ struct Player(tokio::task::JoinHandle<()>);
 
 impl Player {
     fn start(track: Track, media: &Media) -> Self {
-        let clip = media.clip.clone();
+        let screen = media.screen.clone();
+        let shape = media.shape.clone();
         let task = async move {
-            let played = match (track, clip) {
-                (Track::Display(track), Some(clip)) => {
-                    info!("video playing");
+            let played = match (track, screen) {
+                (Track::Display(track, index), Screen::Live(screens)) => {
+                    let stream_id = &shape.displays[index].stream_id;
+                    match screens.display(stream_id) {
+                        Some(display) => {
+                            info!(%stream_id, "live video playing");
+                            live::play(track, display.clone()).await
+                        }
+                        None => Ok(()),
+                    }
+                }
+                (Track::Display(track, _), Screen::Clip(clip)) => {
+                    info!("video clip playing");
                     video::play(track, clip).await
                 }
-                (Track::Display(_), None) => Ok(()),
+                (Track::Display(..), Screen::Off) => Ok(()),
                 (Track::Audio(track), _) => audio::play_silence(track).await,
             };
             if let Err(e) = played {

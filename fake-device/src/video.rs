@@ -1,5 +1,5 @@
-//! The fake device's screens: a VP8 test pattern (`media/test-pattern.ivf`,
-//! embedded) looped to every client, one track per display.
+//! Media tracks, and `--video FILE`: a VP8 clip (IVF) looped to every
+//! client on every display, in place of the live screens (`live.rs`).
 //!
 //! Learned while making it: a local track serves one peer connection only
 //! (adding it to a second one silently moves it), so every client gets its
@@ -29,8 +29,9 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::PeerConnection;
 use webrtc::rtp_transceiver::RtpSender;
 
-/// The embedded test pattern.
-pub const TEST_PATTERN: &[u8] = include_bytes!("../media/test-pattern.ivf");
+/// A test clip (see media/README.md).
+#[cfg(test)]
+const TEST_PATTERN: &[u8] = include_bytes!("../media/test-pattern.ivf");
 
 /// A VP8 clip in memory, ready to loop.
 #[derive(Debug)]
@@ -119,6 +120,12 @@ impl LocalTrack {
             .first()
             .map(|codec| codec.payload_type)
             .context("the sender has no negotiated codec")
+    }
+
+    /// The next event of the track (a receiver's RTCP, its binding), or
+    /// None once it has none.
+    pub(crate) async fn next_event(&self) -> Option<TrackLocalEvent> {
+        self.track.poll().await
     }
 
     /// Sends one sample of `duration`.
@@ -219,7 +226,7 @@ pub async fn play(video: LocalTrack, clip: Arc<Clip>) -> Result<()> {
                     .await?;
                 next = (next + 1) % clip.frames.len();
             }
-            event = video.track.poll(), if listening => match event {
+            event = video.next_event(), if listening => match event {
                 Some(TrackLocalEvent::OnRtcpPacket(_)) => {
                     let skipped_from = next;
                     next = clip.keyframe_from(next);

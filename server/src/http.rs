@@ -145,6 +145,8 @@ pub(crate) fn router(state: Arc<ServerState>) -> Router {
         .route("/devices/{device_id}", get(device_descriptor))
         .route("/devices/{device_id}/connect", get(device_connect))
         .route("/devices/{device_id}/files/{*path}", get(device_files))
+        // The wildcard wants at least one character: the device's index.
+        .route("/devices/{device_id}/files/", get(device_files_index))
         .route("/devices/{device_id}/adb", get(device_adb))
         .route("/devices", get(devices))
         .route("/infra_config", get(infra_config))
@@ -490,6 +492,15 @@ async fn device_adb(
     };
     let _ = adb.set_nodelay(true);
     websocket::upgrade(state, peer, request, Door::AdbBridge { adb })
+}
+
+/// `GET /devices/{id}/files/`: the device's index page.
+async fn device_files_index(
+    state: State<Arc<ServerState>>,
+    Path(device_id): Path<String>,
+    request: Request,
+) -> Response {
+    device_files(state, Path((device_id, String::new())), request).await
 }
 
 /// `GET /devices/{id}/files/{path}`: the device's own pages.

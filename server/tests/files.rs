@@ -118,6 +118,11 @@ async fn the_device_page_is_proxied_to_its_port_without_credentials() {
     for stripped in ["cookie", "authorization", "x-forwarded-for"] {
         assert!(!head.contains(stripped), "{stripped} passed on: {head}");
     }
+    // The index too: asked for as `/` (this device has no page there).
+    let index = server.get("/devices/web/files/").await;
+    assert_eq!((index.status, index.body.as_str()), (404, "no such file"));
+    let head = web.last_head().to_ascii_lowercase();
+    assert!(head.starts_with("get / http/1.1\r\n"), "{head}");
     // The device's own statuses come back as they are.
     let missing = server.get("/devices/web/files/nothing.js").await;
     assert_eq!(

@@ -9,13 +9,15 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::Result;
+
+use crate::system::run_checked;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 pub fn run(root: &Path) -> Result<()> {
     crate::e2e::build(root, false)?;
-    ensure_chromium()?;
+    crate::system::ensure_chromium(CHROMIUM)?;
     let tests = root.join("web-tests");
     if !tests.join("node_modules/playwright-core").is_dir() {
         println!("browser: installing playwright-core (npm ci)");
@@ -40,37 +42,5 @@ pub fn run(root: &Path) -> Result<()> {
         "browser: ok; screenshot in {}",
         target.join("browser-tests/connected.png").display()
     );
-    Ok(())
-}
-
-fn ensure_chromium() -> Result<()> {
-    if Path::new(CHROMIUM).exists() {
-        return Ok(());
-    }
-    // apt-get needs root: `id -u` prints 0 for it.
-    let uid = Command::new("id").arg("-u").output().context("run id -u")?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        bail!(
-            "{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium)"
-        );
-    }
-    println!("browser: installing chromium (apt-get)");
-    run_checked(Command::new("apt-get").arg("update"), "apt-get update")?;
-    run_checked(
-        Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "chromium"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-        "apt-get install chromium",
-    )?;
-    ensure!(
-        Path::new(CHROMIUM).exists(),
-        "chromium installed, but {CHROMIUM} is not there"
-    );
-    Ok(())
-}
-
-fn run_checked(command: &mut Command, what: &str) -> Result<()> {
-    let status = command.status().with_context(|| format!("start {what}"))?;
-    ensure!(status.success(), "{what} failed: {status}");
     Ok(())
 }

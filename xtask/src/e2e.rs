@@ -279,9 +279,9 @@ pub fn run_scenarios(tools: &Tools) -> Result<()> {
 fn plain_ws(tools: &Tools) -> Result<String> {
     let mut server = tools.server("1-plain", &[])?;
     let _device = tools.fake_device("1-plain", &server, "e2e-plain")?;
-    // The device's screen too: a second of the test pattern's frames, and
-    // a keyframe request after the tenth, answered with the next frame
-    // (the clip's own next keyframe is 20 frames further).
+    // The device's screen too: a second of its live frames, and a
+    // keyframe request after the tenth, answered with the next frame (the
+    // encoder's own next keyframe is seconds away).
     let output = tools
         .connect_command(
             &server,
@@ -482,12 +482,29 @@ fn device_restart(tools: &Tools) -> Result<String> {
     watcher.wait_exit(Duration::from_secs(10))?;
     drop(device);
 
-    // It comes back under the same id, and a new client gets through.
-    let _device = tools.fake_device("6-restart-again", &server, "e2e-restart")?;
-    let handshake = tools.connect(&server, "e2e-restart")?;
+    // It comes back under the same id, this time looping a VP8 clip
+    // (`--video FILE`) instead of its live screen, and a new client gets
+    // through and sees the clip play.
+    let clip = crate::workspace_root().join("fake-device/media/test-pattern.ivf");
+    let clip = clip.to_string_lossy();
+    let _device = tools.fake_device_with(
+        "6-restart-again",
+        &server,
+        "e2e-restart",
+        &["--video", &clip],
+    )?;
+    let output = tools
+        .connect_command(&server, "e2e-restart", &["--video-wait", "1s"])
+        .output()?;
+    let report = check_connect(&output)?;
+    let frames = report["video_frames"].as_u64().unwrap_or(0);
+    ensure!(
+        frames >= 20,
+        "expected about 30 frames of the clip in a second, got {frames}: {report}"
+    );
     Ok(format!(
-        "Device disconnected seen; after re-registering, data channel open at {:.1} ms",
-        handshake.data_channel_open_ms
+        "Device disconnected seen; after re-registering, data channel open at {:.1} ms, {frames} frames of the --video clip in 1 s",
+        data_channel_open_ms(&report)
     ))
 }
 
@@ -706,6 +723,7 @@ fn cuttlefish_shaped(tools: &Tools) -> Result<String> {
 
 /// The build step: every binary the scenarios run.
 pub fn build(root: &Path, release: bool) -> Result<()> {
+    crate::system::ensure_build_packages()?;
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command.current_dir(root).args([
         "build",

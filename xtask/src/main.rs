@@ -35,6 +35,7 @@ mod e2e;
 mod fuzz;
 mod load;
 mod process;
+mod system;
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1);
@@ -81,6 +82,7 @@ fn main() -> ExitCode {
 /// `cargo test --workspace`, then the browser tests.
 fn run_all_tests() -> Result<()> {
     let root = workspace_root();
+    system::ensure_build_packages()?;
     let status =
         std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(&root)
