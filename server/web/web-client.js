@@ -322,8 +322,8 @@ class Session {
 
   // The connection as getStats() sees it, once a second: the selected
   // candidate pair and its types (host, srflx, prflx, relay), its round
-  // trip, and the video received (bitrate, frames per second, packets
-  // lost) summed over the displays.
+  // trip, and the video received: bitrate and packets lost summed over the
+  // displays, frames per second for each.
   watchStats() {
     if (this.statsTimer) return;
     let before = null;
@@ -338,7 +338,7 @@ class Session {
       stats.forEach((report) => byId.set(report.id, report));
       let pair = null;
       let bytes = 0;
-      let fps = 0;
+      const fps = [];
       let lost = 0;
       stats.forEach((report) => {
         if (report.type === 'transport' && report.selectedCandidatePairId) {
@@ -347,7 +347,7 @@ class Session {
         if (report.type === 'candidate-pair' && !pair && report.nominated && report.state === 'succeeded') pair = report;
         if (report.type === 'inbound-rtp' && report.kind === 'video') {
           bytes += report.bytesReceived || 0;
-          fps += report.framesPerSecond || 0;
+          fps.push(report.framesPerSecond || 0);
           lost += report.packetsLost || 0;
         }
       });
@@ -366,7 +366,7 @@ class Session {
         show('bitrate', (bits / 1e6).toFixed(2) + ' Mbit/s');
       }
       before = { bytes, at: now };
-      show('fps', fps.toFixed(0));
+      show('fps', fps.length ? fps.map((each) => each.toFixed(0)).join(' · ') : '–');
       show('lost', String(lost));
     };
     this.statsTimer = setInterval(() => read().catch(() => {}), 1000);

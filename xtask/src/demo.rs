@@ -1,5 +1,7 @@
-//! `cargo xtask demo`: a server and a fake device that stay up until
-//! Ctrl-C, and the URL of the built-in web client connected to the device.
+//! `cargo xtask demo`: a server and a Cuttlefish-shaped fake device (two
+//! displays drawn live, an audio stream, its own page) that stay up until
+//! Ctrl-C, and the URLs of the built-in web client connected to the device
+//! and of the device's page.
 
 use std::time::Duration;
 
@@ -15,10 +17,18 @@ pub fn run(root: &std::path::Path) -> Result<()> {
         Ok(server) => server,
         Err(_) => tools.server("demo", &[])?,
     };
-    let device = tools.fake_device("demo", &server, DEVICE_ID)?;
+    let device = tools.fake_device_as(
+        "demo",
+        &server,
+        DEVICE_ID,
+        &["--displays", "2", "--device-port", "0"],
+    )?;
     let page = server.url.replacen("ws://", "http://", 1);
-    println!("demo: a signaling server and the fake device {DEVICE_ID} are running");
+    println!(
+        "demo: a signaling server and the fake device {DEVICE_ID} (two displays, audio) are running"
+    );
     println!("demo: open {page}/?deviceId={DEVICE_ID}");
+    println!("demo: the device's own page: {page}/devices/{DEVICE_ID}/files/");
     println!(
         "demo: logs in {}; Ctrl-C stops everything",
         tools.log_dir.display()

@@ -662,7 +662,7 @@ fn cuttlefish_shaped(tools: &Tools) -> Result<String> {
         "10-cuttlefish",
         &server,
         "cvd-1",
-        &["--server", &socket, "--displays", "2"],
+        &["--server", &socket, "--displays", "2", "--device-port", "0"],
     )?;
     let output = tools
         .connect_command(&server, "cvd-1", &["--video-wait", "1s", "--input"])
@@ -701,9 +701,23 @@ fn cuttlefish_shaped(tools: &Tools) -> Result<String> {
         metric(&server, "signaling_device_socket_connections")? == 1.0,
         "the device is not on the socket"
     );
+    // The device's own page, through the server's files proxy: the touch
+    // landed on the first display (and is drawn there).
+    let address = server
+        .url
+        .strip_prefix("ws://")
+        .context("a plain server")?
+        .parse()?;
+    let page = support::http::get_blocking(address, "/devices/cvd-1/files/status.json")?;
+    ensure!(page.status == 200, "the device's page: {page:?}");
+    let status: Value = serde_json::from_str(&page.body)?;
+    ensure!(
+        status["displays"][0]["touches"] == 1 && status["displays"][1]["touches"] == 0,
+        "the device's page does not show the touch on display_0: {status}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(format!(
-        "on the device socket; streams {}; the device opened {}; a touch's down and up reported",
+        "on the device socket; streams {}; the device opened {}; a touch's down and up reported, and on display_0 in the device's page",
         streams
             .iter()
             .map(|s| format!(
