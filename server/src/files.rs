@@ -13,24 +13,14 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 use crate::ServerState;
 use crate::core::ServerError;
-use crate::http::{bad_gateway, json_error};
-
-/// Headers of one hop (RFC 9110 §7.6.1), never passed on.
-const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
+use crate::http::{bad_gateway, json_error, strip_hop_by_hop};
 
 /// Answers `GET /devices/{device_id}/files/{path}`.
 pub(crate) async fn serve(
@@ -142,7 +132,8 @@ async fn proxy(
         }
     });
 
-    let (parts, _) = request.into_parts();
+    let (mut parts, _) = request.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
     let target = match parts.uri.query() {
         Some(query) => format!("{path}?{query}"),
         None => path.to_owned(),
@@ -154,11 +145,9 @@ async fn proxy(
         .map_err(|e| e.to_string())?;
     let headers = forwarded.headers_mut();
     for (name, value) in &parts.headers {
-        let dropped = HOP_BY_HOP.contains(name)
-            || name == header::HOST
+        let dropped = name == header::HOST
             || name == header::COOKIE
             || name == header::AUTHORIZATION
-            || name == header::UPGRADE
             || name.as_str().starts_with("x-");
         if !dropped {
             headers.append(name.clone(), value.clone());
@@ -172,9 +161,7 @@ async fn proxy(
         .map_err(|_| "no answer within the handshake timeout".to_owned())?
         .map_err(|e| e.to_string())?;
     let (mut parts, body) = answer.into_parts();
-    for name in &HOP_BY_HOP {
-        parts.headers.remove(name);
-    }
+    strip_hop_by_hop(&mut parts.headers);
     Ok((parts, Body::new(body)).into_response())
 }
 

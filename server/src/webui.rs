@@ -15,41 +15,14 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use tracing::{Instrument, debug, info, info_span};
 
 use crate::ServerState;
 use crate::config::WebUiUrl;
-use crate::http::{Refusal, Upgrading};
-
-/// Headers of one hop (RFC 9110 §7.6.1), never passed on; an upgrade
-/// sets `Connection` and `Upgrade` again.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Removes the hop-by-hop headers, and those `Connection` names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
-        .collect();
-    for name in HOP_BY_HOP.iter().chain(&named) {
-        headers.remove(name);
-    }
-}
+use crate::http::{Refusal, Upgrading, strip_hop_by_hop};
 
 /// The upgrade a request asks for (`Connection: upgrade` and `Upgrade`).
 fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
@@ -214,24 +187,4 @@ fn bad_gateway(webui: &WebUiUrl, why: &str) -> Response {
         "op-webui",
         &format!("Bad gateway: the web UI at {webui}: {why}"),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        headers.insert("x-secret", HeaderValue::from_static("1"));
-        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        headers.insert(header::ACCEPT, HeaderValue::from_static("text/html"));
-        strip_hop_by_hop(&mut headers);
-        assert_eq!(headers.len(), 1);
-        assert!(headers.contains_key(header::ACCEPT));
-    }
 }

@@ -96,6 +96,8 @@ async fn the_device_page_is_proxied_to_its_port_without_credentials() {
         "/devices/web/files/client.html?deviceId=web",
         &[
             ("Accept", "text/html"),
+            ("Connection", "keep-alive, foo"),
+            ("Foo", "a header of this hop only"),
             ("Cookie", "session=secret"),
             ("Authorization", "Bearer secret"),
             ("X-Forwarded-For", "10.0.0.1"),
@@ -115,7 +117,13 @@ async fn the_device_page_is_proxied_to_its_port_without_credentials() {
         "{head}"
     );
     assert!(head.contains("accept: text/html\r\n"), "{head}");
-    for stripped in ["cookie", "authorization", "x-forwarded-for"] {
+    for stripped in [
+        "cookie",
+        "authorization",
+        "x-forwarded-for",
+        "foo:",
+        "keep-alive",
+    ] {
         assert!(!head.contains(stripped), "{stripped} passed on: {head}");
     }
     // The index too: asked for as `/` (this device has no page there).
