@@ -161,6 +161,26 @@ pub struct Cli {
     )]
     pub webui_url: Option<String>,
 
+    /// Share devices with other instances through this Redis
+    /// (redis://HOST:PORT[/DB] or unix:///PATH): every instance on it
+    /// lists every device and reaches it, as one server would (PROTOCOL.md,
+    /// "Many instances").
+    #[arg(long, env = "SIGNALING_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
+
+    /// With --redis: how long a device id stays held once its instance
+    /// stops renewing it (a dead instance's ids are free after this);
+    /// renewed every third of it, and a Redis command that takes longer
+    /// than a third counts as Redis lost. 300ms to 1h.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, requires = "redis")]
+    pub redis_lease: Duration,
+
+    /// With --redis: the most bytes that may wait to be written to Redis;
+    /// past it the instance closes every session that spans instances
+    /// rather than lose messages. At least 65536.
+    #[arg(long, default_value_t = 16 << 20, requires = "redis")]
+    pub redis_queue_bytes: u64,
+
     /// Serve plain ws:// and http:// on a non-loopback address. Tokens and
     /// signaling then cross the network unencrypted.
     #[arg(long)]
@@ -349,6 +369,12 @@ pub enum CliError {
     WebUiUrl(String),
     #[error("--assets-dir {0} is not a directory")]
     AssetsDir(PathBuf),
+    #[error("--redis {url}: {why}")]
+    RedisUrl { url: String, why: String },
+    #[error("--redis-lease {0:?} must be from 300ms to 1h")]
+    RedisLease(Duration),
+    #[error("--redis-queue-bytes {0} must be at least 65536")]
+    RedisQueueBytes(u64),
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
 }
@@ -521,7 +547,30 @@ impl Cli {
         }
 
         let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        let redis = match self.redis {
+            None => None,
+            Some(url) => {
+                crate::cluster::parse_url(&url).map_err(|e| CliError::RedisUrl {
+                    url: url.clone(),
+                    why: e.to_string(),
+                })?;
+                if !(Duration::from_millis(300)..=Duration::from_secs(3600))
+                    .contains(&self.redis_lease)
+                {
+                    return Err(CliError::RedisLease(self.redis_lease));
+                }
+                if self.redis_queue_bytes < 65_536 {
+                    return Err(CliError::RedisQueueBytes(self.redis_queue_bytes));
+                }
+                Some(crate::cluster::RedisConfig {
+                    url,
+                    lease: self.redis_lease,
+                    queue_bytes: to_usize(self.redis_queue_bytes),
+                })
+            }
+        };
         let config = ServerConfig {
+            redis,
             ice_servers,
             client_wait: Duration::from_secs(self.client_wait_secs),
             device_token: self.device_token.filter(|t| !t.is_empty()),

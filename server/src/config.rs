@@ -123,6 +123,8 @@ pub struct ServerConfig {
     pub webui_url: Option<WebUiUrl>,
     /// Serve TLS with this configuration.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Share devices with other instances through this Redis.
+    pub redis: Option<crate::cluster::RedisConfig>,
 }
 
 impl ServerConfig {
@@ -175,6 +177,7 @@ impl Default for ServerConfig {
             devices_list: crate::cli::DevicesList::Ids,
             poll_timeout: DEFAULT_POLL_TIMEOUT,
             tls: None,
+            redis: None,
         }
     }
 }

@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 
 mod assets;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod core;
 mod device_socket;
@@ -68,6 +69,8 @@ pub enum Error {
     Listener(#[from] std::io::Error),
     #[error("device socket {0}")]
     DeviceSocket(#[from] DeviceSocketError),
+    #[error("--redis: {0}")]
+    Redis(String),
 }
 
 /// The server-wide state, in one place: the core's (settings, registry,
@@ -107,6 +110,8 @@ pub struct Server {
     tls_listeners: Vec<(TcpListener, TlsListener)>,
     /// The device socket and the control socket, those configured.
     sockets: Vec<device_socket::DeviceSocket>,
+    /// With `--redis`: the task that joins the other instances.
+    adapter: Option<cluster::Adapter>,
     state: Arc<ServerState>,
 }
 
@@ -134,13 +139,29 @@ impl Server {
             .map(|socket| device_socket::bind(socket, SocketKind::Control))
             .transpose()?;
         let metrics = Arc::new(Metrics::new());
+        let cluster = config
+            .redis
+            .as_ref()
+            .map(|redis| Arc::new(core::cluster::Cluster::new(redis.queue_bytes)));
+        let core = Arc::new(Core::with_cluster(
+            config.core_settings(),
+            metrics,
+            cluster.clone(),
+        ));
+        let adapter = match (&config.redis, cluster) {
+            (Some(redis), Some(cluster)) => Some(
+                cluster::Adapter::new(core.clone(), cluster, redis.clone())
+                    .map_err(|e| Error::Redis(e.to_string()))?,
+            ),
+            _ => None,
+        };
         let state = Arc::new(ServerState {
             limiter: Arc::new(Limiter::new(
                 config.max_connections,
                 config.max_connections_per_ip,
             )),
             ws_config: websocket::websocket_config(&config),
-            core: Arc::new(Core::new(config.core_settings(), metrics)),
+            core,
             config,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -150,6 +171,7 @@ impl Server {
             listener,
             tls_listeners: Vec::new(),
             sockets: device_socket.into_iter().chain(control_socket).collect(),
+            adapter,
             state,
         })
     }
@@ -173,23 +195,29 @@ impl Server {
             listener,
             tls_listeners,
             sockets,
+            adapter,
             state,
         } = self;
         let main_tls = state.config.tls.clone().map(TlsAcceptor::from);
         let listeners = std::iter::once((listener, main_tls))
             .chain(tls_listeners.into_iter().map(|(l, tls)| (l, Some(tls.0))))
             .collect();
-        serve(listeners, sockets, state, shutdown).await
+        serve(listeners, sockets, adapter, state, shutdown).await
     }
 }
 
 async fn serve(
     listeners: Vec<(TcpListener, Option<TlsAcceptor>)>,
     sockets: Vec<device_socket::DeviceSocket>,
+    adapter: Option<cluster::Adapter>,
     state: Arc<ServerState>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let router = http::router(state.clone());
+    // The cluster adapter outlives the connections: it writes their
+    // departures to Redis and gives the leases back once they have closed.
+    let leave_cluster = CancellationToken::new();
+    let adapter = adapter.map(|adapter| tokio::spawn(adapter.run(leave_cluster.clone())));
     for socket in sockets {
         info!(socket = socket.kind().name(), path = %socket.path().display(), "listening");
         state.tracker.spawn(socket.serve(state.clone()));
@@ -226,6 +254,11 @@ async fn serve(
             remaining = state.tracker.len(),
             "connections still open after the grace period"
         );
+    }
+    if let Some(adapter) = adapter {
+        leave_cluster.cancel();
+        // A Redis that does not answer gets a moment, not forever.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), adapter).await;
     }
     info!("stopped");
     Ok(())

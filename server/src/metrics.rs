@@ -87,6 +87,108 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+/// The cluster's metrics (`--redis`; zero without it, so that alerts on
+/// them can be written before the first instance joins).
+#[derive(Debug)]
+pub struct ClusterMetrics {
+    /// 1 while this instance is joined to Redis.
+    pub redis_up: Gauge,
+    /// Other instances this one has sessions or listed devices with.
+    pub peers: Gauge,
+    /// Devices of other instances in this instance's directory.
+    pub remote_devices: Gauge,
+    /// Sessions that span this instance and another, right now.
+    pub sessions: Gauge,
+    /// Frames sent to and received from other instances.
+    pub frames_sent: Counter,
+    pub frames_received: Counter,
+    /// PUBLISH commands (each a batch of frames to one instance).
+    pub publishes: Counter,
+    /// Times this instance lost Redis (or could not join it).
+    pub link_failures: Counter,
+    sessions_closed: Family<ReasonLabel, Counter>,
+}
+
+impl ClusterMetrics {
+    const CLOSE_REASONS: [&'static str; 3] = [
+        crate::cluster::wire_reason::LINK_DOWN,
+        crate::cluster::wire_reason::PEER_GONE,
+        crate::cluster::wire_reason::SEQUENCE_GAP,
+    ];
+
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            redis_up: Gauge::default(),
+            peers: Gauge::default(),
+            remote_devices: Gauge::default(),
+            sessions: Gauge::default(),
+            frames_sent: Counter::default(),
+            frames_received: Counter::default(),
+            publishes: Counter::default(),
+            link_failures: Counter::default(),
+            sessions_closed: Family::default(),
+        };
+        for reason in Self::CLOSE_REASONS {
+            let _ = metrics
+                .sessions_closed
+                .get_or_create(&ReasonLabel { reason });
+        }
+        registry.register(
+            "cluster_redis_up",
+            "1 while joined to Redis (--redis)",
+            metrics.redis_up.clone(),
+        );
+        registry.register(
+            "cluster_peers",
+            "Other instances with sessions or devices known here",
+            metrics.peers.clone(),
+        );
+        registry.register(
+            "cluster_remote_devices",
+            "Devices of other instances listed here",
+            metrics.remote_devices.clone(),
+        );
+        registry.register(
+            "cluster_sessions",
+            "Sessions between a client and a device on different instances",
+            metrics.sessions.clone(),
+        );
+        registry.register(
+            "cluster_frames_sent",
+            "Frames sent to other instances",
+            metrics.frames_sent.clone(),
+        );
+        registry.register(
+            "cluster_frames_received",
+            "Frames received from other instances",
+            metrics.frames_received.clone(),
+        );
+        registry.register(
+            "cluster_publishes",
+            "Batches of frames published to Redis",
+            metrics.publishes.clone(),
+        );
+        registry.register(
+            "cluster_link_failures",
+            "Times this instance lost Redis or could not join it",
+            metrics.link_failures.clone(),
+        );
+        registry.register(
+            "cluster_sessions_closed",
+            "Sessions spanning instances closed by a failure, by reason",
+            metrics.sessions_closed.clone(),
+        );
+        metrics
+    }
+
+    /// Counts `n` sessions closed for `reason` (one of `CLOSE_REASONS`).
+    pub fn closed(&self, reason: &'static str, n: u64) {
+        self.sessions_closed
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(n);
+    }
+}
+
 /// Every metric the server exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -106,6 +208,7 @@ pub struct Metrics {
     /// Payload bytes of websocket messages sent.
     pub bytes_out: Counter,
     resident_memory: Gauge,
+    pub cluster: ClusterMetrics,
 }
 
 impl Default for Metrics {
@@ -173,8 +276,10 @@ impl Metrics {
             "Resident memory of the server process",
             resident_memory.clone(),
         );
+        let cluster = ClusterMetrics::register(&mut registry);
         Self {
             registry,
+            cluster,
             devices,
             clients,
             connections,

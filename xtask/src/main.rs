@@ -83,6 +83,7 @@ fn main() -> ExitCode {
 fn run_all_tests() -> Result<()> {
     let root = workspace_root();
     system::ensure_build_packages()?;
+    system::ensure_test_packages()?;
     let status =
         std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(&root)

@@ -33,6 +33,25 @@ pub fn ensure_build_packages() -> Result<()> {
     Ok(())
 }
 
+/// What the tests start themselves: Debian's redis-server (the cluster
+/// tests run their own on free loopback ports).
+pub fn ensure_test_packages() -> Result<()> {
+    let present = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if present {
+        return Ok(());
+    }
+    install(&["redis-server"], "the cluster tests")?;
+    // The package starts a server of its own on 6379 where an init system
+    // runs; the tests need none of it (best effort: there may be none).
+    let _ = Command::new("service")
+        .args(["redis-server", "stop"])
+        .output();
+    Ok(())
+}
+
 /// Debian's chromium at `path`, for the browser tests.
 pub fn ensure_chromium(path: &str) -> Result<()> {
     if Path::new(path).exists() {

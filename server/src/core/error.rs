@@ -28,6 +28,9 @@ pub enum CloseCode {
     Policy,
     /// 1009: a message over the size limit.
     Size,
+    /// 1013: try again later (the instances' shared registry is out of
+    /// reach).
+    TryAgain,
 }
 
 impl CloseCode {
@@ -40,6 +43,7 @@ impl CloseCode {
             Self::Invalid => 1007,
             Self::Policy => 1008,
             Self::Size => 1009,
+            Self::TryAgain => 1013,
         }
     }
 }
@@ -86,6 +90,9 @@ pub enum ServerError {
     ProtocolViolation(String),
     /// The server is shutting down.
     ShuttingDown,
+    /// A registration that needs a cluster-wide lease while this instance
+    /// cannot reach the registry (PROTOCOL.md, "Many instances").
+    RegistryUnavailable,
 }
 
 impl ServerError {
@@ -111,6 +118,7 @@ impl ServerError {
             Self::InvalidUtf8 => "Invalid UTF-8 in text message",
             Self::ProtocolViolation(_) => "Protocol error",
             Self::ShuttingDown => "Server shutting down",
+            Self::RegistryUnavailable => "Registry unavailable",
         }
     }
 
@@ -132,6 +140,7 @@ impl ServerError {
             | Self::SlowConsumer { .. } => Some(CloseCode::Policy),
             Self::DeviceDisconnected | Self::ShuttingDown => Some(CloseCode::Away),
             Self::MessageTooBig { .. } => Some(CloseCode::Size),
+            Self::RegistryUnavailable => Some(CloseCode::TryAgain),
             Self::BinaryMessage => Some(CloseCode::Unsupported),
             Self::InvalidUtf8 => Some(CloseCode::Invalid),
             Self::ProtocolViolation(_) => Some(CloseCode::Protocol),
@@ -200,6 +209,7 @@ impl ServerError {
             Self::InvalidUtf8,
             Self::ProtocolViolation("x".into()),
             Self::ShuttingDown,
+            Self::RegistryUnavailable,
         ];
         for error in &all {
             match error {
@@ -227,7 +237,8 @@ impl ServerError {
                 | Self::BinaryMessage
                 | Self::InvalidUtf8
                 | Self::ProtocolViolation(_)
-                | Self::ShuttingDown => {}
+                | Self::ShuttingDown
+                | Self::RegistryUnavailable => {}
             }
         }
         all
@@ -259,6 +270,11 @@ impl fmt::Display for ServerError {
                 write!(f, "{}: the limit is {limit} bytes", self.phrase())
             }
             Self::ProtocolViolation(why) => write!(f, "{}: {why}", self.phrase()),
+            Self::RegistryUnavailable => write!(
+                f,
+                "{}: this instance cannot reach the shared registry; try again",
+                self.phrase()
+            ),
             Self::NotRegistered
             | Self::RegistrationTimeout
             | Self::NotConnected

@@ -37,6 +37,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::metrics::{Direction, Metrics};
 
+pub mod cluster;
 pub mod error;
 pub mod outbox;
 pub mod outgoing;
@@ -86,13 +87,23 @@ pub struct Core {
 
 impl Core {
     pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Self {
+        Self::with_cluster(settings, metrics, None)
+    }
+
+    /// A core that shares its devices with other instances through
+    /// `cluster` (PROTOCOL.md, "Many instances").
+    pub fn with_cluster(
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        cluster: Option<Arc<cluster::Cluster>>,
+    ) -> Self {
         Self {
             config: Arc::new(protocol::Config {
                 ice_servers: settings.ice_servers.clone(),
             }),
             rate: settings.rate_limit.and_then(Gcra::new),
             settings,
-            registry: Arc::new(Registry::new(metrics.clone())),
+            registry: Arc::new(Registry::new(metrics.clone(), cluster)),
             relayed_to_device: metrics.relayed(Direction::ClientToDevice),
             relayed_to_client: metrics.relayed(Direction::DeviceToClient),
             metrics,

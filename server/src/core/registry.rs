@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use protocol::RawValue;
 
+use super::cluster::{Cluster, Incarnation, RemoteDevice, RemoteSession, Request, Wire};
 use super::error::ServerError;
 use super::outbox::{Outbox, PushError};
 use super::outgoing::{Json, Outgoing};
@@ -34,11 +35,15 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Registry {
     maps: Mutex<Maps>,
     metrics: Arc<Metrics>,
+    /// With `--redis`: the other instances.
+    cluster: Option<Arc<Cluster>>,
 }
 
 #[derive(Debug, Default)]
 struct Maps {
     devices: HashMap<Arc<str>, Arc<DeviceSlot>>,
+    /// Devices on other instances, as the directory says (cluster mode).
+    remote: HashMap<Arc<str>, RemoteDevice>,
     /// Clients waiting for a device id to register (the alternative flow).
     waiting: HashMap<Arc<str>, Vec<Arc<Waiter>>>,
     /// Devices a control connection announced, until they register.
@@ -48,6 +53,8 @@ struct Maps {
 #[derive(Debug)]
 struct DeviceSlot {
     id: Arc<str>,
+    /// Its registration number in cluster mode (the lease names it), else 0.
+    registration: u64,
     outbox: Outbox,
     /// The `device_info` every client gets, shared.
     info: Json,
@@ -88,21 +95,48 @@ pub enum PreRegisterError {
 struct Clients {
     /// Ids start at 1 and are never reused while the device is registered.
     next_id: u64,
-    live: HashMap<u64, Outbox>,
+    live: HashMap<u64, ClientEnd>,
     /// The device left: no client may attach any more.
     gone: bool,
+}
+
+/// Where a device's client is.
+#[derive(Debug)]
+enum ClientEnd {
+    /// On this instance: its outbox.
+    Local(Outbox),
+    /// On another instance, in `session` there; `next_seq` numbers the
+    /// frames sent to it.
+    Remote {
+        peer: Incarnation,
+        session: u64,
+        next_seq: u64,
+    },
 }
 
 #[derive(Debug)]
 struct Waiter {
     outbox: Outbox,
     /// Filled when the device registers; read by the client's link.
-    attached: Mutex<Option<(Arc<DeviceSlot>, u64)>>,
+    attached: Mutex<Option<Attachment>>,
 }
 
-/// The id is held by a live device.
+/// What a waiting client was attached to.
+#[derive(Debug)]
+enum Attachment {
+    Local(Arc<DeviceSlot>, u64),
+    Remote(Arc<RemoteSession>),
+}
+
+/// Why a registration was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IdTaken;
+pub enum RegisterError {
+    /// The id is held by a live device (here or, in cluster mode, on
+    /// another instance).
+    IdTaken,
+    /// Cluster mode, and this instance cannot reach Redis to take a lease.
+    Unavailable,
+}
 
 /// Why a device's message did not reach its client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,11 +163,17 @@ pub enum Connection {
 }
 
 impl Registry {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, cluster: Option<Arc<Cluster>>) -> Self {
         Self {
             maps: Mutex::new(Maps::default()),
             metrics,
+            cluster,
         }
+    }
+
+    /// The cluster side, in cluster mode.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// Registers a device under `id`; its clients reach it through `outbox`.
@@ -143,15 +183,23 @@ impl Registry {
         device_info: Option<&RawValue>,
         device_port: Option<u16>,
         outbox: Outbox,
-    ) -> Result<DeviceRegistration, IdTaken> {
+    ) -> Result<DeviceRegistration, RegisterError> {
         let info = device_info.map_or_else(Json::null, Json::shared);
         let mut maps = lock(&self.maps);
-        if maps.devices.contains_key(id) {
-            return Err(IdTaken);
+        if maps.devices.contains_key(id) || maps.remote.contains_key(id) {
+            return Err(RegisterError::IdTaken);
         }
+        let registration = match &self.cluster {
+            Some(cluster) if cluster.incarnation().is_none() => {
+                return Err(RegisterError::Unavailable);
+            }
+            Some(cluster) => cluster.next_registration(),
+            None => 0,
+        };
         let pre = maps.pre_registered.remove(id);
         let slot = Arc::new(DeviceSlot {
             id: id.into(),
+            registration,
             outbox,
             info,
             descriptor: pre
@@ -172,6 +220,16 @@ impl Registry {
             });
         }
         maps.devices.insert(slot.id.clone(), slot.clone());
+        if let Some(cluster) = &self.cluster {
+            // The lease is taken after the fact: if another instance got
+            // the id at the same moment, this registration is evicted.
+            cluster.uplink.push(Request::Claim {
+                device_id: slot.id.clone(),
+                registration,
+                info: slot.info.clone(),
+                descriptor: slot.descriptor.clone(),
+            });
+        }
         let waiters = maps.waiting.remove(id).unwrap_or_default();
         // Attach waiting clients under the maps lock, so a waiter cannot
         // time out half attached (see `ClientLink::cancel_wait`).
@@ -179,7 +237,7 @@ impl Registry {
             let mut clients = lock(&slot.clients);
             for waiter in waiters {
                 let client_id = clients.attach(&slot, &waiter.outbox);
-                *lock(&waiter.attached) = Some((slot.clone(), client_id));
+                *lock(&waiter.attached) = Some(Attachment::Local(slot.clone(), client_id));
             }
         }
         drop(maps);
@@ -206,6 +264,16 @@ impl Registry {
             Connection::Attached(ClientLink {
                 registry: self.clone(),
                 state: LinkState::Attached { slot, client_id },
+                counted: true,
+            })
+        } else if let (Some(device), Some(cluster)) = (maps.remote.get(id), &self.cluster) {
+            // On another instance: `device_info` comes when it attaches.
+            let session = cluster.open_session(id, device, outbox);
+            drop(maps);
+            Connection::Attached(ClientLink {
+                registry: self.clone(),
+                state: LinkState::Remote(session),
+                counted: true,
             })
         } else if wait {
             let waiter = Arc::new(Waiter {
@@ -223,6 +291,7 @@ impl Registry {
                     device_id: id.into(),
                     waiter,
                 },
+                counted: true,
             })
         } else {
             return Connection::NotFound;
@@ -274,47 +343,214 @@ impl Registry {
         }
     }
 
-    /// The descriptor and `device_info` of the device that holds `id`.
+    /// The descriptor and `device_info` of the device that holds `id`
+    /// (here or, in cluster mode, on another instance).
     pub fn descriptor(&self, id: &str) -> Option<(Descriptor, Json)> {
-        lock(&self.maps)
-            .devices
-            .get(id)
-            .map(|slot| (slot.descriptor.clone(), slot.info.clone()))
+        let maps = lock(&self.maps);
+        match maps.devices.get(id) {
+            Some(slot) => Some((slot.descriptor.clone(), slot.info.clone())),
+            None => maps
+                .remote
+                .get(id)
+                .map(|device| (device.descriptor.clone(), device.info.clone())),
+        }
     }
 
-    /// Whether a device holds `id`, and if so its web server's port.
+    /// Whether a device holds `id`, and if so its web server's port on
+    /// this host (none for a device on another instance).
     pub fn device_port(&self, id: &str) -> Option<Option<u16>> {
-        lock(&self.maps)
-            .devices
-            .get(id)
-            .map(|slot| slot.device_port)
+        let maps = lock(&self.maps);
+        match maps.devices.get(id) {
+            Some(slot) => Some(slot.device_port),
+            None => maps.remote.contains_key(id).then_some(None),
+        }
     }
 
     /// Every registered device's id and descriptor, sorted by id.
     pub fn descriptors(&self) -> Vec<(String, Descriptor)> {
-        let mut all: Vec<(String, Descriptor)> = lock(&self.maps)
+        let maps = lock(&self.maps);
+        let mut all: Vec<(String, Descriptor)> = maps
             .devices
             .values()
             .map(|slot| (slot.id.to_string(), slot.descriptor.clone()))
+            .chain(
+                maps.remote
+                    .iter()
+                    .filter(|(id, _)| !maps.devices.contains_key(*id))
+                    .map(|(id, device)| (id.to_string(), device.descriptor.clone())),
+            )
             .collect();
+        drop(maps);
         all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         all
     }
 
     /// Whether a device holds `id` right now.
     pub fn is_registered(&self, id: &str) -> bool {
-        lock(&self.maps).devices.contains_key(id)
+        let maps = lock(&self.maps);
+        maps.devices.contains_key(id) || maps.remote.contains_key(id)
     }
 
     /// The ids of every registered device, sorted.
     pub fn device_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = lock(&self.maps)
+        let maps = lock(&self.maps);
+        let mut ids: Vec<String> = maps
             .devices
             .keys()
+            .chain(
+                maps.remote
+                    .keys()
+                    .filter(|id| !maps.devices.contains_key(*id)),
+            )
             .map(|id| id.to_string())
             .collect();
+        drop(maps);
         ids.sort_unstable();
         ids
+    }
+
+    /// How many devices this instance holds (not those of other instances).
+    pub fn local_devices(&self) -> usize {
+        lock(&self.maps).devices.len()
+    }
+}
+
+/// Cluster mode: the directory of other instances' devices, remote
+/// clients, and evictions (driven by `cluster::Inbound` and the adapter).
+impl Registry {
+    /// Another instance registered `id` (or took it again as a new
+    /// incarnation): listed here, and clients waiting for it are attached.
+    pub fn directory_add(&self, id: &str, device: RemoteDevice) {
+        let Some(cluster) = &self.cluster else { return };
+        let mut maps = lock(&self.maps);
+        let id: Arc<str> = id.into();
+        let waiters = if maps.devices.contains_key(&id) {
+            Vec::new()
+        } else {
+            maps.waiting.remove(&id).unwrap_or_default()
+        };
+        for waiter in waiters {
+            let session = cluster.open_session(&id, &device, waiter.outbox.clone());
+            *lock(&waiter.attached) = Some(Attachment::Remote(session));
+        }
+        maps.remote.insert(id, device);
+    }
+
+    /// The device `id` of `owner`'s registration `registration` left.
+    pub fn directory_remove(&self, id: &str, owner: Incarnation, registration: u64) {
+        let mut maps = lock(&self.maps);
+        if maps
+            .remote
+            .get(id)
+            .is_some_and(|d| d.owner == owner && d.registration == registration)
+        {
+            maps.remote.remove(id);
+        }
+    }
+
+    /// Every device of the incarnation `owner` is gone.
+    pub fn directory_forget(&self, owner: Incarnation) {
+        lock(&self.maps)
+            .remote
+            .retain(|_, device| device.owner != owner);
+    }
+
+    /// This instance lost Redis: it knows no other instance's devices.
+    pub fn directory_clear(&self) {
+        lock(&self.maps).remote.clear();
+    }
+
+    /// How many devices of other instances the directory lists.
+    pub fn remote_devices(&self) -> usize {
+        lock(&self.maps).remote.len()
+    }
+
+    /// The instances the directory lists devices of.
+    pub fn directory_owners(&self) -> Vec<Incarnation> {
+        let mut owners: Vec<Incarnation> =
+            lock(&self.maps).remote.values().map(|d| d.owner).collect();
+        owners.sort_unstable();
+        owners.dedup();
+        owners
+    }
+
+    /// Attaches a client of another instance (`peer`'s `session`) to the
+    /// local device `id` of registration `registration`; its
+    /// `device_info` goes back as `Attached`. None if that device is gone.
+    pub(crate) fn attach_remote(
+        self: &Arc<Self>,
+        id: &str,
+        registration: u64,
+        peer: Incarnation,
+        session: u64,
+    ) -> Option<ClientLink> {
+        let cluster = self.cluster.as_ref()?;
+        let slot = lock(&self.maps)
+            .devices
+            .get(id)
+            .filter(|slot| slot.registration == registration)
+            .cloned()?;
+        let mut clients = lock(&slot.clients);
+        if clients.gone {
+            return None;
+        }
+        let client_id = clients.next_id;
+        clients.next_id += 1;
+        // Under the lock, so that no message from the device overtakes it.
+        cluster.uplink.push(Request::Send {
+            to: peer,
+            wire: Wire::Attached {
+                session,
+                device_info: slot.info.clone(),
+            },
+        });
+        clients.live.insert(
+            client_id,
+            ClientEnd::Remote {
+                peer,
+                session,
+                next_seq: 1,
+            },
+        );
+        drop(clients);
+        Some(ClientLink {
+            registry: self.clone(),
+            state: LinkState::Attached { slot, client_id },
+            // Counted where its socket is.
+            counted: false,
+        })
+    }
+
+    /// Another instance holds the lease on `id`: the local device of that
+    /// registration is told the id is taken and closed.
+    pub fn evict(&self, id: &str, registration: u64) {
+        let slot = lock(&self.maps)
+            .devices
+            .get(id)
+            .filter(|slot| slot.registration == registration)
+            .cloned();
+        if let Some(slot) = slot {
+            let error = ServerError::DeviceIdTaken(id.to_owned());
+            let _ = slot.outbox.push(Outgoing::Error(error.clone()));
+            slot.outbox.push_close(error);
+        }
+    }
+
+    /// Every local device's id, registration, `device_info` and descriptor
+    /// (for the leases, when this instance joins again).
+    pub fn local_registrations(&self) -> Vec<(Arc<str>, u64, Json, Descriptor)> {
+        lock(&self.maps)
+            .devices
+            .values()
+            .map(|slot| {
+                (
+                    slot.id.clone(),
+                    slot.registration,
+                    slot.info.clone(),
+                    slot.descriptor.clone(),
+                )
+            })
+            .collect()
     }
 }
 
@@ -327,7 +563,8 @@ impl Clients {
         // A brand-new outbox has room for one message; if not, the client is
         // already closing and its link will detach it.
         let _ = outbox.push(Outgoing::DeviceInfo(slot.info.clone()));
-        self.live.insert(client_id, outbox.clone());
+        self.live
+            .insert(client_id, ClientEnd::Local(outbox.clone()));
         client_id
     }
 }
@@ -345,16 +582,40 @@ impl DeviceRegistration {
         &self.slot.id
     }
 
-    /// Sends a device's message (an `Outgoing::device_msg`) to client
-    /// `client_id` of this device.
-    pub fn send_to_client(&self, client_id: u64, message: Outgoing) -> Result<(), ForwardError> {
-        let clients = lock(&self.slot.clients);
-        match clients.live.get(&client_id) {
+    /// Sends a device's payload to client `client_id` of this device.
+    pub fn send_to_client(&self, client_id: u64, payload: &RawValue) -> Result<(), ForwardError> {
+        let mut clients = lock(&self.slot.clients);
+        let next_id = clients.next_id;
+        match clients.live.get_mut(&client_id) {
             // Pushing under the lock keeps messages to one client in order
             // and never waits. A full outbox closes that client, which
             // then leaves as usual: the device hears client_disconnected.
-            Some(outbox) => outbox.push(message).map_err(ForwardError::NotQueued),
-            None if client_id < clients.next_id => Err(ForwardError::Departed),
+            Some(ClientEnd::Local(outbox)) => outbox
+                .push(Outgoing::device_msg(payload))
+                .map_err(ForwardError::NotQueued),
+            Some(ClientEnd::Remote {
+                peer,
+                session,
+                next_seq,
+            }) => {
+                let seq = *next_seq;
+                *next_seq += 1;
+                let wire = Wire::DeviceMsg {
+                    session: *session,
+                    seq,
+                    payload: Json::shared(payload),
+                };
+                let queued =
+                    self.registry.cluster.as_ref().is_some_and(|cluster| {
+                        cluster.uplink.push(Request::Send { to: *peer, wire })
+                    });
+                if queued {
+                    Ok(())
+                } else {
+                    Err(ForwardError::NotQueued(PushError::Closed))
+                }
+            }
+            None if client_id < next_id => Err(ForwardError::Departed),
             None => Err(ForwardError::Unknown),
         }
     }
@@ -377,10 +638,30 @@ impl Drop for DeviceRegistration {
             clients.gone = true;
             std::mem::take(&mut clients.live)
         };
-        for outbox in clients.values() {
-            // D16: a client whose outbox is full is closed as slow anyway.
-            let _ = outbox.push(Outgoing::Error(ServerError::DeviceDisconnected));
-            outbox.push_close(ServerError::DeviceDisconnected);
+        let cluster = self.registry.cluster.as_ref();
+        for end in clients.values() {
+            match end {
+                ClientEnd::Local(outbox) => {
+                    // D16: a client whose outbox is full is closed as slow
+                    // anyway.
+                    let _ = outbox.push(Outgoing::Error(ServerError::DeviceDisconnected));
+                    outbox.push_close(ServerError::DeviceDisconnected);
+                }
+                ClientEnd::Remote { peer, session, .. } => {
+                    if let Some(cluster) = cluster {
+                        cluster.uplink.push(Request::Send {
+                            to: *peer,
+                            wire: Wire::DeviceGone { session: *session },
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(cluster) = cluster {
+            cluster.uplink.push(Request::Release {
+                device_id: self.slot.id.clone(),
+                registration: self.slot.registration,
+            });
         }
         self.registry.metrics.devices.dec();
     }
@@ -396,6 +677,8 @@ enum LinkState {
         device_id: Arc<str>,
         waiter: Arc<Waiter>,
     },
+    /// With a device on another instance.
+    Remote(Arc<RemoteSession>),
     Detached,
 }
 
@@ -405,6 +688,9 @@ enum LinkState {
 pub struct ClientLink {
     registry: Arc<Registry>,
     state: LinkState,
+    /// Whether it counts in the clients gauge: not for a client of another
+    /// instance, which its own instance counts.
+    counted: bool,
 }
 
 /// Why a client's message did not reach its device.
@@ -424,15 +710,19 @@ impl ClientLink {
             LinkState::Waiting { waiter, .. } => lock(&waiter.attached).take(),
             _ => None,
         };
-        if let Some((slot, client_id)) = attached {
-            self.state = LinkState::Attached { slot, client_id };
+        match attached {
+            Some(Attachment::Local(slot, client_id)) => {
+                self.state = LinkState::Attached { slot, client_id };
+            }
+            Some(Attachment::Remote(session)) => self.state = LinkState::Remote(session),
+            None => {}
         }
     }
 
     /// Whether the client is attached to its device.
     pub fn is_attached(&self) -> bool {
         match &self.state {
-            LinkState::Attached { .. } => true,
+            LinkState::Attached { .. } | LinkState::Remote(_) => true,
             LinkState::Waiting { waiter, .. } => lock(&waiter.attached).is_some(),
             LinkState::Detached => false,
         }
@@ -450,6 +740,13 @@ impl ClientLink {
     /// Sends a client's payload to its device as `client_msg`.
     pub fn send_to_device(&mut self, payload: &RawValue) -> Result<(), NotAttached> {
         self.refresh();
+        if let LinkState::Remote(session) = &self.state {
+            let cluster = self.registry.cluster.as_ref();
+            return match cluster.is_some_and(|cluster| session.send(&cluster.uplink, payload)) {
+                true => Ok(()),
+                false => Err(NotAttached::Leaving(PushError::Closed)),
+            };
+        }
         let LinkState::Attached { slot, client_id } = &self.state else {
             return Err(NotAttached::Waiting);
         };
@@ -481,7 +778,9 @@ impl ClientLink {
         }
         drop(maps);
         self.state = LinkState::Detached;
-        self.registry.metrics.clients.dec();
+        if self.counted {
+            self.registry.metrics.clients.dec();
+        }
         true
     }
 }
@@ -494,16 +793,24 @@ impl Drop for ClientLink {
             return;
         }
         self.refresh();
-        if let LinkState::Attached { slot, client_id } =
-            std::mem::replace(&mut self.state, LinkState::Detached)
-        {
-            let mut clients = lock(&slot.clients);
-            // Absent when the device left first: it needs no notice.
-            if clients.live.remove(&client_id).is_some() {
-                // C14: a device whose outbox is full is closed as slow.
-                let _ = slot.outbox.push(Outgoing::ClientDisconnected { client_id });
+        match std::mem::replace(&mut self.state, LinkState::Detached) {
+            LinkState::Attached { slot, client_id } => {
+                let mut clients = lock(&slot.clients);
+                // Absent when the device left first: it needs no notice.
+                if clients.live.remove(&client_id).is_some() {
+                    // C14: a device whose outbox is full is closed as slow.
+                    let _ = slot.outbox.push(Outgoing::ClientDisconnected { client_id });
+                }
+                drop(clients);
             }
-            drop(clients);
+            LinkState::Remote(session) => {
+                if let Some(cluster) = &self.registry.cluster {
+                    cluster.close_session(&session);
+                }
+            }
+            LinkState::Waiting { .. } | LinkState::Detached => return,
+        }
+        if self.counted {
             self.registry.metrics.clients.dec();
         }
     }

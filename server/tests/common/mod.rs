@@ -620,3 +620,134 @@ pub async fn flood_until_told(peer: Peer, text: String) -> (String, Reader) {
     flood.abort();
     (told, rx)
 }
+
+/// A real redis-server on a free loopback port, for the cluster tests;
+/// killed when dropped.
+pub struct Redis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl Redis {
+    pub async fn start() -> Self {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+            probe.local_addr().expect("its address").port()
+        };
+        let mut redis = Self { port, child: None };
+        redis.spawn().await;
+        redis
+    }
+
+    /// Starts redis-server on this port (again) and waits until it answers.
+    pub async fn spawn(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--logfile", ""])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed: `cargo xtask test` installs it (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + PROMPT;
+        loop {
+            if let Ok(mut conn) = self.connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await
+    }
+
+    /// The keys under the server's prefix.
+    pub async fn keys(&self) -> Vec<String> {
+        let mut conn = self.connection().await.expect("redis answers");
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg("signaling:*")
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS");
+        keys.sort();
+        keys
+    }
+
+    /// Sends `signal` (e.g. "STOP", "CONT", "KILL") to redis-server.
+    pub fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = std::process::Command::new("kill")
+                .args([format!("-{signal}"), child.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(status.success(), "kill -{signal}");
+        }
+    }
+
+    /// Kills redis-server and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT".to_owned(), child.id().to_string()])
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A test server that shares its devices through `redis`, with a short
+/// lease so that failures show quickly.
+pub async fn cluster_member(redis: &Redis, lease: Duration) -> TestServer {
+    TestServer::start(cluster_config(redis, lease)).await
+}
+
+/// The test configuration of a member of `redis`'s cluster.
+pub fn cluster_config(redis: &Redis, lease: Duration) -> ServerConfig {
+    ServerConfig {
+        redis: Some(signaling_server::cluster::RedisConfig {
+            url: redis.url(),
+            lease,
+            queue_bytes: signaling_server::cluster::RedisConfig::DEFAULT_QUEUE_BYTES,
+        }),
+        ..test_config()
+    }
+}
+
+/// Waits until `check` holds, at most `limit`.
+pub async fn eventually_within<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -13,7 +13,7 @@ use crate::core::Core;
 use crate::core::error::ServerError;
 use crate::core::outbox::Outbox;
 use crate::core::outgoing::Outgoing;
-use crate::core::registry::{DeviceRegistration, ForwardError, IdTaken};
+use crate::core::registry::{DeviceRegistration, ForwardError, RegisterError};
 
 /// One device connection.
 #[derive(Debug)]
@@ -64,11 +64,15 @@ impl DeviceSession {
                 let _ = self.replies.send(Outgoing::Config(core.config()));
                 self.registration = Some(registration);
             }
-            Err(IdTaken) => {
+            Err(RegisterError::IdTaken) => {
                 // D3: the holder is untouched.
                 debug!(device_id = %register.device_id, "device id already taken");
                 let id = register.device_id.into_owned();
                 self.replies.send_error(ServerError::DeviceIdTaken(id));
+            }
+            Err(RegisterError::Unavailable) => {
+                info!(device_id = %register.device_id, "registry unavailable: registration refused");
+                self.replies.send_error(ServerError::RegistryUnavailable);
             }
         }
     }
@@ -79,7 +83,7 @@ impl DeviceSession {
             // D5
             return self.replies.send_error(ServerError::NotRegistered);
         };
-        match registration.send_to_client(client_id, Outgoing::device_msg(payload)) {
+        match registration.send_to_client(client_id, payload) {
             // D6
             Ok(()) => {
                 self.replies.core.relayed_to_client.inc();

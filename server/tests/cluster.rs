@@ -1,0 +1,381 @@
+//! Instances that share their devices through a real redis-server
+//! (PROTOCOL.md, "Many instances"): each test starts its own on a free
+//! loopback port, and its own instances.
+
+#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Redis, TestServer, cluster_config, cluster_member, eventually};
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use signaling_server::ServerConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// Short, so that failures show quickly; renewals every 200 ms.
+const LEASE: Duration = Duration::from_millis(600);
+
+async fn joined(server: &TestServer) {
+    eventually("the instance joined redis", || async {
+        server.metric("signaling_cluster_redis_up").await == 1.0
+    })
+    .await;
+}
+
+async fn listed(server: &TestServer, id: &str) -> bool {
+    let devices: Vec<String> = serde_json::from_str(&server.get("/devices").await.body).unwrap();
+    devices.iter().any(|d| d == id)
+}
+
+async fn until_listed(server: &TestServer, id: &str) {
+    eventually(&format!("{id} is listed"), || listed(server, id)).await;
+}
+
+/// Two instances on one Redis.
+async fn pair(redis: &Redis) -> (TestServer, TestServer) {
+    let a = cluster_member(redis, LEASE).await;
+    let b = cluster_member(redis, LEASE).await;
+    joined(&a).await;
+    joined(&b).await;
+    (a, b)
+}
+
+fn forward(payload: Value) -> String {
+    json!({"message_type": "forward", "payload": payload}).to_string()
+}
+
+fn device_forward(client_id: u64, payload: Value) -> String {
+    json!({"message_type": "forward", "client_id": client_id, "payload": payload}).to_string()
+}
+
+#[tokio::test]
+async fn a_device_on_one_instance_is_listed_and_reached_from_another() {
+    let redis = Redis::start().await;
+    let (a, b) = pair(&redis).await;
+    let mut device = a.registered_device_with_info("cvd-1").await;
+    until_listed(&b, "cvd-1").await;
+    let descriptor = b.get("/devices/cvd-1").await;
+    assert_eq!(descriptor.status, 200, "{}", descriptor.body);
+
+    // A client on B: config, then the device's device_info, from A.
+    let mut client = b.client().await;
+    client
+        .send(r#"{"message_type":"connect","device_id":"cvd-1"}"#)
+        .await;
+    assert_eq!(client.recv_json().await["message_type"], "config");
+    let info = client.recv_json().await;
+    assert_eq!(
+        info,
+        json!({"message_type": "device_info", "device_info": {"name": "cvd-1"}})
+    );
+
+    // Both ways, payloads verbatim.
+    client
+        .send(&forward(json!({"type": "request-offer"})))
+        .await;
+    let to_device = device.recv_json().await;
+    assert_eq!(
+        to_device,
+        json!({"message_type": "client_msg", "client_id": 1, "payload": {"type": "request-offer"}})
+    );
+    device
+        .send(&device_forward(1, json!({"type": "offer", "sdp": "v=0"})))
+        .await;
+    assert_eq!(
+        client.recv_json().await,
+        json!({"message_type": "device_msg", "payload": {"type": "offer", "sdp": "v=0"}})
+    );
+    assert_eq!(a.metric("signaling_cluster_sessions").await, 1.0);
+    assert_eq!(b.metric("signaling_cluster_sessions").await, 1.0);
+    assert_eq!(b.metric("signaling_clients").await, 1.0);
+    assert_eq!(a.metric("signaling_clients").await, 0.0);
+
+    // The client leaves: the device hears it once.
+    client.close().await;
+    assert_eq!(
+        device.recv_json().await,
+        json!({"message_type": "client_disconnected", "client_id": 1})
+    );
+    device.expect_silence(Duration::from_millis(300)).await;
+
+    // A second client; then the device leaves: the client hears it once.
+    let mut second = b.connected_client("cvd-1").await;
+    device.close().await;
+    assert_eq!(second.recv_error().await, "Device disconnected");
+    let (code, _) = second.recv_close().await;
+    assert_eq!(code, CloseCode::Away);
+    eventually("cvd-1 is no longer listed", || async {
+        !listed(&b, "cvd-1").await
+    })
+    .await;
+
+    for server in [&a, &b] {
+        eventually("the gauges are back to zero", || async {
+            server.metric("signaling_cluster_sessions").await == 0.0
+                && server.metric("signaling_clients").await == 0.0
+                && server.metric("signaling_devices").await == 0.0
+        })
+        .await;
+    }
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    assert!(
+        redis.keys().await.is_empty(),
+        "left in redis: {:?}",
+        redis.keys().await
+    );
+}
+
+#[tokio::test]
+async fn an_id_held_on_one_instance_is_taken_on_every_other() {
+    let redis = Redis::start().await;
+    let (a, b) = pair(&redis).await;
+    let mut holder = a.registered_device_with_info("cvd-1").await;
+    until_listed(&b, "cvd-1").await;
+    // D3 on B; the holder is untouched.
+    let mut duplicate = b.device().await;
+    duplicate
+        .send(r#"{"message_type":"register","device_id":"cvd-1"}"#)
+        .await;
+    assert_eq!(
+        duplicate.recv_error().await,
+        "Device id already taken: cvd-1"
+    );
+    holder.expect_silence(Duration::from_millis(300)).await;
+    let mut client = b.connected_client("cvd-1").await;
+    client.send(&forward(json!("still yours"))).await;
+    assert_eq!(holder.recv_json().await["payload"], "still yours");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn ten_thousand_messages_each_way_arrive_in_order() {
+    const N: usize = 10_000;
+    let redis = Redis::start().await;
+    // Room for every message: a burst crosses Redis in batches, and lands
+    // in the receiver's outbox faster than it would from a socket (the
+    // slow-consumer bound across instances has its own test).
+    let config = || ServerConfig {
+        outbox_messages: 2 * N,
+        outbox_bytes: 16 << 20,
+        ..cluster_config(&redis, LEASE)
+    };
+    let a = TestServer::start(config()).await;
+    let b = TestServer::start(config()).await;
+    joined(&a).await;
+    joined(&b).await;
+    let device = a.registered_device_with_info("cvd-1").await;
+    until_listed(&b, "cvd-1").await;
+    let client = b.connected_client("cvd-1").await;
+    let (mut device_tx, mut device_rx) = device.ws.split();
+    let (mut client_tx, mut client_rx) = client.ws.split();
+    // Both directions at once, each sender as fast as it can.
+    let client_sends = async {
+        for n in 0..N {
+            client_tx
+                .feed(Message::text(forward(json!({"n": n}))))
+                .await
+                .unwrap();
+        }
+        client_tx.flush().await.unwrap();
+    };
+    let device_sends = async {
+        for n in 0..N {
+            device_tx
+                .feed(Message::text(device_forward(1, json!({"n": n}))))
+                .await
+                .unwrap();
+        }
+        device_tx.flush().await.unwrap();
+    };
+    let device_reads = async {
+        let mut n = 0;
+        while n < N {
+            let Message::Text(text) = device_rx.next().await.unwrap().unwrap() else {
+                continue;
+            };
+            let value: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                value["payload"]["n"], n,
+                "message {n} to the device: {value}"
+            );
+            n += 1;
+        }
+    };
+    let client_reads = async {
+        let mut n = 0;
+        while n < N {
+            let Message::Text(text) = client_rx.next().await.unwrap().unwrap() else {
+                continue;
+            };
+            let value: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                value["payload"]["n"], n,
+                "message {n} to the client: {value}"
+            );
+            n += 1;
+        }
+    };
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join4(client_sends, device_sends, device_reads, client_reads),
+    )
+    .await
+    .expect("20,000 messages within a minute");
+    assert!(b.metric("signaling_cluster_frames_sent_total").await >= N as f64);
+    assert!(a.metric("signaling_cluster_frames_sent_total").await >= N as f64);
+    // Batched: far fewer publishes than frames.
+    let publishes = a.metric("signaling_cluster_publishes_total").await
+        + b.metric("signaling_cluster_publishes_total").await;
+    assert!(
+        publishes < (2 * N) as f64,
+        "{publishes} publishes for {} frames",
+        2 * N
+    );
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_waits_on_one_instance_for_a_device_that_registers_on_another() {
+    let redis = Redis::start().await;
+    let config = || ServerConfig {
+        client_wait: Duration::from_secs(10),
+        ..cluster_config(&redis, LEASE)
+    };
+    let a = TestServer::start(config()).await;
+    let b = TestServer::start(config()).await;
+    joined(&a).await;
+    joined(&b).await;
+    let mut client = b.client().await;
+    client
+        .send(r#"{"message_type":"connect","device_id":"later"}"#)
+        .await;
+    assert_eq!(client.recv_json().await["message_type"], "config");
+    let mut device = a.registered_device_with_info("later").await;
+    assert_eq!(
+        client.recv_json().await,
+        json!({"message_type": "device_info", "device_info": {"name": "later"}})
+    );
+    client.send(&forward(json!(1))).await;
+    assert_eq!(device.recv_json().await["payload"], 1);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_device_that_cannot_keep_up_is_closed_as_slow_and_its_remote_client_hears_it() {
+    let redis = Redis::start().await;
+    let (a, b) = pair(&redis).await;
+    // A device that never reads.
+    let device = a.registered_device_with_info("slow").await;
+    until_listed(&b, "slow").await;
+    let mut client = b.connected_client("slow").await;
+    let big = "x".repeat(60_000);
+    for _ in 0..40 {
+        client.send(&forward(json!(big))).await;
+    }
+    assert_eq!(client.recv_error().await, "Device disconnected");
+    drop(device);
+    eventually("the slow consumer is counted", || async {
+        a.metric(r#"signaling_errors_total{phrase="Slow consumer"}"#)
+            .await
+            >= 1.0
+    })
+    .await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn losing_redis_closes_every_spanning_session_refuses_leases_and_keeps_local_ones() {
+    let mut redis = Redis::start().await;
+    let (a, b) = pair(&redis).await;
+    let mut device = a.registered_device_with_info("cvd-1").await;
+    until_listed(&b, "cvd-1").await;
+    let mut remote = b.connected_client("cvd-1").await;
+    let mut local = a.connected_client("cvd-1").await;
+    remote.send(&forward(json!("remote"))).await;
+    assert_eq!(device.recv_json().await["client_id"], 1);
+    local.send(&forward(json!("local"))).await;
+    assert_eq!(device.recv_json().await["client_id"], 2);
+
+    redis.kill();
+    // The spanning session ends on both sides with the usual
+    // announcements: Device disconnected to the client on B, its
+    // client_disconnected to the device on A.
+    assert_eq!(remote.recv_error().await, "Device disconnected");
+    assert_eq!(
+        device.recv_json().await,
+        json!({"message_type": "client_disconnected", "client_id": 1})
+    );
+    // The session wholly on A goes on.
+    local.send(&forward(json!("still here"))).await;
+    assert_eq!(device.recv_json().await["payload"], "still here");
+    device.send(&device_forward(2, json!("and you"))).await;
+    assert_eq!(local.recv_json().await["payload"], "and you");
+    // A registration needs a lease: refused, saying why, with 1013.
+    eventually("a is down", || async {
+        a.metric("signaling_cluster_redis_up").await == 0.0
+    })
+    .await;
+    let mut refused = a.device().await;
+    refused
+        .send(r#"{"message_type":"register","device_id":"cvd-2"}"#)
+        .await;
+    let error = refused.recv_error().await;
+    assert!(error.starts_with("Registry unavailable"), "{error}");
+    let (code, _) = refused.recv_close().await;
+    assert_eq!(u16::from(code), 1013);
+    // B lists nothing it cannot reach.
+    assert!(!listed(&b, "cvd-1").await);
+
+    // Redis comes back: both rejoin on their own, the device here is
+    // leased again and listed on B, and a client on B reaches it.
+    redis.spawn().await;
+    joined(&a).await;
+    joined(&b).await;
+    until_listed(&b, "cvd-1").await;
+    let mut again = b.connected_client("cvd-1").await;
+    again.send(&forward(json!("back"))).await;
+    assert_eq!(device.recv_json().await["payload"], "back");
+    assert!(a.metric("signaling_cluster_link_failures_total").await >= 1.0);
+    assert!(
+        b.metric(r#"signaling_cluster_sessions_closed_total{reason="redis_lost"}"#)
+            .await
+            >= 1.0
+    );
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_redis_that_stops_answering_is_a_redis_lost() {
+    let redis = Redis::start().await;
+    let (a, b) = pair(&redis).await;
+    let mut device = a.registered_device_with_info("cvd-1").await;
+    until_listed(&b, "cvd-1").await;
+    let mut client = b.connected_client("cvd-1").await;
+    client.send(&forward(json!(1))).await;
+    assert_eq!(device.recv_json().await["payload"], 1);
+    redis.signal("STOP");
+    // Within a few renewal periods, both sides give up on it.
+    assert_eq!(client.recv_error().await, "Device disconnected");
+    assert_eq!(
+        device.recv_json().await,
+        json!({"message_type": "client_disconnected", "client_id": 1})
+    );
+    redis.signal("CONT");
+    joined(&a).await;
+    joined(&b).await;
+    until_listed(&b, "cvd-1").await;
+    let mut again = b.connected_client("cvd-1").await;
+    again.send(&forward(json!(2))).await;
+    assert_eq!(device.recv_json().await["payload"], 2);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
