@@ -15,8 +15,10 @@ use signaling_server::ServerConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-/// Short, so that failures show quickly; renewals every 200 ms.
-const LEASE: Duration = Duration::from_millis(600);
+/// Short, so that failures show quickly (renewals, and the deadline of
+/// every Redis command, every 500 ms), and long enough that a loaded
+/// machine running the suite in parallel does not miss a deadline.
+const LEASE: Duration = Duration::from_millis(1500);
 
 async fn joined(server: &TestServer) {
     eventually("the instance joined redis", || async {
@@ -378,4 +380,199 @@ async fn a_redis_that_stops_answering_is_a_redis_lost() {
     assert_eq!(device.recv_json().await["payload"], 2);
     a.stop().await.unwrap();
     b.stop().await.unwrap();
+}
+
+/// An instance as its own process, so that it can be killed with SIGKILL.
+struct Process {
+    child: std::process::Child,
+    address: std::net::SocketAddr,
+}
+
+impl Process {
+    fn start(redis: &Redis) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_signaling-server"))
+            .args(["--listen", "127.0.0.1:0", "--redis", &redis.url()])
+            .args(["--redis-lease", "1500ms"])
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the server");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let address = lines
+            .find_map(|line| {
+                let line = line.ok()?;
+                let rest = line.strip_prefix("signaling server on ws://")?;
+                rest.split_whitespace().next()?.parse().ok()
+            })
+            .expect("the server prints its address");
+        // Keep stdout drained.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, address }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.address)
+    }
+
+    async fn metric(&self, series: &str) -> f64 {
+        let metrics = common::http_get(self.address, "/metrics", &[]).await;
+        support::prometheus::sample_or_zero(&metrics.body, series)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test]
+async fn an_instance_killed_mid_relay_ends_its_sessions_elsewhere_and_frees_its_ids() {
+    let redis = Redis::start().await;
+    let mut a = Process::start(&redis);
+    let b = cluster_member(&redis, LEASE).await;
+    joined(&b).await;
+    eventually("a joined", || async { a.metric("signaling_cluster_redis_up").await == 1.0 }).await;
+
+    // cvd-a on A with a client on B; cvd-b on B with a client on A.
+    let mut device_a = common::Peer::connect(&a.url("/register_device")).await;
+    device_a
+        .send(r#"{"message_type":"register","device_id":"cvd-a"}"#)
+        .await;
+    assert_eq!(device_a.recv_json().await["message_type"], "config");
+    let mut device_b = b.registered_device_with_info("cvd-b").await;
+    until_listed(&b, "cvd-a").await;
+    let mut client_b = b.connected_client("cvd-a").await;
+    let mut client_a = common::Peer::connect(&a.url("/connect_client")).await;
+    eventually("cvd-b is listed on a", || async {
+        let devices = common::http_get(a.address, "/devices", &[]).await.body;
+        devices.contains("cvd-b")
+    })
+    .await;
+    client_a
+        .send(r#"{"message_type":"connect","device_id":"cvd-b"}"#)
+        .await;
+    assert_eq!(client_a.recv_json().await["message_type"], "config");
+    assert_eq!(client_a.recv_json().await["message_type"], "device_info");
+    client_a.send(&forward(json!("from a"))).await;
+    assert_eq!(device_b.recv_json().await["payload"], "from a");
+
+    // Mid-relay: messages flowing from the device on A to its client on B.
+    for n in 0..100 {
+        device_a.send(&device_forward(1, json!(n))).await;
+    }
+    a.kill();
+    // What arrived came in order; then the session ends with the usual
+    // announcement, on B's side of each session.
+    let mut next = 0;
+    loop {
+        let text = client_b.recv_text().await;
+        let value: Value = serde_json::from_str(&text).unwrap();
+        if value["error"] == "Device disconnected" {
+            break;
+        }
+        assert_eq!(value["payload"], next, "{value}");
+        next += 1;
+    }
+    assert_eq!(
+        device_b.recv_json().await,
+        json!({"message_type": "client_disconnected", "client_id": 1})
+    );
+    // Its device id is free again within the lease.
+    eventually("cvd-a is free again", || async {
+        let mut device = b.device().await;
+        device
+            .send(r#"{"message_type":"register","device_id":"cvd-a"}"#)
+            .await;
+        let answer = device.recv_text().await;
+        if answer.contains("config") {
+            device.close().await;
+            true
+        } else {
+            false
+        }
+    })
+    .await;
+    assert!(
+        b.metric(r#"signaling_cluster_sessions_closed_total{reason="instance_gone"}"#).await >= 1.0
+    );
+    assert_eq!(b.metric("signaling_cluster_sessions").await, 0.0);
+    device_b.close().await;
+    b.stop().await.unwrap();
+    eventually("redis holds nothing of either instance", || async { redis.keys().await.is_empty() })
+        .await;
+}
+
+#[tokio::test]
+async fn two_hundred_pairs_split_over_three_instances() {
+    const PAIRS: usize = 200;
+    let redis = Redis::start().await;
+    let servers = [
+        cluster_member(&redis, LEASE).await,
+        cluster_member(&redis, LEASE).await,
+        cluster_member(&redis, LEASE).await,
+    ];
+    for server in &servers {
+        joined(server).await;
+    }
+    let mut devices = Vec::new();
+    for n in 0..PAIRS {
+        devices.push(servers[n % 3].registered_device_with_info(&format!("pair-{n}")).await);
+    }
+    eventually("every instance lists every device", || async {
+        for server in &servers {
+            let listed: Vec<String> = serde_json::from_str(&server.get("/devices").await.body).unwrap();
+            if listed.len() != PAIRS {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    // Each device's client on the next instance over.
+    let mut clients = Vec::new();
+    for n in 0..PAIRS {
+        clients.push(servers[(n + 1) % 3].connected_client(&format!("pair-{n}")).await);
+    }
+    for (n, client) in clients.iter_mut().enumerate() {
+        client.send(&forward(json!(n))).await;
+    }
+    for (n, device) in devices.iter_mut().enumerate() {
+        assert_eq!(device.recv_json().await["payload"], n);
+        device.send(&device_forward(1, json!(n))).await;
+    }
+    for (n, client) in clients.iter_mut().enumerate() {
+        assert_eq!(client.recv_json().await["payload"], n);
+    }
+    // Each session spans two instances and counts on both.
+    let mut spanning = 0.0;
+    for server in &servers {
+        spanning += server.metric("signaling_cluster_sessions").await;
+    }
+    assert_eq!(spanning, (2 * PAIRS) as f64);
+    drop(clients);
+    for device in &mut devices {
+        assert_eq!(device.recv_json().await["message_type"], "client_disconnected");
+    }
+    drop(devices);
+    for server in &servers {
+        eventually("the gauges are back to zero", || async {
+            server.metric("signaling_cluster_sessions").await == 0.0
+                && server.metric("signaling_devices").await == 0.0
+                && server.metric("signaling_clients").await == 0.0
+        })
+        .await;
+    }
+    for server in servers {
+        server.stop().await.unwrap();
+    }
+    assert!(redis.keys().await.is_empty(), "left in redis: {:?}", redis.keys().await);
 }
