@@ -8,15 +8,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, test_config};
+use common::{DeviceTransport, TestServer, test_config};
 use signaling_server::ServerConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 
-#[tokio::test]
-async fn c01_connect_gets_config_then_device_info() {
-    let server = TestServer::with_defaults().await;
+async fn c01_connect_gets_config_then_device_info(topology: DeviceTransport) {
+    let server = TestServer::start_for(topology, test_config()).await;
     let mut device = server.device().await;
     let info = "{\n\t\"displays\" : [ { \"x_res\" : 720 } ],\n\t\"n\" : 1.0\n}";
     device
@@ -25,6 +24,7 @@ async fn c01_connect_gets_config_then_device_info() {
         ))
         .await;
     device.recv_json().await;
+    server.until_clients_see("c1").await;
     let mut client = server.client().await;
     client
         .send(r#"{"message_type":"connect","device_id":"c1"}"#)
@@ -40,14 +40,14 @@ async fn c01_connect_gets_config_then_device_info() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn c01_device_info_absent_is_null() {
-    let server = TestServer::with_defaults().await;
+async fn c01_device_info_absent_is_null(topology: DeviceTransport) {
+    let server = TestServer::start_for(topology, test_config()).await;
     let mut device = server.device().await;
     device
         .send(r#"{"message_type":"register","device_id":"bare"}"#)
         .await;
     device.recv_json().await;
+    server.until_clients_see("bare").await;
     let mut client = server.client().await;
     client
         .send(r#"{"message_type":"connect","device_id":"bare"}"#)
@@ -60,9 +60,8 @@ async fn c01_device_info_absent_is_null() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn c02_unknown_device_gets_config_then_not_found() {
-    let server = TestServer::with_defaults().await;
+async fn c02_unknown_device_gets_config_then_not_found(topology: DeviceTransport) {
+    let server = TestServer::start_for(topology, test_config()).await;
     let mut client = server.client().await;
     client
         .send(r#"{"message_type":"connect","device_id":"nobody"}"#)
@@ -83,9 +82,8 @@ fn waiting_config(wait: Duration) -> ServerConfig {
     }
 }
 
-#[tokio::test]
-async fn c03_alternative_flow_client_waits_for_its_device() {
-    let server = TestServer::start(waiting_config(Duration::from_secs(10))).await;
+async fn c03_alternative_flow_client_waits_for_its_device(topology: DeviceTransport) {
+    let server = TestServer::start_for(topology, waiting_config(Duration::from_secs(10))).await;
     let mut client = server.client().await;
     client
         .send(r#"{"message_type":"connect","device_id":"later"}"#)
@@ -129,9 +127,8 @@ async fn c03_alternative_flow_client_waits_for_its_device() {
 
 // The clock is paused: it moves only when every task waits, straight to
 // the next timer, so the timeouts below are virtual time.
-#[tokio::test(start_paused = true)]
-async fn c03_alternative_flow_wait_ends_with_not_found() {
-    let server = TestServer::start(waiting_config(Duration::from_secs(1))).await;
+async fn c03_alternative_flow_wait_ends_with_not_found(topology: DeviceTransport) {
+    let server = TestServer::start_for(topology, waiting_config(Duration::from_secs(1))).await;
     let mut client = server.client().await;
     let started = tokio::time::Instant::now();
     client
@@ -156,9 +153,8 @@ async fn c03_alternative_flow_wait_ends_with_not_found() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn c03_alternative_flow_waiting_client_that_leaves_is_forgotten() {
-    let server = TestServer::start(waiting_config(Duration::from_secs(10))).await;
+async fn c03_alternative_flow_waiting_client_that_leaves_is_forgotten(topology: DeviceTransport) {
+    let server = TestServer::start_for(topology, waiting_config(Duration::from_secs(10))).await;
     let mut client = server.client().await;
     client
         .send(r#"{"message_type":"connect","device_id":"w"}"#)
@@ -183,9 +179,8 @@ async fn c03_alternative_flow_waiting_client_that_leaves_is_forgotten() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn c04_invalid_device_id_closes_1008() {
-    let server = TestServer::with_defaults().await;
+async fn c04_invalid_device_id_closes_1008(topology: DeviceTransport) {
+    let server = TestServer::start_for(topology, test_config()).await;
     for (text, want) in [
         (
             r#"{"message_type":"connect"}"#.to_owned(),
@@ -236,9 +231,8 @@ async fn c04_invalid_device_id_closes_1008() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn c05_connect_again() {
-    let server = TestServer::with_defaults().await;
+async fn c05_connect_again(topology: DeviceTransport) {
+    let server = TestServer::start_for(topology, test_config()).await;
     let mut device = server.registered_device_with_info("c5").await;
     let _other = server.registered_device_with_info("other").await;
     let mut client = server.connected_client("c5").await;
@@ -258,9 +252,8 @@ async fn c05_connect_again() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn c06_forward_before_connect_is_not_connected() {
-    let server = TestServer::with_defaults().await;
+async fn c06_forward_before_connect_is_not_connected(topology: DeviceTransport) {
+    let server = TestServer::start_for(topology, test_config()).await;
     let _device = server.registered_device_with_info("c6").await;
     let mut client = server.client().await;
     assert_eq!(
@@ -284,9 +277,8 @@ async fn c06_forward_before_connect_is_not_connected() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn c07_forward_reaches_the_device_with_the_client_id() {
-    let server = TestServer::with_defaults().await;
+async fn c07_forward_reaches_the_device_with_the_client_id(topology: DeviceTransport) {
+    let server = TestServer::start_for(topology, test_config()).await;
     let mut device = server.registered_device_with_info("c7").await;
     let mut first = server.connected_client("c7").await;
     let mut second = server.connected_client("c7").await;
@@ -307,9 +299,8 @@ async fn c07_forward_reaches_the_device_with_the_client_id() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn c08_missing_payload() {
-    let server = TestServer::with_defaults().await;
+async fn c08_missing_payload(topology: DeviceTransport) {
+    let server = TestServer::start_for(topology, test_config()).await;
     let mut device = server.registered_device_with_info("c8").await;
     let mut client = server.connected_client("c8").await;
     assert_eq!(
@@ -328,9 +319,8 @@ async fn c08_missing_payload() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn c09_unknown_message_type() {
-    let server = TestServer::with_defaults().await;
+async fn c09_unknown_message_type(topology: DeviceTransport) {
+    let server = TestServer::start_for(topology, test_config()).await;
     let mut client = server.client().await;
     assert_eq!(
         client
@@ -341,9 +331,8 @@ async fn c09_unknown_message_type() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn c10_invalid_message() {
-    let server = TestServer::with_defaults().await;
+async fn c10_invalid_message(topology: DeviceTransport) {
+    let server = TestServer::start_for(topology, test_config()).await;
     let _device = server.registered_device_with_info("c10").await;
     let mut client = server.connected_client("c10").await;
     for (text, want) in [
@@ -360,9 +349,8 @@ async fn c10_invalid_message() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn c11_binary_frame_closes_1003_and_the_device_hears_it() {
-    let server = TestServer::with_defaults().await;
+async fn c11_binary_frame_closes_1003_and_the_device_hears_it(topology: DeviceTransport) {
+    let server = TestServer::start_for(topology, test_config()).await;
     let mut device = server.registered_device_with_info("c11").await;
     let mut client = server.connected_client("c11").await;
     client.send_message(Message::binary(vec![0u8; 8])).await;
@@ -380,9 +368,8 @@ async fn c11_binary_frame_closes_1003_and_the_device_hears_it() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn c11_invalid_utf8_closes_1007() {
-    let server = TestServer::with_defaults().await;
+async fn c11_invalid_utf8_closes_1007(topology: DeviceTransport) {
+    let server = TestServer::start_for(topology, test_config()).await;
     let mut client = server.client().await;
     let frame = Frame::message(vec![0xc3, 0x28], OpCode::Data(Data::Text), true);
     client.send_message(Message::Frame(frame)).await;
@@ -390,12 +377,14 @@ async fn c11_invalid_utf8_closes_1007() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn c12_size_limit_is_exact() {
-    let server = TestServer::start(ServerConfig {
-        max_message_bytes: 1024,
-        ..test_config()
-    })
+async fn c12_size_limit_is_exact(topology: DeviceTransport) {
+    let server = TestServer::start_for(
+        topology,
+        ServerConfig {
+            max_message_bytes: 1024,
+            ..test_config()
+        },
+    )
     .await;
     let mut device = server.registered_device_with_info("c12").await;
     let mut client = server.connected_client("c12").await;
@@ -423,12 +412,14 @@ async fn c12_size_limit_is_exact() {
 
 // The clock is paused: it moves only when every task waits, straight to
 // the next timer, so the timeouts below are virtual time.
-#[tokio::test(start_paused = true)]
-async fn c13_connect_timeout() {
-    let server = TestServer::start(ServerConfig {
-        handshake_timeout: Duration::from_millis(400),
-        ..test_config()
-    })
+async fn c13_connect_timeout(topology: DeviceTransport) {
+    let server = TestServer::start_for(
+        topology,
+        ServerConfig {
+            handshake_timeout: Duration::from_millis(400),
+            ..test_config()
+        },
+    )
     .await;
     let _device = server.registered_device_with_info("c13").await;
     // Just inside: connecting before the timeout keeps the connection.
@@ -450,9 +441,8 @@ async fn c13_connect_timeout() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn c14_client_disconnect_is_announced_exactly_once() {
-    let server = TestServer::with_defaults().await;
+async fn c14_client_disconnect_is_announced_exactly_once(topology: DeviceTransport) {
+    let server = TestServer::start_for(topology, test_config()).await;
     let mut device = server.registered_device_with_info("c14").await;
 
     // A clean close.
@@ -483,17 +473,19 @@ async fn c14_client_disconnect_is_announced_exactly_once() {
 }
 
 /// C15: as D17, for a client; its device is told it left.
-#[tokio::test]
-async fn c15_rate_limit_is_exact() {
+async fn c15_rate_limit_is_exact(topology: DeviceTransport) {
     use futures_util::SinkExt;
 
-    let server = TestServer::start(ServerConfig {
-        rate_limit: Some(signaling_server::RateLimit {
-            per_second: 1,
-            burst: 3,
-        }),
-        ..test_config()
-    })
+    let server = TestServer::start_for(
+        topology,
+        ServerConfig {
+            rate_limit: Some(signaling_server::RateLimit {
+                per_second: 1,
+                burst: 3,
+            }),
+            ..test_config()
+        },
+    )
     .await;
     let mut device = server.registered_device_with_info("c15").await;
     let mut client = server.connected_client("c15").await;
@@ -522,4 +514,56 @@ async fn c15_rate_limit_is_exact() {
         r#"{"message_type":"client_disconnected","client_id":1}"#
     );
     server.stop().await.unwrap();
+}
+
+/// Each row as `<row>::one_instance` and `<row>::other_instance` (the
+/// client on one instance of a Redis, its device on another); `paused`
+/// rows run on a paused clock, which a real Redis's deadlines cannot
+/// share, so on one instance only.
+macro_rules! on_both_topologies {
+    ($($row:ident $(: $mode:ident)?),* $(,)?) => {
+        $( on_both_topologies!(@row $($mode)? $row); )*
+    };
+    (@row $row:ident) => {
+        mod $row {
+            #[tokio::test]
+            async fn one_instance() {
+                super::$row(super::DeviceTransport::Websocket).await
+            }
+            #[tokio::test]
+            async fn other_instance() {
+                super::$row(super::DeviceTransport::OtherInstance).await
+            }
+        }
+    };
+    (@row paused $row:ident) => {
+        mod $row {
+            #[tokio::test(start_paused = true)]
+            async fn one_instance() {
+                super::$row(super::DeviceTransport::Websocket).await
+            }
+        }
+    };
+}
+
+on_both_topologies! {
+    c01_connect_gets_config_then_device_info,
+    c01_device_info_absent_is_null,
+    c02_unknown_device_gets_config_then_not_found,
+    c03_alternative_flow_client_waits_for_its_device,
+    c03_alternative_flow_wait_ends_with_not_found: paused,
+    c03_alternative_flow_waiting_client_that_leaves_is_forgotten,
+    c04_invalid_device_id_closes_1008,
+    c05_connect_again,
+    c06_forward_before_connect_is_not_connected,
+    c07_forward_reaches_the_device_with_the_client_id,
+    c08_missing_payload,
+    c09_unknown_message_type,
+    c10_invalid_message,
+    c11_binary_frame_closes_1003_and_the_device_hears_it,
+    c11_invalid_utf8_closes_1007,
+    c12_size_limit_is_exact,
+    c13_connect_timeout: paused,
+    c14_client_disconnect_is_announced_exactly_once,
+    c15_rate_limit_is_exact,
 }

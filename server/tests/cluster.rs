@@ -440,7 +440,10 @@ async fn an_instance_killed_mid_relay_ends_its_sessions_elsewhere_and_frees_its_
     let mut a = Process::start(&redis);
     let b = cluster_member(&redis, LEASE).await;
     joined(&b).await;
-    eventually("a joined", || async { a.metric("signaling_cluster_redis_up").await == 1.0 }).await;
+    eventually("a joined", || async {
+        a.metric("signaling_cluster_redis_up").await == 1.0
+    })
+    .await;
 
     // cvd-a on A with a client on B; cvd-b on B with a client on A.
     let mut device_a = common::Peer::connect(&a.url("/register_device")).await;
@@ -502,13 +505,17 @@ async fn an_instance_killed_mid_relay_ends_its_sessions_elsewhere_and_frees_its_
     })
     .await;
     assert!(
-        b.metric(r#"signaling_cluster_sessions_closed_total{reason="instance_gone"}"#).await >= 1.0
+        b.metric(r#"signaling_cluster_sessions_closed_total{reason="instance_gone"}"#)
+            .await
+            >= 1.0
     );
     assert_eq!(b.metric("signaling_cluster_sessions").await, 0.0);
     device_b.close().await;
     b.stop().await.unwrap();
-    eventually("redis holds nothing of either instance", || async { redis.keys().await.is_empty() })
-        .await;
+    eventually("redis holds nothing of either instance", || async {
+        redis.keys().await.is_empty()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -525,11 +532,16 @@ async fn two_hundred_pairs_split_over_three_instances() {
     }
     let mut devices = Vec::new();
     for n in 0..PAIRS {
-        devices.push(servers[n % 3].registered_device_with_info(&format!("pair-{n}")).await);
+        devices.push(
+            servers[n % 3]
+                .registered_device_with_info(&format!("pair-{n}"))
+                .await,
+        );
     }
     eventually("every instance lists every device", || async {
         for server in &servers {
-            let listed: Vec<String> = serde_json::from_str(&server.get("/devices").await.body).unwrap();
+            let listed: Vec<String> =
+                serde_json::from_str(&server.get("/devices").await.body).unwrap();
             if listed.len() != PAIRS {
                 return false;
             }
@@ -540,7 +552,11 @@ async fn two_hundred_pairs_split_over_three_instances() {
     // Each device's client on the next instance over.
     let mut clients = Vec::new();
     for n in 0..PAIRS {
-        clients.push(servers[(n + 1) % 3].connected_client(&format!("pair-{n}")).await);
+        clients.push(
+            servers[(n + 1) % 3]
+                .connected_client(&format!("pair-{n}"))
+                .await,
+        );
     }
     for (n, client) in clients.iter_mut().enumerate() {
         client.send(&forward(json!(n))).await;
@@ -560,7 +576,10 @@ async fn two_hundred_pairs_split_over_three_instances() {
     assert_eq!(spanning, (2 * PAIRS) as f64);
     drop(clients);
     for device in &mut devices {
-        assert_eq!(device.recv_json().await["message_type"], "client_disconnected");
+        assert_eq!(
+            device.recv_json().await["message_type"],
+            "client_disconnected"
+        );
     }
     drop(devices);
     for server in &servers {
@@ -574,5 +593,9 @@ async fn two_hundred_pairs_split_over_three_instances() {
     for server in servers {
         server.stop().await.unwrap();
     }
-    assert!(redis.keys().await.is_empty(), "left in redis: {:?}", redis.keys().await);
+    assert!(
+        redis.keys().await.is_empty(),
+        "left in redis: {:?}",
+        redis.keys().await
+    );
 }

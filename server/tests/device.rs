@@ -535,9 +535,11 @@ async fn d17_rate_limit_is_exact(transport: DeviceTransport) {
     server.stop().await.unwrap();
 }
 
-/// Each row as two tests, `<row>::websocket` and `<row>::device_socket`;
-/// `paused` ones run on a paused clock (time moves only when every task
-/// waits, straight to the next timer).
+/// Each row as three tests: `<row>::websocket`, `<row>::device_socket`,
+/// and `<row>::other_instance` (the device on one instance of a Redis,
+/// its clients on another); `paused` ones run on a paused clock (time
+/// moves only when every task waits, straight to the next timer), which
+/// a real Redis's deadlines cannot share, so on one instance only.
 macro_rules! on_both_transports {
     ($($row:ident $(: $mode:ident)?),* $(,)?) => {
         $( on_both_transports!(@row $($mode)? $row); )*
@@ -551,6 +553,11 @@ macro_rules! on_both_transports {
             #[tokio::test]
             async fn device_socket() {
                 super::$row(super::DeviceTransport::Socket).await
+            }
+            /// The device on one instance, its clients on another.
+            #[tokio::test]
+            async fn other_instance() {
+                super::$row(super::DeviceTransport::OtherInstance).await
             }
         }
     };
@@ -571,6 +578,10 @@ macro_rules! on_both_transports {
             #[tokio::test]
             async fn websocket() {
                 super::$row(super::DeviceTransport::Websocket).await
+            }
+            #[tokio::test]
+            async fn other_instance() {
+                super::$row(super::DeviceTransport::OtherInstance).await
             }
         }
     };

@@ -35,6 +35,10 @@ pub struct TestServer {
     own_dir: Option<PathBuf>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), signaling_server::Error>>>,
+    /// `DeviceTransport::OtherInstance`: the instance the clients use,
+    /// and the Redis the two share.
+    client_side: Option<Box<TestServer>>,
+    redis: Option<Redis>,
 }
 
 /// How a test's devices reach the server.
@@ -44,6 +48,9 @@ pub enum DeviceTransport {
     Websocket,
     /// The device socket (`--device-socket`), as Cuttlefish's devices.
     Socket,
+    /// The seed's websocket, on one instance, and every client on another
+    /// instance of the same Redis (`--redis`).
+    OtherInstance,
 }
 
 /// A fresh folder under the system's temporary one, for one test's files.
@@ -71,6 +78,8 @@ impl TestServer {
             own_dir: None,
             stop: Some(stop),
             task: Some(task),
+            client_side: None,
+            redis: None,
         }
     }
 
@@ -78,6 +87,9 @@ impl TestServer {
     /// come over `transport`; the device socket lives in a folder of its
     /// own.
     pub async fn start_for(transport: DeviceTransport, mut config: ServerConfig) -> Self {
+        if transport == DeviceTransport::OtherInstance {
+            return Self::start_pair(config).await;
+        }
         let own_dir = (transport == DeviceTransport::Socket).then(|| temp_dir("device-socket"));
         if let Some(dir) = &own_dir {
             config.device_socket = Some(DeviceSocketConfig::at(dir.join("operator")));
@@ -106,7 +118,48 @@ impl TestServer {
         device.send(&register.to_string()).await;
         let config = device.recv_json().await;
         assert_eq!(config["message_type"], "config", "{config}");
+        self.until_clients_see(id).await;
         device
+    }
+
+    /// Two instances of `config` on a Redis of their own: devices reach
+    /// this one, clients the other.
+    async fn start_pair(config: ServerConfig) -> Self {
+        let redis = Redis::start().await;
+        let member = || ServerConfig {
+            redis: cluster_config(&redis, Duration::from_millis(1500)).redis,
+            ..config.clone()
+        };
+        let mut devices = Self::start(member()).await;
+        let clients = Self::start(member()).await;
+        for server in [&devices, &clients] {
+            eventually("the instance joined redis", || async {
+                server.own_metric("signaling_cluster_redis_up").await == 1.0
+            })
+            .await;
+        }
+        devices.client_side = Some(Box::new(clients));
+        devices.redis = Some(redis);
+        devices
+    }
+
+    /// The instance clients use: another one in `OtherInstance`.
+    fn clients(&self) -> &TestServer {
+        self.client_side.as_deref().unwrap_or(self)
+    }
+
+    /// Waits until the instance clients use lists `id` (at once on one
+    /// instance; after the directory has carried it to another).
+    pub async fn until_clients_see(&self, id: &str) {
+        let clients = self.clients();
+        if std::ptr::eq(clients, self) {
+            return;
+        }
+        let quoted = format!("\"{id}\"");
+        eventually(&format!("{id} is listed where the clients are"), || async {
+            clients.get("/devices").await.body.contains(&quoted)
+        })
+        .await;
     }
 
     pub async fn with_defaults() -> Self {
@@ -119,6 +172,9 @@ impl TestServer {
 
     /// Shuts the server down and waits for `run` to return.
     pub async fn stop(mut self) -> Result<()> {
+        if let Some(clients) = self.client_side.take() {
+            Box::pin(clients.stop()).await?;
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -134,7 +190,7 @@ impl TestServer {
     }
 
     pub async fn client(&self) -> Peer {
-        Peer::connect(&self.url("/connect_client")).await
+        Peer::connect(&self.clients().url("/connect_client")).await
     }
 
     /// A device registered under `id` with `device_info` `{"name": id}`,
@@ -147,11 +203,13 @@ impl TestServer {
         device.send(&register.to_string()).await;
         let config = device.recv_json().await;
         assert_eq!(config["message_type"], "config", "{config}");
+        self.until_clients_see(id).await;
         device
     }
 
     /// A client connected to `id`, its `config` and `device_info` read.
     pub async fn connected_client(&self, id: &str) -> Peer {
+        self.until_clients_see(id).await;
         let mut client = self.client().await;
         let connect = serde_json::json!({"message_type": "connect", "device_id": id});
         client.send(&connect.to_string()).await;
@@ -166,8 +224,18 @@ impl TestServer {
         http_get(self.addr, path, &[]).await
     }
 
-    /// The value of one metric line (name with labels), 0 when absent.
+    /// The value of one metric line (name with labels), 0 when absent;
+    /// summed over both instances in `OtherInstance`.
     pub async fn metric(&self, series: &str) -> f64 {
+        let mut value = self.own_metric(series).await;
+        if let Some(clients) = &self.client_side {
+            value += clients.own_metric(series).await;
+        }
+        value
+    }
+
+    /// The value on this instance alone.
+    pub async fn own_metric(&self, series: &str) -> f64 {
         support::prometheus::sample_or_zero(&self.get("/metrics").await.body, series)
     }
 }
