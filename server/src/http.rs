@@ -342,7 +342,8 @@ async fn new_polled_client(state: &ServerState, request: Request, flavor: Flavor
             &state.shutdown,
             &body,
             flavor,
-        ),
+        )
+        .await,
         Err(refusal) => refusal,
     }
 }

@@ -182,7 +182,7 @@ impl Polling {
     }
 
     /// `POST /connect {"device_id"}` (C1, C2, C4 in the reference's shape).
-    pub fn connect(
+    pub async fn connect(
         self: &Arc<Self>,
         core: &Arc<Core>,
         config: &ServerConfig,
@@ -221,6 +221,20 @@ impl Polling {
         // /infra_config), or the reason there is none.
         let mut batch = Batch::default();
         outbox.take(&mut batch);
+        let answered = |batch: &Batch| {
+            batch
+                .items
+                .iter()
+                .any(|item| matches!(item, Outgoing::DeviceInfo(_) | Outgoing::Close(_)))
+        };
+        if !answered(&batch) && conn.session().is_attached() {
+            // A device on another instance: its device_info comes when it
+            // has attached the client, within the handshake timeout.
+            let mut later = Batch::default();
+            let _ = tokio::time::timeout(config.handshake_timeout, outbox.next_batch(&mut later))
+                .await;
+            batch.items.extend(later.items);
+        }
         let mut info = None;
         let mut refused = None;
         for item in batch.items {

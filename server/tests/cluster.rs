@@ -599,3 +599,102 @@ async fn two_hundred_pairs_split_over_three_instances() {
         redis.keys().await
     );
 }
+
+/// The device on A's device socket (as Cuttlefish's register with the Go
+/// operator); on B, a client on each client front door: the seed's
+/// websocket, the reference's polling, the Go operator's websocket with
+/// bare payloads, and its polling API.
+#[tokio::test]
+async fn every_front_door_reaches_a_device_on_another_instance() {
+    let redis = Redis::start().await;
+    let dir = common::temp_dir("cluster-socket");
+    let a = TestServer::start(ServerConfig {
+        device_socket: Some(signaling_server::config::DeviceSocketConfig::at(dir.join("operator"))),
+        ..cluster_config(&redis, LEASE)
+    })
+    .await;
+    let b = cluster_member(&redis, LEASE).await;
+    joined(&a).await;
+    joined(&b).await;
+    let mut device = a.registered_device_peer("cvd-1").await;
+    until_listed(&b, "cvd-1").await;
+
+    // The seed's websocket: client 1.
+    let mut seed = b.connected_client("cvd-1").await;
+    seed.send(&forward(json!("seed"))).await;
+    assert_eq!(
+        device.recv_json().await,
+        json!({"message_type": "client_msg", "client_id": 1, "payload": "seed"})
+    );
+
+    // The reference's polling: client 2; device_info in the answer.
+    let reply = common::http_post(b.addr, "/connect", r#"{"device_id":"cvd-1"}"#).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let answer: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(answer["device_info"], json!({"name": "cvd-1"}));
+    let polled = answer["connection_id"].as_str().unwrap().to_owned();
+    let sent = common::http_post(
+        b.addr,
+        "/forward",
+        &format!(r#"{{"connection_id":"{polled}","payload":"polled"}}"#),
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    assert_eq!(
+        device.recv_json().await,
+        json!({"message_type": "client_msg", "client_id": 2, "payload": "polled"})
+    );
+    device.send(&device_forward(2, json!("to the poller"))).await;
+    eventually("the polled client gets its message", || async {
+        let reply = common::http_post(
+            b.addr,
+            "/poll_messages",
+            &format!(r#"{{"connection_id":"{polled}"}}"#),
+        )
+        .await;
+        reply.body == r#"["to the poller"]"#
+    })
+    .await;
+
+    // The Go operator's websocket, bare payloads: client 3.
+    let mut go = common::Peer::connect(&b.url("/devices/cvd-1/connect")).await;
+    assert_eq!(go.recv_json().await, json!({"device_info": {"name": "cvd-1"}}));
+    go.send(r#"{"type":"request-offer"}"#).await;
+    assert_eq!(
+        device.recv_json().await,
+        json!({"message_type": "client_msg", "client_id": 3, "payload": {"type": "request-offer"}})
+    );
+    device.send(&device_forward(3, json!({"type": "offer"}))).await;
+    assert_eq!(
+        go.recv_json().await,
+        json!({"message_type": "device_msg", "payload": {"type": "offer"}})
+    );
+
+    // The Go operator's polling: client 4.
+    let reply = common::http_post(b.addr, "/polled_connections", r#"{"device_id":"cvd-1"}"#).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let answer: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(answer["device_info"], json!({"name": "cvd-1"}));
+    let id = answer["connection_id"].as_str().unwrap().to_owned();
+    let sent = common::http_post(
+        b.addr,
+        &format!("/polled_connections/{id}/:forward"),
+        r#"{"payload":4}"#,
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    assert_eq!(
+        device.recv_json().await,
+        json!({"message_type": "client_msg", "client_id": 4, "payload": 4})
+    );
+
+    // The device leaves: every client on B hears it.
+    device.close().await;
+    assert_eq!(seed.recv_error().await, "Device disconnected");
+    assert_eq!(go.recv_error().await, "Device disconnected");
+    let (code, _) = go.recv_close().await;
+    assert_eq!(code, CloseCode::Away);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -136,6 +136,15 @@ impl ClientSession {
         }
     }
 
+    /// Whether the client is attached to its device (its `device_info` is
+    /// queued, or, for a device on another instance, on its way).
+    pub fn is_attached(&self) -> bool {
+        match &self.state {
+            State::Linked { link, .. } => link.is_attached(),
+            State::AwaitingConnect { .. } => false,
+        }
+    }
+
     /// This client's id at its device, once attached.
     pub fn client_id(&mut self) -> Option<u64> {
         match &mut self.state {
