@@ -335,15 +335,19 @@ async fn new_polled_client(state: &ServerState, request: Request, flavor: Flavor
         return crate::polling::error(StatusCode::SERVICE_UNAVAILABLE, "Server shutting down");
     }
     match polling_body(state, request).await {
-        Ok(body) => state.polling.connect(
-            &state.core,
-            &state.config,
-            &state.tracker,
-            &state.shutdown,
-            &body,
-            flavor,
-        )
-        .await,
+        Ok(body) => {
+            state
+                .polling
+                .connect(
+                    &state.core,
+                    &state.config,
+                    &state.tracker,
+                    &state.shutdown,
+                    &body,
+                    flavor,
+                )
+                .await
+        }
         Err(refusal) => refusal,
     }
 }

@@ -231,8 +231,8 @@ impl Polling {
             // A device on another instance: its device_info comes when it
             // has attached the client, within the handshake timeout.
             let mut later = Batch::default();
-            let _ = tokio::time::timeout(config.handshake_timeout, outbox.next_batch(&mut later))
-                .await;
+            let _ =
+                tokio::time::timeout(config.handshake_timeout, outbox.next_batch(&mut later)).await;
             batch.items.extend(later.items);
         }
         let mut info = None;

@@ -609,7 +609,9 @@ async fn every_front_door_reaches_a_device_on_another_instance() {
     let redis = Redis::start().await;
     let dir = common::temp_dir("cluster-socket");
     let a = TestServer::start(ServerConfig {
-        device_socket: Some(signaling_server::config::DeviceSocketConfig::at(dir.join("operator"))),
+        device_socket: Some(signaling_server::config::DeviceSocketConfig::at(
+            dir.join("operator"),
+        )),
         ..cluster_config(&redis, LEASE)
     })
     .await;
@@ -644,7 +646,9 @@ async fn every_front_door_reaches_a_device_on_another_instance() {
         device.recv_json().await,
         json!({"message_type": "client_msg", "client_id": 2, "payload": "polled"})
     );
-    device.send(&device_forward(2, json!("to the poller"))).await;
+    device
+        .send(&device_forward(2, json!("to the poller")))
+        .await;
     eventually("the polled client gets its message", || async {
         let reply = common::http_post(
             b.addr,
@@ -658,13 +662,18 @@ async fn every_front_door_reaches_a_device_on_another_instance() {
 
     // The Go operator's websocket, bare payloads: client 3.
     let mut go = common::Peer::connect(&b.url("/devices/cvd-1/connect")).await;
-    assert_eq!(go.recv_json().await, json!({"device_info": {"name": "cvd-1"}}));
+    assert_eq!(
+        go.recv_json().await,
+        json!({"device_info": {"name": "cvd-1"}})
+    );
     go.send(r#"{"type":"request-offer"}"#).await;
     assert_eq!(
         device.recv_json().await,
         json!({"message_type": "client_msg", "client_id": 3, "payload": {"type": "request-offer"}})
     );
-    device.send(&device_forward(3, json!({"type": "offer"}))).await;
+    device
+        .send(&device_forward(3, json!({"type": "offer"})))
+        .await;
     assert_eq!(
         go.recv_json().await,
         json!({"message_type": "device_msg", "payload": {"type": "offer"}})
@@ -697,4 +706,120 @@ async fn every_front_door_reaches_a_device_on_another_instance() {
     a.stop().await.unwrap();
     b.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A TCP proxy to Redis for one instance, which can stall: it stops
+/// moving bytes either way, as a link that hangs does, without closing.
+struct StallingProxy {
+    port: u16,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StallingProxy {
+    async fn start(redis: &Redis) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let target = format!("127.0.0.1:{}", redis.port);
+        let flag = stalled.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let (in_read, in_write) = inbound.into_split();
+                let (out_read, out_write) = outbound.into_split();
+                for (mut from, mut to) in [
+                    (
+                        Box::new(in_read) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                        Box::new(out_write) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                    ),
+                    (Box::new(out_read), Box::new(in_write)),
+                ] {
+                    let flag = flag.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                        let mut buffer = vec![0u8; 16 << 10];
+                        loop {
+                            let Ok(n) = from.read(&mut buffer).await else {
+                                return;
+                            };
+                            if n == 0 {
+                                return;
+                            }
+                            while flag.load(Ordering::Relaxed) {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                            if to.write_all(&buffer[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self {
+            port,
+            stalled,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn stall(&self, stalled: bool) {
+        self.stalled
+            .store(stalled, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for StallingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn an_instance_whose_redis_link_stalls_is_cut_off_on_both_sides_and_rejoins() {
+    let redis = Redis::start().await;
+    let proxy = StallingProxy::start(&redis).await;
+    let mut stalling = cluster_config(&redis, LEASE);
+    if let Some(link) = &mut stalling.redis {
+        link.url = proxy.url();
+    }
+    let a = TestServer::start(stalling).await;
+    let b = cluster_member(&redis, LEASE).await;
+    joined(&a).await;
+    joined(&b).await;
+    let mut device = a.registered_device_with_info("cvd-1").await;
+    until_listed(&b, "cvd-1").await;
+    let mut client = b.connected_client("cvd-1").await;
+    client.send(&forward(json!(1))).await;
+    assert_eq!(device.recv_json().await["payload"], 1);
+
+    proxy.stall(true);
+    // A misses a deadline and closes its side; B sees A's incarnation
+    // lapse and closes its own.
+    assert_eq!(
+        device.recv_json().await,
+        json!({"message_type": "client_disconnected", "client_id": 1})
+    );
+    assert_eq!(client.recv_error().await, "Device disconnected");
+    eventually("b no longer lists a's device", || async {
+        !listed(&b, "cvd-1").await
+    })
+    .await;
+
+    proxy.stall(false);
+    joined(&a).await;
+    until_listed(&b, "cvd-1").await;
+    let mut again = b.connected_client("cvd-1").await;
+    again.send(&forward(json!(2))).await;
+    assert_eq!(device.recv_json().await["payload"], 2);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
 }
