@@ -418,6 +418,16 @@ fn bad_flags_get_clear_errors() {
             vec!["--webui_url=http://127.0.0.1:1/", "--assets-dir", "/tmp"],
             "cannot be used with",
         ),
+        (vec!["--redis", "127.0.0.1:6379"], "--redis 127.0.0.1:6379:"),
+        (
+            vec!["--redis", "redis://127.0.0.1:1/", "--redis-lease", "100ms"],
+            "--redis-lease 100ms must be from 300ms to 1h",
+        ),
+        (
+            vec!["--redis", "redis://127.0.0.1:1/", "--redis-queue-bytes", "1000"],
+            "--redis-queue-bytes 1000 must be at least 65536",
+        ),
+        (vec!["--redis-lease", "2s"], "--redis <URL>"),
     ] {
         let output = Command::new(BINARY).args(&args).output().expect("run");
         assert!(!output.status.success(), "{args:?}");

@@ -823,3 +823,38 @@ async fn an_instance_whose_redis_link_stalls_is_cut_off_on_both_sides_and_rejoin
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn past_its_queue_bound_an_instance_fails_closed_rather_than_drop_messages() {
+    let redis = Redis::start().await;
+    let a = cluster_member(&redis, LEASE).await;
+    let mut small = cluster_config(&redis, LEASE);
+    if let Some(link) = &mut small.redis {
+        link.queue_bytes = 65_536;
+    }
+    let b = TestServer::start(small).await;
+    joined(&a).await;
+    joined(&b).await;
+    let mut device = a.registered_device_with_info("cvd-1").await;
+    until_listed(&b, "cvd-1").await;
+    let mut client = b.connected_client("cvd-1").await;
+    // Far more than 64 KiB at once: the queue to Redis overflows.
+    let big = json!("x".repeat(60_000));
+    for _ in 0..40 {
+        client.send(&forward(big.clone())).await;
+    }
+    assert_eq!(client.recv_error().await, "Device disconnected");
+    // What reached the device came whole and in order, then it hears the
+    // client left.
+    loop {
+        let message = device.recv_json().await;
+        if message["message_type"] == "client_disconnected" {
+            break;
+        }
+        assert_eq!(message["payload"], big);
+    }
+    assert!(b.metric("signaling_cluster_link_failures_total").await >= 1.0);
+    joined(&b).await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
