@@ -424,7 +424,12 @@ fn bad_flags_get_clear_errors() {
             "--redis-lease 100ms must be from 300ms to 1h",
         ),
         (
-            vec!["--redis", "redis://127.0.0.1:1/", "--redis-queue-bytes", "1000"],
+            vec![
+                "--redis",
+                "redis://127.0.0.1:1/",
+                "--redis-queue-bytes",
+                "1000",
+            ],
             "--redis-queue-bytes 1000 must be at least 65536",
         ),
         (vec!["--redis-lease", "2s"], "--redis <URL>"),

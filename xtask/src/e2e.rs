@@ -137,7 +137,7 @@ impl Tools {
     }
 
     /// Polls `client-cli devices` until `device_id` is listed.
-    fn wait_listed(&self, server: &Server, device_id: &str, device: &Process) -> Result<()> {
+    pub fn wait_listed(&self, server: &Server, device_id: &str, device: &Process) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             let output = self
@@ -247,7 +247,7 @@ type Scenario = fn(&Tools) -> Result<String>;
 
 /// Runs every scenario; the first failure stops the run.
 pub fn run_scenarios(tools: &Tools) -> Result<()> {
-    let scenarios: [(&str, Scenario); 10] = [
+    let scenarios: [(&str, Scenario); 11] = [
         ("plain ws, one client", plain_ws),
         (
             "wss, self-signed certificate via --ca-cert",
@@ -267,6 +267,7 @@ pub fn run_scenarios(tools: &Tools) -> Result<()> {
             "a Cuttlefish-shaped device: displays, audio, input",
             cuttlefish_shaped,
         ),
+        ("device and client on two instances (Redis)", two_instances),
     ];
     for (index, (name, scenario)) in scenarios.iter().enumerate() {
         let started = Instant::now();
@@ -735,9 +736,78 @@ fn cuttlefish_shaped(tools: &Tools) -> Result<String> {
     ))
 }
 
+/// Two instances sharing a redis-server of their own: the Cuttlefish-shaped
+/// device registers on one, client-cli connects through the other, and
+/// the whole WebRTC handshake, both displays' video and a touch cross
+/// between them.
+fn two_instances(tools: &Tools) -> Result<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut command = Command::new("redis-server");
+    command
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null());
+    let _redis = Process::start(command, "11-redis", &tools.log("11-redis"))
+        .context("redis-server (apt-get install redis-server)")?;
+    let url = format!("redis://127.0.0.1:{port}/");
+    // redis-server takes a moment to listen; the instances join on their
+    // own once it does.
+    let a = tools.server("11-a", &["--redis", &url])?;
+    let b = tools.server("11-b", &["--redis", &url])?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(&a, "signaling_cluster_redis_up")? != 1.0
+        || metric(&b, "signaling_cluster_redis_up")? != 1.0
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the instances never joined redis"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let device = tools.fake_device_as("11-two", &a, "cvd-1", &["--displays", "2"])?;
+    tools.wait_listed(&b, "cvd-1", &device)?;
+    let output = tools
+        .connect_command(&b, "cvd-1", &["--video-wait", "1s", "--input"])
+        .output()?;
+    let report = check_connect(&output)?;
+    let streams = report["streams"].as_array().cloned().unwrap_or_default();
+    let frames = |id: &str| {
+        streams
+            .iter()
+            .find(|s| s["stream_id"] == id)
+            .and_then(|s| s["frames"].as_u64())
+            .unwrap_or(0)
+    };
+    ensure!(
+        frames("display_0") >= 20 && frames("display_1") >= 20,
+        "expected both displays playing through the other instance: {report}"
+    );
+    let inputs = report["input_reports"].as_array().map_or(0, Vec::len);
+    ensure!(
+        inputs == 2,
+        "expected the touch reported back, got {inputs}: {report}"
+    );
+    let sent = metric(&b, "signaling_cluster_frames_sent_total")?;
+    let received = metric(&b, "signaling_cluster_frames_received_total")?;
+    ensure!(
+        sent > 0.0 && received > 0.0,
+        "the signaling did not cross instances: sent {sent}, received {received}"
+    );
+    Ok(format!(
+        "data channel open at {:.1} ms through the other instance; {} and {} frames on the displays; a touch reported back; {sent} frames to the device's instance, {received} back",
+        data_channel_open_ms(&report),
+        frames("display_0"),
+        frames("display_1"),
+    ))
+}
+
 /// The build step: every binary the scenarios run.
 pub fn build(root: &Path, release: bool) -> Result<()> {
     crate::system::ensure_build_packages()?;
+    // Scenario 11 and the cluster benchmarks run redis-servers.
+    crate::system::ensure_test_packages()?;
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command.current_dir(root).args([
         "build",
