@@ -54,6 +54,22 @@ pub struct BenchArgs {
     #[arg(long, global = true)]
     server_pid: Option<u32>,
 
+    /// Connect the clients to this other instance of the server (one that
+    /// shares the first's devices through --redis); devices stay on
+    /// --server. Relayed messages are then counted on both.
+    #[arg(long, global = true, value_name = "URL")]
+    client_server: Option<String>,
+
+    /// With --client-server: that instance's process id, whose CPU time is
+    /// added to --server-pid's.
+    #[arg(long, global = true, requires = "client_server")]
+    client_server_pid: Option<u32>,
+
+    /// Redis's process id: its CPU time per relayed message is reported
+    /// beside the server's.
+    #[arg(long, global = true)]
+    redis_pid: Option<u32>,
+
     /// Put the relay and idle modes' devices on this device socket (the
     /// server's --device-socket) instead of /register_device; clients stay
     /// on the websocket.
@@ -178,6 +194,12 @@ pub async fn run(options: &ConnectOptions, args: BenchArgs) -> Result<()> {
         run_id: format!("{:x}", std::process::id()),
         json: args.json,
         server_pid: args.server_pid,
+        client_options: args.client_server.map(|server| ConnectOptions {
+            server,
+            ..options.clone()
+        }),
+        client_server_pid: args.client_server_pid,
+        redis_pid: args.redis_pid,
         device_socket: args.device_socket,
     };
     match args.mode {
@@ -197,6 +219,10 @@ struct Bench {
     run_id: String,
     json: bool,
     server_pid: Option<u32>,
+    /// `--client-server`: where clients connect, when not `options`.
+    client_options: Option<ConnectOptions>,
+    client_server_pid: Option<u32>,
+    redis_pid: Option<u32>,
     device_socket: Option<std::path::PathBuf>,
 }
 
@@ -234,13 +260,45 @@ impl Bench {
     }
 
     async fn connect(&self, path: &str) -> Result<Socket> {
+        self.connect_to(&self.options, path).await
+    }
+
+    /// Where clients connect: `--client-server`, or the server.
+    fn client_side(&self) -> &ConnectOptions {
+        self.client_options.as_ref().unwrap_or(&self.options)
+    }
+
+    /// CPU seconds of the server's processes (one instance, or both).
+    fn server_cpu(&self) -> Result<Option<f64>> {
+        let Some(pid) = self.server_pid else {
+            return Ok(None);
+        };
+        let other = self.client_server_pid.map(cpu_seconds).transpose()?;
+        Ok(Some(cpu_seconds(pid)? + other.unwrap_or(0.0)))
+    }
+
+    /// Messages relayed so far, counted on every instance.
+    async fn relayed_now(&self) -> Result<f64> {
+        let mut relayed = relayed_total(&self.metrics().await?);
+        if let Some(other) = &self.client_options {
+            let (status, body) = other.http_get("/metrics").await?;
+            ensure!(
+                status == 200,
+                "GET /metrics of --client-server answered {status}"
+            );
+            relayed += relayed_total(&body);
+        }
+        Ok(relayed)
+    }
+
+    async fn connect_to(&self, options: &ConnectOptions, path: &str) -> Result<Socket> {
         let n = self.next_source.fetch_add(1, Ordering::Relaxed) as usize;
         let source = (self.sources.len() > 1 || self.sources[0] != IpAddr::from([127, 0, 0, 1]))
             .then(|| self.sources[n % self.sources.len()]);
         // Frames fed in a burst go out in one write at the flush, as a
         // busy peer's would; see `echo_device` and `RelayClient::run`.
         let config = peer::signaling::websocket_config().write_buffer_size(64 * 1024);
-        Ok(self.options.connect_with(path, source, config).await?)
+        Ok(options.connect_with(path, source, config).await?)
     }
 
     /// A registered device, its `config` read.
@@ -265,8 +323,9 @@ impl Bench {
     /// A client of the Go operator's API connected to `device_id`, its
     /// `{"device_info"}` read.
     async fn go_client(&self, device_id: &str) -> Result<Socket> {
+        self.until_listed(device_id).await?;
         let mut socket = self
-            .connect(&format!("/devices/{device_id}/connect"))
+            .connect_to(self.client_side(), &format!("/devices/{device_id}/connect"))
             .await?;
         let text = next_text(&mut socket)
             .await?
@@ -280,7 +339,10 @@ impl Bench {
 
     /// A client connected to `device_id`, its `config` and `device_info` read.
     async fn client(&self, device_id: &str) -> Result<Socket> {
-        let mut socket = self.connect(protocol::CONNECT_CLIENT_PATH).await?;
+        self.until_listed(device_id).await?;
+        let mut socket = self
+            .connect_to(self.client_side(), protocol::CONNECT_CLIENT_PATH)
+            .await?;
         let connect = ClientToServer::Connect(Connect {
             device_id: device_id.into(),
         });
@@ -298,6 +360,28 @@ impl Bench {
         Ok(socket)
     }
 
+    /// With `--client-server`, waits until that instance lists `device_id`
+    /// (registered on the other, it is listed there once Redis carried
+    /// the news); at once otherwise.
+    async fn until_listed(&self, device_id: &str) -> Result<()> {
+        let Some(other) = &self.client_options else {
+            return Ok(());
+        };
+        let quoted = format!("\"{device_id}\"");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, body) = other.http_get("/devices").await?;
+            if body.contains(&quoted) {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{device_id} is not listed on --client-server after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// Waits up to 10 s for the server's connection gauges to return to
     /// zero; returns those that did not.
     async fn gauges_not_zero(&self) -> Result<Vec<(&'static str, f64)>> {
@@ -309,10 +393,13 @@ impl Bench {
         ];
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let body = self.metrics().await?;
+            let mut bodies = vec![self.metrics().await?];
+            if let Some(other) = &self.client_options {
+                bodies.push(other.http_get("/metrics").await?.1);
+            }
             let left: Vec<_> = GAUGES
                 .iter()
-                .map(|g| (*g, metric(&body, g)))
+                .map(|g| (*g, bodies.iter().map(|body| metric(body, g)).sum::<f64>()))
                 .filter(|(_, v)| *v != 0.0)
                 .collect();
             if left.is_empty() || Instant::now() > deadline {
@@ -490,11 +577,12 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
     bar.set_message("warming up");
     tokio::time::sleep(args.warmup).await;
     // The bare relay has no /metrics: count its messages ourselves.
-    let metrics_before = match bench.server_pid {
-        Some(_) if !args.bare => Some(bench.metrics().await?),
+    let relayed_before = match bench.server_pid {
+        Some(_) if !args.bare => Some(bench.relayed_now().await?),
         _ => None,
     };
-    let cpu_before = bench.server_pid.map(cpu_seconds).transpose()?;
+    let cpu_before = bench.server_cpu()?;
+    let redis_before = bench.redis_pid.map(cpu_seconds).transpose()?;
     measuring.store(true, Ordering::Release);
     let started = Instant::now();
     let completed_before = counters.completed.load(Ordering::Relaxed);
@@ -508,9 +596,10 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
     }
     measuring.store(false, Ordering::Release);
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu_after = bench.server_pid.map(cpu_seconds).transpose()?;
-    let metrics_after = match bench.server_pid {
-        Some(_) if !args.bare => Some(bench.metrics().await?),
+    let cpu_after = bench.server_cpu()?;
+    let redis_after = bench.redis_pid.map(cpu_seconds).transpose()?;
+    let relayed_after = match bench.server_pid {
+        Some(_) if !args.bare => Some(bench.relayed_now().await?),
         _ => None,
     };
 
@@ -549,8 +638,8 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
     let micros = |q: f64| histogram.value_at_quantile(q) as f64 / 1e3;
     let server = match (cpu_before, cpu_after) {
         (Some(before), Some(after)) => {
-            let relayed = match (&metrics_before, &metrics_after) {
-                (Some(m0), Some(m1)) => relayed_total(m1) - relayed_total(m0),
+            let relayed = match (relayed_before, relayed_after) {
+                (Some(before), Some(after)) => after - before,
                 // Two relayed messages per round trip.
                 _ => 2.0 * counters.measured.load(Ordering::Relaxed) as f64,
             };
@@ -578,6 +667,10 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
         "server_cpu_s": server.map(|s| s.0),
         "server_relayed": server.map(|s| s.1),
         "server_cpu_us_per_msg": server.map(|s| s.2),
+        "redis_cpu_us_per_msg": match (redis_before, redis_after, server) {
+            (Some(before), Some(after), Some((_, relayed, _))) => Some((after - before) / relayed.max(1.0) * 1e6),
+            _ => None,
+        },
         "lost": lost,
         "reordered": reordered,
         "errors": errors,
@@ -1216,7 +1309,7 @@ async fn run_poll(bench: Arc<Bench>, args: PollArgs) -> Result<()> {
         Some(_) => Some(bench.metrics().await?),
         None => None,
     };
-    let cpu_before = bench.server_pid.map(cpu_seconds).transpose()?;
+    let cpu_before = bench.server_cpu()?;
     shared.measuring.store(true, Ordering::Release);
     let started = Instant::now();
     let completed_before = shared.completed.load(Ordering::Relaxed);
@@ -1224,7 +1317,7 @@ async fn run_poll(bench: Arc<Bench>, args: PollArgs) -> Result<()> {
     shared.measuring.store(false, Ordering::Release);
     let elapsed = started.elapsed().as_secs_f64();
     let round_trips = shared.completed.load(Ordering::Relaxed) - completed_before;
-    let cpu_after = bench.server_pid.map(cpu_seconds).transpose()?;
+    let cpu_after = bench.server_cpu()?;
     let metrics_after = match bench.server_pid {
         Some(_) => Some(bench.metrics().await?),
         None => None,
@@ -1305,7 +1398,7 @@ async fn run_churn(bench: Arc<Bench>, args: ChurnArgs) -> Result<()> {
     let cycles = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let cpu_before = bench.server_pid.map(cpu_seconds).transpose()?;
+    let cpu_before = bench.server_cpu()?;
     let started = Instant::now();
     let workers: Vec<_> = (0..args.concurrency.max(1))
         .map(|worker| {
@@ -1344,7 +1437,7 @@ async fn run_churn(bench: Arc<Bench>, args: ChurnArgs) -> Result<()> {
         worker.await?;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu_after = bench.server_pid.map(cpu_seconds).transpose()?;
+    let cpu_after = bench.server_cpu()?;
     bar.set_message("waiting for the server's gauges to return to zero");
     let left = if args.bare {
         Vec::new()

@@ -32,6 +32,8 @@ pub struct Server {
     pub tool_flags: Vec<String>,
     /// Flags `client-cli bench` needs after `bench` (`--device-socket`).
     pub bench_flags: Vec<String>,
+    /// Processes that live and die with it (another instance, Redis).
+    pub companions: Vec<Process>,
 }
 
 impl Tools {
@@ -84,6 +86,7 @@ impl Tools {
             url,
             tool_flags: Vec::new(),
             bench_flags: Vec::new(),
+            companions: Vec::new(),
         })
     }
 

@@ -9,6 +9,7 @@
 
 use std::path::Path;
 use std::process::Stdio;
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
@@ -35,6 +36,9 @@ struct Scenario {
     device_socket: bool,
     /// Run against the `--against` server binary instead of this build's.
     baseline: bool,
+    /// Two instances sharing a redis-server of their own: devices on one,
+    /// clients on the other.
+    cluster: bool,
 }
 
 /// A scenario on the shared plain server, with no extra flags.
@@ -49,6 +53,7 @@ fn scenario(name: &'static str, args: Vec<String>, runs: usize) -> Scenario {
         bare: false,
         device_socket: false,
         baseline: false,
+        cluster: false,
     }
 }
 
@@ -210,11 +215,61 @@ fn standard() -> Vec<Scenario> {
         },
         scenario("churn: register/connect/exchange/leave", churn(&[]), 3),
         Scenario {
+            cluster: true,
+            ..scenario(
+                "two instances (Redis): churn, devices on one, clients on the other",
+                churn(&[]),
+                3,
+            )
+        },
+        Scenario {
+            cluster: true,
+            ..scenario(
+                "two instances (Redis): relay 50 pairs × 4 in flight, 200 B",
+                relay("200", &[]),
+                3,
+            )
+        },
+        Scenario {
+            fresh_server: true,
+            ..scenario(
+                "one instance: open loop, 50 clients × 100 msg/s, 200 B",
+                open_loop(),
+                3,
+            )
+        },
+        Scenario {
+            cluster: true,
+            ..scenario(
+                "two instances (Redis): open loop, 50 clients × 100 msg/s, 200 B",
+                open_loop(),
+                3,
+            )
+        },
+        Scenario {
             fresh_server: true,
             bare: true,
             ..scenario("bare relay baseline: churn", churn(&["--bare"]), 3)
         },
     ]
+}
+
+/// 10,000 relayed messages a second (5,000 each way): 50 clients sending
+/// 100 a second each, whatever comes back.
+fn open_loop() -> Vec<String> {
+    args(&[
+        "relay",
+        "--devices",
+        "50",
+        "--rate",
+        "100",
+        "--payload-bytes",
+        "200",
+        "--duration",
+        "10s",
+        "--warmup",
+        "2s",
+    ])
 }
 
 fn churn(extra: &[&str]) -> Vec<String> {
@@ -331,6 +386,24 @@ fn quick() -> Vec<Scenario> {
             args(&["churn", "--duration", "1s", "--concurrency", "4"]),
             1,
         ),
+        Scenario {
+            cluster: true,
+            ..scenario(
+                "two instances on Redis, open loop (quick)",
+                args(&[
+                    "relay",
+                    "--devices",
+                    "4",
+                    "--rate",
+                    "200",
+                    "--duration",
+                    "1s",
+                    "--warmup",
+                    "200ms",
+                ]),
+                1,
+            )
+        },
     ]
 }
 
@@ -343,6 +416,7 @@ fn comparison(with_device_socket: bool) -> Vec<Scenario> {
     let measured = standard().into_iter().filter(|s| {
         let name = s.name.strip_prefix("device socket: ").unwrap_or(s.name);
         !s.bare
+            && !s.cluster
             && (with_device_socket || !s.device_socket)
             && (name.starts_with("relay 50 pairs") || name == "idle: 5,000 registered devices")
     });
@@ -359,6 +433,7 @@ fn comparison(with_device_socket: bool) -> Vec<Scenario> {
                 bare: false,
                 device_socket: scenario.device_socket,
                 baseline,
+                cluster: false,
             });
         }
     }
@@ -424,12 +499,15 @@ pub fn run_with(root: &Path, quick_run: bool, against: Option<&Path>) -> Result<
                 (Some(baseline), true) => baseline,
                 _ => &tools,
             };
-            let own_server =
-                if scenario.fresh_server || !scenario.server_args.is_empty() || scenario.tls {
-                    Some(start_server(server_tools, scenario)?)
-                } else {
-                    None
-                };
+            let own_server = if scenario.fresh_server
+                || !scenario.server_args.is_empty()
+                || scenario.tls
+                || scenario.cluster
+            {
+                Some(start_server(server_tools, scenario)?)
+            } else {
+                None
+            };
             let server = match &own_server {
                 Some(server) => server,
                 None => match &mut shared {
@@ -466,6 +544,8 @@ pub fn run_with(root: &Path, quick_run: bool, against: Option<&Path>) -> Result<
                 scenario.args.join(" "),
                 if scenario.device_socket {
                     " --device-socket PATH"
+                } else if scenario.cluster {
+                    " --client-server ws://127.0.0.1:PORT2 --client-server-pid PID2 --redis-pid REDIS_PID"
                 } else {
                     ""
                 },
@@ -707,12 +787,59 @@ fn start_bare_relay(tools: &Tools) -> Result<Server> {
         url,
         tool_flags: Vec::new(),
         bench_flags: Vec::new(),
+        companions: Vec::new(),
     })
+}
+
+/// Two instances on a redis-server of their own; the first one, holding
+/// the other two, with the flags that send `client-cli bench`'s clients to
+/// the second and count both instances' CPU (and Redis's beside).
+fn start_cluster(tools: &Tools, name: &str) -> Result<Server> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut command = std::process::Command::new("redis-server");
+    command
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null());
+    let redis =
+        crate::process::Process::start(command, "redis", &tools.log(&format!("{name}-redis")))?;
+    let url = format!("redis://127.0.0.1:{port}/");
+    let flags = ["--rate-limit", "0", "--redis", url.as_str()];
+    let mut devices = tools.server(&format!("{name}-a"), &flags)?;
+    let clients = tools.server(&format!("{name}-b"), &flags)?;
+    let joined = |server: &Server| -> Result<bool> {
+        let address = server.url.strip_prefix("ws://").context("a plain server")?;
+        let metrics = support::http::get_blocking(address.parse()?, "/metrics")?;
+        Ok(support::prometheus::sample_or_zero(&metrics.body, "signaling_cluster_redis_up") == 1.0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !(joined(&devices)? && joined(&clients)?) {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the instances never joined redis"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    devices.bench_flags = vec![
+        "--client-server".into(),
+        clients.url.clone(),
+        "--client-server-pid".into(),
+        clients.process.pid().to_string(),
+        "--redis-pid".into(),
+        redis.pid().to_string(),
+    ];
+    devices.companions = vec![clients.process, redis];
+    Ok(devices)
 }
 
 fn start_server(tools: &Tools, scenario: &Scenario) -> Result<Server> {
     if scenario.bare {
         return start_bare_relay(tools);
+    }
+    if scenario.cluster {
+        return start_cluster(tools, "cluster");
     }
     let name = scenario
         .name
@@ -810,8 +937,16 @@ fn row(scenario: &Scenario, results: &[Value]) -> String {
         .unwrap_or_default();
     match mode {
         "relay" => format!(
-            "server CPU {} µs/message; {} relayed messages/s; round trip p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs; lost 0, reordered 0{}",
+            "server CPU {} µs/message{}; {} relayed messages/s; round trip p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs; lost 0, reordered 0{}",
             fmt_stat(stat(results, "/server_cpu_us_per_msg"), 2),
+            if scenario.cluster {
+                format!(
+                    " (both instances), Redis {} µs/message",
+                    fmt_stat(stat(results, "/redis_cpu_us_per_msg"), 2)
+                )
+            } else {
+                String::new()
+            },
             fmt_stat(stat(results, "/relayed_per_s"), 0),
             fmt_stat(stat(results, "/rtt_us/p50"), 1),
             fmt_stat(stat(results, "/rtt_us/p99"), 1),
