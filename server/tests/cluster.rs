@@ -351,8 +351,14 @@ async fn losing_redis_closes_every_spanning_session_refuses_leases_and_keeps_loc
             .await
             >= 1.0
     );
+    drop((device, local, again));
     a.stop().await.unwrap();
     b.stop().await.unwrap();
+    assert!(
+        redis.keys().await.is_empty(),
+        "left in redis: {:?}",
+        redis.keys().await
+    );
 }
 
 #[tokio::test]
@@ -378,8 +384,15 @@ async fn a_redis_that_stops_answering_is_a_redis_lost() {
     let mut again = b.connected_client("cvd-1").await;
     again.send(&forward(json!(2))).await;
     assert_eq!(device.recv_json().await["payload"], 2);
+    drop((device, client, again));
     a.stop().await.unwrap();
     b.stop().await.unwrap();
+    // The incarnations that lost Redis left keys that lapse with their
+    // lease; the last ones were given back.
+    eventually("redis holds nothing of either instance", || async {
+        redis.keys().await.is_empty()
+    })
+    .await;
 }
 
 /// An instance as its own process, so that it can be killed with SIGKILL.
@@ -820,8 +833,15 @@ async fn an_instance_whose_redis_link_stalls_is_cut_off_on_both_sides_and_rejoin
     let mut again = b.connected_client("cvd-1").await;
     again.send(&forward(json!(2))).await;
     assert_eq!(device.recv_json().await["payload"], 2);
+    drop((device, client, again));
     a.stop().await.unwrap();
     b.stop().await.unwrap();
+    // The incarnations that lost Redis left keys that lapse with their
+    // lease; the last ones were given back.
+    eventually("redis holds nothing of either instance", || async {
+        redis.keys().await.is_empty()
+    })
+    .await;
 }
 
 #[tokio::test]
