@@ -878,3 +878,47 @@ async fn past_its_queue_bound_an_instance_fails_closed_rather_than_drop_messages
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+/// An instance cut off from Redis for longer than the lease finds, when it
+/// is back, that another instance granted its device's id meanwhile: its
+/// own device is told the id is taken and closed (PROTOCOL.md, "Many
+/// instances": an id during a long outage).
+#[tokio::test]
+async fn a_device_whose_id_was_taken_during_its_instances_outage_is_evicted() {
+    let redis = Redis::start().await;
+    let proxy = StallingProxy::start(&redis).await;
+    let mut stalling = cluster_config(&redis, LEASE);
+    if let Some(link) = &mut stalling.redis {
+        link.url = proxy.url();
+    }
+    let a = TestServer::start(stalling).await;
+    let b = cluster_member(&redis, LEASE).await;
+    joined(&a).await;
+    joined(&b).await;
+    let mut first = a.registered_device_with_info("cvd-1").await;
+    until_listed(&b, "cvd-1").await;
+
+    proxy.stall(true);
+    // Once A's lease has lapsed, a device on B gets the id (and keeps it).
+    let started = tokio::time::Instant::now();
+    let _second = loop {
+        let mut device = b.device().await;
+        device
+            .send(r#"{"message_type":"register","device_id":"cvd-1"}"#)
+            .await;
+        if device.recv_text().await.contains("config") {
+            break device;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the lease never lapsed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    proxy.stall(false);
+    assert_eq!(first.recv_error().await, "Device id already taken: cvd-1");
+    let (code, _) = first.recv_close().await;
+    assert_eq!(code, CloseCode::Policy);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
