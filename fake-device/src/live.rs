@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
-use webrtc::media_stream::track_local::TrackLocalEvent;
 
 use crate::screen::{self, State, Touch};
 use crate::shape::Shape;
@@ -253,13 +252,12 @@ pub async fn play(video: LocalTrack, display: Arc<Display>) -> Result<()> {
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
-            event = video.next_event(), if listening => match event {
-                Some(TrackLocalEvent::OnRtcpPacket(_)) => {
+            requested = video.keyframe_request(), if listening => match requested {
+                Some(()) => {
                     let stream_id = &display.stream_id;
                     info!(%stream_id, "keyframe request");
                     display.request_keyframe();
                 }
-                Some(_) => {}
                 None => {
                     debug!("no more events from the video track");
                     listening = false;

@@ -122,10 +122,16 @@ impl LocalTrack {
             .context("the sender has no negotiated codec")
     }
 
-    /// The next event of the track (a receiver's RTCP, its binding), or
-    /// None once it has none.
-    pub(crate) async fn next_event(&self) -> Option<TrackLocalEvent> {
-        self.track.poll().await
+    /// Waits for a receiver's keyframe request (the RTCP that
+    /// `peer::rtc_peer` passes on: PLI or FIR); None once the track reports
+    /// no more events (it was unbound).
+    pub(crate) async fn keyframe_request(&self) -> Option<()> {
+        loop {
+            match self.track.poll().await? {
+                TrackLocalEvent::OnRtcpPacket(_) => return Some(()),
+                _ => continue,
+            }
+        }
     }
 
     /// Sends one sample of `duration`.
@@ -226,13 +232,12 @@ pub async fn play(video: LocalTrack, clip: Arc<Clip>) -> Result<()> {
                     .await?;
                 next = (next + 1) % clip.frames.len();
             }
-            event = video.next_event(), if listening => match event {
-                Some(TrackLocalEvent::OnRtcpPacket(_)) => {
+            requested = video.keyframe_request(), if listening => match requested {
+                Some(()) => {
                     let skipped_from = next;
                     next = clip.keyframe_from(next);
                     info!(skipped_from, keyframe = next, "keyframe request");
                 }
-                Some(_) => {}
                 None => {
                     debug!("no more events from the video track");
                     listening = false;

@@ -140,12 +140,12 @@ impl ClusterMetrics {
         );
         registry.register(
             "cluster_peers",
-            "Other instances with sessions or devices known here",
+            "Other instances with sessions or devices known here (refreshed every third of --redis-lease)",
             metrics.peers.clone(),
         );
         registry.register(
             "cluster_remote_devices",
-            "Devices of other instances listed here",
+            "Devices of other instances listed here (refreshed every third of --redis-lease)",
             metrics.remote_devices.clone(),
         );
         registry.register(

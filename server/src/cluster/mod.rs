@@ -586,7 +586,7 @@ impl Adapter {
             }
             Err(e) => warn!(error = %e, "undecodable frames from another instance"),
         }
-        self.update_gauges();
+        self.update_sessions_gauge();
     }
 
     /// Writes what the core queued: sends, grouped per instance and cut
@@ -690,10 +690,14 @@ impl Adapter {
                 Step::Claim(..) | Step::Publish(_) | Step::Release => {}
             }
         }
-        for peer in gone {
-            self.peer_gone(peer);
+        if gone.is_empty() {
+            self.update_sessions_gauge();
+        } else {
+            for peer in gone {
+                self.peer_gone(peer);
+            }
+            self.update_gauges();
         }
-        self.update_gauges();
         Ok(())
     }
 
@@ -828,10 +832,18 @@ impl Adapter {
         info!("left redis");
     }
 
-    fn update_gauges(&self) {
-        let metrics = &self.core.metrics.cluster;
+    /// The sessions gauge, after frames came or went: cheap enough for
+    /// every batch.
+    fn update_sessions_gauge(&self) {
         let sessions = self.inbound.remote_clients() + self.cluster.remote_sessions();
-        metrics.sessions.set(sessions as i64);
+        self.core.metrics.cluster.sessions.set(sessions as i64);
+    }
+
+    /// Every gauge: on joining, on every renewal and when a peer leaves,
+    /// not per batch (counting the peers walks the whole directory).
+    fn update_gauges(&self) {
+        self.update_sessions_gauge();
+        let metrics = &self.core.metrics.cluster;
         metrics.peers.set(self.inbound.peers().len() as i64);
         metrics
             .remote_devices
