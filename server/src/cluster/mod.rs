@@ -67,8 +67,11 @@ const BATCH_BYTES: usize = 256 << 10;
 const REJOIN_FIRST: Duration = Duration::from_millis(100);
 const REJOIN_LAST: Duration = Duration::from_secs(5);
 
+/// An instance's alive key is this and its incarnation (under [`PREFIX`]).
+const ALIVE_PREFIX: &str = "signaling:alive:";
+
 fn alive_key(incarnation: Incarnation) -> String {
-    format!("{PREFIX}alive:{}", incarnation_text(incarnation))
+    format!("{ALIVE_PREFIX}{}", incarnation_text(incarnation))
 }
 
 fn device_key(id: &str) -> String {
@@ -82,44 +85,70 @@ fn channel(incarnation: Incarnation) -> String {
 // The lease scripts. Each runs atomically in Redis; time is Redis's own
 // (TIME), so instances' clocks need not agree.
 
-/// KEYS: the device key, the index. ARGV: the record, the lease in ms, the
-/// id, the previous owner's record prefix (or ""), the directory channel.
-/// Takes the lease if it is free, already ours, or held by our previous
-/// incarnation; announces it. 1 when taken, 0 when another holds it.
-const CLAIM: &str = r"
-local held = redis.call('GET', KEYS[1])
-if held and held ~= ARGV[1] and (ARGV[4] == '' or string.sub(held, 1, #ARGV[4]) ~= ARGV[4]) then
-  return 0
-end
+/// What the lease scripts share: `now`, Redis's time in ms, and whether a
+/// held record belongs to an instance that still lives. An instance is
+/// gone once its alive key has lapsed, which every other instance sees as
+/// the moment it forgets that instance's devices; its device keys outlive
+/// that key by the few milliseconds between the two in a renewal, and the
+/// id must be free in that gap too, or a registration the directory
+/// allowed would be refused after the fact. (The alive key is read by
+/// name, not passed in KEYS: one Redis, not Redis Cluster.)
+macro_rules! lease_prelude {
+    () => {
+        r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function owner_lives(record, alive_prefix)
+  local owner = string.match(record, '^{"o":"(%x+)"')
+  return owner == nil or redis.call('EXISTS', alive_prefix .. owner) == 1
+end
+"#
+    };
+}
+
+/// KEYS: the device key, the index. ARGV: the record, the lease in ms, the
+/// id, the previous owner's record prefix (or ""), the directory channel,
+/// the alive key prefix. Takes the lease if it is free, already ours, held
+/// by our previous incarnation or by an instance that is gone; announces
+/// it. 1 when taken, 0 when another holds it.
+const CLAIM: &str = concat!(
+    lease_prelude!(),
+    r"
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] and (ARGV[4] == '' or string.sub(held, 1, #ARGV[4]) ~= ARGV[4])
+    and owner_lives(held, ARGV[6]) then
+  return 0
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 redis.call('PUBLISH', ARGV[5], ARGV[1])
 return 1
-";
+"
+);
 
 /// KEYS: the device key, the index. ARGV: the record, the lease in ms, the
-/// id, the directory channel. 1 when renewed; 2 when it had lapsed and was
-/// free, so taken and announced again; 0 when another holds it now.
-const RENEW: &str = r"
+/// id, the directory channel, the alive key prefix. 1 when renewed; 2 when
+/// it had lapsed (or its holder is gone), so taken and announced again; 0
+/// when another holds it now.
+const RENEW: &str = concat!(
+    lease_prelude!(),
+    r"
 local held = redis.call('GET', KEYS[1])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if held == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
   return 1
 end
-if held then return 0 end
+if held and owner_lives(held, ARGV[5]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 redis.call('PUBLISH', ARGV[4], ARGV[1])
 return 2
-";
+"
+);
 
 /// KEYS: the device key, the index. ARGV: the record, the id, the
 /// directory channel, the departure event. Gives the lease back if it is
@@ -134,26 +163,29 @@ end
 return 0
 ";
 
-/// KEYS: the index. ARGV: the device key prefix. Drops lapsed ids from
-/// the index and returns the records of the others.
-const SNAPSHOT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+/// KEYS: the index. ARGV: the device key prefix, the alive key prefix.
+/// Drops lapsed ids from the index and returns the records of the others
+/// whose holders live.
+const SNAPSHOT: &str = concat!(
+    lease_prelude!(),
+    r"
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local records = {}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local record = redis.call('GET', ARGV[1] .. id)
-  if record then records[#records + 1] = record end
+  if record and owner_lives(record, ARGV[2]) then records[#records + 1] = record end
 end
 return records
-";
+"
+);
 
 /// KEYS: the index. Drops lapsed ids from it.
-const SWEEP: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+const SWEEP: &str = concat!(
+    lease_prelude!(),
+    r"
 return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-";
+"
+);
 
 /// The scripts' SHA1s, loaded on every join (a restarted Redis has none).
 #[derive(Debug)]
@@ -465,6 +497,7 @@ impl Adapter {
                     .arg(1)
                     .arg(DEVICES)
                     .arg(format!("{PREFIX}dev:"))
+                    .arg(ALIVE_PREFIX)
                     .query_async(&mut link.commands),
             )
             .await?;
@@ -496,7 +529,8 @@ impl Adapter {
             .arg(millis(self.config.lease))
             .arg(id)
             .arg(previous)
-            .arg(DIRECTORY);
+            .arg(DIRECTORY)
+            .arg(ALIVE_PREFIX);
     }
 
     /// Another instance holds `id`: the local device is evicted.
@@ -533,6 +567,14 @@ impl Adapter {
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return Ended::Stopped,
+                // Before the traffic, which under load is always ready: a
+                // renewal starved by it would let this instance's alive key
+                // lapse, and every other instance would end its sessions.
+                _ = tick.tick() => {
+                    if let Err(why) = self.renew(link).await {
+                        return Ended::Failed(why);
+                    }
+                }
                 message = link.messages.next() => {
                     let Some(message) = message else {
                         return Ended::Failed("the subscription closed".into());
@@ -547,11 +589,6 @@ impl Adapter {
                         ));
                     }
                     if let Err(why) = self.write(link, batch.requests).await {
-                        return Ended::Failed(why);
-                    }
-                }
-                _ = tick.tick() => {
-                    if let Err(why) = self.renew(link).await {
                         return Ended::Failed(why);
                     }
                 }
@@ -727,9 +764,11 @@ impl Adapter {
             .arg(1)
             .arg(DEVICES);
         // A heartbeat through this instance's own subscription: it must
-        // have a subscriber (this one), and come back before the next.
-        if link.heartbeats_sent > link.heartbeats_seen {
-            return Err("the subscription did not deliver the last heartbeat in time".into());
+        // have a subscriber (this one), and come back within two renewals
+        // (under load it waits behind the traffic that came first), so a
+        // stalled subscription is found within the lease.
+        if link.heartbeats_sent > link.heartbeats_seen + 1 {
+            return Err("the subscription did not deliver a heartbeat in time".into());
         }
         link.heartbeats_sent += 1;
         pipe.cmd("PUBLISH")
@@ -759,7 +798,8 @@ impl Adapter {
                 .arg(record)
                 .arg(lease)
                 .arg(&**id)
-                .arg(DIRECTORY);
+                .arg(DIRECTORY)
+                .arg(ALIVE_PREFIX);
         }
         let peers = self.inbound.peers();
         for peer in &peers {

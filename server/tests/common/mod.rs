@@ -666,9 +666,14 @@ pub type Reader = futures_util::stream::SplitStream<WebSocketStream<MaybeTlsStre
 /// (waiting at most 30 s), and the reading half, still open. The flood
 /// stops there.
 pub async fn flood_until_told(peer: Peer, text: String) -> (String, Reader) {
+    flood_until_told_at_most(peer, text, 2_000).await
+}
+
+/// [`flood_until_told`], sending at most `count` times.
+pub async fn flood_until_told_at_most(peer: Peer, text: String, count: usize) -> (String, Reader) {
     let (mut tx, mut rx) = peer.ws.split();
     let flood = tokio::spawn(async move {
-        for _ in 0..2_000 {
+        for _ in 0..count {
             if tx.send(Message::text(text.clone())).await.is_err() {
                 break;
             }
