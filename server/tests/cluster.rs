@@ -191,6 +191,52 @@ async fn an_id_whose_instance_is_gone_is_free_though_its_own_lease_runs_on() {
     a.stop().await.unwrap();
 }
 
+/// A Redis that wants a password, and a database other than 0: an
+/// instance uses both as its URL says; with a wrong password it never
+/// joins, and refuses registrations as unavailable.
+#[tokio::test]
+async fn the_urls_password_and_database_are_used() {
+    let redis = Redis::start_with_password("s3cret").await;
+    let mut config = cluster_config(&redis, LEASE);
+    if let Some(link) = &mut config.redis {
+        link.url = redis.url_of_database(3);
+    }
+    let a = TestServer::start(config).await;
+    joined(&a).await;
+    let _device = a.registered_device_with_info("cvd-1").await;
+    let mut third = redis::Client::open(redis.url_of_database(3))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let held: i64 = redis::cmd("EXISTS")
+        .arg("signaling:dev:cvd-1")
+        .query_async(&mut third)
+        .await
+        .unwrap();
+    assert_eq!(held, 1, "the lease is in database 3");
+    assert!(redis.keys().await.is_empty(), "nothing in database 0");
+
+    let mut config = cluster_config(&redis, LEASE);
+    if let Some(link) = &mut config.redis {
+        link.url = format!("redis://:wrong@127.0.0.1:{}/", redis.port);
+    }
+    let wrong = TestServer::start(config).await;
+    eventually("the wrong password failed to join", || async {
+        wrong.metric("signaling_cluster_link_failures_total").await >= 1.0
+    })
+    .await;
+    assert_eq!(wrong.metric("signaling_cluster_redis_up").await, 0.0);
+    let mut refused = wrong.device().await;
+    refused
+        .send(r#"{"message_type":"register","device_id":"cvd-2"}"#)
+        .await;
+    let error = refused.recv_error().await;
+    assert!(error.starts_with("Registry unavailable"), "{error}");
+    a.stop().await.unwrap();
+    wrong.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn ten_thousand_messages_each_way_arrive_in_order() {
     const N: usize = 10_000;

@@ -454,10 +454,17 @@ fn leak(name: String) -> &'static str {
 }
 
 /// With `against`, only the comparison scenarios, alternating between this
-/// build's server and the server binary at that path.
-pub fn run_with(root: &Path, quick_run: bool, against: Option<&Path>) -> Result<()> {
+/// build's server and the server binary at that path. With `only`, the
+/// standard scenarios whose name holds that text, printed and not written
+/// down (for trying a change).
+pub fn run_with(
+    root: &Path,
+    quick_run: bool,
+    against: Option<&Path>,
+    only: Option<&str>,
+) -> Result<()> {
     crate::e2e::build(root, true)?;
-    if !quick_run && against.is_none() {
+    if !quick_run && against.is_none() && only.is_none() {
         build_bare_relay(root)?;
     }
     let mut tools = crate::tools(root, "release", "load-logs")?;
@@ -479,10 +486,21 @@ pub fn run_with(root: &Path, quick_run: bool, against: Option<&Path>) -> Result<
         }
         None => None,
     };
-    let scenarios = match (quick_run, against) {
-        (true, _) => quick(),
-        (false, Some(binary)) => comparison(serves_device_socket(binary)),
-        (false, None) => standard(),
+    let scenarios = match (quick_run, against, only) {
+        (true, _, _) => quick(),
+        (false, Some(binary), _) => comparison(serves_device_socket(binary)),
+        (false, None, Some(text)) => {
+            let chosen: Vec<Scenario> = standard()
+                .into_iter()
+                .filter(|s| s.name.contains(text) && !s.bare)
+                .collect();
+            anyhow::ensure!(
+                !chosen.is_empty(),
+                "no standard scenario's name holds {text:?}"
+            );
+            chosen
+        }
+        (false, None, None) => standard(),
     };
     // Rounds: each round runs every scenario that has runs left once, so
     // a scenario and its bare-relay baseline are measured minutes apart at
@@ -554,6 +572,12 @@ pub fn run_with(root: &Path, quick_run: bool, against: Option<&Path>) -> Result<
         .collect();
     if quick_run {
         println!("bench: quick run ok");
+        return Ok(());
+    }
+    if only.is_some() {
+        for (scenario, row) in scenarios.iter().zip(&rows) {
+            println!("bench: {}: {row}", scenario.name);
+        }
         return Ok(());
     }
     if let Some(against) = against {

@@ -61,11 +61,16 @@ fn main() -> ExitCode {
                 .position(|a| a == "--against")
                 .and_then(|i| args.get(i + 1))
                 .map(PathBuf::from);
-            load::run_with(&workspace_root(), quick, against.as_deref())
+            let only = args
+                .iter()
+                .position(|a| a == "--only")
+                .and_then(|i| args.get(i + 1))
+                .map(String::as_str);
+            load::run_with(&workspace_root(), quick, against.as_deref(), only)
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  e2e               build, then run the whole flow end to end\n  bench [--quick] [--against BINARY]\n                    load the server with client-cli bench; --quick is a few seconds for CI;\n                    --against compares with another signaling-server binary, alternating\n  bench-handshake   time the WebRTC handshake through the server (release build)\n  fuzz [SECONDS]    run each fuzz target for SECONDS (default 30)\n  browser           the web client in headless Chromium (installs it when missing)\n  test              every test: cargo test --workspace, then browser\n  demo              a server and a fake device until Ctrl-C; prints the URL to open"
+                "usage: cargo xtask <task>\n\n  e2e               build, then run the whole flow end to end\n  bench [--quick] [--against BINARY] [--only TEXT]\n                    load the server with client-cli bench; --quick is a few seconds for CI;\n                    --against compares with another signaling-server binary, alternating;\n                    --only runs the scenarios whose name holds TEXT and prints, writing nothing\n  bench-handshake   time the WebRTC handshake through the server (release build)\n  fuzz [SECONDS]    run each fuzz target for SECONDS (default 30)\n  browser           the web client in headless Chromium (installs it when missing)\n  test              every test: cargo test --workspace, then browser\n  demo              a server and a fake device until Ctrl-C; prints the URL to open"
             );
             return ExitCode::from(2);
         }

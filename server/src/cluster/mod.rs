@@ -20,14 +20,13 @@
 //! cannot renew in time has lost Redis, closes every session that spans
 //! instances, and joins again as a new incarnation.
 
+mod resp;
 pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -208,10 +207,10 @@ struct Lease {
 /// One joining of Redis: its connections and incarnation.
 struct Link {
     incarnation: Incarnation,
-    commands: MultiplexedConnection,
-    /// Held so the subscription stays open; the heartbeats check it.
-    _subscriber: PubSubSink,
-    messages: PubSubStream,
+    commands: resp::Conn,
+    /// Subscribed to this instance's channel and the directory; the
+    /// heartbeats check it.
+    subscription: resp::Conn,
     scripts: Scripts,
     heartbeats_sent: u64,
     heartbeats_seen: u64,
@@ -383,7 +382,7 @@ impl Adapter {
     async fn timed<T>(
         &self,
         what: &str,
-        future: impl Future<Output = redis::RedisResult<T>>,
+        future: impl Future<Output = Result<T, resp::Error>>,
     ) -> Result<T, String> {
         match tokio::time::timeout(self.deadline(), future).await {
             Ok(Ok(value)) => Ok(value),
@@ -395,33 +394,31 @@ impl Adapter {
     /// Connects, takes a new incarnation, subscribes, announces itself,
     /// takes the leases of its devices again and reads the directory.
     async fn join(&mut self) -> Result<Link, String> {
-        let mut commands = self
-            .timed("connect", self.client.get_multiplexed_async_connection())
-            .await?;
-        let pubsub = self
-            .timed("subscribe", self.client.get_async_pubsub())
-            .await?;
-        let (mut subscriber, messages) = pubsub.split();
+        let info = self.client.get_connection_info().clone();
+        let mut commands = self.timed("connect", resp::Conn::connect(&info)).await?;
+        let mut subscription = self.timed("subscribe", resp::Conn::connect(&info)).await?;
         let incarnation = random_incarnation();
-        self.timed(
-            "subscribe",
-            subscriber.subscribe(&[channel(incarnation), DIRECTORY.to_owned()]),
-        )
+        let mut subscribe = redis::cmd("SUBSCRIBE");
+        subscribe.arg(channel(incarnation)).arg(DIRECTORY);
+        self.timed("subscribe", async {
+            subscription.send(&subscribe.get_packed_command()).await?;
+            // One confirmation per channel.
+            subscription.answers(2).await
+        })
         .await?;
         let mut load = redis::pipe();
         for script in [CLAIM, RENEW, RELEASE, SNAPSHOT, SWEEP] {
             load.cmd("SCRIPT").arg("LOAD").arg(script);
         }
         let shas: Vec<String> = self
-            .timed("load scripts", load.query_async(&mut commands))
+            .timed("load scripts", commands.query_pipeline(&load))
             .await?;
         let [claim, renew, release, snapshot, sweep] = <[String; 5]>::try_from(shas)
             .map_err(|_| "load scripts: not five answers".to_owned())?;
         let mut link = Link {
             incarnation,
             commands,
-            _subscriber: subscriber,
-            messages,
+            subscription,
             scripts: Scripts {
                 claim,
                 renew,
@@ -439,13 +436,12 @@ impl Adapter {
             .arg(alive_key(incarnation))
             .arg(1)
             .arg("PX")
-            .arg(lease)
-            .ignore();
+            .arg(lease);
         if let Some(previous) = self.previous {
-            announce.cmd("DEL").arg(alive_key(previous)).ignore();
+            announce.cmd("DEL").arg(alive_key(previous));
         }
-        let () = self
-            .timed("announce", announce.query_async(&mut link.commands))
+        let _: Vec<redis::Value> = self
+            .timed("announce", link.commands.query_pipeline(&announce))
             .await?;
         // Registrations from here on are leased as this incarnation.
         for request in self.cluster.uplink.take_leases() {
@@ -481,7 +477,7 @@ impl Adapter {
                 self.claim(&mut pipe, &link, id, &previous);
             }
             let taken: Vec<i64> = self
-                .timed("claim", pipe.query_async(&mut link.commands))
+                .timed("claim", link.commands.query_pipeline(&pipe))
                 .await?;
             for ((id, registration), taken) in claims.iter().zip(taken) {
                 if taken == 0 {
@@ -489,17 +485,15 @@ impl Adapter {
                 }
             }
         }
+        let mut snapshot = redis::cmd("EVALSHA");
+        snapshot
+            .arg(&link.scripts.snapshot)
+            .arg(1)
+            .arg(DEVICES)
+            .arg(format!("{PREFIX}dev:"))
+            .arg(ALIVE_PREFIX);
         let records: Vec<String> = self
-            .timed(
-                "read the directory",
-                redis::cmd("EVALSHA")
-                    .arg(&link.scripts.snapshot)
-                    .arg(1)
-                    .arg(DEVICES)
-                    .arg(format!("{PREFIX}dev:"))
-                    .arg(ALIVE_PREFIX)
-                    .query_async(&mut link.commands),
-            )
+            .timed("read the directory", link.commands.query(&snapshot))
             .await?;
         for record in records {
             self.on_directory(link.incarnation, &record);
@@ -575,11 +569,15 @@ impl Adapter {
                         return Ended::Failed(why);
                     }
                 }
-                message = link.messages.next() => {
-                    let Some(message) = message else {
-                        return Ended::Failed("the subscription closed".into());
+                filled = link.subscription.fill() => {
+                    let len = match filled {
+                        Ok(len) => len,
+                        Err(e) => return Ended::Failed(format!("the subscription: {e}")),
                     };
-                    self.on_message(link, &message);
+                    if let Some(n) = self.on_message(link.incarnation, &link.subscription.peek(len)) {
+                        link.heartbeats_seen = n;
+                    }
+                    link.subscription.consume(len);
                 }
                 batch = std::future::poll_fn(|cx| self.cluster.uplink.poll_batch(cx)) => {
                     if batch.overflowed {
@@ -596,19 +594,32 @@ impl Adapter {
         }
     }
 
-    fn on_message(&mut self, link: &mut Link, message: &redis::Msg) {
-        let Ok(text) = std::str::from_utf8(message.get_payload_bytes()) else {
-            warn!("a message from redis that is not UTF-8");
-            return;
+    /// What the subscription delivered; the number of a heartbeat.
+    fn on_message(&mut self, own: Incarnation, message: &resp::Value<'_>) -> Option<u64> {
+        let resp::Value::Array(parts) = message else {
+            warn!("a message from redis that is not an array");
+            return None;
         };
-        if message.get_channel_name() == DIRECTORY {
-            return self.on_directory(link.incarnation, text);
+        let [
+            resp::Value::Bulk(b"message"),
+            resp::Value::Bulk(channel),
+            resp::Value::Bulk(payload),
+        ] = parts.as_slice()
+        else {
+            // Nothing else is asked for once subscribed.
+            debug!("a message from redis that is not a published one");
+            return None;
+        };
+        let Ok(text) = std::str::from_utf8(payload) else {
+            warn!("a message from redis that is not UTF-8");
+            return None;
+        };
+        if *channel == DIRECTORY.as_bytes() {
+            self.on_directory(own, text);
+            return None;
         }
         if let Some(n) = text.strip_prefix(HEARTBEAT) {
-            if let Ok(n) = n.parse() {
-                link.heartbeats_seen = n;
-            }
-            return;
+            return n.parse().ok();
         }
         match wire::decode_batch(text) {
             Ok((from, frames)) => {
@@ -624,6 +635,7 @@ impl Adapter {
             Err(e) => warn!(error = %e, "undecodable frames from another instance"),
         }
         self.update_sessions_gauge();
+        None
     }
 
     /// Writes what the core queued: sends, grouped per instance and cut
@@ -693,6 +705,9 @@ impl Adapter {
                 }
             }
         }
+        // The claims and releases, then each batch written straight in
+        // after them (one copy of it, not two).
+        let mut out = pipe.get_packed_pipeline();
         let metrics = &self.core.metrics.cluster;
         for (to, frames) in &sends {
             metrics.frames_sent.inc_by(frames.len() as u64);
@@ -705,7 +720,10 @@ impl Adapter {
                     end += 1;
                 }
                 let text = wire::encode_batch(link.incarnation, &frames[start..end]);
-                pipe.cmd("PUBLISH").arg(channel(*to)).arg(text);
+                resp::command(
+                    &mut out,
+                    &[b"PUBLISH", channel(*to).as_bytes(), text.as_bytes()],
+                );
                 steps.push(Step::Publish(*to));
                 metrics.publishes.inc();
                 start = end;
@@ -714,11 +732,19 @@ impl Adapter {
         if steps.is_empty() {
             return Ok(());
         }
-        let answers: Vec<i64> = self
-            .timed("write", pipe.query_async(&mut link.commands))
+        let count = steps.len();
+        let answers = self
+            .timed("write", async {
+                link.commands.send(&out).await?;
+                link.commands.answers(count).await
+            })
             .await?;
         let mut gone = Vec::new();
         for (step, answer) in steps.into_iter().zip(answers) {
+            let answer = match answer {
+                redis::Value::Int(n) => n,
+                other => return Err(format!("write: an unexpected answer: {other:?}")),
+            };
             match step {
                 Step::Claim(id, registration) if answer == 0 => self.lost_lease(&id, registration),
                 // Nobody subscribed to that instance's channel: it has
@@ -806,7 +832,7 @@ impl Adapter {
             pipe.cmd("EXISTS").arg(alive_key(*peer));
         }
         let answers: Vec<redis::Value> = self
-            .timed("renew", pipe.query_async(&mut link.commands))
+            .timed("renew", link.commands.query_pipeline(&pipe))
             .await?;
         let int = |value: &redis::Value| match value {
             redis::Value::Int(n) => *n,
@@ -844,8 +870,11 @@ impl Adapter {
             })
         })
         .await;
+        // A failed exchange leaves the connection out of step: the first
+        // failure ends the leaving (the leases then lapse on their own).
         if let Err(why) = self.write(link, requests).await {
             warn!(reason = %why, "could not write the last departures to redis");
+            return;
         }
         let releases: Vec<Request> = self
             .leases
@@ -857,17 +886,14 @@ impl Adapter {
             .collect();
         if let Err(why) = self.write(link, releases).await {
             warn!(reason = %why, "could not give the leases back");
+            return;
         }
-        let deleted: Result<(), String> = self
-            .timed(
-                "leave",
-                redis::cmd("DEL")
-                    .arg(alive_key(link.incarnation))
-                    .query_async(&mut link.commands),
-            )
-            .await;
+        let mut delete = redis::cmd("DEL");
+        delete.arg(alive_key(link.incarnation));
+        let deleted: Result<i64, String> = self.timed("leave", link.commands.query(&delete)).await;
         if let Err(why) = deleted {
             warn!(reason = %why, "could not leave redis cleanly");
+            return;
         }
         info!("left redis");
     }

@@ -698,16 +698,31 @@ pub async fn flood_until_told_at_most(peer: Peer, text: String, count: usize) ->
 /// killed when dropped.
 pub struct Redis {
     pub port: u16,
+    /// What `--requirepass` it was started with.
+    password: Option<String>,
     child: Option<std::process::Child>,
 }
 
 impl Redis {
     pub async fn start() -> Self {
+        Self::start_as(None).await
+    }
+
+    /// A redis-server that wants `password` of its clients.
+    pub async fn start_with_password(password: &str) -> Self {
+        Self::start_as(Some(password.to_owned())).await
+    }
+
+    async fn start_as(password: Option<String>) -> Self {
         let port = {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
             probe.local_addr().expect("its address").port()
         };
-        let mut redis = Self { port, child: None };
+        let mut redis = Self {
+            port,
+            password,
+            child: None,
+        };
         redis.spawn().await;
         redis
     }
@@ -717,6 +732,11 @@ impl Redis {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--logfile", ""])
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|password| ["--requirepass", password.as_str()]),
+            )
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -741,7 +761,15 @@ impl Redis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        self.url_of_database(0)
+    }
+
+    /// The URL of one of its databases, with the password if it has one.
+    pub fn url_of_database(&self, db: u32) -> String {
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}/{db}", self.port),
+            None => format!("redis://127.0.0.1:{}/{db}", self.port),
+        }
     }
 
     pub async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
