@@ -237,6 +237,34 @@ async fn the_urls_password_and_database_are_used() {
     wrong.stop().await.unwrap();
 }
 
+/// `--redis unix:///path`: instances meet on Redis's unix socket.
+#[tokio::test]
+async fn instances_meet_on_a_unix_socket() {
+    let dir = common::temp_dir("redis-socket");
+    let socket = dir.join("redis.sock");
+    let redis = Redis::start_on_unix_socket(socket.clone()).await;
+    let config = || {
+        let mut config = cluster_config(&redis, LEASE);
+        if let Some(link) = &mut config.redis {
+            link.url = format!("unix://{}", socket.display());
+        }
+        config
+    };
+    let a = TestServer::start(config()).await;
+    let b = TestServer::start(config()).await;
+    joined(&a).await;
+    joined(&b).await;
+    let mut device = a.registered_device_with_info("cvd-1").await;
+    until_listed(&b, "cvd-1").await;
+    let mut client = b.connected_client("cvd-1").await;
+    client.send(&forward(json!("over the socket"))).await;
+    assert_eq!(device.recv_json().await["payload"], "over the socket");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn ten_thousand_messages_each_way_arrive_in_order() {
     const N: usize = 10_000;

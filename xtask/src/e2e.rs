@@ -90,6 +90,44 @@ impl Tools {
         })
     }
 
+    /// A redis-server of its own on a free loopback port and two
+    /// instances on it, each started with `flags` too, once both have
+    /// joined: (Redis, the first instance, the second).
+    pub fn two_instances(&self, name: &str, flags: &[&str]) -> Result<(Process, Server, Server)> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null());
+        let redis = Process::start(
+            command,
+            &format!("{name}-redis"),
+            &self.log(&format!("{name}-redis")),
+        )
+        .context("redis-server (apt-get install redis-server)")?;
+        let url = format!("redis://127.0.0.1:{port}/");
+        let mut flags = flags.to_vec();
+        flags.extend(["--redis", url.as_str()]);
+        // redis-server takes a moment to listen; the instances join on
+        // their own once it does.
+        let a = self.server(&format!("{name}-a"), &flags)?;
+        let b = self.server(&format!("{name}-b"), &flags)?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while metric(&a, "signaling_cluster_redis_up")? != 1.0
+            || metric(&b, "signaling_cluster_redis_up")? != 1.0
+        {
+            ensure!(
+                Instant::now() < deadline,
+                "the instances never joined redis"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok((redis, a, b))
+    }
+
     /// Starts a fake device and waits until the server lists it.
     pub fn fake_device(&self, name: &str, server: &Server, device_id: &str) -> Result<Process> {
         self.fake_device_with(name, server, device_id, &[])
@@ -744,31 +782,7 @@ fn cuttlefish_shaped(tools: &Tools) -> Result<String> {
 /// the whole WebRTC handshake, both displays' video and a touch cross
 /// between them.
 fn two_instances(tools: &Tools) -> Result<String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut command = Command::new("redis-server");
-    command
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null());
-    let _redis = Process::start(command, "11-redis", &tools.log("11-redis"))
-        .context("redis-server (apt-get install redis-server)")?;
-    let url = format!("redis://127.0.0.1:{port}/");
-    // redis-server takes a moment to listen; the instances join on their
-    // own once it does.
-    let a = tools.server("11-a", &["--redis", &url])?;
-    let b = tools.server("11-b", &["--redis", &url])?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while metric(&a, "signaling_cluster_redis_up")? != 1.0
-        || metric(&b, "signaling_cluster_redis_up")? != 1.0
-    {
-        ensure!(
-            Instant::now() < deadline,
-            "the instances never joined redis"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (_redis, a, b) = tools.two_instances("11", &[])?;
     let device = tools.fake_device_as("11-two", &a, "cvd-1", &["--displays", "2"])?;
     tools.wait_listed(&b, "cvd-1", &device)?;
     let output = tools

@@ -9,7 +9,6 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
@@ -408,17 +407,21 @@ fn quick() -> Vec<Scenario> {
 }
 
 /// The scenarios `--against` measures, each beside the same one on the other
-/// server: CPU per relayed message at 200 B and 4 KiB, idle memory, and the
-/// same with devices on the device socket when both servers serve one.
-/// Every run gets a fresh server, so neither build inherits the other's
-/// state.
-fn comparison(with_device_socket: bool) -> Vec<Scenario> {
+/// server: CPU per relayed message at 200 B and 4 KiB, idle memory, the
+/// same with devices on the device socket when both servers serve one,
+/// and the relay between two instances on Redis (at full load and at
+/// 10,000 messages/s) when both serve `--redis`. Every run gets a fresh
+/// server, so neither build inherits the other's state.
+fn comparison(with_device_socket: bool, with_redis: bool) -> Vec<Scenario> {
     let measured = standard().into_iter().filter(|s| {
         let name = s.name.strip_prefix("device socket: ").unwrap_or(s.name);
+        let name = name.strip_prefix("two instances (Redis): ").unwrap_or(name);
         !s.bare
-            && !s.cluster
             && (with_device_socket || !s.device_socket)
-            && (name.starts_with("relay 50 pairs") || name == "idle: 5,000 registered devices")
+            && (with_redis || !s.cluster)
+            && (name.starts_with("relay 50 pairs")
+                || name == "idle: 5,000 registered devices"
+                || (s.cluster && name.starts_with("open loop")))
     });
     let mut all = Vec::new();
     for scenario in measured {
@@ -433,19 +436,19 @@ fn comparison(with_device_socket: bool) -> Vec<Scenario> {
                 bare: false,
                 device_socket: scenario.device_socket,
                 baseline,
-                cluster: false,
+                cluster: scenario.cluster,
             });
         }
     }
     all
 }
 
-/// Whether a server binary serves `--device-socket` (older ones do not).
-fn serves_device_socket(binary: &Path) -> bool {
+/// Whether a server binary serves `flag` (older ones may not).
+fn serves(binary: &Path, flag: &str) -> bool {
     std::process::Command::new(binary)
         .arg("--help")
         .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("--device-socket"))
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(flag))
 }
 
 /// Scenario names are `&'static str`; the few made at run time live as long.
@@ -488,7 +491,10 @@ pub fn run_with(
     };
     let scenarios = match (quick_run, against, only) {
         (true, _, _) => quick(),
-        (false, Some(binary), _) => comparison(serves_device_socket(binary)),
+        (false, Some(binary), _) => comparison(
+            serves(binary, "--device-socket"),
+            serves(binary, "--redis "),
+        ),
         (false, None, Some(text)) => {
             let chosen: Vec<Scenario> = standard()
                 .into_iter()
@@ -819,33 +825,7 @@ fn start_bare_relay(tools: &Tools) -> Result<Server> {
 /// the other two, with the flags that send `client-cli bench`'s clients to
 /// the second and count both instances' CPU (and Redis's beside).
 fn start_cluster(tools: &Tools, name: &str) -> Result<Server> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut command = std::process::Command::new("redis-server");
-    command
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null());
-    let redis =
-        crate::process::Process::start(command, "redis", &tools.log(&format!("{name}-redis")))?;
-    let url = format!("redis://127.0.0.1:{port}/");
-    let flags = ["--rate-limit", "0", "--redis", url.as_str()];
-    let mut devices = tools.server(&format!("{name}-a"), &flags)?;
-    let clients = tools.server(&format!("{name}-b"), &flags)?;
-    let joined = |server: &Server| -> Result<bool> {
-        let address = server.url.strip_prefix("ws://").context("a plain server")?;
-        let metrics = support::http::get_blocking(address.parse()?, "/metrics")?;
-        Ok(support::prometheus::sample_or_zero(&metrics.body, "signaling_cluster_redis_up") == 1.0)
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while !(joined(&devices)? && joined(&clients)?) {
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "the instances never joined redis"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (redis, mut devices, clients) = tools.two_instances(name, &["--rate-limit", "0"])?;
     devices.bench_flags = vec![
         "--client-server".into(),
         clients.url.clone(),

@@ -700,20 +700,27 @@ pub struct Redis {
     pub port: u16,
     /// What `--requirepass` it was started with.
     password: Option<String>,
+    /// Where it listens besides its port, if told to.
+    unix_socket: Option<PathBuf>,
     child: Option<std::process::Child>,
 }
 
 impl Redis {
     pub async fn start() -> Self {
-        Self::start_as(None).await
+        Self::start_as(None, None).await
     }
 
     /// A redis-server that wants `password` of its clients.
     pub async fn start_with_password(password: &str) -> Self {
-        Self::start_as(Some(password.to_owned())).await
+        Self::start_as(Some(password.to_owned()), None).await
     }
 
-    async fn start_as(password: Option<String>) -> Self {
+    /// A redis-server that also listens on a unix socket at `path`.
+    pub async fn start_on_unix_socket(path: PathBuf) -> Self {
+        Self::start_as(None, Some(path)).await
+    }
+
+    async fn start_as(password: Option<String>, unix_socket: Option<PathBuf>) -> Self {
         let port = {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
             probe.local_addr().expect("its address").port()
@@ -721,6 +728,7 @@ impl Redis {
         let mut redis = Self {
             port,
             password,
+            unix_socket,
             child: None,
         };
         redis.spawn().await;
@@ -737,6 +745,9 @@ impl Redis {
                     .iter()
                     .flat_map(|password| ["--requirepass", password.as_str()]),
             )
+            .args(self.unix_socket.iter().flat_map(|path| {
+                [std::ffi::OsStr::new("--unixsocket"), path.as_os_str()]
+            }))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
