@@ -7,7 +7,10 @@
 
 mod common;
 
-use common::{HttpResponse, Peer, TestServer, http_get, http_post, refusal_status, test_config};
+use common::{
+    DeviceTransport, HttpResponse, Peer, TestServer, http_get, http_post, refusal_status,
+    test_config,
+};
 use serde_json::Value;
 use signaling_server::ServerConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -17,14 +20,13 @@ fn body_json(reply: &HttpResponse) -> Value {
 }
 
 async fn go_client(server: &TestServer, device_id: &str) -> Peer {
-    Peer::connect(&server.url(&format!("/devices/{device_id}/connect"))).await
+    Peer::connect(&server.clients_url(&format!("/devices/{device_id}/connect"))).await
 }
 
-#[tokio::test]
-async fn websocket_clients_send_bare_payloads() {
-    let server = TestServer::with_defaults().await;
+async fn websocket_clients_send_bare_payloads(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
     // An unknown device is refused before the upgrade, as there.
-    let error = Peer::try_connect_with(&server.url("/devices/nobody/connect"), &[])
+    let error = Peer::try_connect_with(&server.clients_url("/devices/nobody/connect"), &[])
         .await
         .err()
         .expect("refused");
@@ -80,9 +82,8 @@ async fn websocket_clients_send_bare_payloads() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn websocket_clients_hear_their_device_leave() {
-    let server = TestServer::with_defaults().await;
+async fn websocket_clients_hear_their_device_leave(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
     let device = server.registered_device_with_info("leaving").await;
     let mut client = go_client(&server, "leaving").await;
     client.recv_text().await;
@@ -103,33 +104,36 @@ async fn websocket_clients_hear_their_device_leave() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn tokens_apply_to_the_go_api() {
-    let server = TestServer::start(ServerConfig {
-        client_token: Some("secret".into()),
-        ..test_config()
-    })
+async fn tokens_apply_to_the_go_api(transport: DeviceTransport) {
+    let server = TestServer::start_for(
+        transport,
+        ServerConfig {
+            client_token: Some("secret".into()),
+            ..test_config()
+        },
+    )
     .await;
     let _device = server.registered_device_with_info("guarded").await;
-    let error = Peer::try_connect_with(&server.url("/devices/guarded/connect"), &[])
+    let error = Peer::try_connect_with(&server.clients_url("/devices/guarded/connect"), &[])
         .await
         .err()
         .expect("refused");
     assert_eq!(refusal_status(&error), 401);
-    let mut client = Peer::connect(&server.url("/devices/guarded/connect?token=secret")).await;
+    let mut client =
+        Peer::connect(&server.clients_url("/devices/guarded/connect?token=secret")).await;
     assert!(client.recv_text().await.starts_with(r#"{"device_info""#));
     for path in ["/devices/guarded", "/polled_connections/x/messages"] {
-        assert_eq!(server.get(path).await.status, 401, "{path}");
+        assert_eq!(server.clients_get(path).await.status, 401, "{path}");
     }
     let reply = http_post(
-        server.addr,
+        server.clients_addr(),
         "/polled_connections",
         r#"{"device_id":"guarded"}"#,
     )
     .await;
     assert_eq!(reply.status, 401);
     let reply = http_get(
-        server.addr,
+        server.clients_addr(),
         "/devices/guarded",
         &[("Authorization", "Bearer secret")],
     )
@@ -138,11 +142,10 @@ async fn tokens_apply_to_the_go_api() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_device_descriptor_carries_its_device_info() {
-    let server = TestServer::with_defaults().await;
+async fn a_device_descriptor_carries_its_device_info(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
     let _device = server.registered_device_with_info("described").await;
-    let reply = server.get("/devices/described").await;
+    let reply = server.clients_get("/devices/described").await;
     assert_eq!(reply.status, 200);
     assert_eq!(
         body_json(&reply),
@@ -153,7 +156,7 @@ async fn a_device_descriptor_carries_its_device_info() {
             "registration_info": {"name": "described"},
         })
     );
-    let missing = server.get("/devices/nobody").await;
+    let missing = server.clients_get("/devices/nobody").await;
     assert_eq!(missing.status, 404);
     assert_eq!(body_json(&missing)["error"], "Device not found: nobody");
     server.stop().await.unwrap();
@@ -162,7 +165,7 @@ async fn a_device_descriptor_carries_its_device_info() {
 /// `POST /polled_connections`; the connection id.
 async fn polled_connect(server: &TestServer, device_id: &str) -> String {
     let reply = http_post(
-        server.addr,
+        server.clients_addr(),
         "/polled_connections",
         &format!(r#"{{"device_id":"{device_id}"}}"#),
     )
@@ -174,16 +177,15 @@ async fn polled_connect(server: &TestServer, device_id: &str) -> String {
 
 async fn messages(server: &TestServer, id: &str, query: &str) -> HttpResponse {
     server
-        .get(&format!("/polled_connections/{id}/messages{query}"))
+        .clients_get(&format!("/polled_connections/{id}/messages{query}"))
         .await
 }
 
-#[tokio::test]
-async fn polling_clients_read_the_device_messages_by_index() {
-    let server = TestServer::with_defaults().await;
+async fn polling_clients_read_the_device_messages_by_index(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
     let mut device = server.registered_device_with_info("polled").await;
     let reply = http_post(
-        server.addr,
+        server.clients_addr(),
         "/polled_connections",
         r#"{"device_id":"polled"}"#,
     )
@@ -196,7 +198,7 @@ async fn polling_clients_read_the_device_messages_by_index() {
     assert_eq!(id.len(), 32);
 
     let forward = http_post(
-        server.addr,
+        server.clients_addr(),
         &format!("/polled_connections/{id}/:forward"),
         r#"{"payload":{"type":"request-offer"}}"#,
     )
@@ -252,7 +254,7 @@ async fn polling_clients_read_the_device_messages_by_index() {
 
     // Bad requests on forward.
     let missing = http_post(
-        server.addr,
+        server.clients_addr(),
         &format!("/polled_connections/{id}/:forward"),
         "{}",
     )
@@ -262,14 +264,14 @@ async fn polling_clients_read_the_device_messages_by_index() {
         (400, Some("Missing payload"))
     );
     let other = http_post(
-        server.addr,
+        server.clients_addr(),
         &format!("/polled_connections/{id}/:other"),
         "{}",
     )
     .await;
     assert_eq!(other.status, 404);
     let unknown = http_post(
-        server.addr,
+        server.clients_addr(),
         "/polled_connections/nope/:forward",
         r#"{"payload":1}"#,
     )
@@ -277,7 +279,7 @@ async fn polling_clients_read_the_device_messages_by_index() {
     assert_eq!(unknown.status, 404);
     assert_eq!(messages(&server, "nope", "").await.status, 404);
     let not_there = http_post(
-        server.addr,
+        server.clients_addr(),
         "/polled_connections",
         r#"{"device_id":"elsewhere"}"#,
     )
@@ -319,12 +321,14 @@ async fn a_go_polling_client_on_backoff_stays_and_one_that_stops_is_dropped() {
 
 /// Kept messages are bounded like an outbox: a client that lets more than
 /// --outbox-messages pile up unread is dropped, and its device told.
-#[tokio::test]
-async fn kept_messages_are_bounded() {
-    let server = TestServer::start(ServerConfig {
-        outbox_messages: 4,
-        ..test_config()
-    })
+async fn kept_messages_are_bounded(transport: DeviceTransport) {
+    let server = TestServer::start_for(
+        transport,
+        ServerConfig {
+            outbox_messages: 4,
+            ..test_config()
+        },
+    )
     .await;
     let mut device = server.registered_device_with_info("bounded").await;
     let id = polled_connect(&server, "bounded").await;
@@ -401,7 +405,7 @@ async fn the_adb_bridge_carries_bytes_both_ways() {
         ))
         .await;
     device.recv_json().await;
-    let mut bridge = Peer::connect(&server.url("/devices/adb/adb")).await;
+    let mut bridge = Peer::connect(&server.clients_url("/devices/adb/adb")).await;
     bridge
         .ws
         .send(Message::binary(vec![0u8, 1, 2, 0xff]))
@@ -421,12 +425,12 @@ async fn the_adb_bridge_carries_bytes_both_ways() {
 
     // No port, or nothing listening on it: refused before the upgrade.
     let _plain = server.registered_device_with_info("no-adb").await;
-    let refused = Peer::try_connect_with(&server.url("/devices/no-adb/adb"), &[])
+    let refused = Peer::try_connect_with(&server.clients_url("/devices/no-adb/adb"), &[])
         .await
         .err()
         .unwrap();
     assert_eq!(refusal_status(&refused), 404);
-    let refused = Peer::try_connect_with(&server.url("/devices/nobody/adb"), &[])
+    let refused = Peer::try_connect_with(&server.clients_url("/devices/nobody/adb"), &[])
         .await
         .err()
         .unwrap();
@@ -443,11 +447,40 @@ async fn the_adb_bridge_carries_bytes_both_ways() {
         ))
         .await;
     unreachable.recv_json().await;
-    let refused = Peer::try_connect_with(&server.url("/devices/adb-gone/adb"), &[])
+    let refused = Peer::try_connect_with(&server.clients_url("/devices/adb-gone/adb"), &[])
         .await
         .err()
         .unwrap();
     assert_eq!(refusal_status(&refused), 502);
     drop(device);
     server.stop().await.unwrap();
+}
+
+/// Each test as `<name>::one_instance` and `<name>::other_instance` (the
+/// Go operator's client on one instance of a Redis, its device on
+/// another).
+macro_rules! on_both_topologies {
+    ($($test:ident),* $(,)?) => {
+        $(
+            mod $test {
+                #[tokio::test]
+                async fn one_instance() {
+                    super::$test(super::DeviceTransport::Websocket).await
+                }
+                #[tokio::test]
+                async fn other_instance() {
+                    super::$test(super::DeviceTransport::OtherInstance).await
+                }
+            }
+        )*
+    };
+}
+
+on_both_topologies! {
+    websocket_clients_send_bare_payloads,
+    websocket_clients_hear_their_device_leave,
+    tokens_apply_to_the_go_api,
+    a_device_descriptor_carries_its_device_info,
+    polling_clients_read_the_device_messages_by_index,
+    kept_messages_are_bounded,
 }

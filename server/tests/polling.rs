@@ -8,14 +8,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, http_post, test_config};
+use common::{DeviceTransport, TestServer, http_post, test_config};
 use serde_json::Value;
 use signaling_server::ServerConfig;
 
 /// `POST /connect` to `device_id`; the connection id.
 async fn poll_connect(server: &TestServer, device_id: &str) -> String {
     let reply = http_post(
-        server.addr,
+        server.clients_addr(),
         "/connect",
         &format!(r#"{{"device_id":"{device_id}"}}"#),
     )
@@ -27,7 +27,7 @@ async fn poll_connect(server: &TestServer, device_id: &str) -> String {
 
 async fn poll(server: &TestServer, connection_id: &str) -> common::HttpResponse {
     http_post(
-        server.addr,
+        server.clients_addr(),
         "/poll_messages",
         &format!(r#"{{"connection_id":"{connection_id}"}}"#),
     )
@@ -60,14 +60,31 @@ async fn a_client_on_cuttlefish_backoff_stays_and_one_that_stops_is_dropped() {
     server.stop().await.unwrap();
 }
 
+/// Polls until something comes (a payload crossing from another
+/// instance lands a moment after the device sent it); that answer.
+async fn poll_until_some(server: &TestServer, connection_id: &str) -> common::HttpResponse {
+    let deadline = tokio::time::Instant::now() + common::PROMPT;
+    loop {
+        let reply = poll(server, connection_id).await;
+        if reply.body != "[]" || tokio::time::Instant::now() > deadline {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// C1 and C7 over polling: device_info with a random connection id, the
 /// payload reaches the device verbatim, the device's payloads come back
 /// verbatim as a JSON array, in order, once each.
-#[tokio::test]
-async fn connect_forward_and_poll() {
-    let server = TestServer::with_defaults().await;
+async fn connect_forward_and_poll(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
     let mut device = server.registered_device_with_info("polled").await;
-    let reply = http_post(server.addr, "/connect", r#"{"device_id":"polled"}"#).await;
+    let reply = http_post(
+        server.clients_addr(),
+        "/connect",
+        r#"{"device_id":"polled"}"#,
+    )
+    .await;
     assert_eq!(reply.status, 200);
     let value: Value = serde_json::from_str(&reply.body).unwrap();
     assert_eq!(value["message_type"], "device_info");
@@ -77,7 +94,7 @@ async fn connect_forward_and_poll() {
     assert_ne!(poll_connect(&server, "polled").await, id, "ids are random");
 
     let forward = format!(r#"{{"connection_id":"{id}","payload":{{"b": [1, 2.50]}}}}"#);
-    let reply = http_post(server.addr, "/forward", &forward).await;
+    let reply = http_post(server.clients_addr(), "/forward", &forward).await;
     assert_eq!((reply.status, reply.body.as_str()), (200, "[]"));
     assert_eq!(
         device.recv_text().await,
@@ -90,26 +107,25 @@ async fn connect_forward_and_poll() {
             ))
             .await;
     }
-    common::eventually("the device's payloads are queued", || async {
-        server
-            .metric(r#"signaling_messages_relayed_total{direction="device_to_client"}"#)
-            .await
-            == 3.0
-    })
-    .await;
-    let reply = poll(&server, &id).await;
-    assert_eq!(reply.status, 200);
-    assert_eq!(reply.body, r#"[{"type":"offer", "sdp":"x"},null,"s"]"#);
+    let mut polled = Vec::new();
+    while polled.len() < 3 {
+        let reply = poll_until_some(&server, &id).await;
+        assert_eq!(reply.status, 200);
+        let batch: Vec<Box<serde_json::value::RawValue>> =
+            serde_json::from_str(&reply.body).unwrap();
+        assert!(!batch.is_empty(), "the device's payloads never came");
+        polled.extend(batch.into_iter().map(|raw| raw.get().to_owned()));
+    }
+    assert_eq!(polled, [r#"{"type":"offer", "sdp":"x"}"#, "null", r#""s""#]);
     assert_eq!(poll(&server, &id).await.body, "[]");
     server.stop().await.unwrap();
 }
 
 /// The errors, in the reference's shape and statuses.
-#[tokio::test]
-async fn errors_have_the_reference_shape() {
-    let server = TestServer::with_defaults().await;
+async fn errors_have_the_reference_shape(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
     let _device = server.registered_device_with_info("here").await;
-    let addr = server.addr;
+    let addr = server.clients_addr();
     assert_error(
         &http_post(addr, "/connect", "not json").await,
         400,
@@ -172,7 +188,9 @@ async fn ids_and_departures_as_for_websocket_clients() {
     let id = poll_connect(&server, "shared").await;
     let forward = format!(r#"{{"connection_id":"{id}","payload":7}}"#);
     assert_eq!(
-        http_post(server.addr, "/forward", &forward).await.status,
+        http_post(server.clients_addr(), "/forward", &forward)
+            .await
+            .status,
         200
     );
     assert_eq!(
@@ -194,17 +212,19 @@ async fn ids_and_departures_as_for_websocket_clients() {
 /// A queue over --outbox-messages drops the client openly: its device is
 /// told at once, and the client's next poll gets the unknown-connection
 /// error (the reference drops messages past 1000 silently).
-#[tokio::test]
-async fn a_full_queue_drops_the_client_openly() {
-    let server = TestServer::start(ServerConfig {
-        outbox_messages: 4,
-        ..test_config()
-    })
+async fn a_full_queue_drops_the_client_openly(transport: DeviceTransport) {
+    let server = TestServer::start_for(
+        transport,
+        ServerConfig {
+            outbox_messages: 4,
+            ..test_config()
+        },
+    )
     .await;
     let mut device = server.registered_device_with_info("full").await;
     let id = poll_connect(&server, "full").await;
     let forward = format!(r#"{{"connection_id":"{id}","payload":0}}"#);
-    http_post(server.addr, "/forward", &forward).await;
+    http_post(server.clients_addr(), "/forward", &forward).await;
     assert!(device.recv_text().await.contains("client_msg"));
     for n in 0..5 {
         device
@@ -229,13 +249,12 @@ async fn a_full_queue_drops_the_client_openly() {
 
 /// D16 for a polling client: what the device sent before leaving is still
 /// handed over, then the connection is gone.
-#[tokio::test]
-async fn device_departure_keeps_what_was_sent() {
-    let server = TestServer::with_defaults().await;
+async fn device_departure_keeps_what_was_sent(transport: DeviceTransport) {
+    let server = TestServer::start_for(transport, test_config()).await;
     let mut device = server.registered_device_with_info("leaving").await;
     let id = poll_connect(&server, "leaving").await;
     let forward = format!(r#"{{"connection_id":"{id}","payload":0}}"#);
-    http_post(server.addr, "/forward", &forward).await;
+    http_post(server.clients_addr(), "/forward", &forward).await;
     assert!(device.recv_text().await.contains("client_msg"));
     device
         .send(r#"{"message_type":"forward","client_id":1,"payload":"last"}"#)
@@ -252,57 +271,66 @@ async fn device_departure_keeps_what_was_sent() {
         server.metric("signaling_devices").await == 0.0
     })
     .await;
-    assert_eq!(poll(&server, &id).await.body, r#"["last"]"#);
-    assert_error(&poll(&server, &id).await, 401, "Unknown connection_id");
+    assert_eq!(poll_until_some(&server, &id).await.body, r#"["last"]"#);
+    // Then the connection is gone (across instances, once the departure
+    // that followed the payload has arrived too; nothing comes meanwhile).
+    let gone = poll_until_some(&server, &id).await;
+    assert_error(&gone, 401, "Unknown connection_id");
     assert_eq!(server.metric("signaling_clients").await, 0.0);
     server.stop().await.unwrap();
 }
 
 /// With a client token, the polling endpoints need it, as a header or in
 /// the query string.
-#[tokio::test]
-async fn the_client_token_guards_polling() {
-    let server = TestServer::start(ServerConfig {
-        client_token: Some("secret".into()),
-        ..test_config()
-    })
+async fn the_client_token_guards_polling(transport: DeviceTransport) {
+    let server = TestServer::start_for(
+        transport,
+        ServerConfig {
+            client_token: Some("secret".into()),
+            ..test_config()
+        },
+    )
     .await;
     let _device = server.registered_device_with_info("guarded").await;
     let body = r#"{"device_id":"guarded"}"#;
     assert_error(
-        &http_post(server.addr, "/connect", body).await,
+        &http_post(server.clients_addr(), "/connect", body).await,
         401,
         "Unauthorized",
     );
-    let reply = http_post(server.addr, "/connect?token=secret", body).await;
+    let reply = http_post(server.clients_addr(), "/connect?token=secret", body).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     server.stop().await.unwrap();
 }
 
 /// C15 for a polling client: forwards past the rate limit get 429, and
 /// the client is dropped as a websocket client would be.
-#[tokio::test]
-async fn the_rate_limit_applies_to_forwards() {
-    let server = TestServer::start(ServerConfig {
-        rate_limit: Some(signaling_server::RateLimit {
-            per_second: 1,
-            burst: 2,
-        }),
-        ..test_config()
-    })
+async fn the_rate_limit_applies_to_forwards(transport: DeviceTransport) {
+    let server = TestServer::start_for(
+        transport,
+        ServerConfig {
+            rate_limit: Some(signaling_server::RateLimit {
+                per_second: 1,
+                burst: 2,
+            }),
+            ..test_config()
+        },
+    )
     .await;
     let mut device = server.registered_device_with_info("hasty").await;
     let id = poll_connect(&server, "hasty").await;
     let forward = format!(r#"{{"connection_id":"{id}","payload":1}}"#);
     for _ in 0..2 {
         assert_eq!(
-            http_post(server.addr, "/forward", &forward).await.status,
+            http_post(server.clients_addr(), "/forward", &forward)
+                .await
+                .status,
             200
         );
         assert!(device.recv_text().await.contains("client_msg"));
     }
     assert_error(
-        &http_post(server.addr, "/forward", &forward).await,
+        &http_post(server.clients_addr(), "/forward", &forward).await,
         429,
         "Rate limit exceeded",
     );
@@ -312,4 +340,32 @@ async fn the_rate_limit_applies_to_forwards() {
     );
     assert_error(&poll(&server, &id).await, 401, "Unknown connection_id");
     server.stop().await.unwrap();
+}
+
+/// Each test as `<name>::one_instance` and `<name>::other_instance` (the
+/// polling client on one instance of a Redis, its device on another).
+macro_rules! on_both_topologies {
+    ($($test:ident),* $(,)?) => {
+        $(
+            mod $test {
+                #[tokio::test]
+                async fn one_instance() {
+                    super::$test(super::DeviceTransport::Websocket).await
+                }
+                #[tokio::test]
+                async fn other_instance() {
+                    super::$test(super::DeviceTransport::OtherInstance).await
+                }
+            }
+        )*
+    };
+}
+
+on_both_topologies! {
+    connect_forward_and_poll,
+    errors_have_the_reference_shape,
+    a_full_queue_drops_the_client_openly,
+    device_departure_keeps_what_was_sent,
+    the_client_token_guards_polling,
+    the_rate_limit_applies_to_forwards,
 }

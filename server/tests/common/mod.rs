@@ -39,6 +39,9 @@ pub struct TestServer {
     /// and the Redis the two share.
     client_side: Option<Box<TestServer>>,
     redis: Option<Redis>,
+    /// Its `--client-token`, which the helpers that wait for a listing
+    /// present.
+    client_token: Option<String>,
 }
 
 /// How a test's devices reach the server.
@@ -67,6 +70,7 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let device_socket = config.device_socket.as_ref().map(|s| s.path.clone());
+        let client_token = config.client_token.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let bound = signaling_server::Server::bind(listener, config).expect("the server binds");
         let task = tokio::spawn(bound.run(async move {
@@ -80,6 +84,7 @@ impl TestServer {
             task: Some(task),
             client_side: None,
             redis: None,
+            client_token,
         }
     }
 
@@ -148,6 +153,22 @@ impl TestServer {
         self.client_side.as_deref().unwrap_or(self)
     }
 
+    /// The address of the instance clients use (for HTTP: polling, the Go
+    /// operator's API).
+    pub fn clients_addr(&self) -> SocketAddr {
+        self.clients().addr
+    }
+
+    /// A websocket URL on the instance clients use.
+    pub fn clients_url(&self, path: &str) -> String {
+        self.clients().url(path)
+    }
+
+    /// `GET path` on the instance clients use.
+    pub async fn clients_get(&self, path: &str) -> HttpResponse {
+        self.clients().get(path).await
+    }
+
     /// Waits until the instance clients use lists `id` (at once on one
     /// instance; after the directory has carried it to another).
     pub async fn until_clients_see(&self, id: &str) {
@@ -156,8 +177,19 @@ impl TestServer {
             return;
         }
         let quoted = format!("\"{id}\"");
+        let bearer = clients
+            .client_token
+            .as_ref()
+            .map(|token| format!("Bearer {token}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .iter()
+            .map(|value| ("Authorization", value.as_str()))
+            .collect();
         eventually(&format!("{id} is listed where the clients are"), || async {
-            clients.get("/devices").await.body.contains(&quoted)
+            http_get(clients.addr, "/devices", &headers)
+                .await
+                .body
+                .contains(&quoted)
         })
         .await;
     }
