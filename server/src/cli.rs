@@ -215,6 +215,28 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub ice_servers: Option<PathBuf>,
 
+    /// A TURN server URL (`turn:HOST[:PORT][?transport=udp|tcp]`, or
+    /// `turns:`); repeatable. Every `config` then carries credentials of
+    /// its own for them, signed with the secret shared with the TURN
+    /// server (coturn's --use-auth-secret --static-auth-secret).
+    #[arg(long = "turn-url", value_name = "URL")]
+    pub turn_urls: Vec<String>,
+
+    /// The file holding that secret; read again on SIGHUP and when it
+    /// changes. Or the secret itself in SIGNALING_TURN_SECRET (there is no
+    /// flag for it: a flag's value shows in `ps`).
+    #[arg(long, env = "SIGNALING_TURN_SECRET_FILE", value_name = "FILE")]
+    pub turn_secret_file: Option<PathBuf>,
+
+    /// How long each TURN credential is valid, 1m to 7d.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub turn_ttl: Duration,
+
+    /// When the secret changes, how long the one before goes on signing
+    /// (time to give every TURN server the new one).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub turn_secret_grace: Duration,
+
     /// Let a client connect before its device registers and wait this many
     /// seconds for it (the seed document's alternative flow). 0 keeps the
     /// reference flow: an unknown device is an error at once.
@@ -375,6 +397,17 @@ pub enum CliError {
     RedisLease(Duration),
     #[error("--redis-queue-bytes {0} must be at least 65536")]
     RedisQueueBytes(u64),
+    #[error("--turn-url {url}: {why}")]
+    TurnUrl { url: String, why: &'static str },
+    #[error(
+        "--turn-url needs the secret it shares with the TURN server: --turn-secret-file FILE \
+         (or SIGNALING_TURN_SECRET_FILE), or SIGNALING_TURN_SECRET"
+    )]
+    TurnWithoutSecret,
+    #[error("a TURN secret without --turn-url: give the TURN server's URL")]
+    TurnSecretWithoutUrl,
+    #[error("--turn-ttl {0:?} must be from 1m to 7d")]
+    TurnTtl(Duration),
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
 }
@@ -547,6 +580,7 @@ impl Cli {
         }
 
         let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        let turn = self.turn_config()?;
         let redis = match self.redis {
             None => None,
             Some(url) => {
@@ -571,6 +605,7 @@ impl Cli {
         };
         let config = ServerConfig {
             redis,
+            turn,
             ice_servers,
             client_wait: Duration::from_secs(self.client_wait_secs),
             device_token: self.device_token.filter(|t| !t.is_empty()),
@@ -607,6 +642,87 @@ impl Cli {
         };
         Ok((config, notes))
     }
+}
+
+impl Cli {
+    /// `--turn-url` and its secret, checked.
+    fn turn_config(&self) -> Result<Option<crate::turn::TurnConfig>, CliError> {
+        use crate::turn::{Secret, SecretSource, TurnConfig};
+        let from_env = std::env::var("SIGNALING_TURN_SECRET")
+            .ok()
+            .filter(|secret| !secret.trim().is_empty());
+        let secret = match (&self.turn_secret_file, from_env) {
+            (Some(path), _) => Some(SecretSource::File(path.clone())),
+            (None, Some(secret)) => {
+                Some(SecretSource::Value(Secret::new(secret.trim().as_bytes())))
+            }
+            (None, None) => None,
+        };
+        if self.turn_urls.is_empty() {
+            return match secret {
+                Some(_) => Err(CliError::TurnSecretWithoutUrl),
+                None => Ok(None),
+            };
+        }
+        for url in &self.turn_urls {
+            check_turn_url(url).map_err(|why| CliError::TurnUrl {
+                url: url.clone(),
+                why,
+            })?;
+        }
+        let secret = secret.ok_or(CliError::TurnWithoutSecret)?;
+        if !(TurnConfig::MIN_TTL..=TurnConfig::MAX_TTL).contains(&self.turn_ttl) {
+            return Err(CliError::TurnTtl(self.turn_ttl));
+        }
+        Ok(Some(TurnConfig {
+            urls: self.turn_urls.clone(),
+            secret,
+            ttl: self.turn_ttl,
+            grace: self.turn_secret_grace,
+        }))
+    }
+}
+
+/// `turn:` or `turns:`, a host, an optional port, and at most a
+/// `transport` of `udp` or `tcp` (RFC 7065).
+fn check_turn_url(url: &str) -> Result<(), &'static str> {
+    let rest = url
+        .strip_prefix("turn:")
+        .or_else(|| url.strip_prefix("turns:"))
+        .ok_or("not a turn: or turns: URL")?;
+    let (authority, query) = match rest.split_once('?') {
+        Some((authority, query)) => (authority, Some(query)),
+        None => (rest, None),
+    };
+    if let Some(query) = query
+        && !matches!(query, "transport=udp" | "transport=tcp")
+    {
+        return Err("the only query it may have is ?transport=udp or ?transport=tcp");
+    }
+    // A bracketed IPv6 address, or a host, then an optional :port.
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => {
+            let (host, after) = bracketed.split_once(']').ok_or("an unclosed [")?;
+            let port = match after {
+                "" => None,
+                after => Some(after.strip_prefix(':').ok_or("junk after ]")?),
+            };
+            (host, port)
+        }
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() || host.contains(['/', '@', ' ']) {
+        return Err("no host, or not a host");
+    }
+    if let Some(port) = port
+        && !port.parse::<u16>().is_ok_and(|port| port > 0)
+    {
+        return Err("the port must be a number from 1 to 65535");
+    }
+    Ok(())
 }
 
 /// A STUN or TURN URL as given, or `stun:` and the given `host:port` (the

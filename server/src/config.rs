@@ -125,6 +125,8 @@ pub struct ServerConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Share devices with other instances through this Redis.
     pub redis: Option<crate::cluster::RedisConfig>,
+    /// Give every `config` its own TURN credentials.
+    pub turn: Option<crate::turn::TurnConfig>,
 }
 
 impl ServerConfig {
@@ -132,6 +134,8 @@ impl ServerConfig {
     pub fn core_settings(&self) -> Settings {
         Settings {
             ice_servers: self.ice_servers.clone(),
+            // The issuer reads the secret: `Server::bind` sets it.
+            turn: None,
             client_wait: self.client_wait,
             handshake_timeout: self.handshake_timeout,
             outbox: OutboxLimits {
@@ -178,6 +182,7 @@ impl Default for ServerConfig {
             poll_timeout: DEFAULT_POLL_TIMEOUT,
             tls: None,
             redis: None,
+            turn: None,
         }
     }
 }

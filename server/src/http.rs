@@ -291,7 +291,7 @@ async fn infra_config(State(state): State<Arc<ServerState>>, request: Request) -
     if !token_accepted(&state, Endpoint::ConnectClient, &request) {
         return Refusal::Unauthorized.respond(&state);
     }
-    json(state.core.config().encode())
+    json(state.core.anonymous_config().encode())
 }
 
 /// A polling request's body, within the message size limit (with room for

@@ -46,6 +46,7 @@ mod limits;
 pub mod metrics;
 mod polling;
 pub mod tls;
+pub mod turn;
 mod web;
 mod websocket;
 mod webui;
@@ -71,6 +72,8 @@ pub enum Error {
     DeviceSocket(#[from] DeviceSocketError),
     #[error("--redis: {0}")]
     Redis(String),
+    #[error("--turn-secret-file: {0}")]
+    Turn(#[from] turn::TurnError),
 }
 
 /// The server-wide state, in one place: the core's (settings, registry,
@@ -112,6 +115,9 @@ pub struct Server {
     sockets: Vec<device_socket::DeviceSocket>,
     /// With `--redis`: the task that joins the other instances.
     adapter: Option<cluster::Adapter>,
+    /// With `--turn-url`: the credentials' issuer, whose secret is read
+    /// again on SIGHUP and when its file changes.
+    turn: Option<Arc<turn::Turn>>,
     state: Arc<ServerState>,
 }
 
@@ -143,11 +149,16 @@ impl Server {
             .redis
             .as_ref()
             .map(|redis| Arc::new(core::cluster::Cluster::new(redis.queue_bytes)));
-        let core = Arc::new(Core::with_cluster(
-            config.core_settings(),
-            metrics,
-            cluster.clone(),
-        ));
+        let turn = config
+            .turn
+            .as_ref()
+            .map(|turn| turn::Turn::load(turn).map(Arc::new))
+            .transpose()?;
+        let mut settings = config.core_settings();
+        settings.turn = turn
+            .clone()
+            .map(|turn| turn as Arc<dyn core::TurnCredentials>);
+        let core = Arc::new(Core::with_cluster(settings, metrics, cluster.clone()));
         let adapter = match (&config.redis, cluster) {
             (Some(redis), Some(cluster)) => Some(
                 cluster::Adapter::new(core.clone(), cluster, redis.clone())
@@ -172,6 +183,7 @@ impl Server {
             tls_listeners: Vec::new(),
             sockets: device_socket.into_iter().chain(control_socket).collect(),
             adapter,
+            turn,
             state,
         })
     }
@@ -196,13 +208,66 @@ impl Server {
             tls_listeners,
             sockets,
             adapter,
+            turn,
             state,
         } = self;
+        if let Some(turn) = turn {
+            state
+                .tracker
+                .spawn(watch_turn_secret(turn, state.shutdown.clone()));
+        }
         let main_tls = state.config.tls.clone().map(TlsAcceptor::from);
         let listeners = std::iter::once((listener, main_tls))
             .chain(tls_listeners.into_iter().map(|(l, tls)| (l, Some(tls.0))))
             .collect();
         serve(listeners, sockets, adapter, state, shutdown).await
+    }
+}
+
+/// How often the TURN secret file is looked at for a change.
+const TURN_SECRET_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads the TURN secret again on SIGHUP, and when its file changes.
+async fn watch_turn_secret(turn: Arc<turn::Turn>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => Some(hangups),
+        Err(e) => {
+            warn!(error = %e, "no SIGHUP handler: the TURN secret is read again only when its file changes");
+            None
+        }
+    };
+    let mut look = tokio::time::interval(TURN_SECRET_LOOK);
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let why = tokio::select! {
+            () = shutdown.cancelled() => return,
+            Some(()) = async {
+                match &mut hangups {
+                    Some(hangups) => hangups.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => "SIGHUP",
+            _ = look.tick() => {
+                if !turn.file_changed() {
+                    continue;
+                }
+                "the file changed"
+            }
+        };
+        match turn.reload(std::time::Instant::now()) {
+            Ok(turn::Reloaded::Unchanged) => debug!(why, "TURN secret read again: unchanged"),
+            Ok(turn::Reloaded::Now) => info!(why, "new TURN secret: it signs from now on"),
+            Ok(turn::Reloaded::AfterGrace) => {
+                info!(
+                    why,
+                    "new TURN secret: it signs once the grace period is over"
+                );
+            }
+            Err(e) => {
+                warn!(why, error = %e, "the TURN secret could not be read again: the one before goes on signing")
+            }
+        }
     }
 }
 

@@ -433,12 +433,122 @@ fn bad_flags_get_clear_errors() {
             "--redis-queue-bytes 1000 must be at least 65536",
         ),
         (vec!["--redis-lease", "2s"], "--redis <URL>"),
+        (
+            vec!["--turn-url", "turn:127.0.0.1:3478"],
+            "--turn-url needs the secret it shares with the TURN server",
+        ),
+        (
+            vec![
+                "--turn-url",
+                "stun:127.0.0.1:3478",
+                "--turn-secret-file",
+                "/x",
+            ],
+            "--turn-url stun:127.0.0.1:3478: not a turn: or turns: URL",
+        ),
+        (
+            vec!["--turn-url", "turn:h:99999", "--turn-secret-file", "/x"],
+            "the port must be a number from 1 to 65535",
+        ),
+        (
+            vec![
+                "--turn-url",
+                "turn:h?transport=sctp",
+                "--turn-secret-file",
+                "/x",
+            ],
+            "?transport=udp or ?transport=tcp",
+        ),
+        (
+            vec!["--turn-secret-file", "/x"],
+            "a TURN secret without --turn-url",
+        ),
+        (
+            vec![
+                "--turn-url",
+                "turn:h",
+                "--turn-secret-file",
+                "/x",
+                "--turn-ttl",
+                "10s",
+            ],
+            "--turn-ttl 10s must be from 1m to 7d",
+        ),
+        (
+            vec![
+                "--turn-url",
+                "turn:h",
+                "--turn-secret-file",
+                "/nonexistent/secret",
+            ],
+            "cannot read the TURN secret file /nonexistent/secret",
+        ),
     ] {
         let output = Command::new(BINARY).args(&args).output().expect("run");
         assert!(!output.status.success(), "{args:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(want), "{args:?}: {stderr}");
     }
+}
+
+/// The TURN entry of a `config` (the last of its `ice_servers`):
+/// its username and credential.
+fn turn_entry(config: &str) -> (String, String) {
+    let value: serde_json::Value = serde_json::from_str(config).unwrap();
+    let entry = value["ice_servers"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    (
+        entry["username"].as_str().unwrap().to_owned(),
+        entry["credential"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The TURN secret is read again on SIGHUP: a file rewritten behind the
+/// watcher's back (same size, same modification time) signs the next
+/// `config` once the server is told.
+#[test]
+fn sighup_reads_the_turn_secret_again() {
+    use signaling_server::turn::credential;
+    let dir = std::env::temp_dir().join(format!("signaling-turn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("secret");
+    std::fs::write(&path, "first-secret\n").unwrap();
+    let server = Server::start(&[
+        "--turn-url",
+        "turn:127.0.0.1:3478?transport=udp",
+        "--turn-secret-file",
+        path.to_str().unwrap(),
+    ]);
+    let signed_with = |secret: &[u8]| {
+        let (username, password) =
+            turn_entry(&http_get_blocking(&server.address, "/infra_config").body);
+        password == credential(secret, &username)
+    };
+    assert!(signed_with(b"first-secret"));
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    std::fs::write(&path, "other-secret\n").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(signed_with(b"first-secret"), "the watcher saw no change");
+    server.signal("HUP");
+    let started = Instant::now();
+    while !signed_with(b"other-secret") {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "SIGHUP read nothing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -31,6 +31,7 @@
 //! [`error`] (every error the server sends), [`rate`] (the rate limit).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -54,11 +55,23 @@ pub use session::Session;
 use rate::Gcra;
 use registry::Registry;
 
+/// Fresh TURN credentials for one device or client. A front door's part
+/// (`turn.rs`): they need the wall clock and the shared secret, which the
+/// core does not touch.
+pub trait TurnCredentials: Send + Sync + std::fmt::Debug {
+    /// The `ice_servers` entries whose credentials name `who`, valid from
+    /// now.
+    fn ice_servers(&self, who: &str) -> Vec<protocol::IceServer>;
+}
+
 /// What the core needs of the server's settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// `ice_servers` in every `config` message.
     pub ice_servers: Vec<protocol::IceServer>,
+    /// Where each `config` gets its own TURN credentials, if the server
+    /// hands any out.
+    pub turn: Option<Arc<dyn TurnCredentials>>,
     /// How long a client may wait for its device to register; zero keeps
     /// the reference flow (C2).
     pub client_wait: Duration,
@@ -78,8 +91,12 @@ pub struct Core {
     pub settings: Settings,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
-    /// The `config` message every device and client gets.
+    /// The `config` message every device and client gets (without TURN
+    /// credentials, which are each one's own).
     config: Arc<protocol::Config>,
+    /// Numbers the clients in their TURN usernames (a client has no id
+    /// yet when its `config` is sent).
+    turn_serial: AtomicU64,
     rate: Option<Gcra>,
     relayed_to_device: Counter,
     relayed_to_client: Counter,
@@ -101,6 +118,7 @@ impl Core {
             config: Arc::new(protocol::Config {
                 ice_servers: settings.ice_servers.clone(),
             }),
+            turn_serial: AtomicU64::new(0),
             rate: settings.rate_limit.and_then(Gcra::new),
             settings,
             registry: Arc::new(Registry::new(metrics.clone(), cluster)),
@@ -110,9 +128,40 @@ impl Core {
         }
     }
 
-    /// The `config` message for a device or a client.
+    /// The `config` message without TURN credentials.
     pub fn config(&self) -> Arc<protocol::Config> {
         self.config.clone()
+    }
+
+    /// The `config` message for the device `device_id`: its TURN username
+    /// names it.
+    pub fn device_config(&self, device_id: &str) -> Arc<protocol::Config> {
+        self.config_for(|| device_id.to_owned())
+    }
+
+    /// The `config` message for a client of `device_id`: its TURN username
+    /// names the device and numbers the client, `<device_id>/client-<n>`.
+    pub fn client_config(&self, device_id: &str) -> Arc<protocol::Config> {
+        self.config_for(|| format!("{device_id}/client-{}", self.next_turn_serial()))
+    }
+
+    /// The `config` for a request that names no device (`/infra_config`):
+    /// `client-<n>`.
+    pub fn anonymous_config(&self) -> Arc<protocol::Config> {
+        self.config_for(|| format!("client-{}", self.next_turn_serial()))
+    }
+
+    fn next_turn_serial(&self) -> u64 {
+        self.turn_serial.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn config_for(&self, who: impl FnOnce() -> String) -> Arc<protocol::Config> {
+        let Some(turn) = &self.settings.turn else {
+            return self.config.clone();
+        };
+        let mut ice_servers = self.settings.ice_servers.clone();
+        ice_servers.extend(turn.ice_servers(&who()));
+        Arc::new(protocol::Config { ice_servers })
     }
 
     /// A new, empty outbox with the configured bounds.

@@ -159,6 +159,7 @@ const KEEPALIVE: Keepalive = Keepalive {
 fn core(client_wait: Duration) -> Arc<Core> {
     let settings = Settings {
         ice_servers: Vec::new(),
+        turn: None,
         client_wait,
         handshake_timeout: HANDSHAKE,
         outbox: OutboxLimits {
@@ -373,4 +374,53 @@ fn the_rate_limit_runs_on_the_given_clock() {
 /// A raw JSON value made from text, for comparisons.
 fn raw(text: &str) -> Box<protocol::RawValue> {
     protocol::RawValue::from_string(text.to_owned()).unwrap()
+}
+
+/// Credentials that say whom they name, for the test below.
+#[derive(Debug)]
+struct NamingCredentials;
+
+impl TurnCredentials for NamingCredentials {
+    fn ice_servers(&self, who: &str) -> Vec<protocol::IceServer> {
+        vec![protocol::IceServer {
+            urls: vec!["turn:t".into()],
+            username: Some(who.to_owned()),
+            credential: None,
+        }]
+    }
+}
+
+/// With TURN, each `config` has its own entry after the configured ones,
+/// naming the device, or the device and a number for each client.
+#[test]
+fn each_config_names_its_peer_for_turn() {
+    let stun = protocol::IceServer {
+        urls: vec!["stun:s".into()],
+        username: None,
+        credential: None,
+    };
+    let settings = Settings {
+        ice_servers: vec![stun.clone()],
+        turn: Some(Arc::new(NamingCredentials)),
+        ..core(Duration::ZERO).settings.clone()
+    };
+    let turned = Arc::new(Core::new(settings, Arc::new(Metrics::new())));
+    let named = |config: Arc<protocol::Config>| {
+        assert_eq!(config.ice_servers[0], stun);
+        config.ice_servers[1].username.clone().unwrap()
+    };
+    let t0 = Instant::now();
+    let mut device = device(&turned, t0);
+    device.on_text(r#"{"message_type":"register","device_id":"cvd-1"}"#, t0);
+    let sent = sent(&device);
+    let [Outgoing::Config(config)] = sent.as_slice() else {
+        panic!("expected a config");
+    };
+    assert_eq!(named(config.clone()), "cvd-1");
+    assert_eq!(named(turned.client_config("cvd-1")), "cvd-1/client-1");
+    assert_eq!(named(turned.client_config("cvd-1")), "cvd-1/client-2");
+    assert_eq!(named(turned.anonymous_config()), "client-3");
+    // Without TURN, the one shared config.
+    let plain = core(Duration::ZERO);
+    assert!(Arc::ptr_eq(&plain.device_config("x"), &plain.config()));
 }

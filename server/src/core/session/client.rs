@@ -88,7 +88,9 @@ impl ClientSession {
         let core = self.replies.core.clone();
         Span::current().record("device_id", device_id);
         // The reference sends config first in every case (C1, C2, C3).
-        let _ = self.replies.send(Outgoing::Config(core.config()));
+        let _ = self
+            .replies
+            .send(Outgoing::Config(core.client_config(device_id)));
         let waits = wait.is_some_and(|wait| !wait.is_zero());
         let (link, wait_until) =
             match core

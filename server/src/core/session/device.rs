@@ -61,7 +61,8 @@ impl DeviceSession {
                 // D1
                 Span::current().record("device_id", registration.device_id());
                 info!("device registered");
-                let _ = self.replies.send(Outgoing::Config(core.config()));
+                let config = core.device_config(registration.device_id());
+                let _ = self.replies.send(Outgoing::Config(config));
                 self.registration = Some(registration);
             }
             Err(RegisterError::IdTaken) => {
