@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -514,36 +515,6 @@ async fn c15_rate_limit_is_exact(topology: DeviceTransport) {
         r#"{"message_type":"client_disconnected","client_id":1}"#
     );
     server.stop().await.unwrap();
-}
-
-/// Each row as `<row>::one_instance` and `<row>::other_instance` (the
-/// client on one instance of a Redis, its device on another); `paused`
-/// rows run on a paused clock, which a real Redis's deadlines cannot
-/// share, so on one instance only.
-macro_rules! on_both_topologies {
-    ($($row:ident $(: $mode:ident)?),* $(,)?) => {
-        $( on_both_topologies!(@row $($mode)? $row); )*
-    };
-    (@row $row:ident) => {
-        mod $row {
-            #[tokio::test]
-            async fn one_instance() {
-                super::$row(super::DeviceTransport::Websocket).await
-            }
-            #[tokio::test]
-            async fn other_instance() {
-                super::$row(super::DeviceTransport::OtherInstance).await
-            }
-        }
-    };
-    (@row paused $row:ident) => {
-        mod $row {
-            #[tokio::test(start_paused = true)]
-            async fn one_instance() {
-                super::$row(super::DeviceTransport::Websocket).await
-            }
-        }
-    };
 }
 
 on_both_topologies! {

@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
+#[macro_use]
 mod common;
 
 use common::{
@@ -454,26 +455,6 @@ async fn the_adb_bridge_carries_bytes_both_ways() {
     assert_eq!(refusal_status(&refused), 502);
     drop(device);
     server.stop().await.unwrap();
-}
-
-/// Each test as `<name>::one_instance` and `<name>::other_instance` (the
-/// Go operator's client on one instance of a Redis, its device on
-/// another).
-macro_rules! on_both_topologies {
-    ($($test:ident),* $(,)?) => {
-        $(
-            mod $test {
-                #[tokio::test]
-                async fn one_instance() {
-                    super::$test(super::DeviceTransport::Websocket).await
-                }
-                #[tokio::test]
-                async fn other_instance() {
-                    super::$test(super::DeviceTransport::OtherInstance).await
-                }
-            }
-        )*
-    };
 }
 
 on_both_topologies! {

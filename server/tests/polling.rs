@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -340,25 +341,6 @@ async fn the_rate_limit_applies_to_forwards(transport: DeviceTransport) {
     );
     assert_error(&poll(&server, &id).await, 401, "Unknown connection_id");
     server.stop().await.unwrap();
-}
-
-/// Each test as `<name>::one_instance` and `<name>::other_instance` (the
-/// polling client on one instance of a Redis, its device on another).
-macro_rules! on_both_topologies {
-    ($($test:ident),* $(,)?) => {
-        $(
-            mod $test {
-                #[tokio::test]
-                async fn one_instance() {
-                    super::$test(super::DeviceTransport::Websocket).await
-                }
-                #[tokio::test]
-                async fn other_instance() {
-                    super::$test(super::DeviceTransport::OtherInstance).await
-                }
-            }
-        )*
-    };
 }
 
 on_both_topologies! {

@@ -25,6 +25,38 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long a test waits for something that should happen promptly.
 pub const PROMPT: Duration = Duration::from_secs(5);
 
+/// Each row (a test function taking a `DeviceTransport`) as
+/// `<row>::one_instance` and `<row>::other_instance` (the client on one
+/// instance of a Redis, its device on another); `paused` rows run on a
+/// paused clock, which a real Redis's deadlines cannot share, so on one
+/// instance only. The test file imports `DeviceTransport`.
+#[allow(unused_macros)] // Not every test file has rows.
+macro_rules! on_both_topologies {
+    ($($row:ident $(: $mode:ident)?),* $(,)?) => {
+        $( on_both_topologies!(@row $($mode)? $row); )*
+    };
+    (@row $row:ident) => {
+        mod $row {
+            #[tokio::test]
+            async fn one_instance() {
+                super::$row(super::DeviceTransport::Websocket).await
+            }
+            #[tokio::test]
+            async fn other_instance() {
+                super::$row(super::DeviceTransport::OtherInstance).await
+            }
+        }
+    };
+    (@row paused $row:ident) => {
+        mod $row {
+            #[tokio::test(start_paused = true)]
+            async fn one_instance() {
+                super::$row(super::DeviceTransport::Websocket).await
+            }
+        }
+    };
+}
+
 /// A running server; dropping it without `stop` aborts it.
 pub struct TestServer {
     pub addr: SocketAddr,
