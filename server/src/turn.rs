@@ -200,19 +200,24 @@ impl Turn {
         let mut secrets = self.lock();
         secrets.stamp = stamp;
         Self::promote(&mut secrets, now);
-        let pending = secrets.next.as_ref().map(|(next, _)| next);
-        if secret == secrets.signing && pending.is_none() || pending == Some(&secret) {
+        if secrets
+            .next
+            .as_ref()
+            .is_some_and(|(next, _)| *next == secret)
+        {
             return Reloaded::Unchanged;
         }
         if secret == secrets.signing {
             // Rotated back before the grace was over: the pending one is
             // dropped.
-            secrets.next = None;
-            return Reloaded::Now;
+            return match secrets.next.take() {
+                Some(_) => Reloaded::Now,
+                None => Reloaded::Unchanged,
+            };
         }
         if self.grace.is_zero() {
+            // Nothing is ever pending without a grace period.
             secrets.signing = secret;
-            secrets.next = None;
             Reloaded::Now
         } else {
             secrets.next = Some((secret, now + self.grace));
