@@ -7,8 +7,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use futures_util::SinkExt;
 use peer::negotiation::{Event, Negotiation, Received, Side};
-use peer::rtc_peer::{FrameCount, PeerEvent, PeerSettings, build_peer, count_frames};
+use peer::rtc_peer::{
+    FrameCount, PeerEvent, PeerSettings, SelectedPair, build_peer, count_frames, names_turn_server,
+    selected_pair,
+};
 use peer::signaling::{ConnectOptions, Socket};
+use peer::turn_check::why_no_relay;
 use protocol::payload::{Payload, Phase};
 use protocol::{ClientForward, ClientToServer, Connect, RawValue, ServerToClient};
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
@@ -59,8 +63,25 @@ pub struct ConnectArgs {
     #[arg(long, value_enum, default_value_t = ClientApi::Seed)]
     api: ClientApi,
 
+    /// Use these ICE servers (the JSON of a `config`'s `ice_servers`)
+    /// instead of the ones the server hands out, for this peer and in the
+    /// request-offer to the device: to try a TURN server with credentials
+    /// of one's own.
+    #[arg(long, value_name = "JSON", value_parser = parse_ice_servers)]
+    ice_servers: Option<IceServers>,
+
     #[command(flatten)]
     peer: PeerSettings,
+}
+
+/// The ICE servers of `--ice-servers`.
+#[derive(Debug, Clone)]
+struct IceServers(Vec<protocol::IceServer>);
+
+fn parse_ice_servers(json: &str) -> Result<IceServers, String> {
+    serde_json::from_str(json).map(IceServers).map_err(|e| {
+        format!(r#"not a list of ICE servers ({e}); e.g. [{{"urls":["turn:host:3478"],"username":"u","credential":"c"}}]"#)
+    })
 }
 
 /// The client APIs a server may offer.
@@ -244,6 +265,10 @@ async fn handshake(
         Phase::Config,
         &format!("{} ICE server(s)", ice_servers.len()),
     );
+    let ice_servers = args
+        .ice_servers
+        .clone()
+        .map_or(ice_servers, |IceServers(servers)| servers);
     let ServerMessage::DeviceInfo(info) = next(&mut socket).await? else {
         bail!("the server did not send device_info after config");
     };
@@ -255,6 +280,9 @@ async fn handshake(
         timeline.notes.insert("device_info".into(), value);
     }
 
+    if args.peer.relay_only && !names_turn_server(&ice_servers) {
+        bail!("{}", why_no_relay(&ice_servers).await);
+    }
     let (pc, events) = build_peer(&args.peer, &ice_servers).await?;
     let mut negotiation = Negotiation::with_peer(Side::Client, pc, events);
     forward(
@@ -300,7 +328,15 @@ async fn handshake(
                     timeline.mark(Phase::IceConnected, "");
                 }
                 Event::Peer(PeerEvent::IceConnectionState(RTCIceConnectionState::Failed)) => {
+                    if args.peer.relay_only {
+                        bail!("ICE failed: no candidate pair works; {}", why_no_relay(&ice_servers).await);
+                    }
                     bail!("ICE failed: no candidate pair works");
+                }
+                Event::Peer(PeerEvent::GatheringComplete) => {
+                    if args.peer.relay_only && negotiation.relayed_candidates() == 0 {
+                        bail!("{}", why_no_relay(&ice_servers).await);
+                    }
                 }
                 Event::Peer(PeerEvent::ConnectionState(RTCPeerConnectionState::Connected)) => {
                     timeline.mark(Phase::DtlsConnected, "");
@@ -340,6 +376,11 @@ async fn handshake(
     timeline
         .notes
         .insert("device_channels".into(), json!(device_channels));
+    let pair = match negotiation.peer() {
+        Some(pc) => selected_pair(pc).await,
+        None => None,
+    };
+    report_pair(pair.as_ref(), args.peer.relay_only, timeline)?;
 
     for n in 0..args.messages {
         let text = format!("echo {n} from client-cli {}", std::process::id());
@@ -474,6 +515,35 @@ async fn handshake(
     }
     negotiation.close().await;
     let _ = socket.close(None).await;
+    Ok(())
+}
+
+/// Notes the candidate pair the connection uses; a relay-only connection
+/// must be relayed on our side.
+fn report_pair(
+    pair: Option<&SelectedPair>,
+    relay_only: bool,
+    timeline: &mut Timeline,
+) -> Result<()> {
+    let Some(pair) = pair else {
+        ensure!(
+            !relay_only,
+            "relay only, but no selected candidate pair to check"
+        );
+        return Ok(());
+    };
+    let end = |end: &peer::rtc_peer::PairEnd| json!({"type": end.kind, "address": end.address, "port": end.port});
+    timeline.notes.insert(
+        "candidate_pair".into(),
+        json!({"local": end(&pair.local), "remote": end(&pair.remote), "protocol": pair.local.protocol}),
+    );
+    if !timeline.json {
+        println!("             candidate pair: {pair}");
+    }
+    ensure!(
+        !relay_only || pair.local.kind == "relay",
+        "relay only, but the selected pair is {pair}"
+    );
     Ok(())
 }
 

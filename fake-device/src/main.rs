@@ -27,8 +27,11 @@ use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use peer::device_link::DeviceLink;
 use peer::negotiation::{Event, Negotiation, Received, Side};
-use peer::rtc_peer::{PeerEvent, PeerSettings, build_peer, nudge_until_open};
+use peer::rtc_peer::{
+    PeerEvent, PeerSettings, build_peer, names_turn_server, nudge_until_open, selected_pair,
+};
 use peer::signaling::{ConnectError, ConnectOptions};
+use peer::turn_check::why_no_relay;
 use protocol::payload::Payload;
 use protocol::{DeviceForward, DeviceToServer, IceServer, RawValue, Register, ServerToDevice};
 use tokio::sync::mpsc;
@@ -412,6 +415,8 @@ async fn serve_client(
     let mut tracks: Vec<Track> = Vec::new();
     let mut players: Vec<Player> = Vec::new();
     let inputs = Arc::new(Inputs::new(media.screen.screens()));
+    // The ICE servers the current peer was built with.
+    let mut peer_servers: Vec<IceServer> = Vec::new();
     loop {
         tokio::select! {
             payload = payloads.recv() => {
@@ -420,6 +425,10 @@ async fn serve_client(
                     Received::OfferRequested(ice_servers) => {
                         players.clear();
                         let servers = if ice_servers.is_empty() { &default_ice_servers } else { &ice_servers };
+                        if settings.relay_only && !names_turn_server(servers) {
+                            bail!("{}", why_no_relay(servers).await);
+                        }
+                        peer_servers.clone_from(servers);
                         let (pc, events) = build_peer(settings, servers).await?;
                         for label in [channels::CONTROL, channels::ECHO, channels::INPUT_REPORTS] {
                             let channel = pc.create_data_channel(label, None).await?;
@@ -442,6 +451,10 @@ async fn serve_client(
                     Received::RemoteError(error) => warn!(%error, "the client reports an error"),
                     // The client offers first: a peer for its offer.
                     Received::NoPeer(offer @ Payload::Offer { .. }) => {
+                        if settings.relay_only && !names_turn_server(&default_ice_servers) {
+                            bail!("{}", why_no_relay(&default_ice_servers).await);
+                        }
+                        peer_servers.clone_from(&default_ice_servers);
                         let (pc, events) = build_peer(settings, &default_ice_servers).await?;
                         negotiation.set_peer(pc, events).await;
                         if let Received::Reply(answer) = negotiation.receive(offer).await? {
@@ -458,6 +471,11 @@ async fn serve_client(
                 Event::Peer(PeerEvent::ConnectionState(state)) => {
                     info!(%state, "peer connection state");
                     if state == RTCPeerConnectionState::Connected {
+                        if let Some(pc) = negotiation.peer()
+                            && let Some(pair) = selected_pair(pc).await
+                        {
+                            info!(%pair, "candidate pair");
+                        }
                         players.extend(tracks.drain(..).map(|track| Player::start(track, &media)));
                     }
                 }
@@ -467,6 +485,13 @@ async fn serve_client(
                 }
                 // A device shows its screen; it does not watch the client's.
                 Event::Peer(PeerEvent::Track(_)) => debug!("the client sends media; ignored"),
+                Event::Peer(PeerEvent::GatheringComplete) => {
+                    // A device that must relay and cannot says why, to
+                    // its log and to the client.
+                    if settings.relay_only && negotiation.relayed_candidates() == 0 {
+                        bail!("{}", why_no_relay(&peer_servers).await);
+                    }
+                }
                 // The negotiation hands our candidates out as `Event::Send`.
                 Event::Peer(PeerEvent::LocalCandidate(_)) => {}
             },

@@ -7,6 +7,7 @@ pub mod device_link;
 pub mod negotiation;
 pub mod rtc_peer;
 pub mod signaling;
+pub mod turn_check;
 
 pub use signaling::{ConnectOptions, Socket};
 

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 use webrtc::peer_connection::{PeerConnection, RTCSessionDescription};
 
-use crate::rtc_peer::{PeerEvent, to_rtc_candidate};
+use crate::rtc_peer::{PeerEvent, is_relay_candidate, to_rtc_candidate};
 
 /// Which side of the payload layer this is; it decides the shape our
 /// candidates travel in.
@@ -69,6 +69,8 @@ pub struct Negotiation<P> {
     peer: Option<Peer<P>>,
     early_candidates: Vec<CandidateInit>,
     have_remote_description: bool,
+    /// How many of the current peer's own candidates were relayed ones.
+    relayed_candidates: usize,
 }
 
 #[derive(Debug)]
@@ -85,6 +87,7 @@ impl<P: PeerConnection> Negotiation<P> {
             peer: None,
             early_candidates: Vec::new(),
             have_remote_description: false,
+            relayed_candidates: 0,
         }
     }
 
@@ -113,10 +116,16 @@ impl<P: PeerConnection> Negotiation<P> {
         self.peer.as_ref().map(|peer| &peer.connection)
     }
 
+    /// How many relayed (TURN) candidates the current peer has gathered.
+    pub fn relayed_candidates(&self) -> usize {
+        self.relayed_candidates
+    }
+
     /// Closes the peer connection, if any; the negotiation starts over.
     pub async fn close(&mut self) {
         self.early_candidates.clear();
         self.have_remote_description = false;
+        self.relayed_candidates = 0;
         if let Some(peer) = self.peer.take()
             && let Err(e) = peer.connection.close().await
         {
@@ -166,10 +175,15 @@ impl<P: PeerConnection> Negotiation<P> {
             return std::future::pending().await;
         };
         Some(match peer.events.recv().await? {
-            PeerEvent::LocalCandidate(candidate) => Event::Send(match self.side {
-                Side::Device => Payload::flat_candidate(candidate),
-                Side::Client => Payload::nested_candidate(candidate),
-            }),
+            PeerEvent::LocalCandidate(candidate) => {
+                if is_relay_candidate(&candidate.candidate) {
+                    self.relayed_candidates += 1;
+                }
+                Event::Send(match self.side {
+                    Side::Device => Payload::flat_candidate(candidate),
+                    Side::Client => Payload::nested_candidate(candidate),
+                })
+            }
             other => Event::Peer(other),
         })
     }

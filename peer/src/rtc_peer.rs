@@ -18,18 +18,21 @@ use protocol::IceServer;
 use protocol::payload::CandidateInit;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
+use rtc::peer_connection::configuration::RTCIceTransportPolicy;
 use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::sansio::Protocol;
+use rtc::statistics::StatsSelector;
+use rtc::statistics::report::RTCStatsReportEntry;
 use tokio::sync::mpsc;
 use webrtc::data_channel::{DataChannel, RTCDataChannelState};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceConnectionState, RTCIceServer,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, Registry, SettingEngineBuilder,
-    register_default_interceptors,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState,
+    RTCIceServer, RTCPeerConnectionIceEvent, RTCPeerConnectionState, Registry,
+    SettingEngineBuilder, register_default_interceptors,
 };
 
 /// Peer settings a user may want to change; the flags both tools share.
@@ -66,6 +69,19 @@ pub struct PeerSettings {
     /// crate's (and browsers') default.
     #[arg(long, value_enum, default_value_t = AnswerDtlsRole::Server)]
     pub answer_dtls_role: AnswerDtlsRole,
+
+    /// Use relayed candidates only, as a peer behind a network that lets
+    /// nothing else through: the TURN servers of the `config` (the
+    /// signaling server's --turn-url) carry every packet. Fails when the
+    /// config names no TURN server, or when none grants an allocation.
+    #[arg(long)]
+    pub relay_only: bool,
+
+    /// How long to wait before accepting a relayed candidate pair, giving
+    /// a direct one the chance to work first. The crate's default is 2 s;
+    /// with --relay-only no direct pair can come, and the default is 0.
+    #[arg(long, value_name = "MS")]
+    pub relay_wait_ms: Option<u64>,
 }
 
 /// The DTLS role of an answering peer.
@@ -85,6 +101,8 @@ pub enum PeerEvent {
     DataChannel(Arc<dyn DataChannel>),
     /// The other side sends media on this track.
     Track(Arc<dyn TrackRemote>),
+    /// Every local candidate has been reported.
+    GatheringComplete,
 }
 
 impl std::fmt::Debug for PeerEvent {
@@ -95,6 +113,7 @@ impl std::fmt::Debug for PeerEvent {
             Self::ConnectionState(s) => f.debug_tuple("ConnectionState").field(s).finish(),
             Self::DataChannel(c) => f.debug_tuple("DataChannel").field(&c.id()).finish(),
             Self::Track(_) => f.write_str("Track"),
+            Self::GatheringComplete => f.write_str("GatheringComplete"),
         }
     }
 }
@@ -129,6 +148,12 @@ impl PeerConnectionEventHandler for EventForwarder {
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         let _ = self.0.send(PeerEvent::Track(track));
     }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.0.send(PeerEvent::GatheringComplete);
+        }
+    }
 }
 
 /// The candidate as the crate takes it.
@@ -149,6 +174,98 @@ const CANDIDATE_PATIENCE_MS: u64 = 1400;
 /// Checks per candidate pair at `interval_ms`, keeping the crate's patience.
 fn binding_requests(interval_ms: u64) -> u16 {
     u16::try_from((CANDIDATE_PATIENCE_MS / interval_ms.max(1)).max(1)).unwrap_or(u16::MAX)
+}
+
+/// Whether `ice_servers` names a TURN server, which a relay-only peer
+/// cannot do without.
+pub fn names_turn_server(ice_servers: &[IceServer]) -> bool {
+    ice_servers
+        .iter()
+        .flat_map(|server| &server.urls)
+        .any(|url| url.starts_with("turn:") || url.starts_with("turns:"))
+}
+
+/// Whether a candidate line (`candidate:… typ relay …`) is a relayed one.
+pub fn is_relay_candidate(candidate: &str) -> bool {
+    candidate_type(candidate) == Some("relay")
+}
+
+/// The type of a candidate line: host, srflx, prflx or relay.
+pub fn candidate_type(candidate: &str) -> Option<&str> {
+    let mut words = candidate.split_ascii_whitespace();
+    words.by_ref().find(|word| *word == "typ")?;
+    words.next()
+}
+
+/// One end of the candidate pair a connection uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairEnd {
+    /// host, srflx, prflx or relay.
+    pub kind: String,
+    pub address: String,
+    pub port: u16,
+    pub protocol: String,
+}
+
+impl std::fmt::Display for PairEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}:{}", self.kind, self.address, self.port)
+    }
+}
+
+/// The candidate pair ICE selected, from the connection's statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectedPair {
+    pub local: PairEnd,
+    pub remote: PairEnd,
+}
+
+impl std::fmt::Display for SelectedPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ↔ {} ({})",
+            self.local, self.remote, self.local.protocol
+        )
+    }
+}
+
+/// The candidate pair `peer` sends on, once ICE has selected one.
+pub async fn selected_pair(peer: &impl PeerConnection) -> Option<SelectedPair> {
+    let report = peer.get_stats(Instant::now(), StatsSelector::None).await;
+    let pair_id = report.iter().find_map(|entry| match entry {
+        RTCStatsReportEntry::Transport(transport)
+            if !transport.selected_candidate_pair_id.is_empty() =>
+        {
+            Some(transport.selected_candidate_pair_id.clone())
+        }
+        _ => None,
+    })?;
+    let Some(RTCStatsReportEntry::IceCandidatePair(pair)) = report.get(&pair_id) else {
+        return None;
+    };
+    // The pair names its candidates by the candidate's own id, which the
+    // candidates' stats ids carry after a prefix of their kind.
+    let end = |id: &str| {
+        report.iter().find_map(|entry| match entry {
+            RTCStatsReportEntry::LocalCandidate(candidate)
+            | RTCStatsReportEntry::RemoteCandidate(candidate)
+                if candidate.stats.id == id || candidate.stats.id.ends_with(&format!("_{id}")) =>
+            {
+                Some(PairEnd {
+                    kind: candidate.candidate_type.to_string(),
+                    address: candidate.address.clone().unwrap_or_default(),
+                    port: candidate.port,
+                    protocol: candidate.protocol.clone(),
+                })
+            }
+            _ => None,
+        })
+    };
+    Some(SelectedPair {
+        local: end(&pair.local_candidate_id)?,
+        remote: end(&pair.remote_candidate_id)?,
+    })
 }
 
 /// A new peer connection with `ice_servers`, reporting on the returned
@@ -174,6 +291,12 @@ pub async fn build_peer(
     let setting_engine = SettingEngineBuilder::new()
         .with_multicast_dns_mode(mdns)
         .with_prflx_acceptance_min_wait(Some(Duration::from_millis(settings.prflx_wait_ms)))
+        .with_relay_acceptance_min_wait(
+            settings
+                .relay_wait_ms
+                .or(settings.relay_only.then_some(0))
+                .map(Duration::from_millis),
+        )
         .with_ice_connection_attempts(
             Some(Duration::from_millis(settings.ice_check_interval_ms)),
             Some(binding_requests(settings.ice_check_interval_ms)),
@@ -194,6 +317,11 @@ pub async fn build_peer(
                 })
                 .collect(),
         )
+        .with_ice_transport_policy(if settings.relay_only {
+            RTCIceTransportPolicy::Relay
+        } else {
+            RTCIceTransportPolicy::All
+        })
         .build();
     let (events, receiver) = mpsc::unbounded_channel();
     let runtime = webrtc::runtime::default_runtime().context("no async runtime for webrtc")?;
@@ -357,6 +485,22 @@ mod tests {
         assert!(starts_vp8_keyframe(&[0x90, 0xe0, 0x05, 0x07, 0x20, 0x00]));
         assert!(!starts_vp8_keyframe(&[0x90, 0xe0, 0x05, 0x07, 0x20, 0x01]));
         assert!(!starts_vp8_keyframe(&[]));
+    }
+
+    #[test]
+    fn candidate_types_are_read_from_the_line() {
+        use super::{candidate_type, is_relay_candidate};
+        let relay = "candidate:1 1 udp 16777215 127.0.0.1 49160 typ relay raddr 0.0.0.0 rport 5000";
+        assert!(is_relay_candidate(relay));
+        assert_eq!(
+            candidate_type("candidate:2 1 udp 2130706431 127.0.0.1 5000 typ host"),
+            Some("host")
+        );
+        assert_eq!(
+            candidate_type("candidate:2 1 udp 2130706431 127.0.0.1 5000"),
+            None
+        );
+        assert!(!is_relay_candidate("a relay candidate"));
     }
 }
 

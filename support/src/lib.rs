@@ -7,12 +7,15 @@
 //!   exposition;
 //! - [`shutdown`]: the future that resolves on SIGINT or SIGTERM;
 //! - [`seqpacket`]: many packets per system call on a unix
-//!   `SOCK_SEQPACKET` socket.
+//!   `SOCK_SEQPACKET` socket;
+//! - [`coturn`]: a real TURN server (Debian's coturn) on a free loopback
+//!   port, for the tests and benchmarks that relay.
 //!
 //! It depends on nothing the server does not already build (tokio, hyper,
 //! tokio-seqpacket, nix),
 //! so the xtask runner can use it without pulling in the WebRTC stack.
 
+pub mod coturn;
 pub mod http;
 pub mod prometheus;
 pub mod seqpacket;

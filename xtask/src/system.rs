@@ -33,23 +33,31 @@ pub fn ensure_build_packages() -> Result<()> {
     Ok(())
 }
 
-/// What the tests start themselves: Debian's redis-server (the cluster
-/// tests run their own on free loopback ports).
+/// What the tests start themselves, each on free loopback ports: Debian's
+/// redis-server (the cluster tests) and coturn's turnserver (the relay
+/// tests).
 pub fn ensure_test_packages() -> Result<()> {
-    let present = Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_ok_and(|output| output.status.success());
-    if present {
-        return Ok(());
+    for (program, package, for_what) in [
+        ("redis-server", "redis-server", "the cluster tests"),
+        ("turnserver", "coturn", "the TURN relay tests"),
+    ] {
+        if runs(program, "--version") {
+            continue;
+        }
+        install(&[package], for_what)?;
+        // The package starts a server of its own where an init system
+        // runs; the tests need none of it (best effort: there may be none).
+        let _ = Command::new("service").args([package, "stop"]).output();
     }
-    install(&["redis-server"], "the cluster tests")?;
-    // The package starts a server of its own on 6379 where an init system
-    // runs; the tests need none of it (best effort: there may be none).
-    let _ = Command::new("service")
-        .args(["redis-server", "stop"])
-        .output();
     Ok(())
+}
+
+/// Whether `program` exists and exits 0 given `arg`.
+fn runs(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .output()
+        .is_ok_and(|output| output.status.success())
 }
 
 /// Debian's chromium at `path`, for the browser tests.
