@@ -288,7 +288,7 @@ type Scenario = fn(&Tools) -> Result<String>;
 
 /// Runs every scenario; the first failure stops the run.
 pub fn run_scenarios(tools: &Tools) -> Result<()> {
-    let scenarios: [(&str, Scenario); 11] = [
+    let scenarios: [(&str, Scenario); 12] = [
         ("plain ws, one client", plain_ws),
         (
             "wss, self-signed certificate via --ca-cert",
@@ -309,6 +309,7 @@ pub fn run_scenarios(tools: &Tools) -> Result<()> {
             cuttlefish_shaped,
         ),
         ("device and client on two instances (Redis)", two_instances),
+        ("relay only, through a real coturn", relay_only),
     ];
     for (index, (name, scenario)) in scenarios.iter().enumerate() {
         let started = Instant::now();
@@ -774,6 +775,86 @@ fn cuttlefish_shaped(tools: &Tools) -> Result<String> {
             .filter_map(Value::as_str)
             .collect::<Vec<_>>()
             .join(", ")
+    ))
+}
+
+/// TURN (PROTOCOL.md, "TURN"): a coturn of its own sharing a secret with
+/// the server, a relay-only device with two displays and a relay-only
+/// client-cli, so everything of the session crosses the relay; then the
+/// server's secret file changes to another secret, SIGHUP, and the next
+/// connection is refused by coturn and says so.
+fn relay_only(tools: &Tools) -> Result<String> {
+    let coturn = support::coturn::Coturn::start(&["e2e-turn-secret"])?;
+    let secret = tools.log_dir.join("12-turn-secret");
+    std::fs::write(&secret, "e2e-turn-secret\n")?;
+    let secret_flag = secret.to_string_lossy().into_owned();
+    let turn_url = coturn.url();
+    let server = tools.server(
+        "12",
+        &["--turn-url", &turn_url, "--turn-secret-file", &secret_flag],
+    )?;
+    let _device = tools.fake_device_as(
+        "12-relay",
+        &server,
+        "cvd-1",
+        &["--displays", "2", "--relay-only"],
+    )?;
+    let output = tools
+        .connect_command(&server, "cvd-1", &["--relay-only", "--video-wait", "1s"])
+        .output()?;
+    let report = check_connect(&output)?;
+    let pair = &report["candidate_pair"];
+    ensure!(
+        pair["local"]["type"] == "relay",
+        "relay only, but the pair is {pair}: {report}"
+    );
+    let streams = report["streams"].as_array().cloned().unwrap_or_default();
+    let frames = |id: &str| {
+        streams
+            .iter()
+            .find(|s| s["stream_id"] == id)
+            .and_then(|s| s["frames"].as_u64())
+            .unwrap_or(0)
+    };
+    ensure!(
+        frames("display_0") >= 10 && frames("display_1") >= 10,
+        "both displays should play through the relay: {report}"
+    );
+    let log = coturn.log();
+    ensure!(
+        log.contains(":cvd-1/client-1>: incoming packet ALLOCATE processed, success"),
+        "coturn never allocated for cvd-1/client-1:\n{log}"
+    );
+    // Another secret than coturn's: the server reads it on SIGHUP, and
+    // the relay refuses what it signs.
+    std::fs::write(&secret, "not-coturns-secret\n")?;
+    server.process.signal("HUP")?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        let output = tools
+            .connect_command(&server, "cvd-1", &["--relay-only", "--timeout", "10s"])
+            .output()?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() && stdout.contains("TURN authentication failed") {
+            break stdout;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "after the secret changed, connections still relay: {stdout}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    ensure!(
+        refused.contains("do not share the same secret"),
+        "the refusal does not say why: {refused}"
+    );
+    Ok(format!(
+        "pair {} ↔ {}; data channel open at {:.1} ms, {} and {} frames through coturn; after SIGHUP with another secret: TURN authentication failed",
+        pair["local"]["type"].as_str().unwrap_or(""),
+        pair["remote"]["type"].as_str().unwrap_or(""),
+        data_channel_open_ms(&report),
+        frames("display_0"),
+        frames("display_1")
     ))
 }
 
