@@ -7,7 +7,10 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createSocket } from 'node:dgram';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
@@ -20,10 +23,10 @@ mkdirSync(artifacts, { recursive: true });
 const processes = new Set();
 
 // Starts a binary; resolves with the first stdout line matching `pattern`.
-function start(name, args, pattern) {
+function start(name, args, pattern, env = {}) {
   const child = spawn(join(binDir, name), args, {
     // The webrtc crate warns about every stray STUN packet; errors only.
-    env: { ...process.env, RUST_LOG: 'error' },
+    env: { ...process.env, RUST_LOG: 'error', ...env },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   processes.add(child);
@@ -45,6 +48,65 @@ function stop(child, signal = 'SIGTERM') {
     child.on('exit', resolve);
     child.kill(signal);
   });
+}
+
+// A port free on loopback now (TCP; coturn also takes the UDP one).
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const probe = createServer();
+    probe.once('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address();
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
+// Whether a STUN Binding request to 127.0.0.1:`port` is answered.
+function answersStun(port) {
+  return new Promise((resolve) => {
+    const socket = createSocket('udp4');
+    const request = Buffer.alloc(20);
+    request.writeUInt16BE(1, 0);
+    request.writeUInt32BE(0x2112a442, 4);
+    const timer = setTimeout(() => { socket.close(); resolve(false); }, 200);
+    socket.on('message', (answer) => {
+      clearTimeout(timer);
+      socket.close();
+      resolve(answer.readUInt16BE(0) === 0x0101);
+    });
+    socket.send(request, port, '127.0.0.1');
+  });
+}
+
+// Debian's coturn on a free loopback port, taking TURN REST credentials
+// signed with `secret` (as support::coturn starts it for the Rust tests).
+async function coturn(secret) {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'coturn-'));
+  const child = spawn('turnserver', ['-n', '--listening-ip', '127.0.0.1', '--relay-ip', '127.0.0.1',
+    '--listening-port', String(port), '--realm', 'signaling-test', '--use-auth-secret',
+    `--static-auth-secret=${secret}`, '--allow-loopback-peers', '--no-cli', '--no-tls', '--no-dtls',
+    '--no-multicast-peers', '--simple-log', '--no-stdout-log', '--verbose',
+    '--log-file', join(dir, 'turn.log'), '--pidfile', join(dir, 'turn.pid'), '--userdb', join(dir, 'turn.db')],
+  { stdio: 'ignore' });
+  processes.add(child);
+  child.on('exit', () => processes.delete(child));
+  await until('coturn answers', () => answersStun(port), 10000);
+  return {
+    url: `turn:127.0.0.1:${port}?transport=udp`,
+    log: () => readFileSync(join(dir, 'turn.log'), 'utf8'),
+    stop: async () => { await stop(child); rmSync(dir, { recursive: true, force: true }); },
+  };
+}
+
+// A server of its own handing out credentials for `turnUrl` signed with
+// `secret`: its http:// base.
+async function turnServer(turnUrl, secret) {
+  const { child, match: [, address] } = await start('signaling-server',
+    ['--listen', '127.0.0.1:0', '--turn-url', turnUrl], /signaling server on ws:\/\/(\S+)/,
+    { SIGNALING_TURN_SECRET: secret });
+  return { child, base: 'http://' + address };
 }
 
 let server;
@@ -200,7 +262,21 @@ test('two displays play at once, each in its own screen, and a click on either r
   await until('the click on the second display is reported', async () =>
     (await reported()).last?.device_label === 'display_1');
   assert.ok((await reported()).count > first.count);
+  // A key while the second display has focus (the click gave it) goes
+  // to the device as Cuttlefish's keyboard event.
+  await page.keyboard.press('KeyA');
+  await until('the key is reported', async () => (await reported()).last?.type === 'keyboard');
+  assert.equal((await reported()).last.keycode, 'KeyA');
   t.diagnostic(`the device counted ${(await reported()).count} inputs`);
+  // The device's audio_0 track plays in the page's audio element.
+  await until('the audio element has the device\'s audio track', () => page.evaluate(() => {
+    const stream = document.getElementById('audio').srcObject;
+    return Boolean(stream && stream.getAudioTracks().some((track) => track.readyState === 'live'));
+  }));
+  // Fullscreen holds every screen.
+  await page.click('#fullscreen');
+  await until('the screens are fullscreen', () => page.evaluate(() => document.fullscreenElement?.id === 'screens'));
+  await page.evaluate(() => document.exitFullscreen());
   // The connection panel: the selected pair with its candidates' types
   // (on loopback host, or prflx for a candidate the checks found before
   // its signaling arrived), its round trip, both displays' frame rate.
@@ -450,4 +526,52 @@ test('to the contract page, a device_info without hardware is no connection', as
   await page.locator('#status', { hasText: 'No connection to the guest device' }).waitFor({ timeout: 15000 });
   assert.equal(await page.evaluate(() => window.contract.error), 'Error: no hardware');
   await close();
+});
+
+test('?relay=1 through a real coturn: the data channel echoes, the screen plays, the panel says relay', async (t) => {
+  const turn = await coturn('browser-turn-secret');
+  const own = await turnServer(turn.url, 'browser-turn-secret');
+  const device = (await start('fake-device', ['--server', own.base.replace('http', 'ws'), '--device-id', 'web-relay',
+    '--displays', '1'])).child;
+  await until('web-relay is listed', async () => (await (await fetch(own.base + '/devices')).json()).includes('web-relay'));
+  const page = await newPage();
+  await page.goto(own.base + '/?deviceId=web-relay&relay=1');
+  await expectEcho(page, 'through the relay');
+  const stat = (key) => page.textContent(`#stats [data-stat="${key}"] dd`);
+  // The browser's end is coturn's relayed address: it sent nothing else.
+  await until('the panel shows a relayed pair', async () => /^relay ↔ (relay|prflx|host|srflx) \(udp\)$/.test(await stat('pair')));
+  await until('the screen plays through the relay', async () => {
+    const frames = await page.evaluate(async () => {
+      let decoded = 0;
+      (await window.currentPeer().getStats()).forEach((report) => {
+        if (report.type === 'inbound-rtp' && report.kind === 'video') decoded += report.framesDecoded ?? 0;
+      });
+      return decoded;
+    });
+    return frames >= 10;
+  });
+  // coturn allocated for this page's client, named by its device.
+  assert.match(turn.log(), /user <\d+:web-relay\/client-\d+>: incoming packet ALLOCATE processed, success/);
+  t.diagnostic(`pair ${await stat('pair')}, round trip ${await stat('rtt')}`);
+  await page.context().close();
+  await stop(device);
+  await stop(own.child);
+  await turn.stop();
+});
+
+test('?relay=1 with a server whose TURN secret coturn does not share: the page says TURN authentication failed', async () => {
+  const turn = await coturn('the-turn-servers-secret');
+  const own = await turnServer(turn.url, 'another-secret');
+  const device = (await start('fake-device', ['--server', own.base.replace('http', 'ws'), '--device-id', 'web-no-relay',
+    '--displays', '1'])).child;
+  await until('web-no-relay is listed', async () => (await (await fetch(own.base + '/devices')).json()).includes('web-no-relay'));
+  const page = await newPage();
+  await page.goto(own.base + '/?deviceId=web-no-relay&relay=1');
+  await page.locator('#status', { hasText: 'TURN authentication failed' }).waitFor({ timeout: 15000 });
+  assert.match(await page.textContent('#status'), /401/);
+  assert.equal(await page.getAttribute('#status', 'data-state'), 'error');
+  await page.context().close();
+  await stop(device);
+  await stop(own.child);
+  await turn.stop();
 });

@@ -3,11 +3,13 @@
 // payload layer of PROTOCOL.md (the same as client-cli). Over a websocket
 // to /connect_client, or over the HTTP polling flow when websockets are
 // not available (or with ?transport=poll). ?deviceId=ID connects at once;
-// ?token=T is carried to every request.
+// ?token=T is carried to every request; ?relay=1 uses relayed (TURN)
+// candidates only, through the TURN servers the config names.
 'use strict';
 
 const params = new URLSearchParams(location.search);
 const token = params.get('token');
+const relayOnly = params.get('relay') === '1';
 const $ = (id) => document.getElementById(id);
 
 function withToken(path) {
@@ -156,6 +158,11 @@ function clearScreens() {
   for (const item of document.querySelectorAll('#stats dd')) item.textContent = '–';
 }
 
+// Whether the ICE servers of a config name a TURN server.
+function namesTurnServer(servers) {
+  return servers.some((server) => [].concat(server.urls || []).some((url) => /^turns?:/.test(url)));
+}
+
 class Session {
   constructor(deviceId) {
     this.deviceId = deviceId;
@@ -227,11 +234,35 @@ class Session {
       height: display.y_res,
     }));
     this.displays.forEach((display) => this.screen(display.streamId));
-    this.pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    if (relayOnly && !namesTurnServer(this.iceServers)) {
+      this.fail('relay only (?relay=1), but the config names no TURN server: the server hands them out with --turn-url and a TURN secret');
+      return;
+    }
+    this.pc = new RTCPeerConnection({ iceServers: this.iceServers, iceTransportPolicy: relayOnly ? 'relay' : 'all' });
+    // A TURN server that refuses the credentials says so here (401 for a
+    // wrong secret or a username whose expiry has passed), and nowhere else.
+    this.turnErrors = [];
+    this.relayed = 0;
+    this.pc.onicecandidateerror = (event) => {
+      if (!event.url || !event.url.startsWith('turn')) return;
+      const what = `${event.url}: ${event.errorCode} ${event.errorText}`;
+      if (this.turnErrors.includes(what)) return;
+      this.turnErrors.push(what);
+      this.mark('TURN error ' + what);
+    };
+    this.pc.onicegatheringstatechange = () => {
+      if (this.pc.iceGatheringState !== 'complete' || !relayOnly || this.relayed > 0) return;
+      const why = this.turnErrors.some((error) => / 401 /.test(error))
+        ? 'TURN authentication failed at ' + this.turnErrors.join('; ')
+          + ' (a wrong secret, or credentials past their expiry)'
+        : 'no TURN server granted a relay' + (this.turnErrors.length ? ': ' + this.turnErrors.join('; ') : '');
+      this.fail('relay only, and no relay candidate: ' + why);
+    };
     // Touches and keys go to the device on Cuttlefish's input channel.
     this.input = this.pc.createDataChannel('input-channel');
     this.pc.onicecandidate = (event) => {
       if (event.candidate) {
+        if (event.candidate.type === 'relay') this.relayed += 1;
         this.transport.send({ type: 'ice-candidate', candidate: event.candidate.toJSON() });
       }
     };
