@@ -201,10 +201,9 @@ impl Tools {
         )
     }
 
-    /// A `client-cli connect` command with --json.
     /// A `client-cli connect` command with --json; it does not wait for
     /// video frames unless `extra` says `--video-wait`.
-    fn connect_command(&self, server: &Server, device_id: &str, extra: &[&str]) -> Command {
+    pub fn connect_command(&self, server: &Server, device_id: &str, extra: &[&str]) -> Command {
         let mut command = self.command("client-cli");
         command
             .args(["--server", &server.url])
@@ -225,12 +224,6 @@ impl Tools {
             data_channel_open_ms: data_channel_open_ms(&report),
         })
     }
-
-    /// Runs `client-cli connect` and returns its checked JSON report.
-    pub fn connect_report(&self, server: &Server, device_id: &str) -> Result<Value> {
-        let output = self.connect_command(server, device_id, &[]).output()?;
-        check_connect(&output)
-    }
 }
 
 /// What a successful `client-cli connect` reported.
@@ -240,7 +233,7 @@ pub struct Handshake {
 
 /// Checks a `client-cli connect --json` run: exit 0, every phase reached,
 /// three echoes. Returns the report.
-fn check_connect(output: &std::process::Output) -> Result<Value> {
+pub fn check_connect(output: &std::process::Output) -> Result<Value> {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     ensure!(
