@@ -452,6 +452,11 @@ pub fn count_frames(
         let media_ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
         // When the keyframe was requested, and after how many frames.
         let mut requested: Option<(Instant, u64)> = None;
+        // Until a keyframe comes, nothing can be decoded: a receiver that
+        // joined after the sender's first keyframe (its first packets can
+        // arrive before the track is announced) asks for one, as a
+        // browser's decoder does, at most every KEYFRAME_ASK_INTERVAL.
+        let mut asked_for_first: Option<Instant> = None;
         while let Some(event) = track.poll().await {
             let packet = match event {
                 TrackRemoteEvent::OnRtpPacket(packet) => packet,
@@ -470,6 +475,17 @@ pub fn count_frames(
             }
             lock(&counting.first).get_or_insert_with(Instant::now);
             let frames = counting.frames.fetch_add(1, Ordering::Relaxed) + 1;
+            if counting.keyframes.load(Ordering::Relaxed) == 0
+                && asked_for_first.is_none_or(|at| at.elapsed() >= KEYFRAME_ASK_INTERVAL)
+            {
+                let pli = PictureLossIndication {
+                    sender_ssrc: 0,
+                    media_ssrc,
+                };
+                if track.write_rtcp(vec![Box::new(pli)]).await.is_ok() {
+                    asked_for_first = Some(Instant::now());
+                }
+            }
             if request_keyframe_after == Some(frames) {
                 let pli = PictureLossIndication {
                     sender_ssrc: 0,
@@ -520,6 +536,9 @@ fn starts_vp8_keyframe(payload: &[u8]) -> bool {
     }
     payload.get(at).is_some_and(|header| header & 0x01 == 0)
 }
+
+/// How often [`count_frames`] asks for a first keyframe while none came.
+const KEYFRAME_ASK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Frames received on a track so far.
 #[derive(Debug, Default)]
