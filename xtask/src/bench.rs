@@ -28,7 +28,6 @@ const ROWS: [(&str, &str); 4] = [
 
 pub fn handshake(root: &Path) -> Result<()> {
     crate::e2e::build(root, true)?;
-    crate::system::ensure_test_packages()?;
     let tools = crate::tools(root, "release", "bench-logs")?;
     let direct = tools.server("handshake", &[])?;
     let _direct_device = tools.fake_device("handshake", &direct, "bench-device")?;

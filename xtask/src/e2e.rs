@@ -4,7 +4,9 @@
 //! and checks each scenario end to end: the signaling relay itself, then a
 //! real WebRTC handshake over plain ws, over wss with a self-signed
 //! certificate, with tokens, with five clients on one device, in the
-//! alternative flow, across a device restart, and across a server restart.
+//! alternative flow, across a device restart, across a server restart, and
+//! the rest `run_scenarios` lists (the device socket, a Cuttlefish-shaped
+//! device, two instances on Redis, a TURN relay).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -897,7 +899,7 @@ fn two_instances(tools: &Tools) -> Result<String> {
 /// The build step: every binary the scenarios run.
 pub fn build(root: &Path, release: bool) -> Result<()> {
     crate::system::ensure_build_packages()?;
-    // Scenario 11 and the cluster benchmarks run redis-servers.
+    // Scenarios 11 and 12 and the benchmarks run redis-servers and coturns.
     crate::system::ensure_test_packages()?;
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command.current_dir(root).args([
