@@ -10,6 +10,7 @@ use protocol::IceServer;
 
 use crate::config::{
     CUTTLEFISH_POLL_BACKOFF_CAP, DeviceSocketConfig, ServerConfig, default_max_connections,
+    default_max_http_connections,
 };
 use crate::tls;
 
@@ -268,7 +269,8 @@ pub struct Cli {
     pub outbox_bytes: u64,
 
     /// Time a new connection has to send `register` or `connect` (also the
-    /// limit for the TLS handshake and the HTTP request head), e.g. 10s.
+    /// limit for the TLS handshake, an HTTP request's head, and its body
+    /// once the head is in: 408 past it), e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
@@ -294,6 +296,14 @@ pub struct Cli {
     /// a proxy sees every peer at one address.
     #[arg(long, default_value_t = 0)]
     pub max_connections_per_ip: u64,
+
+    /// Most plain HTTP connections at once (every connection until it
+    /// upgrades to a websocket: requests, polling, a TLS handshake); past
+    /// it a new one is answered 503 and closed. Default: half of what the
+    /// open-file limit leaves beside the default --max-connections, at
+    /// least 16.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_http_connections: Option<u64>,
 
     /// How long shutdown (SIGINT, SIGTERM) waits for connections to close.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -622,6 +632,9 @@ impl Cli {
                 .map_or_else(default_max_connections, to_usize),
             max_connections_per_ip: (self.max_connections_per_ip > 0)
                 .then(|| to_usize(self.max_connections_per_ip)),
+            max_http_connections: self
+                .max_http_connections
+                .map_or_else(default_max_http_connections, to_usize),
             shutdown_grace: self.shutdown_grace,
             read_buffer_bytes: to_usize(self.read_buffer_bytes),
             assets_dir: self.assets_dir,

@@ -89,8 +89,13 @@ pub struct ServerConfig {
     /// The most websocket connections open at once.
     pub max_connections: usize,
     /// The most websocket connections open at once from one IP address;
-    /// `None` is no limit.
+    /// `None` is no limit. It bounds plain HTTP connections from one
+    /// address too, counted apart.
     pub max_connections_per_ip: Option<usize>,
+    /// The most plain HTTP connections open at once: every connection,
+    /// from its accept (and TLS handshake) until it upgrades to a
+    /// websocket or ends.
+    pub max_http_connections: usize,
     /// How long shutdown waits for connections to close.
     pub shutdown_grace: Duration,
     /// The initial read buffer of each websocket, in bytes, kept for the
@@ -166,6 +171,7 @@ impl Default for ServerConfig {
             close_timeout: Duration::from_secs(2),
             max_connections: default_max_connections(),
             max_connections_per_ip: None,
+            max_http_connections: default_max_http_connections(),
             shutdown_grace: Duration::from_secs(10),
             read_buffer_bytes: 256,
             // High enough that no real handshake (tens of messages) meets
@@ -196,6 +202,23 @@ pub fn default_max_connections() -> usize {
             (limit / 10 * 9).min(limit.saturating_sub(64)).max(1)
         }
         None => FALLBACK_MAX_CONNECTIONS,
+    }
+}
+
+/// The default `--max-http-connections` when the open-file limit is
+/// unknown.
+pub const FALLBACK_MAX_HTTP_CONNECTIONS: usize = 256;
+
+/// Half of what the open-file limit leaves beside the default
+/// `--max-connections` (the other half is for the listeners, files and
+/// refusals), and at least 16.
+pub fn default_max_http_connections() -> usize {
+    match open_file_limit() {
+        Some(limit) => {
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            (limit.saturating_sub(default_max_connections()) / 2).max(16)
+        }
+        None => FALLBACK_MAX_HTTP_CONNECTIONS,
     }
 }
 

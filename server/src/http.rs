@@ -52,6 +52,8 @@ pub(crate) enum Refusal {
     NotAnUpgrade,
     WrongVersion,
     MissingKey,
+    /// A `Sec-WebSocket-Key` that is not 16 bytes in base64.
+    BadKey,
     /// The device socket's peer runs as a user not in
     /// `--device-socket-allow-uid`.
     UidNotAllowed,
@@ -73,7 +75,7 @@ impl Refusal {
             Self::ShuttingDown | Self::Full => StatusCode::SERVICE_UNAVAILABLE,
             Self::PerIp => StatusCode::TOO_MANY_REQUESTS,
             Self::NotAnUpgrade | Self::WrongVersion => StatusCode::UPGRADE_REQUIRED,
-            Self::MissingKey => StatusCode::BAD_REQUEST,
+            Self::MissingKey | Self::BadKey => StatusCode::BAD_REQUEST,
             Self::UidNotAllowed => StatusCode::FORBIDDEN,
         }
     }
@@ -87,6 +89,7 @@ impl Refusal {
             Self::NotAnUpgrade => "Upgrade required: this endpoint takes websocket connections",
             Self::WrongVersion => "Unsupported websocket version: 13 is required",
             Self::MissingKey => "Bad request: missing Sec-WebSocket-Key",
+            Self::BadKey => "Bad request: Sec-WebSocket-Key must be 16 bytes in base64",
             Self::UidNotAllowed => "Unauthorized: this user may not register on the device socket",
         }
     }
@@ -98,7 +101,7 @@ impl Refusal {
             Self::ShuttingDown => None,
             Self::Full => Some(RefusedReason::ConnectionLimit),
             Self::PerIp => Some(RefusedReason::PerIpLimit),
-            Self::NotAnUpgrade | Self::WrongVersion | Self::MissingKey => {
+            Self::NotAnUpgrade | Self::WrongVersion | Self::MissingKey | Self::BadKey => {
                 Some(RefusedReason::BadUpgrade)
             }
         }
@@ -114,6 +117,7 @@ impl Refusal {
             | Self::Full
             | Self::PerIp
             | Self::MissingKey
+            | Self::BadKey
             | Self::UidNotAllowed => None,
         }
     }
@@ -136,6 +140,31 @@ impl Refusal {
         }
         response
     }
+}
+
+/// Answers a connection refused at accept (no place for it) without
+/// reading its request: a minimal HTTP/1.1 response, then the close. A
+/// TLS connection is closed without one (it would need a handshake).
+pub(crate) async fn refuse_raw(mut stream: tokio::net::TcpStream, refusal: Refusal) {
+    use tokio::io::AsyncWriteExt as _;
+    let body = protocol::ServerToClient::Error(protocol::ErrorMsg {
+        error: refusal.text().into(),
+    })
+    .encode();
+    let status = refusal.status();
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    // The peer may be gone, or never read: a second at most, then close.
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
 }
 
 pub(crate) fn router(state: Arc<ServerState>) -> Router {
@@ -308,17 +337,56 @@ async fn polling_body(
         ));
     }
     let limit = state.config.max_message_bytes + 1024;
-    axum::body::to_bytes(request.into_body(), limit)
-        .await
-        .map_err(|_| {
-            crate::polling::error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!(
-                    "Message too big: the limit is {} bytes",
-                    state.config.max_message_bytes
-                ),
-            )
-        })
+    let too_big = || {
+        crate::polling::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "Message too big: the limit is {} bytes",
+                state.config.max_message_bytes
+            ),
+        )
+    };
+    // A declared length past the limit is refused before a byte of the
+    // body is read.
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_big());
+    }
+    // The body has the head's deadline again: a body that trickles in, or
+    // never comes, does not hold the connection.
+    let deadline = state.config.handshake_timeout;
+    match tokio::time::timeout(deadline, axum::body::to_bytes(request.into_body(), limit)).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(e)) if is_length_limit(&e) => Err(too_big()),
+        Ok(Err(e)) => Err(crate::polling::error(
+            StatusCode::BAD_REQUEST,
+            &format!("Bad request: the body could not be read ({e})"),
+        )),
+        Err(_) => Err(crate::polling::error(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!(
+                "Request timeout: the body did not arrive within {}",
+                humantime::format_duration(deadline)
+            ),
+        )),
+    }
+}
+
+/// Whether reading a body failed for its length (it went past the limit
+/// without declaring it).
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = source {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 async fn poll_connect(State(state): State<Arc<ServerState>>, request: Request) -> Response {

@@ -83,7 +83,10 @@ pub enum Error {
 pub(crate) struct ServerState {
     config: ServerConfig,
     core: Arc<Core>,
+    /// Websocket connections (and device socket ones).
     limiter: Arc<Limiter>,
+    /// Plain HTTP connections, until they upgrade.
+    http_limiter: Arc<Limiter>,
     ws_config: WebSocketConfig,
     /// Cancelled when the server shuts down; every connection watches it.
     shutdown: CancellationToken,
@@ -169,6 +172,10 @@ impl Server {
         let state = Arc::new(ServerState {
             limiter: Arc::new(Limiter::new(
                 config.max_connections,
+                config.max_connections_per_ip,
+            )),
+            http_limiter: Arc::new(Limiter::new(
+                config.max_http_connections,
                 config.max_connections_per_ip,
             )),
             ws_config: websocket::websocket_config(&config),
@@ -353,10 +360,25 @@ async fn accept(
             },
         };
         let _ = stream.set_nodelay(true);
+        // Every connection holds a place from here until it upgrades (the
+        // websocket then holds one of its own) or ends.
+        let permit = match state.http_limiter.try_acquire(peer.ip()) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                let refusal = http::Refusal::from(refusal);
+                refusal.count(&state);
+                debug!(%peer, why = refusal.text(), "connection refused at accept");
+                if tls.is_none() {
+                    state.tracker.spawn(http::refuse_raw(stream, refusal));
+                }
+                continue;
+            }
+        };
         let router = router.clone();
         let tls = tls.clone();
         let task_state = state.clone();
         state.tracker.spawn(async move {
+            let _permit = permit;
             let state = task_state;
             let timeout = state.config.handshake_timeout;
             match tls {

@@ -136,14 +136,53 @@ fn json(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
-/// The fields of a request body, each as its raw JSON text.
+/// The fields of a request body, each as its raw JSON text. A field given
+/// twice is an invalid message, as it is on the websocket: no path lets
+/// the last of two values win.
 fn fields(body: &[u8]) -> Result<HashMap<String, Box<RawValue>>, Refusal> {
-    serde_json::from_slice(body).map_err(|e| {
-        Refusal::new(
+    match serde_json::from_slice::<UniqueFields>(body) {
+        Ok(UniqueFields(fields)) => Ok(fields),
+        Err(e) if e.is_data() && e.to_string().starts_with("duplicate field") => Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            format!("Invalid message: {e}"),
+        )),
+        Err(e) => Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             format!("Invalid message: expected a JSON object ({e})"),
-        )
-    })
+        )),
+    }
+}
+
+/// A JSON object whose keys are all different.
+struct UniqueFields(HashMap<String, Box<RawValue>>);
+
+impl<'de> serde::Deserialize<'de> for UniqueFields {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = UniqueFields;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UniqueFields, A::Error> {
+                let mut fields = HashMap::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if fields.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format!("duplicate field `{key}`")));
+                    }
+                    let value: Box<RawValue> = map.next_value()?;
+                    fields.insert(key, value);
+                }
+                Ok(UniqueFields(fields))
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
 }
 
 fn string_field(fields: &HashMap<String, Box<RawValue>>, key: &str) -> Option<String> {

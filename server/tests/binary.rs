@@ -318,6 +318,22 @@ async fn sigterm_under_load_closes_1000_pairs_with_1001() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// `--max-http-connections N` reaches the server: with one connection
+/// open and idle, the next is answered 503 without being read.
+#[test]
+fn max_http_connections_flag() {
+    use std::io::{Read, Write};
+
+    let server = Server::start(&["--max-http-connections", "1"]);
+    let _held = std::net::TcpStream::connect(server.address.as_str()).unwrap();
+    let mut next = std::net::TcpStream::connect(server.address.as_str()).unwrap();
+    next.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = next.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let mut answer = String::new();
+    let _ = next.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+}
+
 /// `--rate-limit N --rate-burst B` reach the server (D17); `--rate-limit 0`
 /// turns the limit off whatever the burst.
 #[tokio::test]
@@ -394,6 +410,10 @@ fn bad_flags_get_clear_errors() {
             "10 is not in 64..=16777216",
         ),
         (vec!["--rate-burst", "0"], "--rate-burst"),
+        (
+            vec!["--max-http-connections", "0"],
+            "--max-http-connections",
+        ),
         (
             vec!["--device-socket", "/tmp/x", "--device-socket-mode", "99"],
             "not a file mode in octal",

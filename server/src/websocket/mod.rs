@@ -73,7 +73,7 @@ pub(crate) fn upgrade(
 ) -> Response {
     let endpoint = door.endpoint();
     let admitted = admit(&state, peer, &request, endpoint)
-        .and_then(|permit| Ok((permit, Handshake::read(request.headers())?)));
+        .and_then(|permit| Ok((permit, Handshake::read(&request)?)));
     let (permit, handshake) = match admitted {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.respond(&state),
@@ -116,11 +116,14 @@ struct Handshake {
 
 impl Handshake {
     /// Checks the upgrade request (RFC 6455 §4.2.1): 426 when it is not a
-    /// websocket upgrade of version 13, 400 without a key.
-    fn read(headers: &HeaderMap) -> Result<Self, Refusal> {
+    /// websocket upgrade of version 13, or comes in HTTP/1.0, whose
+    /// Upgrade a server ignores (RFC 9110 §7.8); 400 without a key, or
+    /// with one that is not 16 bytes in base64.
+    fn read(request: &Request) -> Result<Self, Refusal> {
+        let headers = request.headers();
         let is_upgrade = header_has_token(headers, header::CONNECTION, "upgrade")
             && header_has_token(headers, header::UPGRADE, "websocket");
-        if !is_upgrade {
+        if !is_upgrade || request.version() < axum::http::Version::HTTP_11 {
             return Err(Refusal::NotAnUpgrade);
         }
         if headers
@@ -132,6 +135,9 @@ impl Handshake {
         let key = headers
             .get(header::SEC_WEBSOCKET_KEY)
             .ok_or(Refusal::MissingKey)?;
+        if !is_websocket_key(key.as_bytes()) {
+            return Err(Refusal::BadKey);
+        }
         Ok(Self {
             accept: derive_accept_key(key.as_bytes()),
             subprotocol: header_has_token(
@@ -160,6 +166,16 @@ impl Handshake {
         }
         response
     }
+}
+
+/// Whether `key` is a `Sec-WebSocket-Key`: 16 bytes in base64, so 24
+/// characters (RFC 6455 §4.1, §4.2.1).
+fn is_websocket_key(key: &[u8]) -> bool {
+    use base64::Engine as _;
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|bytes| bytes.len() == 16)
 }
 
 /// Whether a comma-separated header holds `token`, ignoring case.
@@ -275,4 +291,23 @@ pub(crate) fn websocket_config(config: &crate::ServerConfig) -> WebSocketConfig 
         )
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_message_bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_websocket_key;
+
+    #[test]
+    fn a_key_is_16_bytes_in_base64() {
+        // RFC 6455 §1.3's example.
+        assert!(is_websocket_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!is_websocket_key(b""));
+        assert!(!is_websocket_key(b"abc"));
+        assert!(!is_websocket_key(b"########################"));
+        // 24 characters, but 17 bytes.
+        assert!(!is_websocket_key(b"AAAAAAAAAAAAAAAAAAAAAAA="));
+        // 16 bytes, without the padding.
+        assert!(!is_websocket_key(b"dGhlIHNhbXBsZSBub25jZQ"));
+        assert!(!is_websocket_key(&[b'A'; 65_536]));
+    }
 }

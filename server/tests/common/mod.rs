@@ -322,6 +322,7 @@ pub fn test_config() -> ServerConfig {
     ServerConfig {
         close_timeout: Duration::from_millis(200),
         max_connections: 10_000,
+        max_http_connections: 10_000,
         ..ServerConfig::default()
     }
 }
