@@ -47,6 +47,12 @@ pub const MAX_DEVICE_ID_BYTES: usize = 256;
 /// parser, so a frame deeper than this is refused before it is fully read.
 pub const MAX_NESTING_DEPTH: usize = 128;
 
+/// The most bytes the `client_msg` envelope adds around a payload: its
+/// frame with the largest client id, less the payload. A client's payload
+/// reaches its device in a frame this much longer at most.
+pub const CLIENT_MSG_ENVELOPE_MAX: usize =
+    r#"{"message_type":"client_msg","client_id":18446744073709551615,"payload":}"#.len();
+
 /// The subprotocol that Cuttlefish's web client offers on its websockets.
 pub const SUBPROTOCOL: &str = "webrtc-operator";
 

@@ -582,3 +582,19 @@ fn bare_payloads_are_objects_kept_verbatim_within_the_nesting_bound() {
     let at_bound = format!(r#"{{"a":{}1{}}}"#, "[".repeat(127), "]".repeat(127));
     assert!(parse_bare_payload(&at_bound).is_ok());
 }
+
+#[test]
+fn the_client_msg_envelope_is_at_most_its_constant() {
+    let payload = raw(r#"{"type":"offer","sdp":"v=0"}"#);
+    for client_id in [1, 42, u64::MAX] {
+        let frame = ServerToDevice::ClientMsg(ClientMsg {
+            client_id,
+            payload: &payload,
+        })
+        .encode();
+        assert!(frame.len() - payload.get().len() <= CLIENT_MSG_ENVELOPE_MAX);
+        if client_id == u64::MAX {
+            assert_eq!(frame.len() - payload.get().len(), CLIENT_MSG_ENVELOPE_MAX);
+        }
+    }
+}

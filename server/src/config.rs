@@ -148,6 +148,7 @@ impl ServerConfig {
                 max_bytes: self.outbox_bytes,
             },
             rate_limit: self.rate_limit.filter(|limit| limit.per_second > 0),
+            max_message_bytes: self.max_message_bytes,
         }
     }
 }

@@ -233,3 +233,36 @@ async fn a_device_that_stops_reading_is_closed_as_a_slow_consumer() {
     );
     server.stop().await.unwrap();
 }
+
+/// A forward of exactly the size limit is taken, but its payload would
+/// reach the device in a frame over the limit (a Cuttlefish device reads
+/// 64 KiB frames): it is refused with `Payload too big` and not relayed,
+/// and the client stays. The longest payload allowed arrives in a frame
+/// within the limit.
+#[tokio::test]
+async fn no_frame_to_a_device_exceeds_the_size_limit() {
+    let server = TestServer::start(test_config()).await;
+    let limit = ServerConfig::default().max_message_bytes;
+    let mut device = server.registered_device_with_info("cvd-frames").await;
+    let mut client = server.connected_client("cvd-frames").await;
+    let forward = |payload_bytes: usize| {
+        format!(
+            r#"{{"message_type":"forward","payload":"{}"}}"#,
+            "x".repeat(payload_bytes - 2)
+        )
+    };
+    let whole = forward(limit - r#"{"message_type":"forward","payload":}"#.len());
+    assert_eq!(whole.len(), limit);
+    client.send(&whole).await;
+    let error = client.recv_text().await;
+    assert!(
+        error.contains("Payload too big: a forwarded payload may be at most 65463 bytes"),
+        "{error}"
+    );
+    let allowed = forward(limit - protocol::CLIENT_MSG_ENVELOPE_MAX);
+    client.send(&allowed).await;
+    let relayed = device.recv_text().await;
+    assert!(relayed.len() <= limit, "{} bytes", relayed.len());
+    assert!(relayed.starts_with(r#"{"message_type":"client_msg","client_id":1,"payload":"xx"#));
+    server.stop().await.unwrap();
+}

@@ -82,6 +82,9 @@ pub enum ServerError {
     SlowConsumer { messages: usize, bytes: usize },
     /// D14, C12.
     MessageTooBig { limit: usize },
+    /// A client's payload too long to reach its device in a frame within
+    /// the size limit; it is not relayed, the session goes on.
+    PayloadTooBig { limit: usize },
     /// D13, C11: a binary frame.
     BinaryMessage,
     /// D13, C11: text that is not UTF-8.
@@ -114,6 +117,7 @@ impl ServerError {
             Self::IdleTimeout => "Idle timeout",
             Self::SlowConsumer { .. } => "Slow consumer",
             Self::MessageTooBig { .. } => "Message too big",
+            Self::PayloadTooBig { .. } => "Payload too big",
             Self::BinaryMessage => "Binary messages are not supported",
             Self::InvalidUtf8 => "Invalid UTF-8 in text message",
             Self::ProtocolViolation(_) => "Protocol error",
@@ -149,7 +153,8 @@ impl ServerError {
             | Self::NotRegistered
             | Self::UnknownClient(_)
             | Self::AlreadyConnected(_)
-            | Self::NotConnected => None,
+            | Self::NotConnected
+            | Self::PayloadTooBig { .. } => None,
         }
     }
 
@@ -205,6 +210,7 @@ impl ServerError {
                 bytes: 1,
             },
             Self::MessageTooBig { limit: 1 },
+            Self::PayloadTooBig { limit: 1 },
             Self::BinaryMessage,
             Self::InvalidUtf8,
             Self::ProtocolViolation("x".into()),
@@ -234,6 +240,7 @@ impl ServerError {
                 | Self::IdleTimeout
                 | Self::SlowConsumer { .. }
                 | Self::MessageTooBig { .. }
+                | Self::PayloadTooBig { .. }
                 | Self::BinaryMessage
                 | Self::InvalidUtf8
                 | Self::ProtocolViolation(_)
@@ -269,6 +276,12 @@ impl fmt::Display for ServerError {
             Self::MessageTooBig { limit } => {
                 write!(f, "{}: the limit is {limit} bytes", self.phrase())
             }
+            Self::PayloadTooBig { limit } => write!(
+                f,
+                "{}: a forwarded payload may be at most {limit} bytes, so that the frame \
+                 carrying it to the device stays within the size limit; not relayed",
+                self.phrase()
+            ),
             Self::ProtocolViolation(why) => write!(f, "{}: {why}", self.phrase()),
             Self::RegistryUnavailable => write!(
                 f,

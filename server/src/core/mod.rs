@@ -81,6 +81,10 @@ pub struct Settings {
     pub outbox: OutboxLimits,
     /// The per-connection rate limit, if any.
     pub rate_limit: Option<RateLimit>,
+    /// The most bytes in a frame either side receives
+    /// (`--max-message-bytes`): a client's payload is relayed only if the
+    /// `client_msg` carrying it fits.
+    pub max_message_bytes: usize,
 }
 
 /// What every session shares: settings, the registry, metrics. The one

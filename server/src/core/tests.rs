@@ -167,6 +167,7 @@ fn core(client_wait: Duration) -> Arc<Core> {
             max_bytes: 1 << 16,
         },
         rate_limit: None,
+        max_message_bytes: 65_536,
     };
     Arc::new(Core::new(settings, Arc::new(Metrics::new())))
 }
@@ -423,4 +424,51 @@ fn each_config_names_its_peer_for_turn() {
     // Without TURN, the one shared config.
     let plain = core(Duration::ZERO);
     assert!(Arc::ptr_eq(&plain.device_config("x"), &plain.config()));
+}
+
+/// Every frame a device receives is within the size limit: a client's
+/// payload that its `client_msg` envelope would carry past it is refused
+/// with `Payload too big` and not relayed; the session goes on, and the
+/// longest payload allowed arrives in a frame of at most the limit.
+#[test]
+fn a_payload_is_relayed_only_if_its_frame_fits_the_limit() {
+    let core = core(Duration::ZERO);
+    let limit = core.settings.max_message_bytes;
+    let t0 = Instant::now();
+    let mut device = device(&core, t0);
+    device.on_text(r#"{"message_type":"register","device_id":"small"}"#, t0);
+    sent(&device);
+    let mut client = client(&core, t0);
+    client.on_text(r#"{"message_type":"connect","device_id":"small"}"#, t0);
+    sent(&client);
+    let allowed = limit - protocol::CLIENT_MSG_ENVELOPE_MAX;
+    // A JSON string of `length` bytes, quotes included.
+    let payload = |length: usize| format!("\"{}\"", "x".repeat(length - 2));
+    let forward = |length: usize| {
+        format!(
+            r#"{{"message_type":"forward","payload":{}}}"#,
+            payload(length)
+        )
+    };
+    client.on_text(&forward(allowed + 1), t0);
+    assert_eq!(
+        sent(&client),
+        [Outgoing::Error(ServerError::PayloadTooBig {
+            limit: allowed
+        })]
+    );
+    assert_eq!(sent(&device), []);
+    client.on_text(&forward(allowed), t0);
+    assert_eq!(sent(&client), []);
+    let relayed = sent(&device);
+    let [
+        Outgoing::ClientMsg {
+            payload: carried, ..
+        },
+    ] = &relayed[..]
+    else {
+        panic!("{relayed:?}");
+    };
+    let frame = carried.clone().into_frame().unwrap();
+    assert!(frame.len() <= limit, "{} bytes", frame.len());
 }

@@ -126,6 +126,20 @@ impl ClientSession {
             // C6
             return self.replies.send_error(ServerError::NotConnected);
         };
+        // The device reads frames of at most the size limit (a Cuttlefish
+        // device, into a 64 KiB buffer): the payload must fit in one with
+        // its envelope, whatever the client id.
+        let limit = self
+            .replies
+            .core
+            .settings
+            .max_message_bytes
+            .saturating_sub(protocol::CLIENT_MSG_ENVELOPE_MAX);
+        if payload.get().len() > limit {
+            return self
+                .replies
+                .send_error(ServerError::PayloadTooBig { limit });
+        }
         match link.send_to_device(payload) {
             // C7
             Ok(()) => {
