@@ -393,9 +393,21 @@ async fn c12_size_limit_is_exact(topology: DeviceTransport) {
         let head = r#"{"message_type":"forward","payload":""#;
         format!("{head}{}\"}}", "p".repeat(len - head.len() - 2))
     };
+    // A forward of exactly the limit is taken, but the frame carrying its
+    // payload to the device would not fit the limit: not relayed.
     client.send(&message(1024)).await;
-    let relayed = device.recv_json().await;
-    assert_eq!(relayed["payload"].as_str().map(str::len), Some(1024 - 39));
+    let error = client.recv_text().await;
+    assert!(
+        error.contains("Payload too big: a forwarded payload may be at most 951 bytes"),
+        "{error}"
+    );
+    // The longest payload allowed (1024 less the 73-byte envelope) is.
+    let envelope = r#"{"message_type":"forward","payload":}"#.len();
+    client.send(&message(1024 - 73 + envelope)).await;
+    let relayed = device.recv_text().await;
+    assert!(relayed.len() <= 1024, "{} bytes", relayed.len());
+    let relayed: serde_json::Value = serde_json::from_str(&relayed).unwrap();
+    assert_eq!(relayed["payload"].as_str().map(str::len), Some(1024 - 73 - 2));
     client.send(&message(1025)).await;
     assert_eq!(
         client.recv_close().await,
