@@ -305,6 +305,20 @@ pub struct Cli {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_http_connections: Option<u64>,
 
+    /// A web page origin (`https://app.example`, `http://host:8080`) that
+    /// may open this server's websockets and use its polling endpoints
+    /// besides the server's own pages; repeatable, or `*` for any. A
+    /// request with another Origin gets 403; one without (a device, a
+    /// CLI) is not a page and passes. Also SIGNALING_ALLOWED_ORIGINS,
+    /// comma-separated.
+    #[arg(
+        long = "allowed-origin",
+        value_name = "ORIGIN",
+        env = "SIGNALING_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
     /// How long shutdown (SIGINT, SIGTERM) waits for connections to close.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -418,6 +432,8 @@ pub enum CliError {
     TurnSecretWithoutUrl,
     #[error("--turn-ttl {0:?} must be from 1m to 7d")]
     TurnTtl(Duration),
+    #[error("{0}")]
+    Origin(#[from] crate::origin::OriginError),
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
 }
@@ -613,9 +629,11 @@ impl Cli {
                 })
             }
         };
+        let allowed_origins = crate::origin::AllowedOrigins::parse(&self.allowed_origins)?;
         let config = ServerConfig {
             redis,
             turn,
+            allowed_origins,
             ice_servers,
             client_wait: Duration::from_secs(self.client_wait_secs),
             device_token: self.device_token.filter(|t| !t.is_empty()),

@@ -92,6 +92,9 @@ pub struct ServerConfig {
     /// `None` is no limit. It bounds plain HTTP connections from one
     /// address too, counted apart.
     pub max_connections_per_ip: Option<usize>,
+    /// Which browser pages, besides the server's own, may open its
+    /// websockets and use its polling endpoints (`--allowed-origin`).
+    pub allowed_origins: crate::origin::AllowedOrigins,
     /// The most plain HTTP connections open at once: every connection,
     /// from its accept (and TLS handshake) until it upgrades to a
     /// websocket or ends.
@@ -173,6 +176,7 @@ impl Default for ServerConfig {
             max_connections: default_max_connections(),
             max_connections_per_ip: None,
             max_http_connections: default_max_http_connections(),
+            allowed_origins: crate::origin::AllowedOrigins::default(),
             shutdown_grace: Duration::from_secs(10),
             read_buffer_bytes: 256,
             // High enough that no real handshake (tens of messages) meets

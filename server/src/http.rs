@@ -18,6 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use subtle::ConstantTimeEq;
 
+use tracing::debug;
+
 use crate::ServerState;
 use crate::cli::DevicesList;
 use crate::core::ServerError;
@@ -45,6 +47,8 @@ pub(crate) struct OverTls(pub(crate) bool);
 /// HTTP endpoint refused; each knows its status, body and metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
+    /// A browser page whose origin may not use this server.
+    ForbiddenOrigin,
     Unauthorized,
     ShuttingDown,
     Full,
@@ -71,6 +75,7 @@ impl From<limits::Refusal> for Refusal {
 impl Refusal {
     fn status(self) -> StatusCode {
         match self {
+            Self::ForbiddenOrigin => StatusCode::FORBIDDEN,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::ShuttingDown | Self::Full => StatusCode::SERVICE_UNAVAILABLE,
             Self::PerIp => StatusCode::TOO_MANY_REQUESTS,
@@ -82,6 +87,9 @@ impl Refusal {
 
     pub(crate) fn text(self) -> &'static str {
         match self {
+            Self::ForbiddenOrigin => {
+                "Forbidden: a page of this origin may not use this server (see --allowed-origin)"
+            }
             Self::Unauthorized => "Unauthorized: missing or invalid token",
             Self::ShuttingDown => "Server shutting down",
             Self::Full => "Server full: connection limit reached",
@@ -97,6 +105,7 @@ impl Refusal {
     /// The label it is counted under; a refusal during shutdown is not.
     fn reason(self) -> Option<RefusedReason> {
         match self {
+            Self::ForbiddenOrigin => Some(RefusedReason::Origin),
             Self::Unauthorized | Self::UidNotAllowed => Some(RefusedReason::Unauthorized),
             Self::ShuttingDown => None,
             Self::Full => Some(RefusedReason::ConnectionLimit),
@@ -113,7 +122,8 @@ impl Refusal {
             Self::Unauthorized => Some((header::WWW_AUTHENTICATE, "Bearer")),
             Self::NotAnUpgrade => Some((header::UPGRADE, "websocket")),
             Self::WrongVersion => Some((header::SEC_WEBSOCKET_VERSION, "13")),
-            Self::ShuttingDown
+            Self::ForbiddenOrigin
+            | Self::ShuttingDown
             | Self::Full
             | Self::PerIp
             | Self::MissingKey
@@ -329,6 +339,9 @@ async fn polling_body(
     state: &ServerState,
     request: Request,
 ) -> Result<axum::body::Bytes, Response> {
+    if let Some(refusal) = origin_refusal(state, &request) {
+        return Err(refusal);
+    }
     if !token_accepted(state, Endpoint::ConnectClient, &request) {
         state.core.metrics.refused(RefusedReason::Unauthorized);
         return Err(crate::polling::error(
@@ -374,6 +387,23 @@ async fn polling_body(
             ),
         )),
     }
+}
+
+/// The origin check of a polling request (PROTOCOL.md, "Origins"): a
+/// foreign page's `fetch` needs no preflight to POST, so its request is
+/// refused before it does anything.
+fn origin_refusal(state: &ServerState, request: &Request) -> Option<Response> {
+    let origin = state
+        .config
+        .allowed_origins
+        .check(request.headers())
+        .err()?;
+    debug!(%origin, "polling request refused: origin not allowed");
+    state.core.metrics.refused(RefusedReason::Origin);
+    Some(crate::polling::error(
+        StatusCode::FORBIDDEN,
+        Refusal::ForbiddenOrigin.text(),
+    ))
 }
 
 /// Whether reading a body failed for its length (it went past the limit
@@ -444,6 +474,9 @@ async fn polled_messages(
     Path(connection_id): Path<String>,
     request: Request,
 ) -> Response {
+    if let Some(refusal) = origin_refusal(&state, &request) {
+        return refusal;
+    }
     if !token_accepted(&state, Endpoint::ConnectClient, &request) {
         state.core.metrics.refused(RefusedReason::Unauthorized);
         return crate::polling::error(

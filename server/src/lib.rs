@@ -44,6 +44,7 @@ mod files;
 mod http;
 mod limits;
 pub mod metrics;
+pub mod origin;
 mod polling;
 pub mod tls;
 pub mod turn;

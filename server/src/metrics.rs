@@ -69,6 +69,8 @@ pub enum RefusedReason {
     ConnectionLimit,
     PerIpLimit,
     BadUpgrade,
+    /// A browser page of an origin `--allowed-origin` does not let in.
+    Origin,
 }
 
 impl RefusedReason {
@@ -78,6 +80,7 @@ impl RefusedReason {
             Self::ConnectionLimit => "connection_limit",
             Self::PerIpLimit => "per_ip_limit",
             Self::BadUpgrade => "bad_upgrade",
+            Self::Origin => "origin",
         }
     }
 }

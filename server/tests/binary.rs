@@ -415,6 +415,10 @@ fn bad_flags_get_clear_errors() {
             "--max-http-connections",
         ),
         (
+            vec!["--allowed-origin", "app.example"],
+            "--allowed-origin \"app.example\": write an origin",
+        ),
+        (
             vec!["--device-socket", "/tmp/x", "--device-socket-mode", "99"],
             "not a file mode in octal",
         ),

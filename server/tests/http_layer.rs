@@ -318,3 +318,89 @@ async fn every_connection_counts_until_it_upgrades() {
     .await;
     server.stop().await.unwrap();
 }
+
+/// A browser page of a foreign origin cannot drive a user's browser into
+/// the server (PROTOCOL.md, "Origins"): 403 before the upgrade and on the
+/// polling endpoints, counted; the server's own pages, requests without
+/// an Origin, and `--allowed-origin` ones pass.
+#[tokio::test]
+async fn a_foreign_origin_is_refused_before_the_upgrade_and_on_polling() {
+    let server = TestServer::start(test_config()).await;
+    let _device = server.registered_device_with_info("cvd-origin").await;
+    let url = format!("ws://{}/connect_client", server.addr);
+    let foreign = [("Origin", "http://evil.example")];
+    let refused = common::Peer::try_connect_with(&url, &foreign)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(common::refusal_status(&refused), 403);
+    let own = format!("http://{}", server.addr);
+    assert!(
+        common::Peer::try_connect_with(&url, &[("Origin", &own)])
+            .await
+            .is_ok()
+    );
+    assert!(common::Peer::try_connect_with(&url, &[]).await.is_ok());
+    let device_url = format!("ws://{}/register_device", server.addr);
+    let refused = common::Peer::try_connect_with(&device_url, &[("Origin", "null")])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(common::refusal_status(&refused), 403);
+    // Polling: a foreign page's fetch needs no preflight to POST.
+    let request = support::http::Request::post_json("/connect", r#"{"device_id":"cvd-origin"}"#)
+        .header("Origin", "http://evil.example");
+    let reply = support::http::request(server.addr, request).await.unwrap();
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert!(
+        reply
+            .body
+            .contains("Forbidden: a page of this origin may not use this server"),
+        "{}",
+        reply.body
+    );
+    let reply = common::http_get(
+        server.addr,
+        "/polled_connections/0123/messages",
+        &[("Origin", "http://evil.example")],
+    )
+    .await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(
+        server
+            .metric(r#"signaling_connections_refused_total{reason="origin"}"#)
+            .await,
+        4.0
+    );
+    server.stop().await.unwrap();
+
+    let listed = TestServer::start(ServerConfig {
+        allowed_origins: signaling_server::origin::AllowedOrigins::parse(&[
+            "https://app.example".into()
+        ])
+        .unwrap(),
+        ..test_config()
+    })
+    .await;
+    let url = format!("ws://{}/connect_client", listed.addr);
+    assert!(
+        common::Peer::try_connect_with(&url, &[("Origin", "https://app.example")])
+            .await
+            .is_ok()
+    );
+    let refused = common::Peer::try_connect_with(&url, &foreign)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(common::refusal_status(&refused), 403);
+    listed.stop().await.unwrap();
+
+    let any = TestServer::start(ServerConfig {
+        allowed_origins: signaling_server::origin::AllowedOrigins::parse(&["*".into()]).unwrap(),
+        ..test_config()
+    })
+    .await;
+    let url = format!("ws://{}/connect_client", any.addr);
+    assert!(common::Peer::try_connect_with(&url, &foreign).await.is_ok());
+    any.stop().await.unwrap();
+}

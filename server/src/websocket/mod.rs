@@ -89,14 +89,18 @@ pub(crate) fn upgrade(
 }
 
 /// The checks before the handshake, in PROTOCOL.md's order (Refusals
-/// before the upgrade): token (401), shutdown (503), connection limits
-/// (503, 429). The permit holds the connection's place.
+/// before the upgrade): origin (403), token (401), shutdown (503),
+/// connection limits (503, 429). The permit holds the connection's place.
 fn admit(
     state: &ServerState,
     peer: SocketAddr,
     request: &Request,
     endpoint: Endpoint,
 ) -> Result<Permit, Refusal> {
+    if let Err(origin) = state.config.allowed_origins.check(request.headers()) {
+        tracing::debug!(%peer, %origin, "upgrade refused: origin not allowed");
+        return Err(Refusal::ForbiddenOrigin);
+    }
     if !token_accepted(state, endpoint, request) {
         return Err(Refusal::Unauthorized);
     }
