@@ -219,11 +219,9 @@ impl Server {
             turn,
             state,
         } = self;
-        if let Some(turn) = turn {
-            state
-                .tracker
-                .spawn(watch_turn_secret(turn, state.shutdown.clone()));
-        }
+        state
+            .tracker
+            .spawn(watch_hangups(turn, state.shutdown.clone()));
         let main_tls = state.config.tls.clone().map(TlsAcceptor::from);
         let listeners = std::iter::once((listener, main_tls))
             .chain(tls_listeners.into_iter().map(|(l, tls)| (l, Some(tls.0))))
@@ -235,34 +233,55 @@ impl Server {
 /// How often the TURN secret file is looked at for a change.
 const TURN_SECRET_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Reads the TURN secret again on SIGHUP, and when its file changes.
-async fn watch_turn_secret(turn: Arc<turn::Turn>, shutdown: CancellationToken) {
+/// SIGHUP reads the settings kept in files again, without dropping a
+/// session: every certificate loaded from files (`--tls-cert`/`--tls-key`,
+/// `--certs_dir`, `--tls_cert_dir`) and the TURN secret; the TURN secret
+/// also when its file changes. A reload that fails keeps what was in use
+/// and says why. SIGHUP never ends the process (its default action).
+async fn watch_hangups(turn: Option<Arc<turn::Turn>>, shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(hangups) => Some(hangups),
         Err(e) => {
-            warn!(error = %e, "no SIGHUP handler: the TURN secret is read again only when its file changes");
+            warn!(error = %e, "no SIGHUP handler: certificates are not read again, the TURN secret only when its file changes");
             None
         }
     };
     let mut look = tokio::time::interval(TURN_SECRET_LOOK);
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let why = tokio::select! {
+        let hangup = tokio::select! {
             () = shutdown.cancelled() => return,
             Some(()) = async {
                 match &mut hangups {
                     Some(hangups) => hangups.recv().await,
                     None => std::future::pending().await,
                 }
-            } => "SIGHUP",
-            _ = look.tick() => {
-                if !turn.file_changed() {
+            } => true,
+            _ = look.tick(), if turn.is_some() => {
+                if !turn.as_ref().is_some_and(|turn| turn.file_changed()) {
                     continue;
                 }
-                "the file changed"
+                false
             }
         };
+        if hangup {
+            let reloaded = tls::reload_files();
+            if reloaded.is_empty() && turn.is_none() {
+                info!("SIGHUP: nothing to read again (no certificate from files, no TURN secret)");
+            }
+            for reloaded in reloaded {
+                let cert = reloaded.cert_path.display().to_string();
+                match reloaded.result {
+                    Ok(()) => info!(%cert, "SIGHUP: certificate read again; new handshakes get it"),
+                    Err(e) => {
+                        warn!(%cert, error = %e, "SIGHUP: the certificate could not be read again: the one in use stays")
+                    }
+                }
+            }
+        }
+        let Some(turn) = &turn else { continue };
+        let why = if hangup { "SIGHUP" } else { "the file changed" };
         match turn.reload(std::time::Instant::now()) {
             Ok(turn::Reloaded::Unchanged) => debug!(why, "TURN secret read again: unchanged"),
             Ok(turn::Reloaded::Now) => info!(why, "new TURN secret: it signs from now on"),

@@ -4,10 +4,12 @@
 use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +49,97 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Loads a certificate chain and its key from PEM files.
+/// Loads a certificate chain and its key from PEM files, read again by
+/// [`reload_files`] (on SIGHUP): each new handshake gets the certificate
+/// read last, and the sessions already open keep theirs.
 pub fn load_pem(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let files = Arc::new(CertFiles {
+        cert_path: cert_path.to_owned(),
+        key_path: key_path.to_owned(),
+        current: RwLock::new(Arc::new(certified_key(cert_path, key_path)?)),
+    });
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(files.clone());
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    lock(&LOADED).push(Arc::downgrade(&files));
+    Ok(Arc::new(config))
+}
+
+/// A certificate and key from files, which a reload may replace.
+#[derive(Debug)]
+pub struct CertFiles {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for CertFiles {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+impl CertFiles {
+    /// Reads both files again; on any failure the certificate in use
+    /// stays.
+    fn reload(&self) -> Result<(), TlsError> {
+        let fresh = certified_key(&self.cert_path, &self.key_path)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+        Ok(())
+    }
+}
+
+/// Every certificate this process loaded from files, as long as a server
+/// uses it.
+static LOADED: Mutex<Vec<Weak<CertFiles>>> = Mutex::new(Vec::new());
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What [`reload_files`] did with one certificate.
+#[derive(Debug)]
+pub struct Reloaded {
+    pub cert_path: PathBuf,
+    /// `Err`: the files could not be read or do not match; the one in use
+    /// stays.
+    pub result: Result<(), TlsError>,
+}
+
+/// Reads every certificate loaded from files again.
+pub fn reload_files() -> Vec<Reloaded> {
+    let mut loaded = lock(&LOADED);
+    loaded.retain(|files| files.strong_count() > 0);
+    let live: Vec<Arc<CertFiles>> = loaded.iter().filter_map(Weak::upgrade).collect();
+    drop(loaded);
+    live.iter()
+        .map(|files| Reloaded {
+            cert_path: files.cert_path.clone(),
+            result: files.reload(),
+        })
+        .collect()
+}
+
+/// A chain and its key from PEM files, checked to belong together.
+fn certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
+    let (certs, key) = read_pem(cert_path, key_path)?;
+    let provider = rustls::crypto::ring::default_provider();
+    Ok(CertifiedKey::from_der(certs, key, &provider)?)
+}
+
+/// The certificate chain and the key of two PEM files.
+fn read_pem(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let read = |path: &Path| {
         fs::read(path).map_err(|source| TlsError::Read {
             path: path.to_owned(),
@@ -76,7 +167,7 @@ pub fn load_pem(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, 
         .ok_or_else(|| TlsError::NoKey {
             path: key_path.to_owned(),
         })?;
-    server_config(certs, key)
+    Ok((certs, key))
 }
 
 /// A self-signed certificate written to disk for development.

@@ -34,9 +34,14 @@ impl Server {
 
     /// Starts the server with exactly `args`.
     fn start_with(args: &[&str]) -> Self {
+        Self::start_logging(args, "warn")
+    }
+
+    /// Starts the server with exactly `args`, logging at `level`.
+    fn start_logging(args: &[&str], level: &str) -> Self {
         let mut child = Command::new(BINARY)
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -913,4 +918,168 @@ fn reference_stun_server() {
         r#"{"message_type":"config","ice_servers":[{"urls":["stun:127.0.0.1:3478"]},{"urls":["turn:127.0.0.1:3479"]}]}"#,
         "{body}"
     );
+}
+
+/// A TLS connector trusting only the certificate at `cert_path`, with no
+/// session resumption (a resumed session shows no certificate).
+fn trusting(cert_path: &std::path::Path) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(cert_path).unwrap();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// A wss device session to `address`, for a server whose certificate
+/// `connector` trusts.
+async fn wss_device(
+    connector: &tokio_rustls::TlsConnector,
+    address: &str,
+    id: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    String,
+> {
+    let tcp = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let port = address.rsplit(':').next().unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("wss://localhost:{port}/register_device"), tls)
+            .await
+            .map_err(|e| e.to_string())?;
+    ws.send(Message::text(format!(
+        r#"{{"message_type":"register","device_id":"{id}"}}"#
+    )))
+    .await
+    .map_err(|e| e.to_string())?;
+    match ws.next().await {
+        Some(Ok(Message::Text(text))) if text.contains("config") => Ok(ws),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// SIGHUP reads the certificate and key again (PROTOCOL.md, "Reloading"):
+/// new handshakes get the new one while the wss session opened before goes
+/// on; a file that no longer reads keeps the one in use, and says so.
+#[tokio::test]
+async fn sighup_reads_the_certificate_again_while_wss_sessions_run() {
+    let dir = std::env::temp_dir().join(format!("signaling-reload-{}", std::process::id()));
+    let first =
+        signaling_server::tls::self_signed(&dir.join("a"), "127.0.0.1".parse().unwrap()).unwrap();
+    let second =
+        signaling_server::tls::self_signed(&dir.join("b"), "127.0.0.1".parse().unwrap()).unwrap();
+    let served = dir.join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let (cert, key) = (served.join("cert.pem"), served.join("key.pem"));
+    std::fs::copy(&first.cert_path, &cert).unwrap();
+    std::fs::copy(&first.key_path, &key).unwrap();
+    let mut server = Server::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(server.scheme, "wss");
+    let (trusts_first, trusts_second) = (trusting(&first.cert_path), trusting(&second.cert_path));
+    let mut running = wss_device(&trusts_first, &server.address, "before")
+        .await
+        .unwrap();
+    assert!(
+        wss_device(&trusts_second, &server.address, "early")
+            .await
+            .is_err()
+    );
+
+    std::fs::copy(&second.cert_path, &cert).unwrap();
+    std::fs::copy(&second.key_path, &key).unwrap();
+    server.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while wss_device(&trusts_second, &server.address, "after")
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served: {}",
+            server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        wss_device(&trusts_first, &server.address, "stale")
+            .await
+            .is_err()
+    );
+    // The session from before the reload is still served.
+    running
+        .send(Message::text(
+            r#"{"message_type":"forward","client_id":1,"payload":1}"#,
+        ))
+        .await
+        .unwrap();
+    let reply = running.next().await.unwrap().unwrap();
+    assert_eq!(reply.to_text().unwrap(), r#"{"error":"Unknown client: 1"}"#);
+
+    // A broken file: the certificate in use stays, and the log says why.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    server.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server
+        .stderr()
+        .contains("the certificate could not be read again")
+    {
+        assert!(Instant::now() < deadline, "no warning: {}", server.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        wss_device(&trusts_second, &server.address, "kept")
+            .await
+            .is_ok()
+    );
+    assert!(server.child.try_wait().unwrap().is_none());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// SIGHUP does not end a server that has nothing to read again.
+#[test]
+fn sighup_leaves_a_plain_server_up() {
+    use std::io::{Read, Write};
+
+    let mut server = Server::start_logging(&["--listen", "127.0.0.1:0"], "info");
+    server.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.stderr().contains("SIGHUP: nothing to read again") {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP not handled: {:?}, {}",
+            server.child.try_wait(),
+            server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the server"
+    );
+    let mut stream = std::net::TcpStream::connect(server.address.as_str()).unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }

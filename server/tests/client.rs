@@ -407,7 +407,10 @@ async fn c12_size_limit_is_exact(topology: DeviceTransport) {
     let relayed = device.recv_text().await;
     assert!(relayed.len() <= 1024, "{} bytes", relayed.len());
     let relayed: serde_json::Value = serde_json::from_str(&relayed).unwrap();
-    assert_eq!(relayed["payload"].as_str().map(str::len), Some(1024 - 73 - 2));
+    assert_eq!(
+        relayed["payload"].as_str().map(str::len),
+        Some(1024 - 73 - 2)
+    );
     client.send(&message(1025)).await;
     assert_eq!(
         client.recv_close().await,
