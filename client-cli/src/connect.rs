@@ -8,8 +8,7 @@ use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use futures_util::SinkExt;
 use peer::negotiation::{Event, Negotiation, Received, Side};
 use peer::rtc_peer::{
-    FrameCount, PeerEvent, PeerSettings, SelectedPair, build_peer, count_frames, names_turn_server,
-    selected_pair,
+    FrameCount, PeerEvent, PeerSettings, SelectedPair, build_peer, count_frames, selected_pair,
 };
 use peer::signaling::{ConnectOptions, Socket};
 use peer::turn_check::why_no_relay;
@@ -280,9 +279,6 @@ async fn handshake(
         timeline.notes.insert("device_info".into(), value);
     }
 
-    if args.peer.relay_only && !names_turn_server(&ice_servers) {
-        bail!("{}", why_no_relay(&ice_servers).await);
-    }
     let (pc, events) = build_peer(&args.peer, &ice_servers).await?;
     let mut negotiation = Negotiation::with_peer(Side::Client, pc, events);
     forward(

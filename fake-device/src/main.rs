@@ -27,9 +27,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use peer::device_link::DeviceLink;
 use peer::negotiation::{Event, Negotiation, Received, Side};
-use peer::rtc_peer::{
-    PeerEvent, PeerSettings, build_peer, names_turn_server, nudge_until_open, selected_pair,
-};
+use peer::rtc_peer::{PeerEvent, PeerSettings, build_peer, nudge_until_open, selected_pair};
 use peer::signaling::{ConnectError, ConnectOptions};
 use peer::turn_check::why_no_relay;
 use protocol::payload::Payload;
@@ -425,9 +423,6 @@ async fn serve_client(
                     Received::OfferRequested(ice_servers) => {
                         players.clear();
                         let servers = if ice_servers.is_empty() { &default_ice_servers } else { &ice_servers };
-                        if settings.relay_only && !names_turn_server(servers) {
-                            bail!("{}", why_no_relay(servers).await);
-                        }
                         peer_servers.clone_from(servers);
                         let (pc, events) = build_peer(settings, servers).await?;
                         for label in [channels::CONTROL, channels::ECHO, channels::INPUT_REPORTS] {
@@ -451,9 +446,6 @@ async fn serve_client(
                     Received::RemoteError(error) => warn!(%error, "the client reports an error"),
                     // The client offers first: a peer for its offer.
                     Received::NoPeer(offer @ Payload::Offer { .. }) => {
-                        if settings.relay_only && !names_turn_server(&default_ice_servers) {
-                            bail!("{}", why_no_relay(&default_ice_servers).await);
-                        }
                         peer_servers.clone_from(&default_ice_servers);
                         let (pc, events) = build_peer(settings, &default_ice_servers).await?;
                         negotiation.set_peer(pc, events).await;

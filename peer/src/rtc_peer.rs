@@ -273,7 +273,8 @@ pub async fn selected_pair(peer: &impl PeerConnection) -> Option<SelectedPair> {
 }
 
 /// A new peer connection with `ice_servers`, reporting on the returned
-/// channel.
+/// channel. A relay-only peer needs a TURN server among them: without
+/// one it is refused at once, saying so.
 pub async fn build_peer(
     settings: &PeerSettings,
     ice_servers: &[IceServer],
@@ -281,6 +282,9 @@ pub async fn build_peer(
     impl PeerConnection + use<>,
     mpsc::UnboundedReceiver<PeerEvent>,
 )> {
+    if settings.relay_only && !names_turn_server(ice_servers) {
+        anyhow::bail!("{}", crate::turn_check::why_no_relay(ice_servers).await);
+    }
     let mut media = MediaEngine::default();
     media.register_default_codecs()?;
     // Last in the chain, so the crate's own interceptors see all of the
