@@ -393,19 +393,25 @@ async fn keep_relayed_packets_moving(peer: &impl PeerConnection) -> Result<()> {
             ) {
                 return;
             }
-            let Ok(threshold) = channel.buffered_amount_low_threshold().await else {
-                return;
-            };
-            if channel
-                .set_buffered_amount_low_threshold(threshold)
-                .await
-                .is_err()
-            {
+            if !wake_driver(channel.as_ref()).await {
                 return;
             }
         }
     });
     Ok(())
+}
+
+/// Wakes the driver of `channel`'s peer connection by re-setting the
+/// channel's buffered-amount threshold to its own value, a call that
+/// changes nothing; false once the channel no longer takes calls.
+async fn wake_driver(channel: &dyn DataChannel) -> bool {
+    let Ok(threshold) = channel.buffered_amount_low_threshold().await else {
+        return false;
+    };
+    channel
+        .set_buffered_amount_low_threshold(threshold)
+        .await
+        .is_ok()
 }
 
 /// How often [`nudge_until_open`] wakes the peer's driver.
@@ -428,14 +434,7 @@ pub async fn nudge_until_open(channel: Arc<dyn DataChannel>, limit: Duration) {
             Ok(RTCDataChannelState::Connecting) => {}
             _ => return,
         }
-        let Ok(threshold) = channel.buffered_amount_low_threshold().await else {
-            return;
-        };
-        if channel
-            .set_buffered_amount_low_threshold(threshold)
-            .await
-            .is_err()
-        {
+        if !wake_driver(channel.as_ref()).await {
             return;
         }
         tokio::time::sleep(NUDGE_INTERVAL).await;

@@ -31,15 +31,7 @@ pub fn handshake(root: &Path) -> Result<()> {
     let tools = crate::tools(root, "release", "bench-logs")?;
     let direct = tools.server("handshake", &[])?;
     let _direct_device = tools.fake_device("handshake", &direct, "bench-device")?;
-    let coturn = support::coturn::Coturn::start(&[SECRET])?;
-    let secret = tools.log_dir.join("handshake-turn-secret");
-    std::fs::write(&secret, SECRET)?;
-    let secret_flag = secret.to_string_lossy().into_owned();
-    let turn_url = coturn.url();
-    let relayed = tools.server(
-        "handshake-relay",
-        &["--turn-url", &turn_url, "--turn-secret-file", &secret_flag],
-    )?;
+    let (_coturn, relayed, _secret) = tools.relaying_server("handshake-relay", SECRET)?;
     let _relay_device = tools.fake_device_with(
         "handshake-relay",
         &relayed,

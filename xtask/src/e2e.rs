@@ -130,6 +130,26 @@ impl Tools {
         Ok((redis, a, b))
     }
 
+    /// A coturn of its own taking credentials signed with `secret`, and a
+    /// server handing them out (`--turn-url`, `--turn-secret-file`): the
+    /// coturn, the server and the secret file.
+    pub fn relaying_server(
+        &self,
+        name: &str,
+        secret: &str,
+    ) -> Result<(support::coturn::Coturn, Server, PathBuf)> {
+        let coturn = support::coturn::Coturn::start(&[secret])?;
+        let secret_file = self.log_dir.join(format!("{name}-turn-secret"));
+        std::fs::write(&secret_file, secret)?;
+        let secret_flag = secret_file.to_string_lossy().into_owned();
+        let turn_url = coturn.url();
+        let server = self.server(
+            name,
+            &["--turn-url", &turn_url, "--turn-secret-file", &secret_flag],
+        )?;
+        Ok((coturn, server, secret_file))
+    }
+
     /// Starts a fake device and waits until the server lists it.
     pub fn fake_device(&self, name: &str, server: &Server, device_id: &str) -> Result<Process> {
         self.fake_device_with(name, server, device_id, &[])
@@ -263,6 +283,16 @@ pub fn check_connect(output: &std::process::Output) -> Result<Value> {
         "expected 3 echo round trips, got {echoes}: {report}"
     );
     Ok(report)
+}
+
+/// The frames `client-cli connect --json` counted on the video stream
+/// `id`; 0 without one.
+fn stream_frames(report: &Value, id: &str) -> u64 {
+    report["streams"]
+        .as_array()
+        .and_then(|streams| streams.iter().find(|s| s["stream_id"] == id))
+        .and_then(|s| s["frames"].as_u64())
+        .unwrap_or(0)
 }
 
 fn data_channel_open_ms(report: &Value) -> f64 {
@@ -779,15 +809,7 @@ fn cuttlefish_shaped(tools: &Tools) -> Result<String> {
 /// server's secret file changes to another secret, SIGHUP, and the next
 /// connection is refused by coturn and says so.
 fn relay_only(tools: &Tools) -> Result<String> {
-    let coturn = support::coturn::Coturn::start(&["e2e-turn-secret"])?;
-    let secret = tools.log_dir.join("12-turn-secret");
-    std::fs::write(&secret, "e2e-turn-secret\n")?;
-    let secret_flag = secret.to_string_lossy().into_owned();
-    let turn_url = coturn.url();
-    let server = tools.server(
-        "12",
-        &["--turn-url", &turn_url, "--turn-secret-file", &secret_flag],
-    )?;
+    let (coturn, server, secret) = tools.relaying_server("12", "e2e-turn-secret")?;
     let _device = tools.fake_device_as(
         "12-relay",
         &server,
@@ -803,14 +825,7 @@ fn relay_only(tools: &Tools) -> Result<String> {
         pair["local"]["type"] == "relay",
         "relay only, but the pair is {pair}: {report}"
     );
-    let streams = report["streams"].as_array().cloned().unwrap_or_default();
-    let frames = |id: &str| {
-        streams
-            .iter()
-            .find(|s| s["stream_id"] == id)
-            .and_then(|s| s["frames"].as_u64())
-            .unwrap_or(0)
-    };
+    let frames = |id: &str| stream_frames(&report, id);
     ensure!(
         frames("display_0") >= 10 && frames("display_1") >= 10,
         "both displays should play through the relay: {report}"
@@ -865,14 +880,7 @@ fn two_instances(tools: &Tools) -> Result<String> {
         .connect_command(&b, "cvd-1", &["--video-wait", "1s", "--input"])
         .output()?;
     let report = check_connect(&output)?;
-    let streams = report["streams"].as_array().cloned().unwrap_or_default();
-    let frames = |id: &str| {
-        streams
-            .iter()
-            .find(|s| s["stream_id"] == id)
-            .and_then(|s| s["frames"].as_u64())
-            .unwrap_or(0)
-    };
+    let frames = |id: &str| stream_frames(&report, id);
     ensure!(
         frames("display_0") >= 20 && frames("display_1") >= 20,
         "expected both displays playing through the other instance: {report}"
