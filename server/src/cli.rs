@@ -319,6 +319,20 @@ pub struct Cli {
     )]
     pub allowed_origins: Vec<String>,
 
+    /// A reverse proxy (an address or a network: 10.0.0.5, 10.0.0.0/8,
+    /// fd00::/8) whose `Forwarded` or `X-Forwarded-For` names the client;
+    /// repeatable. That address then counts against
+    /// --max-connections-per-ip and is the peer in every log line. From
+    /// any other peer the headers are ignored. Also
+    /// SIGNALING_TRUSTED_PROXIES, comma-separated.
+    #[arg(
+        long = "trusted-proxy",
+        value_name = "CIDR",
+        env = "SIGNALING_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+
     /// How long shutdown (SIGINT, SIGTERM) waits for connections to close.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -434,6 +448,8 @@ pub enum CliError {
     TurnTtl(Duration),
     #[error("{0}")]
     Origin(#[from] crate::origin::OriginError),
+    #[error("{0}")]
+    Proxy(#[from] crate::proxy::ProxyError),
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
 }
@@ -630,10 +646,12 @@ impl Cli {
             }
         };
         let allowed_origins = crate::origin::AllowedOrigins::parse(&self.allowed_origins)?;
+        let trusted_proxies = crate::proxy::TrustedProxies::parse(&self.trusted_proxies)?;
         let config = ServerConfig {
             redis,
             turn,
             allowed_origins,
+            trusted_proxies,
             ice_servers,
             client_wait: Duration::from_secs(self.client_wait_secs),
             device_token: self.device_token.filter(|t| !t.is_empty()),

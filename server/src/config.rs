@@ -95,6 +95,9 @@ pub struct ServerConfig {
     /// Which browser pages, besides the server's own, may open its
     /// websockets and use its polling endpoints (`--allowed-origin`).
     pub allowed_origins: crate::origin::AllowedOrigins,
+    /// The reverse proxies whose `Forwarded` / `X-Forwarded-For` name the
+    /// client (`--trusted-proxy`); from any other peer they are ignored.
+    pub trusted_proxies: crate::proxy::TrustedProxies,
     /// The most plain HTTP connections open at once: every connection,
     /// from its accept (and TLS handshake) until it upgrades to a
     /// websocket or ends.
@@ -177,6 +180,7 @@ impl Default for ServerConfig {
             max_connections_per_ip: None,
             max_http_connections: default_max_http_connections(),
             allowed_origins: crate::origin::AllowedOrigins::default(),
+            trusted_proxies: crate::proxy::TrustedProxies::default(),
             shutdown_grace: Duration::from_secs(10),
             read_buffer_bytes: 256,
             // High enough that no real handshake (tens of messages) meets

@@ -46,6 +46,7 @@ mod limits;
 pub mod metrics;
 pub mod origin;
 mod polling;
+pub mod proxy;
 pub mod tls;
 pub mod turn;
 mod web;
@@ -382,7 +383,14 @@ async fn accept(
         let _ = stream.set_nodelay(true);
         // Every connection holds a place from here until it upgrades (the
         // websocket then holds one of its own) or ends.
-        let permit = match state.http_limiter.try_acquire(peer.ip()) {
+        // A trusted proxy carries many clients: they are counted by
+        // their own addresses once their requests name them.
+        let place = if state.config.trusted_proxies.trusts(peer.ip()) {
+            state.http_limiter.try_acquire_local()
+        } else {
+            state.http_limiter.try_acquire(peer.ip())
+        };
+        let permit = match place {
             Ok(permit) => permit,
             Err(refusal) => {
                 let refusal = http::Refusal::from(refusal);
@@ -432,9 +440,17 @@ async fn serve_http<S>(
 {
     let upgrading = http::Upgrading::default();
     let service_upgrading = upgrading.clone();
+    // Behind a trusted proxy, each request names its client: that is the
+    // peer every handler and log line sees.
+    let proxies =
+        (!state.config.trusted_proxies.is_empty()).then(|| state.config.trusted_proxies.clone());
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        let client = match &proxies {
+            Some(proxies) => proxies.client(peer, request.headers()),
+            None => peer,
+        };
         let extensions = request.extensions_mut();
-        extensions.insert(axum::extract::ConnectInfo(peer));
+        extensions.insert(axum::extract::ConnectInfo(client));
         extensions.insert(service_upgrading.clone());
         extensions.insert(http::OverTls(over_tls));
         router.clone().oneshot(request.map(axum::body::Body::new))

@@ -77,8 +77,9 @@ impl Limiter {
         })
     }
 
-    /// A place for a connection on a local (unix) socket: it counts against
-    /// `--max-connections`; the per-address limit does not apply.
+    /// A place for a connection on a local (unix) socket, or from a trusted
+    /// proxy (which carries many clients): it counts against the total;
+    /// the per-address limit does not apply.
     pub fn try_acquire_local(self: &Arc<Self>) -> Result<Permit, Refusal> {
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {

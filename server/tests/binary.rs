@@ -424,6 +424,10 @@ fn bad_flags_get_clear_errors() {
             "--allowed-origin \"app.example\": write an origin",
         ),
         (
+            vec!["--trusted-proxy", "proxy.example"],
+            "--trusted-proxy \"proxy.example\": write an address or a network",
+        ),
+        (
             vec!["--device-socket", "/tmp/x", "--device-socket-mode", "99"],
             "not a file mode in octal",
         ),
@@ -1082,4 +1086,39 @@ fn sighup_leaves_a_plain_server_up() {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// Behind a `--trusted-proxy`, the log names the client its request
+/// names, not the proxy.
+#[tokio::test]
+async fn log_lines_name_the_client_behind_a_trusted_proxy() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let server = Server::start_logging(
+        &["--listen", "127.0.0.1:0", "--trusted-proxy", "127.0.0.1"],
+        "debug",
+    );
+    let mut request = format!("ws://{}/connect_client", server.address)
+        .into_client_request()
+        .unwrap();
+    let headers = request.headers_mut();
+    headers.insert("X-Forwarded-For", "203.0.113.9".parse().unwrap());
+    headers.insert("Origin", "http://evil.example".parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(request).await.is_err());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.stderr().contains("upgrade refused") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged: {}",
+            server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let line = server
+        .stderr()
+        .lines()
+        .find(|line| line.contains("upgrade refused"))
+        .unwrap()
+        .to_owned();
+    assert!(line.contains("peer=203.0.113.9:"), "{line}");
 }

@@ -404,3 +404,54 @@ async fn a_foreign_origin_is_refused_before_the_upgrade_and_on_polling() {
     assert!(common::Peer::try_connect_with(&url, &foreign).await.is_ok());
     any.stop().await.unwrap();
 }
+
+/// Behind a trusted proxy each client is counted against the per-address
+/// limit by the address its request names (PROTOCOL.md, "Behind a
+/// proxy"); from a peer that is no trusted proxy, the same headers change
+/// nothing.
+#[tokio::test]
+async fn a_trusted_proxy_names_each_client_and_others_cannot_spoof() {
+    let proxies = |list: &[&str]| {
+        signaling_server::proxy::TrustedProxies::parse(
+            &list.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>(),
+        )
+        .unwrap()
+    };
+    let behind = TestServer::start(ServerConfig {
+        trusted_proxies: proxies(&["127.0.0.1"]),
+        max_connections_per_ip: Some(1),
+        ..test_config()
+    })
+    .await;
+    let url = format!("ws://{}/connect_client", behind.addr);
+    let _first = common::Peer::try_connect_with(&url, &[("X-Forwarded-For", "203.0.113.1")])
+        .await
+        .unwrap();
+    let _second =
+        common::Peer::try_connect_with(&url, &[("X-Forwarded-For", "6.6.6.6, 203.0.113.2")])
+            .await
+            .unwrap();
+    let again = common::Peer::try_connect_with(&url, &[("Forwarded", "for=203.0.113.1")])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(common::refusal_status(&again), 429);
+    behind.stop().await.unwrap();
+
+    let exposed = TestServer::start(ServerConfig {
+        trusted_proxies: proxies(&["10.0.0.0/8"]),
+        max_connections_per_ip: Some(1),
+        ..test_config()
+    })
+    .await;
+    let url = format!("ws://{}/connect_client", exposed.addr);
+    let _first = common::Peer::try_connect_with(&url, &[("X-Forwarded-For", "203.0.113.1")])
+        .await
+        .unwrap();
+    let spoofed = common::Peer::try_connect_with(&url, &[("X-Forwarded-For", "203.0.113.2")])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(common::refusal_status(&spoofed), 429);
+    exposed.stop().await.unwrap();
+}
