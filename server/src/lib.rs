@@ -123,6 +123,9 @@ pub struct Server {
     /// With `--turn-url`: the credentials' issuer, whose secret is read
     /// again on SIGHUP and when its file changes.
     turn: Option<Arc<turn::Turn>>,
+    /// SIGHUP, caught from `bind` on: before the banner, so a SIGHUP right
+    /// after it cannot meet the signal's default action (the end).
+    hangups: Option<tokio::signal::unix::Signal>,
     state: Arc<ServerState>,
 }
 
@@ -187,12 +190,20 @@ impl Server {
             tracker: TaskTracker::new(),
             polling: Arc::default(),
         });
+        let hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hangups) => Some(hangups),
+            Err(e) => {
+                warn!(error = %e, "no SIGHUP handler: certificates are not read again, the TURN secret only when its file changes");
+                None
+            }
+        };
         Ok(Self {
             listener,
             tls_listeners: Vec::new(),
             sockets: device_socket.into_iter().chain(control_socket).collect(),
             adapter,
             turn,
+            hangups,
             state,
         })
     }
@@ -218,11 +229,12 @@ impl Server {
             sockets,
             adapter,
             turn,
+            hangups,
             state,
         } = self;
         state
             .tracker
-            .spawn(watch_hangups(turn, state.shutdown.clone()));
+            .spawn(watch_hangups(hangups, turn, state.shutdown.clone()));
         let main_tls = state.config.tls.clone().map(TlsAcceptor::from);
         let listeners = std::iter::once((listener, main_tls))
             .chain(tls_listeners.into_iter().map(|(l, tls)| (l, Some(tls.0))))
@@ -239,15 +251,11 @@ const TURN_SECRET_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
 /// `--certs_dir`, `--tls_cert_dir`) and the TURN secret; the TURN secret
 /// also when its file changes. A reload that fails keeps what was in use
 /// and says why. SIGHUP never ends the process (its default action).
-async fn watch_hangups(turn: Option<Arc<turn::Turn>>, shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => Some(hangups),
-        Err(e) => {
-            warn!(error = %e, "no SIGHUP handler: certificates are not read again, the TURN secret only when its file changes");
-            None
-        }
-    };
+async fn watch_hangups(
+    mut hangups: Option<tokio::signal::unix::Signal>,
+    turn: Option<Arc<turn::Turn>>,
+    shutdown: CancellationToken,
+) {
     let mut look = tokio::time::interval(TURN_SECRET_LOOK);
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
