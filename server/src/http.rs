@@ -140,14 +140,17 @@ impl Refusal {
     }
 
     /// The response, counted on /metrics.
+    /// The connection ends after it: a client tries again on a new one,
+    /// and the refused one would otherwise hold a place of
+    /// `--max-http-connections` until the head timeout.
     pub fn respond(self, state: &ServerState) -> Response {
         self.count(state);
         let mut response = json_error(self.status(), self.text());
+        let headers = response.headers_mut();
         if let Some((name, value)) = self.hint() {
-            response
-                .headers_mut()
-                .insert(name, HeaderValue::from_static(value));
+            headers.insert(name, HeaderValue::from_static(value));
         }
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         response
     }
 }

@@ -455,3 +455,31 @@ async fn a_trusted_proxy_names_each_client_and_others_cannot_spoof() {
     assert_eq!(common::refusal_status(&spoofed), 429);
     exposed.stop().await.unwrap();
 }
+
+/// A refused upgrade ends its connection at once (`Connection: close`):
+/// it does not hold a place until the head timeout. Driven time: a
+/// connection left open would close only at the 10 s head timeout.
+#[tokio::test(start_paused = true)]
+async fn a_refused_upgrade_closes_its_connection() {
+    let server = TestServer::start(test_config()).await;
+    for request in [
+        upgrade_request("/register_device", "HTTP/1.1", "abc"),
+        upgrade_request("/connect_client", "HTTP/1.0", "dGhlIHNhbXBsZSBub25jZQ=="),
+        "GET /connect_client HTTP/1.1\r\nHost: localhost\r\n\r\n".to_owned(),
+    ] {
+        let started = tokio::time::Instant::now();
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_to_close(&mut stream, DRIVEN).await;
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "held {:?}: {answer}",
+            started.elapsed()
+        );
+    }
+    server.stop().await.unwrap();
+}
