@@ -94,34 +94,45 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// The `for=` of every `Forwarded` element in order; `None` for one that
 /// names no address. `None` overall without the header.
 fn forwarded_for(headers: &HeaderMap) -> Option<Vec<Option<SocketAddr>>> {
-    let mut chain = Vec::new();
-    let mut any = false;
-    for value in headers.get_all(FORWARDED) {
-        any = true;
-        let value = value.to_str().ok()?;
-        for element in value.split(',') {
-            let hop = element.split(';').find_map(|pair| {
-                let (key, value) = pair.split_once('=')?;
-                key.trim()
-                    .eq_ignore_ascii_case("for")
-                    .then(|| node(value.trim().trim_matches('"')))
-            });
-            chain.push(hop.flatten());
-        }
-    }
-    any.then_some(chain)
+    let elements = items(headers, FORWARDED)?;
+    Some(
+        elements
+            .into_iter()
+            .map(|element| {
+                // The element's first `for=` decides, whether or not it
+                // names an address.
+                let first = element.split(';').find_map(|pair| {
+                    let (key, value) = pair.split_once('=')?;
+                    key.trim()
+                        .eq_ignore_ascii_case("for")
+                        .then(|| node(value.trim().trim_matches('"')))
+                });
+                first.flatten()
+            })
+            .collect(),
+    )
 }
 
 /// Every address of `X-Forwarded-For`, in order.
 fn x_forwarded_for(headers: &HeaderMap) -> Option<Vec<Option<SocketAddr>>> {
-    let mut chain = Vec::new();
-    let mut any = false;
-    for value in headers.get_all(X_FORWARDED_FOR) {
-        any = true;
-        let value = value.to_str().ok()?;
-        chain.extend(value.split(',').map(|hop| node(hop.trim())));
+    Some(
+        items(headers, X_FORWARDED_FOR)?
+            .into_iter()
+            .map(node)
+            .collect(),
+    )
+}
+
+/// The comma-separated items of every line of header `name`, in order,
+/// trimmed; `None` without the header, or with a line that is not text.
+fn items(headers: &HeaderMap, name: HeaderName) -> Option<Vec<&str>> {
+    let mut lines = headers.get_all(name).iter().peekable();
+    lines.peek()?;
+    let mut items = Vec::new();
+    for line in lines {
+        items.extend(line.to_str().ok()?.split(',').map(str::trim));
     }
-    any.then_some(chain)
+    Some(items)
 }
 
 /// A node of a forwarding header: `1.2.3.4`, `1.2.3.4:5`, `[::1]`,
