@@ -135,11 +135,12 @@ async function fakeDevice(id) {
 }
 
 // A fake device with its own, Cuttlefish-shaped, device_info and
-// `displays` displays, listed by the server.
-async function cuttlefishDevice(id, displays) {
-  const { child } = await start('fake-device', ['--server', base.replace('http', 'ws'), '--device-id', id,
+// `displays` displays, listed by the server at `on` (the shared one unless
+// given).
+async function cuttlefishDevice(id, displays, on = base) {
+  const { child } = await start('fake-device', ['--server', on.replace('http', 'ws'), '--device-id', id,
     '--displays', String(displays)]);
-  await until(`${id} is listed`, async () => (await devices()).includes(id));
+  await until(`${id} is listed`, async () => (await (await fetch(on + '/devices')).json()).includes(id));
   return child;
 }
 
@@ -531,9 +532,7 @@ test('to the contract page, a device_info without hardware is no connection', as
 test('?relay=1 through a real coturn: the data channel echoes, the screen plays, the panel says relay', async (t) => {
   const turn = await coturn('browser-turn-secret');
   const own = await turnServer(turn.url, 'browser-turn-secret');
-  const device = (await start('fake-device', ['--server', own.base.replace('http', 'ws'), '--device-id', 'web-relay',
-    '--displays', '1'])).child;
-  await until('web-relay is listed', async () => (await (await fetch(own.base + '/devices')).json()).includes('web-relay'));
+  const device = await cuttlefishDevice('web-relay', 1, own.base);
   const page = await newPage();
   await page.goto(own.base + '/?deviceId=web-relay&relay=1');
   await expectEcho(page, 'through the relay');
@@ -562,9 +561,7 @@ test('?relay=1 through a real coturn: the data channel echoes, the screen plays,
 test('?relay=1 with a server whose TURN secret coturn does not share: the page says TURN authentication failed', async () => {
   const turn = await coturn('the-turn-servers-secret');
   const own = await turnServer(turn.url, 'another-secret');
-  const device = (await start('fake-device', ['--server', own.base.replace('http', 'ws'), '--device-id', 'web-no-relay',
-    '--displays', '1'])).child;
-  await until('web-no-relay is listed', async () => (await (await fetch(own.base + '/devices')).json()).includes('web-no-relay'));
+  const device = await cuttlefishDevice('web-no-relay', 1, own.base);
   const page = await newPage();
   await page.goto(own.base + '/?deviceId=web-no-relay&relay=1');
   await page.locator('#status', { hasText: 'TURN authentication failed' }).waitFor({ timeout: 15000 });
