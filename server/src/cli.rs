@@ -19,7 +19,11 @@ use crate::tls;
 /// Devices register on /register_device, clients connect on /connect_client;
 /// PROTOCOL.md describes the protocol, every error and every limit.
 #[derive(Debug, Parser)]
-#[command(name = "signaling-server", version)]
+#[command(
+    name = "signaling-server",
+    version,
+    after_help = "To mint a signed token for --token-secret-file: signaling-server token --help"
+)]
 pub struct Cli {
     /// Address and port to listen on. Plain ws:// is only allowed on a
     /// loopback address unless --allow-insecure is given.
@@ -252,6 +256,43 @@ pub struct Cli {
     #[arg(long, env = "SIGNALING_CLIENT_TOKEN", hide_env_values = true)]
     pub client_token: Option<String>,
 
+    /// The device token in a file, read again on SIGHUP (in place of
+    /// --device-token).
+    #[arg(
+        long,
+        env = "SIGNALING_DEVICE_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "device_token"
+    )]
+    pub device_token_file: Option<PathBuf>,
+
+    /// The client token in a file, read again on SIGHUP (in place of
+    /// --client-token).
+    #[arg(
+        long,
+        env = "SIGNALING_CLIENT_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "client_token"
+    )]
+    pub client_token_file: Option<PathBuf>,
+
+    /// Take signed tokens (HS256 JWTs with a role, device ids and an
+    /// expiry), signed with the secret in FILE (at least 32 bytes); mint
+    /// them with `signaling-server token`. Devices and clients then need a
+    /// token (a static one above, or a signed one). Read again on SIGHUP.
+    #[arg(long, env = "SIGNALING_TOKEN_SECRET_FILE", value_name = "FILE")]
+    pub token_secret_file: Option<PathBuf>,
+
+    /// When the token secret changes, how long tokens signed with the one
+    /// before still verify (0s to 7d).
+    #[arg(long, default_value = "0s", value_parser = parse_duration, requires = "token_secret_file")]
+    pub token_secret_grace: Duration,
+
+    /// Let a session go on past its signed token's expiry; by default it
+    /// ends then, with `Token expired`.
+    #[arg(long, requires = "token_secret_file")]
+    pub sessions_outlive_tokens: bool,
+
     /// Largest message accepted, in bytes after reassembly; larger ones
     /// close the connection with 1009.
     #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(64..=16 << 20))]
@@ -365,6 +406,68 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
+/// The longest `--token-secret-grace`.
+const MAX_TOKEN_SECRET_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `signaling-server token`: mints a signed token and prints it.
+#[derive(Debug, Parser)]
+#[command(name = "signaling-server token", version)]
+pub struct TokenCli {
+    /// The file with the server's --token-secret-file secret.
+    #[arg(long, env = "SIGNALING_TOKEN_SECRET_FILE", value_name = "FILE")]
+    pub token_secret_file: PathBuf,
+
+    /// Who the token is for: a device registers, a client connects.
+    #[arg(long, value_enum)]
+    pub role: crate::auth::Role,
+
+    /// A device id the token covers: exact, or a prefix ending in `*`
+    /// (`lab-*`; `*` alone is every device). Repeatable; at least one.
+    #[arg(long = "device", value_name = "ID", required = true)]
+    pub devices: Vec<String>,
+
+    /// How long the token is valid, from now (1m to 365d).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+
+    /// Not valid until this long from now.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub not_before: Option<Duration>,
+}
+
+/// The longest `--ttl` of a minted token.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl TokenCli {
+    /// The token, signed.
+    pub fn mint(&self) -> Result<String, String> {
+        if !(Duration::from_secs(60)..=MAX_TOKEN_TTL).contains(&self.ttl) {
+            return Err(format!("--ttl {:?} must be from 1m to 365d", self.ttl));
+        }
+        for device in &self.devices {
+            let id = device.strip_suffix('*').unwrap_or(device);
+            if device.is_empty() || (!id.is_empty() && protocol::validate_device_id(id).is_err()) {
+                return Err(format!(
+                    "--device {device:?} is not a device id, nor a prefix of one ending in *"
+                ));
+            }
+        }
+        let (secret, _) =
+            crate::auth::read_token_secret(&self.token_secret_file).map_err(|e| e.to_string())?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let claims = crate::auth::Claims {
+            role: self.role,
+            devices: self.devices.clone(),
+            exp: now + self.ttl.as_secs(),
+            nbf: self.not_before.map(|after| now + after.as_secs()),
+            iat: Some(now),
+        };
+        crate::auth::mint(&secret, &claims).map_err(|e| e.to_string())
+    }
+}
+
 /// What `GET /devices` answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum DevicesList {
@@ -446,6 +549,8 @@ pub enum CliError {
     TurnSecretWithoutUrl,
     #[error("--turn-ttl {0:?} must be from 1m to 7d")]
     TurnTtl(Duration),
+    #[error("--token-secret-grace {0:?} must be at most 7d")]
+    TokenSecretGrace(Duration),
     #[error("{0}")]
     Origin(#[from] crate::origin::OriginError),
     #[error("{0}")]
@@ -623,6 +728,9 @@ impl Cli {
 
         let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         let turn = self.turn_config()?;
+        if self.token_secret_grace > MAX_TOKEN_SECRET_GRACE {
+            return Err(CliError::TokenSecretGrace(self.token_secret_grace));
+        }
         let redis = match self.redis {
             None => None,
             Some(url) => {
@@ -656,6 +764,11 @@ impl Cli {
             client_wait: Duration::from_secs(self.client_wait_secs),
             device_token: self.device_token.filter(|t| !t.is_empty()),
             client_token: self.client_token.filter(|t| !t.is_empty()),
+            device_token_file: self.device_token_file,
+            client_token_file: self.client_token_file,
+            token_secret_file: self.token_secret_file,
+            token_secret_grace: self.token_secret_grace,
+            sessions_outlive_tokens: self.sessions_outlive_tokens,
             max_message_bytes: to_usize(self.max_message_bytes),
             outbox_messages: to_usize(self.outbox_messages),
             outbox_bytes: to_usize(self.outbox_bytes),

@@ -69,6 +69,17 @@ pub struct ServerConfig {
     pub device_token: Option<String>,
     /// The token clients (and the client-facing HTTP endpoints) need, if any.
     pub client_token: Option<String>,
+    /// The same tokens in files, read again on SIGHUP (in place of the
+    /// values above).
+    pub device_token_file: Option<PathBuf>,
+    pub client_token_file: Option<PathBuf>,
+    /// The HS256 secret of signed, scoped tokens (PROTOCOL.md, "Tokens").
+    pub token_secret_file: Option<PathBuf>,
+    /// After the token secret changes, how long the one before still
+    /// verifies.
+    pub token_secret_grace: Duration,
+    /// Sessions go on past their token's expiry instead of ending there.
+    pub sessions_outlive_tokens: bool,
     /// The largest message accepted, in bytes after reassembly.
     pub max_message_bytes: usize,
     /// The most messages queued for one connection before it counts as a
@@ -142,6 +153,25 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// The part of the settings the core decides with.
+    /// The credentials' settings: each token from its file, else its value.
+    pub fn auth_config(&self) -> crate::auth::AuthConfig {
+        use crate::secret::{Secret, SecretSource};
+        let source = |file: &Option<PathBuf>, value: &Option<String>| {
+            file.clone().map(SecretSource::File).or_else(|| {
+                value
+                    .as_ref()
+                    .map(|value| SecretSource::Value(Secret::new(value.as_bytes())))
+            })
+        };
+        crate::auth::AuthConfig {
+            device_token: source(&self.device_token_file, &self.device_token),
+            client_token: source(&self.client_token_file, &self.client_token),
+            token_secret: self.token_secret_file.clone(),
+            token_secret_grace: self.token_secret_grace,
+            sessions_outlive_tokens: self.sessions_outlive_tokens,
+        }
+    }
+
     pub fn core_settings(&self) -> Settings {
         Settings {
             ice_servers: self.ice_servers.clone(),
@@ -169,6 +199,11 @@ impl Default for ServerConfig {
             client_wait: Duration::ZERO,
             device_token: None,
             client_token: None,
+            device_token_file: None,
+            client_token_file: None,
+            token_secret_file: None,
+            token_secret_grace: Duration::ZERO,
+            sessions_outlive_tokens: false,
             max_message_bytes: 65_536,
             outbox_messages: 1024,
             outbox_bytes: 1 << 20,

@@ -16,17 +16,17 @@ use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use subtle::ConstantTimeEq;
 
 use tracing::debug;
 
 use crate::ServerState;
+use crate::auth::{Denied, Role};
 use crate::cli::DevicesList;
-use crate::core::ServerError;
 use crate::core::registry::Descriptor;
+use crate::core::{Grant, ServerError};
 use crate::limits;
-use crate::metrics::{Endpoint, RefusedReason};
-use crate::polling::Flavor;
+use crate::metrics::RefusedReason;
+use crate::polling::{Flavor, Refusal as PollingRefusal};
 use crate::websocket::{self, Door};
 
 /// Set on an HTTP connection once it has answered a websocket upgrade.
@@ -49,7 +49,10 @@ pub(crate) struct OverTls(pub(crate) bool);
 pub(crate) enum Refusal {
     /// A browser page whose origin may not use this server.
     ForbiddenOrigin,
-    Unauthorized,
+    /// No token, or one that does not let this request in.
+    Unauthorized(Denied),
+    /// A signed token that does not cover the device the path names.
+    DeviceNotAllowed,
     ShuttingDown,
     Full,
     PerIp,
@@ -76,7 +79,8 @@ impl Refusal {
     fn status(self) -> StatusCode {
         match self {
             Self::ForbiddenOrigin => StatusCode::FORBIDDEN,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::DeviceNotAllowed => StatusCode::FORBIDDEN,
             Self::ShuttingDown | Self::Full => StatusCode::SERVICE_UNAVAILABLE,
             Self::PerIp => StatusCode::TOO_MANY_REQUESTS,
             Self::NotAnUpgrade | Self::WrongVersion => StatusCode::UPGRADE_REQUIRED,
@@ -90,7 +94,8 @@ impl Refusal {
             Self::ForbiddenOrigin => {
                 "Forbidden: a page of this origin may not use this server (see --allowed-origin)"
             }
-            Self::Unauthorized => "Unauthorized: missing or invalid token",
+            Self::Unauthorized(denied) => denied.text(),
+            Self::DeviceNotAllowed => "Forbidden: the token does not cover this device",
             Self::ShuttingDown => "Server shutting down",
             Self::Full => "Server full: connection limit reached",
             Self::PerIp => "Too many connections from this address",
@@ -106,7 +111,9 @@ impl Refusal {
     fn reason(self) -> Option<RefusedReason> {
         match self {
             Self::ForbiddenOrigin => Some(RefusedReason::Origin),
-            Self::Unauthorized | Self::UidNotAllowed => Some(RefusedReason::Unauthorized),
+            Self::Unauthorized(_) | Self::DeviceNotAllowed | Self::UidNotAllowed => {
+                Some(RefusedReason::Unauthorized)
+            }
             Self::ShuttingDown => None,
             Self::Full => Some(RefusedReason::ConnectionLimit),
             Self::PerIp => Some(RefusedReason::PerIpLimit),
@@ -119,10 +126,11 @@ impl Refusal {
     /// The header that tells the peer what would be accepted.
     fn hint(self) -> Option<(HeaderName, &'static str)> {
         match self {
-            Self::Unauthorized => Some((header::WWW_AUTHENTICATE, "Bearer")),
+            Self::Unauthorized(_) => Some((header::WWW_AUTHENTICATE, "Bearer")),
             Self::NotAnUpgrade => Some((header::UPGRADE, "websocket")),
             Self::WrongVersion => Some((header::SEC_WEBSOCKET_VERSION, "13")),
             Self::ForbiddenOrigin
+            | Self::DeviceNotAllowed
             | Self::ShuttingDown
             | Self::Full
             | Self::PerIp
@@ -296,12 +304,15 @@ async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
 }
 
 async fn devices(State(state): State<Arc<ServerState>>, request: Request) -> Response {
-    if !token_accepted(&state, Endpoint::ConnectClient, &request) {
-        return Refusal::Unauthorized.respond(&state);
-    }
+    let grant = match authorize(&state, Role::Client, &request) {
+        Ok(grant) => grant,
+        Err(refusal) => return refusal.respond(&state),
+    };
+    // A scoped token lists the devices it covers.
     match state.config.devices_list {
         DevicesList::Ids => {
-            let ids = state.core.registry.device_ids();
+            let mut ids = state.core.registry.device_ids();
+            ids.retain(|id| grant.allows(id));
             json(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
         }
         DevicesList::Descriptors => {
@@ -320,6 +331,7 @@ async fn devices(State(state): State<Arc<ServerState>>, request: Request) -> Res
                 .registry
                 .descriptors()
                 .iter()
+                .filter(|(id, _)| grant.allows(id))
                 .filter(|(_, d)| group.as_ref().is_none_or(|g| *g == d.group_name))
                 .filter(|(_, d)| owner.as_ref().is_none_or(|o| *o == d.owner))
                 .map(|(id, d)| descriptor_json(id, d, None))
@@ -330,28 +342,20 @@ async fn devices(State(state): State<Arc<ServerState>>, request: Request) -> Res
 }
 
 async fn infra_config(State(state): State<Arc<ServerState>>, request: Request) -> Response {
-    if !token_accepted(&state, Endpoint::ConnectClient, &request) {
-        return Refusal::Unauthorized.respond(&state);
+    if let Err(refusal) = authorize(&state, Role::Client, &request) {
+        return refusal.respond(&state);
     }
     json(state.core.anonymous_config().encode())
 }
 
 /// A polling request's body, within the message size limit (with room for
-/// the request's own fields); or the refusal, in the polling flow's shape.
+/// the request's own fields), and what its token allows; or the refusal, in
+/// the polling flow's shape.
 async fn polling_body(
     state: &ServerState,
     request: Request,
-) -> Result<axum::body::Bytes, Response> {
-    if let Some(refusal) = origin_refusal(state, &request) {
-        return Err(refusal);
-    }
-    if !token_accepted(state, Endpoint::ConnectClient, &request) {
-        state.core.metrics.refused(RefusedReason::Unauthorized);
-        return Err(crate::polling::error(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized: missing or invalid token",
-        ));
-    }
+) -> Result<(axum::body::Bytes, Grant), Response> {
+    let grant = polling_grant(state, &request).map_err(IntoResponse::into_response)?;
     let limit = state.config.max_message_bytes + 1024;
     let too_big = || {
         crate::polling::error(
@@ -376,7 +380,7 @@ async fn polling_body(
     // never comes, does not hold the connection.
     let deadline = state.config.handshake_timeout;
     match tokio::time::timeout(deadline, axum::body::to_bytes(request.into_body(), limit)).await {
-        Ok(Ok(body)) => Ok(body),
+        Ok(Ok(body)) => Ok((body, grant)),
         Ok(Err(e)) if is_length_limit(&e) => Err(too_big()),
         Ok(Err(e)) => Err(crate::polling::error(
             StatusCode::BAD_REQUEST,
@@ -392,21 +396,22 @@ async fn polling_body(
     }
 }
 
-/// The origin check of a polling request (PROTOCOL.md, "Origins"): a
-/// foreign page's `fetch` needs no preflight to POST, so its request is
-/// refused before it does anything.
-fn origin_refusal(state: &ServerState, request: &Request) -> Option<Response> {
-    let origin = state
-        .config
-        .allowed_origins
-        .check(request.headers())
-        .err()?;
-    debug!(%origin, "polling request refused: origin not allowed");
-    state.core.metrics.refused(RefusedReason::Origin);
-    Some(crate::polling::error(
-        StatusCode::FORBIDDEN,
-        Refusal::ForbiddenOrigin.text(),
-    ))
+/// The origin and token checks of a polling request (PROTOCOL.md,
+/// "Origins": a foreign page's `fetch` needs no preflight to POST, so its
+/// request is refused before it does anything); the refusal is counted,
+/// and answered in the polling flow's shape.
+fn polling_grant(state: &ServerState, request: &Request) -> Result<Grant, PollingRefusal> {
+    let checked = match state.config.allowed_origins.check(request.headers()) {
+        Err(origin) => {
+            debug!(%origin, "polling request refused: origin not allowed");
+            Err(Refusal::ForbiddenOrigin)
+        }
+        Ok(()) => authorize(state, Role::Client, request),
+    };
+    checked.map_err(|refusal| {
+        refusal.count(state);
+        PollingRefusal::new(refusal.status(), refusal.text())
+    })
 }
 
 /// Whether reading a body failed for its length (it went past the limit
@@ -436,19 +441,7 @@ async fn new_polled_client(state: &ServerState, request: Request, flavor: Flavor
         return crate::polling::error(StatusCode::SERVICE_UNAVAILABLE, "Server shutting down");
     }
     match polling_body(state, request).await {
-        Ok(body) => {
-            state
-                .polling
-                .connect(
-                    &state.core,
-                    &state.config,
-                    &state.tracker,
-                    &state.shutdown,
-                    &body,
-                    flavor,
-                )
-                .await
-        }
+        Ok((body, grant)) => state.polling.connect(state, &body, grant, flavor).await,
         Err(refusal) => refusal,
     }
 }
@@ -466,7 +459,7 @@ async fn polled_forward(
         );
     }
     match polling_body(&state, request).await {
-        Ok(body) => state.polling.go_forward(&connection_id, &body),
+        Ok((body, grant)) => state.polling.go_forward(&connection_id, &body, &grant),
         Err(refusal) => refusal,
     }
 }
@@ -477,31 +470,25 @@ async fn polled_messages(
     Path(connection_id): Path<String>,
     request: Request,
 ) -> Response {
-    if let Some(refusal) = origin_refusal(&state, &request) {
-        return refusal;
-    }
-    if !token_accepted(&state, Endpoint::ConnectClient, &request) {
-        state.core.metrics.refused(RefusedReason::Unauthorized);
-        return crate::polling::error(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized: missing or invalid token",
-        );
-    }
+    let grant = match polling_grant(&state, &request) {
+        Ok(grant) => grant,
+        Err(refusal) => return refusal.into_response(),
+    };
     state
         .polling
-        .go_messages(&connection_id, request.uri().query())
+        .go_messages(&connection_id, request.uri().query(), &grant)
 }
 
 async fn poll_forward(State(state): State<Arc<ServerState>>, request: Request) -> Response {
     match polling_body(&state, request).await {
-        Ok(body) => state.polling.forward(&body),
+        Ok((body, grant)) => state.polling.forward(&body, &grant),
         Err(refusal) => refusal,
     }
 }
 
 async fn poll_messages(State(state): State<Arc<ServerState>>, request: Request) -> Response {
     match polling_body(&state, request).await {
-        Ok(body) => state.polling.poll(&body),
+        Ok((body, grant)) => state.polling.poll(&body, &grant),
         Err(refusal) => refusal,
     }
 }
@@ -511,7 +498,7 @@ async fn register_device(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    websocket::upgrade(state, peer, request, Door::RegisterDevice)
+    websocket::upgrade(state, peer, request, Door::RegisterDevice, None)
 }
 
 async fn connect_client(
@@ -519,7 +506,7 @@ async fn connect_client(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    websocket::upgrade(state, peer, request, Door::ConnectClient)
+    websocket::upgrade(state, peer, request, Door::ConnectClient, None)
 }
 
 /// `GET /devices/{id}/connect`, the Go operator's client websocket: 404
@@ -530,16 +517,23 @@ async fn device_connect(
     Path(device_id): Path<String>,
     request: Request,
 ) -> Response {
-    if !token_accepted(&state, Endpoint::DeviceConnect, &request) {
-        return Refusal::Unauthorized.respond(&state);
-    }
+    let grant = match authorize_device(&state, Role::Client, &request, &device_id) {
+        Ok(grant) => grant,
+        Err(refusal) => return refusal.respond(&state),
+    };
     if !state.core.registry.is_registered(&device_id) {
         return json_error(
             StatusCode::NOT_FOUND,
             &ServerError::DeviceNotFound(device_id).to_string(),
         );
     }
-    websocket::upgrade(state, peer, request, Door::DeviceConnect { device_id })
+    websocket::upgrade(
+        state,
+        peer,
+        request,
+        Door::DeviceConnect { device_id },
+        Some(grant),
+    )
 }
 
 /// `GET /devices/{id}/adb`: a websocket bridged to the device's adb port
@@ -552,9 +546,10 @@ async fn device_adb(
     Path(device_id): Path<String>,
     request: Request,
 ) -> Response {
-    if !token_accepted(&state, Endpoint::Adb, &request) {
-        return Refusal::Unauthorized.respond(&state);
-    }
+    let grant = match authorize_device(&state, Role::Client, &request, &device_id) {
+        Ok(grant) => grant,
+        Err(refusal) => return refusal.respond(&state),
+    };
     let Some((descriptor, info)) = state.core.registry.descriptor(&device_id) else {
         return json_error(
             StatusCode::NOT_FOUND,
@@ -600,7 +595,7 @@ async fn device_adb(
         }
     };
     let _ = adb.set_nodelay(true);
-    websocket::upgrade(state, peer, request, Door::AdbBridge { adb })
+    websocket::upgrade(state, peer, request, Door::AdbBridge { adb }, Some(grant))
 }
 
 /// `GET /devices/{id}/files/`: the device's index page.
@@ -624,18 +619,25 @@ async fn device_files(
     if path == "js/server_connector.js" && request.method() == Method::GET {
         return crate::web::server_connector();
     }
-    let by_cookie = files_cookie_accepted(&state, request.headers());
-    if !by_cookie && !token_accepted(&state, Endpoint::ConnectClient, &request) {
-        return Refusal::Unauthorized.respond(&state);
+    let by_cookie = files_cookie_grant(&state, request.headers());
+    let grant = match by_cookie.clone() {
+        Some(grant) => Ok(grant),
+        None => authorize(&state, Role::Client, &request),
+    };
+    match grant {
+        Ok(grant) if grant.allows(&device_id) => {}
+        Ok(_) => return Refusal::DeviceNotAllowed.respond(&state),
+        Err(refusal) => return refusal.respond(&state),
     }
-    let token_in_query = !by_cookie
-        && state.config.client_token.is_some()
-        && request
-            .uri()
-            .query()
-            .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(key, _)| key == "token"));
+    let token_in_query = by_cookie
+        .is_none()
+        .then(|| query_token(&request))
+        .flatten()
+        .filter(|_| state.auth.required(Role::Client));
     let mut response = crate::files::serve(state.clone(), device_id.clone(), request).await;
-    if token_in_query && let Some(cookie) = files_cookie(&state, &device_id) {
+    if let Some(token) = token_in_query
+        && let Some(cookie) = files_cookie(&state, &device_id, &token)
+    {
         // The page's own scripts and styles do not carry ?token=: a cookie
         // for this device's files does, and nothing else.
         response.headers_mut().append(header::SET_COOKIE, cookie);
@@ -650,8 +652,8 @@ async fn device_descriptor(
     Path(device_id): Path<String>,
     request: Request,
 ) -> Response {
-    if !token_accepted(&state, Endpoint::ConnectClient, &request) {
-        return Refusal::Unauthorized.respond(&state);
+    if let Err(refusal) = authorize_device(&state, Role::Client, &request, &device_id) {
+        return refusal.respond(&state);
     }
     match state.core.registry.descriptor(&device_id) {
         Some((descriptor, info)) => {
@@ -704,11 +706,10 @@ fn descriptor_json(
 
 const FILES_COOKIE: &str = "signaling_token";
 
-/// The cookie that lets a device page's sub-resources through: the client
-/// token, for `/devices/{id}/files/` only, not readable by scripts, not
-/// sent by other sites.
-fn files_cookie(state: &ServerState, device_id: &str) -> Option<HeaderValue> {
-    let token = state.config.client_token.as_deref()?;
+/// The cookie that lets a device page's sub-resources through: the token
+/// the page was opened with, for `/devices/{id}/files/` only, not readable
+/// by scripts, not sent by other sites.
+fn files_cookie(state: &ServerState, device_id: &str, token: &str) -> Option<HeaderValue> {
     let path: String = form_urlencoded::byte_serialize(device_id.as_bytes()).collect();
     let secure = if state.config.tls.is_some() {
         "; Secure"
@@ -722,11 +723,8 @@ fn files_cookie(state: &ServerState, device_id: &str) -> Option<HeaderValue> {
     .ok()
 }
 
-/// Whether the request carries the files cookie with the client token.
-fn files_cookie_accepted(state: &ServerState, headers: &HeaderMap) -> bool {
-    let Some(expected) = state.config.client_token.as_deref() else {
-        return false;
-    };
+/// What the files cookie's token allows, if the request carries one.
+fn files_cookie_grant(state: &ServerState, headers: &HeaderMap) -> Option<Grant> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -734,36 +732,56 @@ fn files_cookie_accepted(state: &ServerState, headers: &HeaderMap) -> bool {
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .filter(|(name, _)| *name == FILES_COOKIE)
-        .any(|(_, value)| {
+        .find_map(|(_, value)| {
             let value: String = form_urlencoded::parse(format!("v={value}").as_bytes())
                 .map(|(_, v)| v.into_owned())
                 .next()
                 .unwrap_or_default();
-            value.as_bytes().ct_eq(expected.as_bytes()).into()
+            state.auth.authorize(Role::Client, Some(&value)).ok()
         })
 }
 
-/// Whether the request carries the token the endpoint needs (or none is
-/// needed), from `Authorization: Bearer` or `?token=` (browsers cannot set
-/// headers on a websocket); compared in constant time.
-pub(crate) fn token_accepted(state: &ServerState, endpoint: Endpoint, request: &Request) -> bool {
-    let config = &state.config;
-    let expected = match endpoint {
-        Endpoint::RegisterDevice => config.device_token.as_deref(),
-        Endpoint::ConnectClient | Endpoint::DeviceConnect | Endpoint::Adb => {
-            config.client_token.as_deref()
-        }
-    };
-    let Some(expected) = expected else {
-        return true;
-    };
-    let presented = bearer_token(request.headers()).or_else(|| {
-        let query = request.uri().query()?;
-        form_urlencoded::parse(query.as_bytes())
-            .find(|(key, _)| key == "token")
-            .map(|(_, value)| value.into_owned())
-    });
-    presented.is_some_and(|token| token.as_bytes().ct_eq(expected.as_bytes()).into())
+/// The token a request presents: `Authorization: Bearer`, or `?token=`
+/// (browsers cannot set headers on a websocket).
+fn presented_token(request: &Request) -> Option<String> {
+    bearer_token(request.headers()).or_else(|| query_token(request))
+}
+
+fn query_token(request: &Request) -> Option<String> {
+    let query = request.uri().query()?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == "token")
+        .map(|(_, value)| value.into_owned())
+}
+
+/// What the request's token allows `role` (everything, where no token is
+/// needed); or the 401.
+pub(crate) fn authorize(
+    state: &ServerState,
+    role: Role,
+    request: &Request,
+) -> Result<Grant, Refusal> {
+    state
+        .auth
+        .authorize(role, presented_token(request).as_deref())
+        .map_err(Refusal::Unauthorized)
+}
+
+/// The same for a request whose path names `device_id`: a token that does
+/// not cover it is a 403.
+pub(crate) fn authorize_device(
+    state: &ServerState,
+    role: Role,
+    request: &Request,
+    device_id: &str,
+) -> Result<Grant, Refusal> {
+    let grant = authorize(state, role, request)?;
+    if grant.allows(device_id) {
+        Ok(grant)
+    } else {
+        debug!(device_id, "refused: the token does not cover this device");
+        Err(Refusal::DeviceNotAllowed)
+    }
 }
 
 fn bearer_token(headers: &HeaderMap) -> Option<String> {

@@ -33,6 +33,7 @@ use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
 mod assets;
+pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -47,6 +48,7 @@ pub mod metrics;
 pub mod origin;
 mod polling;
 pub mod proxy;
+pub mod secret;
 pub mod tls;
 pub mod turn;
 mod web;
@@ -76,6 +78,8 @@ pub enum Error {
     Redis(String),
     #[error("--turn-secret-file: {0}")]
     Turn(#[from] turn::TurnError),
+    #[error("{0}")]
+    Auth(#[from] auth::AuthError),
 }
 
 /// The server-wide state, in one place: the core's (settings, registry,
@@ -85,6 +89,8 @@ pub enum Error {
 pub(crate) struct ServerState {
     config: ServerConfig,
     core: Arc<Core>,
+    /// The tokens and the token secret, read again on SIGHUP.
+    auth: Arc<auth::Auth>,
     /// Websocket connections (and device socket ones).
     limiter: Arc<Limiter>,
     /// Plain HTTP connections, until they upgrade.
@@ -162,6 +168,7 @@ impl Server {
             .as_ref()
             .map(|turn| turn::Turn::load(turn).map(Arc::new))
             .transpose()?;
+        let auth = Arc::new(auth::Auth::load(&config.auth_config())?);
         let mut settings = config.core_settings();
         settings.turn = turn
             .clone()
@@ -185,6 +192,7 @@ impl Server {
             )),
             ws_config: websocket::websocket_config(&config),
             core,
+            auth,
             config,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -232,9 +240,12 @@ impl Server {
             hangups,
             state,
         } = self;
-        state
-            .tracker
-            .spawn(watch_hangups(hangups, turn, state.shutdown.clone()));
+        state.tracker.spawn(watch_hangups(
+            hangups,
+            turn,
+            state.auth.clone(),
+            state.shutdown.clone(),
+        ));
         let main_tls = state.config.tls.clone().map(TlsAcceptor::from);
         let listeners = std::iter::once((listener, main_tls))
             .chain(tls_listeners.into_iter().map(|(l, tls)| (l, Some(tls.0))))
@@ -243,41 +254,58 @@ impl Server {
     }
 }
 
-/// How often the TURN secret file is looked at for a change.
-const TURN_SECRET_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often the secret files (TURN, tokens) are looked at for a change.
+const SECRET_FILE_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// SIGHUP reads the settings kept in files again, without dropping a
 /// session: every certificate loaded from files (`--tls-cert`/`--tls-key`,
-/// `--certs_dir`, `--tls_cert_dir`) and the TURN secret; the TURN secret
-/// also when its file changes. A reload that fails keeps what was in use
-/// and says why. SIGHUP never ends the process (its default action).
+/// `--certs_dir`, `--tls_cert_dir`), the TURN secret, the token secret and
+/// the static tokens in files; the secrets and tokens also when their
+/// files change. A reload that fails keeps what was in use and says why.
+/// SIGHUP never ends the process (its default action).
 async fn watch_hangups(
     mut hangups: Option<tokio::signal::unix::Signal>,
     turn: Option<Arc<turn::Turn>>,
+    auth: Arc<auth::Auth>,
     shutdown: CancellationToken,
 ) {
-    let mut look = tokio::time::interval(TURN_SECRET_LOOK);
+    let mut look = tokio::time::interval(SECRET_FILE_LOOK);
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let hangup = tokio::select! {
+        let (hangup, turn_changed, auth_changed) = tokio::select! {
             () = shutdown.cancelled() => return,
             Some(()) = async {
                 match &mut hangups {
                     Some(hangups) => hangups.recv().await,
                     None => std::future::pending().await,
                 }
-            } => true,
-            _ = look.tick(), if turn.is_some() => {
-                if !turn.as_ref().is_some_and(|turn| turn.file_changed()) {
+            } => (true, true, true),
+            _ = look.tick(), if turn.is_some() || auth.reads_files() => {
+                let turn_changed = turn.as_ref().is_some_and(|turn| turn.file_changed());
+                let auth_changed = auth.files_changed();
+                if !turn_changed && !auth_changed {
                     continue;
                 }
-                false
+                (false, turn_changed, auth_changed)
             }
         };
+        let why = if hangup { "SIGHUP" } else { "a file changed" };
+        if auth_changed {
+            let reload = auth.reload(std::time::Instant::now());
+            for what in &reload.changed {
+                info!(
+                    why,
+                    "{what} read again: new connections are checked against it"
+                );
+            }
+            for e in &reload.failed {
+                warn!(why, error = %e, "could not be read again: what was in use stays");
+            }
+        }
         if hangup {
             let reloaded = tls::reload_files();
-            if reloaded.is_empty() && turn.is_none() {
-                info!("SIGHUP: nothing to read again (no certificate from files, no TURN secret)");
+            if reloaded.is_empty() && turn.is_none() && !auth.reads_files() {
+                info!("SIGHUP: nothing to read again (no certificate, secret or token from files)");
             }
             for reloaded in reloaded {
                 let cert = reloaded.cert_path.display().to_string();
@@ -289,8 +317,9 @@ async fn watch_hangups(
                 }
             }
         }
-        let Some(turn) = &turn else { continue };
-        let why = if hangup { "SIGHUP" } else { "the file changed" };
+        let Some(turn) = turn.as_ref().filter(|_| turn_changed) else {
+            continue;
+        };
         match turn.reload(std::time::Instant::now()) {
             Ok(turn::Reloaded::Unchanged) => debug!(why, "TURN secret read again: unchanged"),
             Ok(turn::Reloaded::Now) => info!(why, "new TURN secret: it signs from now on"),

@@ -59,8 +59,28 @@ fn init_logging(format: LogFormat, log_file: Option<&Path>) -> anyhow::Result<()
     Ok(())
 }
 
+/// `signaling-server token …`: prints a signed token.
+fn mint_token(args: impl Iterator<Item = std::ffi::OsString>) -> anyhow::Result<()> {
+    let cli = signaling_server::cli::TokenCli::parse_from(args);
+    let token = cli.mint().map_err(anyhow::Error::msg)?;
+    println!("{token}");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args_os();
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|first| first == "token")
+    {
+        // "signaling-server token" as the program name, then its flags.
+        let program = args.next().unwrap_or_default();
+        args.next();
+        let mut name = program;
+        name.push(" token");
+        return mint_token(std::iter::once(name).chain(args));
+    }
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.log_file.as_deref())?;
     let listen = cli.listen_address();

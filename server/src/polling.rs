@@ -29,13 +29,12 @@ use axum::response::{IntoResponse, Response};
 use protocol::RawValue;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span};
 
-use crate::ServerConfig;
+use crate::ServerState;
 use crate::core::registry::lock;
 use crate::core::session::ClientSession;
-use crate::core::{Batch, Connection, Core, Due, Keepalive, Outgoing, ServerError};
+use crate::core::{Batch, Connection, Due, Grant, Keepalive, Outgoing, ServerError};
 use crate::door::now;
 
 /// The polling clients of this server, by connection id.
@@ -53,6 +52,8 @@ struct PollingClient {
     gone: CancellationToken,
     /// The Go flavor's kept messages (unused by the reference flavor).
     kept: Mutex<Kept>,
+    /// Its device: every request's token must cover it.
+    device_id: String,
 }
 
 /// Which polling API a client came in by.
@@ -92,6 +93,7 @@ fn status(error: &ServerError) -> StatusCode {
         ServerError::Decode(_) => StatusCode::BAD_REQUEST,
         ServerError::DeviceNotFound(_) => StatusCode::NOT_FOUND,
         ServerError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        ServerError::DeviceNotAllowed(_) => StatusCode::FORBIDDEN,
         _ => StatusCode::UNAUTHORIZED,
     }
 }
@@ -223,13 +225,12 @@ impl Polling {
     /// `POST /connect {"device_id"}` (C1, C2, C4 in the reference's shape).
     pub async fn connect(
         self: &Arc<Self>,
-        core: &Arc<Core>,
-        config: &ServerConfig,
-        tracker: &TaskTracker,
-        shutdown: &CancellationToken,
+        state: &ServerState,
         body: &[u8],
+        grant: Grant,
         flavor: Flavor,
     ) -> Response {
+        let (core, config) = (&state.core, &state.config);
         let fields = match fields(body) {
             Ok(fields) => fields,
             Err(refusal) => return refusal.into_response(),
@@ -247,7 +248,7 @@ impl Polling {
         }
         let now = now();
         let outbox = core.outbox();
-        let session = ClientSession::new(core.clone(), outbox.clone(), now);
+        let session = ClientSession::new(core.clone(), outbox.clone(), now).with_grant(grant);
         let keepalive = Keepalive {
             idle: Some(config.poll_timeout),
             ping: None,
@@ -295,12 +296,13 @@ impl Polling {
             conn: Mutex::new(Some(conn)),
             gone: CancellationToken::new(),
             kept: Mutex::default(),
+            device_id: device_id.clone(),
         });
         lock(&self.clients).insert(connection_id.clone(), client.clone());
         let span = info_span!("polling client", device_id = %device_id);
-        tracker.spawn(
+        state.tracker.spawn(
             self.clone()
-                .watch(connection_id.clone(), client, shutdown.clone())
+                .watch(connection_id.clone(), client, state.shutdown.clone())
                 .instrument(span),
         );
         info!(device_id = %device_id, ?flavor, "polling client connected");
@@ -360,6 +362,7 @@ impl Polling {
     fn client(
         &self,
         fields: &HashMap<String, Box<RawValue>>,
+        grant: &Grant,
     ) -> Result<(String, Arc<PollingClient>), Refusal> {
         let Some(connection_id) = string_field(fields, "connection_id") else {
             return Err(Refusal::new(
@@ -367,14 +370,19 @@ impl Polling {
                 "Invalid message: missing connection_id",
             ));
         };
-        let client = self.seen(&connection_id, Flavor::Reference)?;
+        let client = self.seen(&connection_id, Flavor::Reference, grant)?;
         Ok((connection_id, client))
     }
 
     /// The client `connection_id` names, marked as seen; or the flavor's
     /// refusal for an unknown one (the reference's 401, the Go operator's
-    /// 404).
-    fn seen(&self, connection_id: &str, flavor: Flavor) -> Result<Arc<PollingClient>, Refusal> {
+    /// 404), and 403 when the request's token does not cover its device.
+    fn seen(
+        &self,
+        connection_id: &str,
+        flavor: Flavor,
+        grant: &Grant,
+    ) -> Result<Arc<PollingClient>, Refusal> {
         let status = match flavor {
             Flavor::Reference => StatusCode::UNAUTHORIZED,
             Flavor::GoOperator => StatusCode::NOT_FOUND,
@@ -386,6 +394,12 @@ impl Polling {
             )
         };
         let client = self.get(connection_id).ok_or_else(unknown)?;
+        if !grant.allows(&client.device_id) {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                ServerError::DeviceNotAllowed(client.device_id.clone()).to_string(),
+            ));
+        }
         lock(&client.conn)
             .as_mut()
             .ok_or_else(unknown)?
@@ -395,12 +409,12 @@ impl Polling {
 
     /// `POST /forward {"connection_id","payload"}`: relays the payload
     /// verbatim (C7, C8), then answers what the device sent meanwhile.
-    pub fn forward(&self, body: &[u8]) -> Response {
+    pub fn forward(&self, body: &[u8], grant: &Grant) -> Response {
         let fields = match fields(body) {
             Ok(fields) => fields,
             Err(refusal) => return refusal.into_response(),
         };
-        let (connection_id, client) = match self.client(&fields) {
+        let (connection_id, client) = match self.client(&fields, grant) {
             Ok(found) => found,
             Err(refusal) => return refusal.into_response(),
         };
@@ -424,12 +438,12 @@ impl Polling {
     }
 
     /// `POST /poll_messages {"connection_id"}`: what the device sent.
-    pub fn poll(&self, body: &[u8]) -> Response {
+    pub fn poll(&self, body: &[u8], grant: &Grant) -> Response {
         let fields = match fields(body) {
             Ok(fields) => fields,
             Err(refusal) => return refusal.into_response(),
         };
-        match self.client(&fields) {
+        match self.client(&fields, grant) {
             Ok((connection_id, client)) => self.drain(&connection_id, &client),
             Err(refusal) => refusal.into_response(),
         }
@@ -474,12 +488,12 @@ impl Polling {
 
     /// `POST /polled_connections/{id}/:forward {"payload"}`: relays the
     /// payload verbatim; the answer is `"ok"`, as the Go operator's.
-    pub fn go_forward(&self, connection_id: &str, body: &[u8]) -> Response {
+    pub fn go_forward(&self, connection_id: &str, body: &[u8], grant: &Grant) -> Response {
         let fields = match fields(body) {
             Ok(fields) => fields,
             Err(refusal) => return refusal.into_response(),
         };
-        let client = match self.seen(connection_id, Flavor::GoOperator) {
+        let client = match self.seen(connection_id, Flavor::GoOperator, grant) {
             Ok(client) => client,
             Err(refusal) => return refusal.into_response(),
         };
@@ -517,12 +531,12 @@ impl Polling {
     /// far, 0 at first), at most `count` of them. Messages before `start`
     /// are dropped: the client has them. Once the device has left and the
     /// client has been handed everything, it is dropped.
-    pub fn go_messages(&self, connection_id: &str, query: Option<&str>) -> Response {
+    pub fn go_messages(&self, connection_id: &str, query: Option<&str>, grant: &Grant) -> Response {
         let (start, count) = match cursor(query) {
             Ok(cursor) => cursor,
             Err(refusal) => return refusal.into_response(),
         };
-        let client = match self.seen(connection_id, Flavor::GoOperator) {
+        let client = match self.seen(connection_id, Flavor::GoOperator, grant) {
             Ok(client) => client,
             Err(refusal) => return refusal.into_response(),
         };

@@ -10,8 +10,7 @@
 //! the secret file. The core asks it for credentials through
 //! [`TurnCredentials`] when it queues a `config`.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -19,32 +18,8 @@ use protocol::IceServer;
 use ring::hmac;
 
 use crate::core::TurnCredentials;
-
-/// A shared secret; never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Arc<[u8]>);
-
-impl Secret {
-    pub fn new(bytes: &[u8]) -> Self {
-        Self(bytes.into())
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(…)")
-    }
-}
-
-/// Where the secret comes from.
-#[derive(Debug, Clone)]
-pub enum SecretSource {
-    /// A file holding it (surrounding whitespace is not part of it), read
-    /// again on SIGHUP and when it changes.
-    File(PathBuf),
-    /// Given once (the `SIGNALING_TURN_SECRET` environment variable).
-    Value(Secret),
-}
+use crate::secret::{FileStamp, SecretError};
+pub use crate::secret::{Secret, SecretSource};
 
 /// `--turn-url`, `--turn-secret-file`, `--turn-ttl`, `--turn-secret-grace`.
 #[derive(Debug, Clone)]
@@ -67,16 +42,11 @@ impl TurnConfig {
     pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum TurnError {
-    #[error("cannot read the TURN secret file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the TURN secret file {0} holds no secret")]
-    Empty(PathBuf),
-}
+/// A TURN secret that cannot be read.
+pub type TurnError = SecretError;
+
+/// How an error names the file.
+const WHAT: &str = "the TURN secret file";
 
 /// `base64(HMAC-SHA1(secret, username))`: what the TURN server computes
 /// to check the username (SHA-1 because the scheme and coturn say so).
@@ -102,20 +72,6 @@ pub fn username(expiry_unix: u64, who: &str) -> String {
         });
     }
     name
-}
-
-/// When and how big the secret file was at its last reading.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-}
-
-fn stamp(path: &Path) -> Option<FileStamp> {
-    std::fs::metadata(path).ok().map(|meta| FileStamp {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-    })
 }
 
 #[derive(Debug)]
@@ -149,7 +105,7 @@ pub struct Turn {
 impl Turn {
     /// Reads the secret.
     pub fn load(config: &TurnConfig) -> Result<Self, TurnError> {
-        let (signing, stamp) = read_secret(&config.secret)?;
+        let (signing, stamp) = config.secret.read(WHAT)?;
         Ok(Self {
             urls: config.urls.clone(),
             ttl: config.ttl,
@@ -174,7 +130,7 @@ impl Turn {
     /// secret given once never changes).
     pub fn file_changed(&self) -> bool {
         match &self.source {
-            SecretSource::File(path) => stamp(path) != self.lock().stamp,
+            SecretSource::File(_) => self.source.stamp() != self.lock().stamp,
             SecretSource::Value(_) => false,
         }
     }
@@ -183,14 +139,12 @@ impl Turn {
     /// grace period if there is one; a file that cannot be read keeps the
     /// secret there was.
     pub fn reload(&self, now: Instant) -> Result<Reloaded, TurnError> {
-        match read_secret(&self.source) {
+        match self.source.read(WHAT) {
             Ok((secret, stamp)) => Ok(self.rotate(secret, stamp, now)),
             Err(e) => {
                 // Said once: the next look finds no change until the file
                 // changes again.
-                if let SecretSource::File(path) = &self.source {
-                    self.lock().stamp = stamp(path);
-                }
+                self.lock().stamp = self.source.stamp();
                 Err(e)
             }
         }
@@ -245,7 +199,7 @@ impl Turn {
         };
         IceServer {
             urls: self.urls.clone(),
-            credential: Some(credential(&signing.0, &name)),
+            credential: Some(credential(signing.as_bytes(), &name)),
             username: Some(name),
         }
     }
@@ -257,26 +211,6 @@ impl TurnCredentials for Turn {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
         vec![self.ice_server_at(who, unix_now, Instant::now())]
-    }
-}
-
-fn read_secret(source: &SecretSource) -> Result<(Secret, Option<FileStamp>), TurnError> {
-    match source {
-        SecretSource::Value(secret) => Ok((secret.clone(), None)),
-        SecretSource::File(path) => {
-            // The stamp first: a change while reading shows as a change
-            // at the next look, and is read again.
-            let before = stamp(path);
-            let text = std::fs::read(path).map_err(|source| TurnError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let secret = text.trim_ascii();
-            if secret.is_empty() {
-                return Err(TurnError::Empty(path.clone()));
-            }
-            Ok((Secret::new(secret), before))
-        }
     }
 }
 
@@ -388,7 +322,7 @@ mod tests {
         assert_eq!(turn.reload(now).unwrap(), Reloaded::Now);
         assert!(!turn.file_changed());
         std::fs::write(&path, "\n").unwrap();
-        assert!(matches!(turn.reload(now), Err(TurnError::Empty(_))));
+        assert!(matches!(turn.reload(now), Err(TurnError::Empty { .. })));
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(turn.reload(now), Err(TurnError::Read { .. })));
         assert_eq!(

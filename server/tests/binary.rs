@@ -516,6 +516,31 @@ fn bad_flags_get_clear_errors() {
             ],
             "cannot read the TURN secret file /nonexistent/secret",
         ),
+        (
+            vec!["--sessions-outlive-tokens"],
+            "--token-secret-file <FILE>",
+        ),
+        (
+            vec!["--token-secret-file", "/nonexistent/secret"],
+            "cannot read the token secret file /nonexistent/secret",
+        ),
+        (
+            vec![
+                "--token-secret-file",
+                "/nonexistent/secret",
+                "--token-secret-grace",
+                "30d",
+            ],
+            "--token-secret-grace 2592000s must be at most 7d",
+        ),
+        (
+            vec!["--client-token", "a", "--client-token-file", "/x"],
+            "cannot be used with",
+        ),
+        (
+            vec!["--device-token-file", "/nonexistent/token"],
+            "cannot read the device token file /nonexistent/token",
+        ),
     ] {
         let output = Command::new(BINARY).args(&args).output().expect("run");
         assert!(!output.status.success(), "{args:?}");
@@ -1121,4 +1146,101 @@ async fn log_lines_name_the_client_behind_a_trusted_proxy() {
         .unwrap()
         .to_owned();
     assert!(line.contains("peer=203.0.113.9:"), "{line}");
+}
+
+/// `signaling-server token` mints what the server takes; SIGHUP reads a
+/// new secret (one rewritten behind the watcher's back: same size, same
+/// modification time), after which the old secret's tokens are refused.
+#[test]
+fn the_token_subcommand_mints_tokens_and_sighup_reads_a_new_secret() {
+    let dir = std::env::temp_dir().join(format!("signaling-tokens-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("secret");
+    let secret_path = path.to_str().unwrap();
+    std::fs::write(&path, "first-secret-of-thirty-two-bytes-or-more\n").unwrap();
+    let mint = |args: &[&str]| {
+        let output = Command::new(BINARY)
+            .args(["token", "--token-secret-file", secret_path])
+            .args(args)
+            .output()
+            .expect("run");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, client, _) = mint(&["--role", "client", "--device", "cvd-1", "--ttl", "1h"]);
+    assert!(ok);
+    assert_eq!(client.split('.').count(), 3, "{client}");
+    let (ok, device, _) = mint(&["--role", "device", "--device", "cvd-*"]);
+    assert!(ok);
+    for (args, want) in [
+        (
+            vec!["--role", "client", "--device", "cvd-1", "--ttl", "10s"],
+            "--ttl 10s must be from 1m to 365d",
+        ),
+        (
+            vec!["--role", "client", "--device", "bad\nid"],
+            "is not a device id",
+        ),
+        (vec!["--role", "client"], "--device <ID>"),
+        (
+            vec!["--role", "admin", "--device", "x"],
+            "invalid value 'admin'",
+        ),
+    ] {
+        let (ok, _, stderr) = mint(&args);
+        assert!(!ok, "{args:?}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+    let short = dir.join("short");
+    std::fs::write(&short, "short").unwrap();
+    let output = Command::new(BINARY)
+        .args(["token", "--token-secret-file", short.to_str().unwrap()])
+        .args(["--role", "client", "--device", "x"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("holds 5 bytes; HS256 needs at least 32"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let server = Server::start(&["--token-secret-file", secret_path]);
+    let status = |token: &str| {
+        let address = server.address.parse().unwrap();
+        let request = support::http::Request::get("/devices")
+            .header("Authorization", &format!("Bearer {token}"));
+        support::http::request_blocking(address, request)
+            .unwrap()
+            .status
+    };
+    assert_eq!(status(&client), 200);
+    assert_eq!(status(&device), 401, "a device's token reads no listing");
+    assert_eq!(http_get_blocking(&server.address, "/devices").status, 401);
+
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    std::fs::write(&path, "other-secret-of-thirty-two-bytes-or-more\n").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(status(&client), 200, "the watcher saw no change");
+    server.signal("HUP");
+    let started = Instant::now();
+    while status(&client) != 401 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "SIGHUP read nothing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_, rotated, _) = mint(&["--role", "client", "--device", "cvd-1"]);
+    assert_eq!(status(&rotated), 200);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -209,11 +209,16 @@ pub async fn get(address: SocketAddr, path: &str) -> Result<Response, Error> {
 /// [`get`] for code that is not async (a `#[test]`, a build script's
 /// checks): runs the request on a runtime of its own.
 pub fn get_blocking(address: SocketAddr, path: &str) -> Result<Response, Error> {
+    request_blocking(address, Request::get(path))
+}
+
+/// [`request`] for code that is not async, on a runtime of its own.
+pub fn request_blocking(address: SocketAddr, sent: Request) -> Result<Response, Error> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(Error::Runtime)?
-        .block_on(get(address, path))
+        .block_on(request(address, sent))
 }
 
 #[cfg(test)]

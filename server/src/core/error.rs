@@ -96,6 +96,11 @@ pub enum ServerError {
     /// A registration that needs a cluster-wide lease while this instance
     /// cannot reach the registry (PROTOCOL.md, "Many instances").
     RegistryUnavailable,
+    /// A `register` or `connect` for a device id the connection's token
+    /// does not cover.
+    DeviceNotAllowed(String),
+    /// The connection's token expired while its session ran.
+    TokenExpired,
 }
 
 impl ServerError {
@@ -123,6 +128,8 @@ impl ServerError {
             Self::ProtocolViolation(_) => "Protocol error",
             Self::ShuttingDown => "Server shutting down",
             Self::RegistryUnavailable => "Registry unavailable",
+            Self::DeviceNotAllowed(_) => "Device not allowed",
+            Self::TokenExpired => "Token expired",
         }
     }
 
@@ -141,7 +148,9 @@ impl ServerError {
             | Self::ConnectTimeout
             | Self::RateLimited { .. }
             | Self::IdleTimeout
-            | Self::SlowConsumer { .. } => Some(CloseCode::Policy),
+            | Self::SlowConsumer { .. }
+            | Self::DeviceNotAllowed(_)
+            | Self::TokenExpired => Some(CloseCode::Policy),
             Self::DeviceDisconnected | Self::ShuttingDown => Some(CloseCode::Away),
             Self::MessageTooBig { .. } => Some(CloseCode::Size),
             Self::RegistryUnavailable => Some(CloseCode::TryAgain),
@@ -216,6 +225,8 @@ impl ServerError {
             Self::ProtocolViolation("x".into()),
             Self::ShuttingDown,
             Self::RegistryUnavailable,
+            Self::DeviceNotAllowed("x".into()),
+            Self::TokenExpired,
         ];
         for error in &all {
             match error {
@@ -245,7 +256,9 @@ impl ServerError {
                 | Self::InvalidUtf8
                 | Self::ProtocolViolation(_)
                 | Self::ShuttingDown
-                | Self::RegistryUnavailable => {}
+                | Self::RegistryUnavailable
+                | Self::DeviceNotAllowed(_)
+                | Self::TokenExpired => {}
             }
         }
         all
@@ -283,6 +296,16 @@ impl fmt::Display for ServerError {
                 self.phrase()
             ),
             Self::ProtocolViolation(why) => write!(f, "{}: {why}", self.phrase()),
+            Self::DeviceNotAllowed(id) => write!(
+                f,
+                "{}: the token does not cover the device id {id}",
+                self.phrase()
+            ),
+            Self::TokenExpired => write!(
+                f,
+                "{}: the session ended when its token did; connect again with a new token",
+                self.phrase()
+            ),
             Self::RegistryUnavailable => write!(
                 f,
                 "{}: this instance cannot reach the shared registry; try again",

@@ -40,6 +40,7 @@ use crate::metrics::{Direction, Metrics};
 
 pub mod cluster;
 pub mod error;
+pub mod grant;
 pub mod outbox;
 pub mod outgoing;
 pub mod rate;
@@ -47,6 +48,7 @@ pub mod registry;
 pub mod session;
 
 pub use error::{CloseCode, ServerError};
+pub use grant::{DevicePattern, Grant};
 pub use outbox::{Batch, Outbox, OutboxLimits, PushError};
 pub use outgoing::{Json, Outgoing};
 pub use rate::RateLimit;

@@ -24,14 +24,23 @@ pub(crate) async fn bridge<T>(
     mut ws: WebSocketStream<T>,
     mut adb: TcpStream,
     shutdown: CancellationToken,
+    token_expires: Option<std::time::Instant>,
 ) where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buffer = vec![0u8; READ_CHUNK];
     let (mut to_device, mut from_browser) = (0u64, 0u64);
+    let expiry = async {
+        match token_expires {
+            Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
     let why = loop {
         tokio::select! {
             () = shutdown.cancelled() => break "the server is shutting down",
+            () = &mut expiry => break "its token expired",
             message = ws.next() => match message {
                 Some(Ok(Message::Binary(bytes))) => {
                     from_browser += bytes.len() as u64;
@@ -70,6 +79,13 @@ pub(crate) async fn bridge<T>(
         bytes_from_browser = from_browser,
         "adb bridge closed"
     );
-    let _ = ws.close(None).await;
+    let close = (why == "its token expired").then(|| {
+        let error = crate::core::ServerError::TokenExpired;
+        tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: 1008.into(),
+            reason: error.to_string().into(),
+        }
+    });
+    let _ = ws.close(close).await;
     let _ = adb.shutdown().await;
 }

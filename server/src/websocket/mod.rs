@@ -23,10 +23,11 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::{Instrument, Span, field, info_span, warn};
 
 use crate::ServerState;
+use crate::core::Grant;
 use crate::core::session::{ClientSession, DeviceSession};
 use crate::core::{Connection, Keepalive};
 use crate::encode::Dialect;
-use crate::http::{Refusal, Upgrading, token_accepted};
+use crate::http::{Refusal, Upgrading, authorize};
 use crate::limits::Permit;
 use crate::metrics::Endpoint;
 use read_ahead::ReadAhead;
@@ -64,17 +65,20 @@ impl Door {
 }
 
 /// Answers a websocket request on `door`: a refusal, or 101 with the
-/// connection's task spawned.
+/// connection's task spawned. `authorized` is what the request's token
+/// allows, where the route has checked it already (one that names its
+/// device in the path).
 pub(crate) fn upgrade(
     state: Arc<ServerState>,
     peer: SocketAddr,
     mut request: Request,
     door: Door,
+    authorized: Option<Grant>,
 ) -> Response {
     let endpoint = door.endpoint();
-    let admitted = admit(&state, peer, &request, endpoint)
-        .and_then(|permit| Ok((permit, Handshake::read(&request)?)));
-    let (permit, handshake) = match admitted {
+    let admitted = admit(&state, peer, &request, endpoint, authorized)
+        .and_then(|admitted| Ok((admitted, Handshake::read(&request)?)));
+    let ((permit, grant), handshake) = match admitted {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.respond(&state),
     };
@@ -83,31 +87,48 @@ pub(crate) fn upgrade(
         upgrading.0.store(true, Ordering::Release);
     }
     let span = connection_span(endpoint, peer);
-    let task = serve(state.clone(), door, permit, on_upgrade);
+    let task = serve(state.clone(), door, grant, permit, on_upgrade);
     state.tracker.spawn(task.instrument(span));
     handshake.response()
 }
 
 /// The checks before the handshake, in PROTOCOL.md's order (Refusals
 /// before the upgrade): origin (403), token (401), shutdown (503),
-/// connection limits (503, 429). The permit holds the connection's place.
+/// connection limits (503, 429). The permit holds the connection's place;
+/// the grant is what its token allows.
 fn admit(
     state: &ServerState,
     peer: SocketAddr,
     request: &Request,
     endpoint: Endpoint,
-) -> Result<Permit, Refusal> {
+    authorized: Option<Grant>,
+) -> Result<(Permit, Grant), Refusal> {
     if let Err(origin) = state.config.allowed_origins.check(request.headers()) {
         tracing::debug!(%peer, %origin, "upgrade refused: origin not allowed");
         return Err(Refusal::ForbiddenOrigin);
     }
-    if !token_accepted(state, endpoint, request) {
-        return Err(Refusal::Unauthorized);
-    }
+    let grant = match authorized {
+        Some(grant) => grant,
+        None => {
+            let role = match endpoint {
+                Endpoint::RegisterDevice => crate::auth::Role::Device,
+                Endpoint::ConnectClient | Endpoint::DeviceConnect | Endpoint::Adb => {
+                    crate::auth::Role::Client
+                }
+            };
+            authorize(state, role, request).inspect_err(|refusal| {
+                tracing::debug!(%peer, why = refusal.text(), "upgrade refused: token");
+            })?
+        }
+    };
     if state.shutdown.is_cancelled() {
         return Err(Refusal::ShuttingDown);
     }
-    state.limiter.try_acquire(peer.ip()).map_err(Refusal::from)
+    let permit = state
+        .limiter
+        .try_acquire(peer.ip())
+        .map_err(Refusal::from)?;
+    Ok((permit, grant))
 }
 
 /// A valid websocket handshake request, as far as the answer needs it.
@@ -216,6 +237,7 @@ fn connection_span(endpoint: Endpoint, peer: SocketAddr) -> Span {
 fn serve(
     state: Arc<ServerState>,
     door: Door,
+    grant: Grant,
     permit: Permit,
     on_upgrade: OnUpgrade,
 ) -> impl Future<Output = ()> {
@@ -251,24 +273,31 @@ fn serve(
         let shutdown = state.shutdown.clone();
         match door {
             Door::RegisterDevice => {
-                let session = DeviceSession::new(core.clone(), core.outbox(), now);
+                let session =
+                    DeviceSession::new(core.clone(), core.outbox(), now).with_grant(grant);
                 let conn = Connection::new(session, keepalive, now);
                 connection::drive(ws, conn, &state, shutdown, Dialect::Seed).await;
             }
             Door::ConnectClient => {
-                let session = ClientSession::new(core.clone(), core.outbox(), now);
+                let session =
+                    ClientSession::new(core.clone(), core.outbox(), now).with_grant(grant);
                 let conn = Connection::new(session, keepalive, now);
                 connection::drive(ws, conn, &state, shutdown, Dialect::Seed).await;
             }
             Door::DeviceConnect { device_id } => {
                 // The device may have left since the check before the
                 // upgrade: the session then says `Device not found`.
-                let session =
-                    ClientSession::with_bare_payloads(core.clone(), core.outbox(), &device_id, now);
+                let session = ClientSession::with_bare_payloads(
+                    core.clone(),
+                    core.outbox(),
+                    &device_id,
+                    grant,
+                    now,
+                );
                 let conn = Connection::new(session, keepalive, now);
                 connection::drive(ws, conn, &state, shutdown, Dialect::GoOperator).await;
             }
-            Door::AdbBridge { adb } => adb::bridge(ws, adb, shutdown).await,
+            Door::AdbBridge { adb } => adb::bridge(ws, adb, shutdown, grant.expires()).await,
         }
         gauge.dec();
         drop(permit);

@@ -645,7 +645,7 @@ pub async fn http_post(addr: SocketAddr, path: &str, body: &str) -> HttpResponse
     http_request(addr, support::http::Request::post_json(path, body)).await
 }
 
-async fn http_request(addr: SocketAddr, request: support::http::Request) -> HttpResponse {
+pub async fn http_request(addr: SocketAddr, request: support::http::Request) -> HttpResponse {
     let what = format!("{request:?}");
     tokio::time::timeout(PROMPT, support::http::request(addr, request))
         .await

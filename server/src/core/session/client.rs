@@ -13,6 +13,7 @@ use tracing::{Span, info};
 use super::{Replies, Session};
 use crate::core::Core;
 use crate::core::error::ServerError;
+use crate::core::grant::Grant;
 use crate::core::outbox::Outbox;
 use crate::core::outgoing::Outgoing;
 use crate::core::registry::{ClientLink, Connection, NotAttached};
@@ -23,6 +24,9 @@ pub struct ClientSession {
     replies: Replies,
     state: State,
     framing: Framing,
+    /// The devices its token lets it connect to, and when the session
+    /// ends.
+    grant: Grant,
 }
 
 /// What a client's frames are.
@@ -58,7 +62,13 @@ impl ClientSession {
             replies: Replies { core, outbox },
             state: State::AwaitingConnect { connect_by },
             framing: Framing::Messages,
+            grant: Grant::unlimited(),
         }
+    }
+
+    /// Limited to what its token allows.
+    pub fn with_grant(self, grant: Grant) -> Self {
+        Self { grant, ..self }
     }
 
     /// A client of the Go operator's `/devices/{id}/connect`, connected to
@@ -69,9 +79,10 @@ impl ClientSession {
         core: Arc<Core>,
         outbox: Outbox,
         device_id: &str,
+        grant: Grant,
         now: Instant,
     ) -> Self {
-        let mut session = Self::new(core, outbox, now);
+        let mut session = Self::new(core, outbox, now).with_grant(grant);
         session.framing = Framing::BarePayloads;
         session.connect(device_id, None, now);
         session
@@ -84,6 +95,14 @@ impl ClientSession {
             // C5
             let id = device_id.clone();
             return self.replies.send_error(ServerError::AlreadyConnected(id));
+        }
+        if !self.grant.allows(device_id) {
+            info!(
+                device_id,
+                "connect refused: the token does not cover this device"
+            );
+            let id = device_id.to_owned();
+            return self.replies.send_error(ServerError::DeviceNotAllowed(id));
         }
         let core = self.replies.core.clone();
         Span::current().record("device_id", device_id);
@@ -225,15 +244,20 @@ impl Session for ClientSession {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        match &self.state {
+        let state = match &self.state {
             State::AwaitingConnect { connect_by } => Some(*connect_by),
             State::Linked {
                 wait_until, link, ..
             } => wait_until.filter(|_| !link.is_attached()),
-        }
+        };
+        state.into_iter().chain(self.grant.expires()).min()
     }
 
     fn handle_timeout(&mut self, now: Instant) {
+        if self.grant.expires().is_some_and(|at| now >= at) {
+            info!("session ended: its token expired");
+            return self.replies.send_error(ServerError::TokenExpired);
+        }
         match &mut self.state {
             // C13
             State::AwaitingConnect { connect_by } => {

@@ -11,6 +11,7 @@ use tracing::{Span, debug, info};
 use super::{Replies, Session};
 use crate::core::Core;
 use crate::core::error::ServerError;
+use crate::core::grant::Grant;
 use crate::core::outbox::Outbox;
 use crate::core::outgoing::Outgoing;
 use crate::core::registry::{DeviceRegistration, ForwardError, RegisterError};
@@ -22,6 +23,8 @@ pub struct DeviceSession {
     registration: Option<DeviceRegistration>,
     /// `register` must arrive before this (D15).
     register_by: Instant,
+    /// The ids its token lets it register, and when the session ends.
+    grant: Grant,
 }
 
 impl DeviceSession {
@@ -32,7 +35,13 @@ impl DeviceSession {
             replies: Replies { core, outbox },
             registration: None,
             register_by,
+            grant: Grant::unlimited(),
         }
+    }
+
+    /// Limited to what its token allows.
+    pub fn with_grant(self, grant: Grant) -> Self {
+        Self { grant, ..self }
     }
 
     /// The id this device holds, once registered.
@@ -48,6 +57,11 @@ impl DeviceSession {
             // D4
             let id = registration.device_id().to_owned();
             return self.replies.send_error(ServerError::AlreadyRegistered(id));
+        }
+        if !self.grant.allows(&register.device_id) {
+            info!(device_id = %register.device_id, "registration refused: the token does not cover this id");
+            let id = register.device_id.into_owned();
+            return self.replies.send_error(ServerError::DeviceNotAllowed(id));
         }
         let core = &self.replies.core;
         let outbox = self.replies.outbox.clone();
@@ -138,10 +152,15 @@ impl Session for DeviceSession {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.registration.is_none().then_some(self.register_by)
+        let register_by = self.registration.is_none().then_some(self.register_by);
+        register_by.into_iter().chain(self.grant.expires()).min()
     }
 
     fn handle_timeout(&mut self, now: Instant) {
+        if self.grant.expires().is_some_and(|at| now >= at) {
+            info!("session ended: its token expired");
+            return self.replies.send_error(ServerError::TokenExpired);
+        }
         // D15
         if self.registration.is_none() && now >= self.register_by {
             self.replies.send_error(ServerError::RegistrationTimeout);
