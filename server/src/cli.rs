@@ -374,6 +374,15 @@ pub struct Cli {
     )]
     pub trusted_proxies: Vec<String>,
 
+    /// Every TCP connection starts with a PROXY protocol header, version 1
+    /// or 2 (HAProxy's send-proxy, an AWS NLB's proxy protocol v2), before
+    /// TLS or HTTP; a connection without a valid one within
+    /// --handshake-timeout is closed. The header names the client only
+    /// when the connection comes from a --trusted-proxy, which this needs
+    /// (0.0.0.0/0 and ::/0 believe every peer).
+    #[arg(long, env = "SIGNALING_PROXY_PROTOCOL", requires = "trusted_proxies")]
+    pub proxy_protocol: bool,
+
     /// How long shutdown (SIGINT, SIGTERM) waits for connections to close.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -760,6 +769,7 @@ impl Cli {
             turn,
             allowed_origins,
             trusted_proxies,
+            proxy_protocol: self.proxy_protocol,
             ice_servers,
             client_wait: Duration::from_secs(self.client_wait_secs),
             device_token: self.device_token.filter(|t| !t.is_empty()),

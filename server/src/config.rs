@@ -109,6 +109,9 @@ pub struct ServerConfig {
     /// The reverse proxies whose `Forwarded` / `X-Forwarded-For` name the
     /// client (`--trusted-proxy`); from any other peer they are ignored.
     pub trusted_proxies: crate::proxy::TrustedProxies,
+    /// Every TCP connection starts with a PROXY protocol header (v1 or
+    /// v2); a trusted proxy's names the client (`--proxy-protocol`).
+    pub proxy_protocol: bool,
     /// The most plain HTTP connections open at once: every connection,
     /// from its accept (and TLS handshake) until it upgrades to a
     /// websocket or ends.
@@ -216,6 +219,7 @@ impl Default for ServerConfig {
             max_http_connections: default_max_http_connections(),
             allowed_origins: crate::origin::AllowedOrigins::default(),
             trusted_proxies: crate::proxy::TrustedProxies::default(),
+            proxy_protocol: false,
             shutdown_grace: Duration::from_secs(10),
             read_buffer_bytes: 256,
             // High enough that no real handshake (tens of messages) meets

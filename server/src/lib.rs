@@ -48,6 +48,7 @@ pub mod metrics;
 pub mod origin;
 mod polling;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod secret;
 pub mod tls;
 pub mod turn;
@@ -445,15 +446,32 @@ async fn accept(
         state.tracker.spawn(async move {
             let _permit = permit;
             let state = task_state;
+            if !state.config.proxy_protocol {
+                return serve_connection(stream, peer, tls, router, &state).await;
+            }
             let timeout = state.config.handshake_timeout;
-            match tls {
-                None => serve_http(stream, peer, false, router, &state).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_http(stream, peer, true, router, &state).await,
-                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => debug!(%peer, "TLS handshake timed out"),
-                    }
+            let header = tokio::time::timeout(timeout, proxy_protocol::read(stream))
+                .await
+                .unwrap_or(Err(proxy_protocol::HeaderError::Timeout));
+            match header {
+                Ok((source, stream)) => {
+                    // Only a trusted proxy's header names the client.
+                    let client = match source {
+                        proxy_protocol::Source::Client(client)
+                            if state.config.trusted_proxies.trusts(peer.ip()) =>
+                        {
+                            client
+                        }
+                        _ => peer,
+                    };
+                    serve_connection(stream, client, tls, router, &state).await;
+                }
+                Err(e) => {
+                    state
+                        .core
+                        .metrics
+                        .refused(metrics::RefusedReason::ProxyHeader);
+                    debug!(%peer, error = %e, "connection closed: no valid PROXY protocol header");
                 }
             }
         });
@@ -462,6 +480,27 @@ async fn accept(
         // connection about 1.4 KB more RSS (BENCHMARKS.md, "Accepting a
         // burst"), and churn costs the same either way.
         tokio::task::yield_now().await;
+    }
+}
+
+/// Serves one connection: its TLS handshake, if the listener has TLS, then
+/// HTTP. `peer` is the client, as far as the connection says.
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    router: axum::Router,
+    state: &ServerState,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(acceptor) = tls else {
+        return serve_http(stream, peer, false, router, state).await;
+    };
+    match tokio::time::timeout(state.config.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => serve_http(stream, peer, true, router, state).await,
+        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => debug!(%peer, "TLS handshake timed out"),
     }
 }
 

@@ -71,6 +71,8 @@ pub enum RefusedReason {
     BadUpgrade,
     /// A browser page of an origin `--allowed-origin` does not let in.
     Origin,
+    /// With `--proxy-protocol`, a connection without a valid header.
+    ProxyHeader,
 }
 
 impl RefusedReason {
@@ -81,6 +83,7 @@ impl RefusedReason {
             Self::PerIpLimit => "per_ip_limit",
             Self::BadUpgrade => "bad_upgrade",
             Self::Origin => "origin",
+            Self::ProxyHeader => "proxy_header",
         }
     }
 }

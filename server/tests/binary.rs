@@ -516,6 +516,7 @@ fn bad_flags_get_clear_errors() {
             ],
             "cannot read the TURN secret file /nonexistent/secret",
         ),
+        (vec!["--proxy-protocol"], "--trusted-proxy <CIDR>"),
         (
             vec!["--sessions-outlive-tokens"],
             "--token-secret-file <FILE>",
