@@ -518,16 +518,8 @@ pub enum CliError {
          --tls-key (or --tls-self-signed), or --allow-insecure if a TLS proxy is in front"
     )]
     InsecureListen(SocketAddr),
-    #[error("cannot read --ice-servers {path}: {source}")]
-    ReadIceServers {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("--ice-servers {path} is not a JSON array of IceServer dictionaries: {source}")]
-    ParseIceServers {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    #[error("{0}")]
+    IceServers(#[from] crate::ice::IceServersError),
     #[error("--idle-timeout ({idle:?}) must be longer than --ping-interval ({ping:?})")]
     IdleShorterThanPing { idle: Duration, ping: Duration },
     #[error(
@@ -712,7 +704,7 @@ impl Cli {
             });
         }
 
-        let mut ice_servers: Vec<IceServer> = self
+        let ice_servers: Vec<IceServer> = self
             .stun_servers
             .iter()
             .map(|url| IceServer {
@@ -721,18 +713,9 @@ impl Cli {
                 credential: None,
             })
             .collect();
+        // Read here too, so that a bad file is said before anything starts.
         if let Some(path) = &self.ice_servers {
-            let text =
-                std::fs::read_to_string(path).map_err(|source| CliError::ReadIceServers {
-                    path: path.clone(),
-                    source,
-                })?;
-            let from_file: Vec<IceServer> =
-                serde_json::from_str(&text).map_err(|source| CliError::ParseIceServers {
-                    path: path.clone(),
-                    source,
-                })?;
-            ice_servers.extend(from_file);
+            crate::ice::read(path)?;
         }
 
         let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
@@ -771,6 +754,7 @@ impl Cli {
             trusted_proxies,
             proxy_protocol: self.proxy_protocol,
             ice_servers,
+            ice_servers_file: self.ice_servers,
             client_wait: Duration::from_secs(self.client_wait_secs),
             device_token: self.device_token.filter(|t| !t.is_empty()),
             client_token: self.client_token.filter(|t| !t.is_empty()),

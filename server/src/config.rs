@@ -61,6 +61,9 @@ impl DeviceSocketConfig {
 pub struct ServerConfig {
     /// `ice_servers` in every `config` message.
     pub ice_servers: Vec<IceServer>,
+    /// More entries, after those, from a file read again on SIGHUP
+    /// (`--ice-servers`).
+    pub ice_servers_file: Option<PathBuf>,
     /// How long a client may wait for its device to register (the
     /// alternative flow). Zero keeps the reference flow: unknown device is
     /// an error at once.
@@ -199,6 +202,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             ice_servers: Vec::new(),
+            ice_servers_file: None,
             client_wait: Duration::ZERO,
             device_token: None,
             client_token: None,

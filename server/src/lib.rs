@@ -43,6 +43,7 @@ mod door;
 mod encode;
 mod files;
 mod http;
+pub mod ice;
 mod limits;
 pub mod metrics;
 pub mod origin;
@@ -81,6 +82,8 @@ pub enum Error {
     Turn(#[from] turn::TurnError),
     #[error("{0}")]
     Auth(#[from] auth::AuthError),
+    #[error("{0}")]
+    IceServers(#[from] ice::IceServersError),
 }
 
 /// The server-wide state, in one place: the core's (settings, registry,
@@ -127,9 +130,8 @@ pub struct Server {
     sockets: Vec<device_socket::DeviceSocket>,
     /// With `--redis`: the task that joins the other instances.
     adapter: Option<cluster::Adapter>,
-    /// With `--turn-url`: the credentials' issuer, whose secret is read
-    /// again on SIGHUP and when its file changes.
-    turn: Option<Arc<turn::Turn>>,
+    /// What is read again on SIGHUP and when its file changes.
+    reloads: Reloads,
     /// SIGHUP, caught from `bind` on: before the banner, so a SIGHUP right
     /// after it cannot meet the signal's default action (the end).
     hangups: Option<tokio::signal::unix::Signal>,
@@ -171,6 +173,15 @@ impl Server {
             .transpose()?;
         let auth = Arc::new(auth::Auth::load(&config.auth_config())?);
         let mut settings = config.core_settings();
+        let ice_file = match &config.ice_servers_file {
+            Some(path) => {
+                let (file, all) =
+                    ice::IceServersFile::load(path.clone(), settings.ice_servers.clone())?;
+                settings.ice_servers = all;
+                Some(Arc::new(file))
+            }
+            None => None,
+        };
         settings.turn = turn
             .clone()
             .map(|turn| turn as Arc<dyn core::TurnCredentials>);
@@ -202,7 +213,7 @@ impl Server {
         let hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(hangups) => Some(hangups),
             Err(e) => {
-                warn!(error = %e, "no SIGHUP handler: certificates are not read again, the TURN secret only when its file changes");
+                warn!(error = %e, "no SIGHUP handler: certificates are not read again, the other settings' files only when they change");
                 None
             }
         };
@@ -211,7 +222,12 @@ impl Server {
             tls_listeners: Vec::new(),
             sockets: device_socket.into_iter().chain(control_socket).collect(),
             adapter,
-            turn,
+            reloads: Reloads {
+                turn,
+                auth: state.auth.clone(),
+                ice: ice_file,
+                core: state.core.clone(),
+            },
             hangups,
             state,
         })
@@ -237,16 +253,13 @@ impl Server {
             tls_listeners,
             sockets,
             adapter,
-            turn,
+            reloads,
             hangups,
             state,
         } = self;
-        state.tracker.spawn(watch_hangups(
-            hangups,
-            turn,
-            state.auth.clone(),
-            state.shutdown.clone(),
-        ));
+        state
+            .tracker
+            .spawn(watch_hangups(hangups, reloads, state.shutdown.clone()));
         let main_tls = state.config.tls.clone().map(TlsAcceptor::from);
         let listeners = std::iter::once((listener, main_tls))
             .chain(tls_listeners.into_iter().map(|(l, tls)| (l, Some(tls.0))))
@@ -255,44 +268,33 @@ impl Server {
     }
 }
 
-/// How often the secret files (TURN, tokens) are looked at for a change.
-const SECRET_FILE_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often the files of the settings (secrets, tokens, ICE servers) are
+/// looked at for a change.
+const SETTINGS_FILE_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// SIGHUP reads the settings kept in files again, without dropping a
-/// session: every certificate loaded from files (`--tls-cert`/`--tls-key`,
-/// `--certs_dir`, `--tls_cert_dir`), the TURN secret, the token secret and
-/// the static tokens in files; the secrets and tokens also when their
-/// files change. A reload that fails keeps what was in use and says why.
-/// SIGHUP never ends the process (its default action).
-async fn watch_hangups(
-    mut hangups: Option<tokio::signal::unix::Signal>,
+/// The settings read again on SIGHUP and when their files change.
+#[derive(Debug)]
+struct Reloads {
+    /// With `--turn-url`: the credentials' issuer and its secret.
     turn: Option<Arc<turn::Turn>>,
+    /// The token secret and the static tokens in files.
     auth: Arc<auth::Auth>,
-    shutdown: CancellationToken,
-) {
-    let mut look = tokio::time::interval(SECRET_FILE_LOOK);
-    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let (hangup, turn_changed, auth_changed) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            Some(()) = async {
-                match &mut hangups {
-                    Some(hangups) => hangups.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => (true, true, true),
-            _ = look.tick(), if turn.is_some() || auth.reads_files() => {
-                let turn_changed = turn.as_ref().is_some_and(|turn| turn.file_changed());
-                let auth_changed = auth.files_changed();
-                if !turn_changed && !auth_changed {
-                    continue;
-                }
-                (false, turn_changed, auth_changed)
-            }
-        };
+    /// `--ice-servers FILE`, whose entries go to `core`.
+    ice: Option<Arc<ice::IceServersFile>>,
+    core: Arc<Core>,
+}
+
+impl Reloads {
+    fn any_file(&self) -> bool {
+        self.turn.is_some() || self.auth.reads_files() || self.ice.is_some()
+    }
+
+    /// Reads again what changed (everything on SIGHUP), and says what it
+    /// found; what cannot be read keeps what was in use.
+    fn reload(&self, hangup: bool) {
         let why = if hangup { "SIGHUP" } else { "a file changed" };
-        if auth_changed {
-            let reload = auth.reload(std::time::Instant::now());
+        if hangup || self.auth.files_changed() {
+            let reload = self.auth.reload(std::time::Instant::now());
             for what in &reload.changed {
                 info!(
                     why,
@@ -303,10 +305,83 @@ async fn watch_hangups(
                 warn!(why, error = %e, "could not be read again: what was in use stays");
             }
         }
+        if let Some(file) = self.ice.as_ref().filter(|file| hangup || file.changed()) {
+            let path = file.path().display().to_string();
+            match file.reload() {
+                Ok(all) => {
+                    info!(why, %path, entries = all.len(), "ICE servers read again: every config from now on carries them");
+                    self.core.set_ice_servers(all);
+                }
+                Err(e) => {
+                    warn!(why, error = %e, "the ICE servers could not be read again: those in use stay");
+                }
+            }
+        }
+        if let Some(turn) = self
+            .turn
+            .as_ref()
+            .filter(|turn| hangup || turn.file_changed())
+        {
+            match turn.reload(std::time::Instant::now()) {
+                Ok(turn::Reloaded::Unchanged) => debug!(why, "TURN secret read again: unchanged"),
+                Ok(turn::Reloaded::Now) => info!(why, "new TURN secret: it signs from now on"),
+                Ok(turn::Reloaded::AfterGrace) => {
+                    info!(
+                        why,
+                        "new TURN secret: it signs once the grace period is over"
+                    );
+                }
+                Err(e) => {
+                    warn!(why, error = %e, "the TURN secret could not be read again: the one before goes on signing")
+                }
+            }
+        }
+    }
+
+    fn changed(&self) -> bool {
+        self.auth.files_changed()
+            || self.ice.as_ref().is_some_and(|file| file.changed())
+            || self.turn.as_ref().is_some_and(|turn| turn.file_changed())
+    }
+}
+
+/// SIGHUP reads the settings kept in files again, without dropping a
+/// session: every certificate loaded from files (`--tls-cert`/`--tls-key`,
+/// `--certs_dir`, `--tls_cert_dir`), the TURN secret, the token secret,
+/// the static tokens in files and the ICE servers' file; all but the
+/// certificates also when their files change. A reload that fails keeps
+/// what was in use and says why. SIGHUP never ends the process (its
+/// default action).
+async fn watch_hangups(
+    mut hangups: Option<tokio::signal::unix::Signal>,
+    reloads: Reloads,
+    shutdown: CancellationToken,
+) {
+    let mut look = tokio::time::interval(SETTINGS_FILE_LOOK);
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let watching = reloads.any_file();
+    loop {
+        let hangup = tokio::select! {
+            () = shutdown.cancelled() => return,
+            Some(()) = async {
+                match &mut hangups {
+                    Some(hangups) => hangups.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => true,
+            _ = look.tick(), if watching => {
+                if !reloads.changed() {
+                    continue;
+                }
+                false
+            }
+        };
         if hangup {
             let reloaded = tls::reload_files();
-            if reloaded.is_empty() && turn.is_none() && !auth.reads_files() {
-                info!("SIGHUP: nothing to read again (no certificate, secret or token from files)");
+            if reloaded.is_empty() && !watching {
+                info!(
+                    "SIGHUP: nothing to read again (no certificate, secret, token or ICE servers from files)"
+                );
             }
             for reloaded in reloaded {
                 let cert = reloaded.cert_path.display().to_string();
@@ -318,22 +393,7 @@ async fn watch_hangups(
                 }
             }
         }
-        let Some(turn) = turn.as_ref().filter(|_| turn_changed) else {
-            continue;
-        };
-        match turn.reload(std::time::Instant::now()) {
-            Ok(turn::Reloaded::Unchanged) => debug!(why, "TURN secret read again: unchanged"),
-            Ok(turn::Reloaded::Now) => info!(why, "new TURN secret: it signs from now on"),
-            Ok(turn::Reloaded::AfterGrace) => {
-                info!(
-                    why,
-                    "new TURN secret: it signs once the grace period is over"
-                );
-            }
-            Err(e) => {
-                warn!(why, error = %e, "the TURN secret could not be read again: the one before goes on signing")
-            }
-        }
+        reloads.reload(hangup);
     }
 }
 

@@ -633,6 +633,88 @@ fn ice_servers_file_and_stun_flags_fill_config() {
     let _ = std::fs::remove_file(path);
 }
 
+/// The ICE servers' file is read again on SIGHUP (here rewritten behind
+/// the watcher's back), and when it changes; a file that no longer parses
+/// keeps the entries in use, and the log says why.
+#[test]
+fn sighup_reads_the_ice_servers_file_again() {
+    let path =
+        std::env::temp_dir().join(format!("signaling-ice-reload-{}.json", std::process::id()));
+    std::fs::write(&path, r#"[{"urls":"stun:127.0.0.1:1111"}]"#).unwrap();
+    let server = Server::start(&[
+        "--stun-server",
+        "stun:127.0.0.1:3478",
+        "--ice-servers",
+        path.to_str().unwrap(),
+    ]);
+    let urls = || {
+        let body = http_get_blocking(&server.address, "/infra_config").body;
+        let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+        value["ice_servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| entry["urls"][0].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let until = |want: &[&str], what: &str| {
+        let started = Instant::now();
+        while urls() != want {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{what}: {:?}",
+                urls()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert_eq!(urls(), ["stun:127.0.0.1:3478", "stun:127.0.0.1:1111"]);
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    std::fs::write(&path, r#"[{"urls":"stun:127.0.0.1:2222"}]"#).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        urls()[1],
+        "stun:127.0.0.1:1111",
+        "the watcher saw no change"
+    );
+    server.signal("HUP");
+    until(
+        &["stun:127.0.0.1:3478", "stun:127.0.0.1:2222"],
+        "SIGHUP read nothing",
+    );
+    // A change is seen without a signal; a broken file keeps what there is.
+    std::fs::write(
+        &path,
+        r#"[{"urls":"stun:127.0.0.1:3333"},{"urls":"stun:127.0.0.1:4444"}]"#,
+    )
+    .unwrap();
+    until(
+        &[
+            "stun:127.0.0.1:3478",
+            "stun:127.0.0.1:3333",
+            "stun:127.0.0.1:4444",
+        ],
+        "the change was not seen",
+    );
+    std::fs::write(&path, "[{").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(urls().len(), 3);
+    assert!(
+        server
+            .stderr()
+            .contains("the ICE servers could not be read again"),
+        "{}",
+        server.stderr()
+    );
+    let _ = std::fs::remove_file(path);
+}
+
 /// `GET path` from `address` (`host:port`).
 fn http_get_blocking(address: &str, path: &str) -> support::http::Response {
     try_http_get_blocking(address, path).unwrap_or_else(|e| panic!("GET {path}: {e}"))

@@ -30,8 +30,8 @@
 //! (each connection's bounded queue), [`outgoing`] (what goes in it),
 //! [`error`] (every error the server sends), [`rate`] (the rate limit).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -69,7 +69,8 @@ pub trait TurnCredentials: Send + Sync + std::fmt::Debug {
 /// What the core needs of the server's settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `ice_servers` in every `config` message.
+    /// `ice_servers` in every `config` message, at start (see
+    /// [`Core::set_ice_servers`]).
     pub ice_servers: Vec<protocol::IceServer>,
     /// Where each `config` gets its own TURN credentials, if the server
     /// hands any out.
@@ -98,8 +99,9 @@ pub struct Core {
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     /// The `config` message every device and client gets (without TURN
-    /// credentials, which are each one's own).
-    config: Arc<protocol::Config>,
+    /// credentials, which are each one's own); replaced when the ICE
+    /// servers are read again.
+    config: RwLock<Arc<protocol::Config>>,
     /// Numbers the clients in their TURN usernames (a client has no id
     /// yet when its `config` is sent).
     turn_serial: AtomicU64,
@@ -121,9 +123,9 @@ impl Core {
         cluster: Option<Arc<cluster::Cluster>>,
     ) -> Self {
         Self {
-            config: Arc::new(protocol::Config {
+            config: RwLock::new(Arc::new(protocol::Config {
                 ice_servers: settings.ice_servers.clone(),
-            }),
+            })),
             turn_serial: AtomicU64::new(0),
             rate: settings.rate_limit.and_then(Gcra::new),
             settings,
@@ -136,7 +138,22 @@ impl Core {
 
     /// The `config` message without TURN credentials.
     pub fn config(&self) -> Arc<protocol::Config> {
-        self.config.clone()
+        // Each write is one assignment: a panic cannot leave it half done.
+        self.config
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Every `config` from now on carries these `ice_servers` (and TURN
+    /// credentials after them, as before); sessions already open keep the
+    /// `config` they were sent.
+    pub fn set_ice_servers(&self, ice_servers: Vec<protocol::IceServer>) {
+        let config = Arc::new(protocol::Config { ice_servers });
+        *self
+            .config
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
     }
 
     /// The `config` message for the device `device_id`: its TURN username
@@ -162,10 +179,11 @@ impl Core {
     }
 
     fn config_for(&self, who: impl FnOnce() -> String) -> Arc<protocol::Config> {
+        let base = self.config();
         let Some(turn) = &self.settings.turn else {
-            return self.config.clone();
+            return base;
         };
-        let mut ice_servers = self.settings.ice_servers.clone();
+        let mut ice_servers = base.ice_servers.clone();
         ice_servers.extend(turn.ice_servers(&who()));
         Arc::new(protocol::Config { ice_servers })
     }

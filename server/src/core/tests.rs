@@ -421,9 +421,24 @@ fn each_config_names_its_peer_for_turn() {
     assert_eq!(named(turned.client_config("cvd-1")), "cvd-1/client-1");
     assert_eq!(named(turned.client_config("cvd-1")), "cvd-1/client-2");
     assert_eq!(named(turned.anonymous_config()), "client-3");
-    // Without TURN, the one shared config.
+    // New ICE servers (read again on SIGHUP): the TURN entry follows them.
+    let other = protocol::IceServer {
+        urls: vec!["stun:other".into()],
+        username: None,
+        credential: None,
+    };
+    turned.set_ice_servers(vec![other.clone()]);
+    let config = turned.client_config("cvd-1");
+    assert_eq!(config.ice_servers[0], other);
+    assert_eq!(
+        config.ice_servers[1].username.as_deref(),
+        Some("cvd-1/client-4")
+    );
+    // Without TURN, the one shared config, until it is replaced.
     let plain = core(Duration::ZERO);
     assert!(Arc::ptr_eq(&plain.device_config("x"), &plain.config()));
+    plain.set_ice_servers(vec![other.clone()]);
+    assert_eq!(plain.device_config("x").ice_servers, [other]);
 }
 
 /// Every frame a device receives is within the size limit: a client's
