@@ -260,6 +260,9 @@ impl ConnectOptions {
                     401 => ConnectError::fatal(anyhow!(
                         "the server refused the token (HTTP 401{said})"
                     )),
+                    // An origin or a token's scope: asking again changes
+                    // nothing.
+                    403 => ConnectError::fatal(anyhow!("the server forbids it (HTTP 403{said})")),
                     404 => ConnectError::fatal(anyhow!(
                         "{url}: HTTP 404{said} (is --server the signaling server's base URL?)"
                     )),

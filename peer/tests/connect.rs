@@ -120,6 +120,57 @@ async fn tokens_missing_and_refused_are_told_apart() {
     assert!(opts.connect("/register_device").await.is_ok());
 }
 
+/// A signed token the server refuses says why; one whose scope leaves the
+/// device out is a 403, not worth retrying.
+#[tokio::test]
+async fn a_refused_signed_token_says_why() {
+    use signaling_server::auth::{Claims, Role, mint};
+    let dir = std::env::temp_dir().join(format!("peer-token-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("secret");
+    let secret = b"a secret for signed tokens, 32 bytes+";
+    std::fs::write(&path, secret).unwrap();
+    let address = start(ServerConfig {
+        token_secret_file: Some(path),
+        ..ServerConfig::default()
+    })
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = |role, exp| {
+        mint(
+            &signaling_server::secret::Secret::new(secret),
+            &Claims {
+                role,
+                devices: vec!["cvd-1".into()],
+                exp,
+                nbf: None,
+                iat: None,
+            },
+        )
+        .unwrap()
+    };
+    let mut opts = options(format!("ws://{address}"));
+    opts.token = Some(token(Role::Client, now.saturating_sub(10)));
+    let error = opts.connect("/connect_client").await.unwrap_err();
+    assert!(!error.retryable);
+    assert_eq!(
+        error.message,
+        "the server refused the token (HTTP 401: Unauthorized: the token has expired)"
+    );
+    opts.token = Some(token(Role::Client, now + 600));
+    let error = opts.connect("/devices/cvd-2/connect").await.unwrap_err();
+    assert!(!error.retryable);
+    assert_eq!(
+        error.message,
+        "the server forbids it (HTTP 403: Forbidden: the token does not cover this device)"
+    );
+    assert!(opts.connect("/connect_client").await.is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn tls_mistakes_are_explained() {
     let dir = std::env::temp_dir().join(format!("peer-tls-test-{}", std::process::id()));

@@ -261,13 +261,16 @@ impl Auth {
             {
                 keys.previous = None;
             }
-            let secrets: Vec<Secret> = keys
-                .secret
-                .iter()
-                .chain(keys.previous.as_ref().map(|(secret, _)| secret))
-                .cloned()
-                .collect();
-            (keys.static_token(role).cloned(), secrets)
+            let previous = keys.previous.as_ref().map(|(secret, _)| secret.clone());
+            (
+                keys.static_token(role).cloned(),
+                [keys.secret.clone(), previous],
+            )
+        };
+        let secrets: Vec<&Secret> = if secrets[0].is_none() {
+            Vec::new()
+        } else {
+            secrets.iter().flatten().collect()
         };
         if static_token.is_none() && secrets.is_empty() {
             return Ok(Grant::unlimited());
@@ -427,7 +430,7 @@ fn header_algorithm(token: &str) -> Option<String> {
 /// HS256 is in the allow-list, so a token that says `none`, or RS256
 /// (whose verifier would take the HMAC secret as a public key), is refused
 /// before any key is used.
-fn verify(token: &str, secrets: &[Secret]) -> Result<Claims, Denied> {
+fn verify(token: &str, secrets: &[&Secret]) -> Result<Claims, Denied> {
     match header_algorithm(token) {
         Some(alg) if alg == "HS256" => {}
         Some(_) => return Err(Denied::Algorithm),

@@ -313,7 +313,7 @@ type Scenario = fn(&Tools) -> Result<String>;
 
 /// Runs every scenario; the first failure stops the run.
 pub fn run_scenarios(tools: &Tools) -> Result<()> {
-    let scenarios: [(&str, Scenario); 12] = [
+    let scenarios: [(&str, Scenario); 13] = [
         ("plain ws, one client", plain_ws),
         (
             "wss, self-signed certificate via --ca-cert",
@@ -335,6 +335,7 @@ pub fn run_scenarios(tools: &Tools) -> Result<()> {
         ),
         ("device and client on two instances (Redis)", two_instances),
         ("relay only, through a real coturn", relay_only),
+        ("signed tokens, scoped to a device", signed_tokens),
     ];
     for (index, (name, scenario)) in scenarios.iter().enumerate() {
         let started = Instant::now();
@@ -463,6 +464,69 @@ fn tokens(tools: &Tools) -> Result<String> {
     );
     Ok(format!(
         "data channel open at {:.1} ms; wrong token refused",
+        handshake.data_channel_open_ms
+    ))
+}
+
+/// Tokens minted by `signaling-server token`: the device registers with
+/// its own, a client reaches the device its token names, and a token for
+/// other devices, or a device's token, is refused in the tools' words.
+fn signed_tokens(tools: &Tools) -> Result<String> {
+    let secret = tools.log_dir.join("13-token-secret");
+    std::fs::write(&secret, "e2e: a token secret of at least 32 bytes\n")?;
+    let secret_arg = secret.to_string_lossy().into_owned();
+    let mint = |role: &str, device: &str| -> Result<String> {
+        let output = tools
+            .command("signaling-server")
+            .args(["token", "--token-secret-file", &secret_arg])
+            .args(["--role", role, "--device", device, "--ttl", "10m"])
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "signaling-server token failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+    };
+    let device_token = mint("device", "e2e-signed")?;
+    let client_token = mint("client", "e2e-signed")?;
+    let other_token = mint("client", "other-*")?;
+    let mut server = tools.server("13-signed", &["--token-secret-file", &secret_arg])?;
+    // fake-device presents the device's token; listing devices needs a
+    // client's, so it is waited for with that one.
+    let mut command = tools.command("fake-device");
+    command
+        .args(["--server", &server.url, "--token", &device_token])
+        .args(["--device-id", "e2e-signed"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let device = Process::start(
+        command,
+        "13-signed-fake-device",
+        &tools.log("13-signed-fake-device"),
+    )?;
+    server.tool_flags = vec!["--token".into(), client_token];
+    tools.wait_listed(&server, "e2e-signed", &device)?;
+    let handshake = tools.connect(&server, "e2e-signed")?;
+
+    for (token, want) in [
+        (
+            &other_token,
+            "Device not allowed: the token does not cover the device id e2e-signed",
+        ),
+        (&device_token, "a device's token cannot connect as a client"),
+    ] {
+        server.tool_flags = vec!["--token".into(), token.clone()];
+        let output = tools.connect_command(&server, "e2e-signed", &[]).output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(
+            !output.status.success(),
+            "a token that should not reach e2e-signed did"
+        );
+        ensure!(stderr.contains(want), "expected {want:?}: {stderr}");
+    }
+    Ok(format!(
+        "data channel open at {:.1} ms; a token for other-* and a device's token refused",
         handshake.data_channel_open_ms
     ))
 }

@@ -81,15 +81,6 @@ impl Grant {
             .is_none_or(|patterns| patterns.iter().any(|p| p.matches(device_id)))
     }
 
-    /// Whether it covers every device (what listing all of them needs).
-    pub fn allows_any_device(&self) -> bool {
-        self.devices.as_ref().is_none_or(|patterns| {
-            patterns
-                .iter()
-                .any(|p| matches!(p, DevicePattern::Prefix(prefix) if prefix.is_empty()))
-        })
-    }
-
     /// When the session it opened must end.
     pub fn expires(&self) -> Option<Instant> {
         self.expires
@@ -111,10 +102,9 @@ mod tests {
         assert!(!grant.allows("cvd-2"));
         assert!(grant.allows("lab-7"));
         assert!(!grant.allows("lab"));
-        assert!(!grant.allows_any_device());
         let all = Grant::scoped(vec![DevicePattern::parse("*")], None);
-        assert!(all.allows("anything") && all.allows_any_device());
-        assert!(Grant::unlimited().allows("x") && Grant::unlimited().allows_any_device());
+        assert!(all.allows("anything"));
+        assert!(Grant::unlimited().allows("x"));
         assert!(!Grant::scoped(Vec::new(), None).allows("x"));
         assert_eq!(DevicePattern::parse("lab-*").to_string(), "lab-*");
     }
