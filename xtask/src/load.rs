@@ -491,10 +491,21 @@ pub fn run_with(
     };
     let scenarios = match (quick_run, against, only) {
         (true, _, _) => quick(),
-        (false, Some(binary), _) => comparison(
-            serves(binary, "--device-socket"),
-            serves(binary, "--redis "),
-        ),
+        (false, Some(binary), only) => {
+            let chosen: Vec<Scenario> = comparison(
+                serves(binary, "--device-socket"),
+                serves(binary, "--redis "),
+            )
+            .into_iter()
+            .filter(|s| only.is_none_or(|text| s.name.contains(text)))
+            .collect();
+            anyhow::ensure!(
+                !chosen.is_empty(),
+                "no comparison scenario's name holds {:?}",
+                only.unwrap_or_default()
+            );
+            chosen
+        }
         (false, None, Some(text)) => {
             let chosen: Vec<Scenario> = standard()
                 .into_iter()

@@ -44,10 +44,15 @@ impl std::fmt::Display for DevicePattern {
 
 /// What a connection may do. The default, for a server without tokens or
 /// a static token, is any device, for as long as the session lasts.
+///
+/// One pointer in every session: a connection without a signed token
+/// (most of them, and every one on a server without) carries no more.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Grant {
-    /// `None`: any device id.
-    devices: Option<Arc<[DevicePattern]>>,
+pub struct Grant(Option<Arc<Scope>>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct Scope {
+    devices: Box<[DevicePattern]>,
     /// The session ends here (`Token expired`), if it runs that long.
     expires: Option<Instant>,
 }
@@ -60,30 +65,30 @@ impl Grant {
 
     /// The device ids `devices` names, until `expires` if given.
     pub fn scoped(devices: Vec<DevicePattern>, expires: Option<Instant>) -> Self {
-        Self {
-            devices: Some(devices.into()),
+        Self(Some(Arc::new(Scope {
+            devices: devices.into(),
             expires,
-        }
+        })))
     }
 
     /// The same, but the session outlives the token (`--sessions-outlive-tokens`).
     pub fn without_expiry(self) -> Self {
-        Self {
-            expires: None,
-            ..self
+        match self.0 {
+            Some(scope) => Self::scoped(scope.devices.to_vec(), None),
+            None => self,
         }
     }
 
     /// Whether it covers `device_id`.
     pub fn allows(&self, device_id: &str) -> bool {
-        self.devices
+        self.0
             .as_ref()
-            .is_none_or(|patterns| patterns.iter().any(|p| p.matches(device_id)))
+            .is_none_or(|scope| scope.devices.iter().any(|p| p.matches(device_id)))
     }
 
     /// When the session it opened must end.
     pub fn expires(&self) -> Option<Instant> {
-        self.expires
+        self.0.as_ref().and_then(|scope| scope.expires)
     }
 }
 
