@@ -387,6 +387,14 @@ pub struct Cli {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// On SIGTERM (or SIGINT), first drain for this long: /readyz answers
+    /// 503, new websockets and polling clients are refused with 503
+    /// `Server shutting down`, and the sessions open go on; then every
+    /// socket is closed with 1001 and --shutdown-grace begins. A second
+    /// signal ends the drain at once. 0s to 1h.
+    #[arg(long, env = "SIGNALING_DRAIN_PERIOD", default_value = "0s", value_parser = parse_duration)]
+    pub drain_period: Duration,
+
     /// Most messages per second one connection may send, on average; past
     /// it the connection gets `Rate limit exceeded` and close 1008. 0 turns
     /// the limit off.
@@ -414,6 +422,9 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
+
+/// The longest `--drain-period`.
+const MAX_DRAIN_PERIOD: Duration = Duration::from_secs(3600);
 
 /// The longest `--token-secret-grace`.
 const MAX_TOKEN_SECRET_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -550,6 +561,8 @@ pub enum CliError {
     TurnSecretWithoutUrl,
     #[error("--turn-ttl {0:?} must be from 1m to 7d")]
     TurnTtl(Duration),
+    #[error("--drain-period {0:?} must be at most 1h")]
+    DrainPeriod(Duration),
     #[error("--token-secret-grace {0:?} must be at most 7d")]
     TokenSecretGrace(Duration),
     #[error("{0}")]
@@ -720,6 +733,9 @@ impl Cli {
 
         let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         let turn = self.turn_config()?;
+        if self.drain_period > MAX_DRAIN_PERIOD {
+            return Err(CliError::DrainPeriod(self.drain_period));
+        }
         if self.token_secret_grace > MAX_TOKEN_SECRET_GRACE {
             return Err(CliError::TokenSecretGrace(self.token_secret_grace));
         }
@@ -779,6 +795,7 @@ impl Cli {
                 .max_http_connections
                 .map_or_else(default_max_http_connections, to_usize),
             shutdown_grace: self.shutdown_grace,
+            drain_period: self.drain_period,
             read_buffer_bytes: to_usize(self.read_buffer_bytes),
             assets_dir: self.assets_dir,
             webui_url,

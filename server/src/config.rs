@@ -121,6 +121,10 @@ pub struct ServerConfig {
     pub max_http_connections: usize,
     /// How long shutdown waits for connections to close.
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long the server goes on serving its sessions
+    /// while `/readyz` answers 503 and new connections are refused,
+    /// before it closes them (`--drain-period`).
+    pub drain_period: Duration,
     /// The initial read buffer of each websocket, in bytes, kept for the
     /// connection's life; it grows for a larger frame. Reads go through a
     /// per-thread read-ahead buffer (`read_ahead.rs`), so a small one costs
@@ -225,6 +229,7 @@ impl Default for ServerConfig {
             trusted_proxies: crate::proxy::TrustedProxies::default(),
             proxy_protocol: false,
             shutdown_grace: Duration::from_secs(10),
+            drain_period: Duration::ZERO,
             read_buffer_bytes: 256,
             // High enough that no real handshake (tens of messages) meets
             // it: a burst of 20,000, then 1,000 a second.

@@ -200,7 +200,7 @@ fn serve_connection(
     async move {
         let refusal = if !uid_allowed(&state, kind, uid) {
             Some(Refusal::UidNotAllowed)
-        } else if state.shutdown.is_cancelled() {
+        } else if state.draining.is_cancelled() {
             Some(Refusal::ShuttingDown)
         } else {
             None

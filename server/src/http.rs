@@ -201,6 +201,7 @@ pub(crate) fn router(state: Arc<ServerState>) -> Router {
         .route("/devices", get(devices))
         .route("/infra_config", get(infra_config))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/connect", post(poll_connect))
         .route("/forward", post(poll_forward))
@@ -290,6 +291,16 @@ async fn not_found(
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// Whether to send new connections here: 503 once the server drains
+/// (SIGTERM), while `/healthz` stays 200 until it stops.
+async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
+    if state.draining.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        "ok\n".into_response()
+    }
 }
 
 async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
@@ -437,7 +448,7 @@ async fn polled_connections(State(state): State<Arc<ServerState>>, request: Requ
 }
 
 async fn new_polled_client(state: &ServerState, request: Request, flavor: Flavor) -> Response {
-    if state.shutdown.is_cancelled() {
+    if state.draining.is_cancelled() {
         return crate::polling::error(StatusCode::SERVICE_UNAVAILABLE, "Server shutting down");
     }
     match polling_body(state, request).await {

@@ -102,6 +102,9 @@ pub(crate) struct ServerState {
     ws_config: WebSocketConfig,
     /// Cancelled when the server shuts down; every connection watches it.
     shutdown: CancellationToken,
+    /// Cancelled when the drain begins, before `shutdown`: new
+    /// connections are refused, `/readyz` answers 503.
+    draining: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     tracker: TaskTracker,
     /// The clients of the HTTP polling flow.
@@ -207,6 +210,7 @@ impl Server {
             auth,
             config,
             shutdown: CancellationToken::new(),
+            draining: CancellationToken::new(),
             tracker: TaskTracker::new(),
             polling: Arc::default(),
         });
@@ -247,7 +251,18 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then closes every connection
     /// (websockets with 1001) and waits for them up to the grace period.
+    /// With a drain period, the closing waits that long first.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        self.run_until(shutdown, std::future::pending()).await
+    }
+
+    /// [`run`](Self::run), where `cut_short` ends the drain early (a
+    /// second signal).
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()>,
+        cut_short: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
         let Self {
             listener,
             tls_listeners,
@@ -260,11 +275,16 @@ impl Server {
         state
             .tracker
             .spawn(watch_hangups(hangups, reloads, state.shutdown.clone()));
+        let drain_state = state.clone();
         let main_tls = state.config.tls.clone().map(TlsAcceptor::from);
         let listeners = std::iter::once((listener, main_tls))
             .chain(tls_listeners.into_iter().map(|(l, tls)| (l, Some(tls.0))))
             .collect();
-        serve(listeners, sockets, adapter, state, shutdown).await
+        let drained = async move {
+            shutdown.await;
+            drain(&drain_state, cut_short).await;
+        };
+        serve(listeners, sockets, adapter, state, drained).await
     }
 }
 
@@ -394,6 +414,26 @@ async fn watch_hangups(
             }
         }
         reloads.reload(hangup);
+    }
+}
+
+/// The drain: new connections are refused and `/readyz` answers 503,
+/// while the sessions open go on, for the drain period or until
+/// `cut_short`.
+async fn drain(state: &ServerState, cut_short: impl Future<Output = ()>) {
+    state.draining.cancel();
+    let period = state.config.drain_period;
+    if period.is_zero() {
+        return;
+    }
+    info!(
+        period = %humantime::format_duration(period),
+        connections = state.tracker.len(),
+        "draining: /readyz answers 503 and new connections are refused; open sessions go on"
+    );
+    tokio::select! {
+        () = tokio::time::sleep(period) => info!("drain period over"),
+        () = cut_short => info!("drain cut short by a second signal"),
     }
 }
 

@@ -120,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
         https_line = Some(format!("also serving https://{local} and wss://{local}"));
         server = server.with_tls_listener(listener, tls);
     }
-    let signals = support::shutdown::listen();
+    let mut signals = support::shutdown::listen();
     // The banner comes last: scripts read up to it and may then close
     // stdout, so nothing is printed after it (and a closed stdout is not
     // an error).
@@ -135,10 +135,20 @@ async fn main() -> anyhow::Result<()> {
         stdout,
         "signaling server on {scheme}://{local} (devices: {scheme}://{local}/register_device, clients: {scheme}://{local}/connect_client)"
     );
+    // The first signal starts the drain (if any), a second one ends it.
+    let (first, second) = tokio::sync::oneshot::channel::<()>();
+    let stop = async move {
+        let signal = signals.recv_next().await;
+        tracing::info!(%signal, "stop requested");
+        tokio::spawn(async move {
+            let signal = signals.recv_next().await;
+            tracing::info!(%signal, "second stop signal");
+            let _ = first.send(());
+        });
+    };
     server
-        .run(async move {
-            let signal = signals.recv().await;
-            tracing::info!(%signal, "stop requested");
+        .run_until(stop, async move {
+            let _ = second.await;
         })
         .await?;
     Ok(())

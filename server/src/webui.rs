@@ -48,7 +48,7 @@ pub(crate) async fn serve(
     let upgrade = requested_upgrade(request.headers());
     // A tunnel is a connection like any other: it needs a place.
     let permit = match &upgrade {
-        Some(_) if state.shutdown.is_cancelled() => {
+        Some(_) if state.draining.is_cancelled() => {
             return Refusal::ShuttingDown.respond(&state);
         }
         Some(_) => match state.limiter.try_acquire(peer.ip()) {

@@ -141,6 +141,29 @@ async fn sigterm_closes_sockets_with_1001_and_exits_0() {
     }
 }
 
+/// SIGTERM with a drain period: /readyz turns 503 at once while the
+/// server goes on; a second SIGTERM ends the drain, and the process exits 0.
+#[test]
+fn a_second_sigterm_cuts_the_drain_short() {
+    let mut server =
+        Server::start_logging(&["--listen", "127.0.0.1:0", "--drain-period", "1h"], "info");
+    assert_eq!(http_get_blocking(&server.address, "/readyz").status, 200);
+    server.signal("TERM");
+    let started = Instant::now();
+    while http_get_blocking(&server.address, "/readyz").status != 503 {
+        assert!(started.elapsed() < Duration::from_secs(5), "no drain");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(http_get_blocking(&server.address, "/healthz").status, 200);
+    assert!(server.child.try_wait().unwrap().is_none());
+    server.signal("TERM");
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    let log = server.stderr();
+    assert!(log.contains("draining"), "{log}");
+    assert!(log.contains("drain cut short by a second signal"), "{log}");
+}
+
 #[test]
 fn non_loopback_without_tls_is_refused() {
     let output = Command::new(BINARY)
@@ -517,6 +540,10 @@ fn bad_flags_get_clear_errors() {
             "cannot read the TURN secret file /nonexistent/secret",
         ),
         (vec!["--proxy-protocol"], "--trusted-proxy <CIDR>"),
+        (
+            vec!["--drain-period", "2h"],
+            "--drain-period 7200s must be at most 1h",
+        ),
         (
             vec!["--sessions-outlive-tokens"],
             "--token-secret-file <FILE>",

@@ -48,6 +48,12 @@ pub fn listen() -> Signals {
 impl Signals {
     /// Resolves on the first SIGINT or SIGTERM, saying which.
     pub async fn recv(mut self) -> Signal {
+        self.recv_next().await
+    }
+
+    /// Resolves on the next SIGINT or SIGTERM, saying which; the signals
+    /// stay caught for the one after.
+    pub async fn recv_next(&mut self) -> Signal {
         tokio::select! {
             Some(()) = next(&mut self.interrupt) => Signal::Interrupt,
             Some(()) = next(&mut self.terminate) => Signal::Terminate,

@@ -121,7 +121,7 @@ fn admit(
             })?
         }
     };
-    if state.shutdown.is_cancelled() {
+    if state.draining.is_cancelled() {
         return Err(Refusal::ShuttingDown);
     }
     let permit = state
