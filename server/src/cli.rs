@@ -25,20 +25,31 @@ use crate::tls;
     after_help = "To mint a signed token for --token-secret-file: signaling-server token --help"
 )]
 pub struct Cli {
-    /// Address and port to listen on. Plain ws:// is only allowed on a
-    /// loopback address unless --allow-insecure is given.
-    #[arg(long, env = "SIGNALING_LISTEN", default_value = "127.0.0.1:8443")]
+    /// Address and port to listen on, ADDR:PORT (127.0.0.1:8443,
+    /// [::1]:8443, 0.0.0.0:8443; localhost is 127.0.0.1). Plain ws:// is
+    /// only allowed on a loopback address unless --allow-insecure is given.
+    #[arg(
+        long,
+        env = "SIGNALING_LISTEN",
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:8443",
+        value_parser = parse_listen
+    )]
     pub listen: SocketAddr,
 
     /// The reference server's port flag (--http_server_port=N): listen on
     /// this port of the --listen address (127.0.0.1 unless given).
-    #[arg(long = "http_server_port", value_name = "N", conflicts_with = "listen")]
+    #[arg(long = "http_server_port", value_name = "N")]
     pub http_server_port: Option<u16>,
 
     /// The Go operator's port flag (--http_port=N): listen on this port of
     /// --listen_addr (127.0.0.1 unless given). Its default there is 1080;
     /// here the port stays --listen's unless given.
-    #[arg(long = "http_port", value_name = "N", conflicts_with_all = ["listen", "http_server_port"])]
+    #[arg(
+        long = "http_port",
+        value_name = "N",
+        conflicts_with = "http_server_port"
+    )]
     pub http_port: Option<u16>,
 
     /// The Go operator's --https_port=N: also serve the same endpoints with
@@ -58,7 +69,7 @@ pub struct Cli {
 
     /// The Go operator's address flag (--listen_addr=IP): listen on this
     /// address, on the port --http_port or --http_server_port names.
-    #[arg(long = "listen_addr", value_name = "IP", conflicts_with = "listen")]
+    #[arg(long = "listen_addr", value_name = "IP")]
     pub listen_addr: Option<std::net::IpAddr>,
 
     /// The Go operator's --log_file=PATH: the log is appended there as well
@@ -503,6 +514,28 @@ pub enum DevicesList {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// `--listen`: an IP address and a port; `localhost` is 127.0.0.1 (no
+/// other name is looked up: the address a server binds should not hang on
+/// a resolver).
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    let hint = "write ADDR:PORT, e.g. 127.0.0.1:8443, [::1]:8443 or 0.0.0.0:8443";
+    if let Some(port) = text.strip_prefix("localhost:") {
+        return port
+            .parse::<u16>()
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+            .map_err(|_| format!("{port:?} is not a port; {hint}"));
+    }
+    if text.parse::<std::net::IpAddr>().is_ok() || text == "localhost" {
+        return Err(format!("no port; {hint}"));
+    }
+    Err(format!(
+        "not an IP address and a port; {hint} (names other than localhost are not looked up)"
+    ))
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

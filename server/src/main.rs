@@ -67,8 +67,21 @@ fn mint_token(args: impl Iterator<Item = std::ffi::OsString>) -> anyhow::Result<
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// An error and its causes on one line, each cause said once: an error
+/// whose text already holds its cause's is not followed by it again.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+fn main() -> std::process::ExitCode {
     let mut args = std::env::args_os();
     if std::env::args_os()
         .nth(1)
@@ -79,9 +92,35 @@ async fn main() -> anyhow::Result<()> {
         args.next();
         let mut name = program;
         name.push(" token");
-        return mint_token(std::iter::once(name).chain(args));
+        return match mint_token(std::iter::once(name).chain(args)) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {}", one_line(&e));
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     let cli = Cli::parse();
+    let json = cli.log_format == LogFormat::Json;
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Said once: as a log line where logs are JSON (every line
+            // is), else as a line for a person.
+            if json && tracing::dispatcher::has_been_set() {
+                tracing::error!(error = %one_line(&e), "cannot run");
+            } else {
+                eprintln!("error: {}", one_line(&e));
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(cli.log_format, cli.log_file.as_deref())?;
     let listen = cli.listen_address();
     let https = cli.https_listen()?;

@@ -141,6 +141,73 @@ async fn sigterm_closes_sockets_with_1001_and_exits_0() {
     }
 }
 
+/// A start-up error is one line, said once, and the exit code is 1;
+/// `--listen localhost:PORT` and SIGNALING_LISTEN with the reference's
+/// port flag work as the help says.
+#[test]
+fn start_up_errors_are_said_once_and_listen_takes_what_the_help_says() {
+    for json in [false, true] {
+        let mut command = Command::new(BINARY);
+        command.args([
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ]);
+        if json {
+            command.args(["--log-format", "json"]);
+        }
+        let output = command.output().unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            stderr.matches("cannot read /nonexistent/cert.pem").count(),
+            1,
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("Caused by") && !stderr.contains("backtrace"),
+            "{stderr}"
+        );
+        if json {
+            for line in stderr.lines() {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            }
+        } else {
+            assert!(stderr.starts_with("error: cannot read"), "{stderr}");
+        }
+    }
+    let server = Server::start_with(&["--listen", "localhost:0"]);
+    assert!(
+        server.address.starts_with("127.0.0.1:"),
+        "{}",
+        server.address
+    );
+    drop(server);
+    // The environment's address, the flag's port (help: "on this port of
+    // the --listen address").
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(BINARY)
+        .args(["--http_server_port", &port.to_string()])
+        .env("SIGNALING_LISTEN", "127.0.0.1:1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains(&format!("ws://127.0.0.1:{port}")), "{line}");
+}
+
 /// SIGTERM with a drain period: /readyz turns 503 at once while the
 /// server goes on; a second SIGTERM ends the drain, and the process exits 0.
 #[test]
@@ -540,6 +607,11 @@ fn bad_flags_get_clear_errors() {
             "cannot read the TURN secret file /nonexistent/secret",
         ),
         (vec!["--proxy-protocol"], "--trusted-proxy <CIDR>"),
+        (vec!["--listen", "127.0.0.1"], "no port; write ADDR:PORT"),
+        (
+            vec!["--listen", "host.example:8443"],
+            "names other than localhost are not looked up",
+        ),
         (
             vec!["--drain-period", "2h"],
             "--drain-period 7200s must be at most 1h",
@@ -945,13 +1017,14 @@ fn reference_http_server_port() {
     let server = Server::start_with(&[&format!("--http_server_port={port}")]);
     assert_eq!(server.address, format!("127.0.0.1:{port}"));
     assert_eq!(http_get_blocking(&server.address, "/healthz").body, "ok\n");
-    // It names a port, so it cannot be given with --listen.
-    let output = Command::new(BINARY)
-        .args(["--listen", "127.0.0.1:0", "--http_server_port=1"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--http_server_port"));
+    drop(server);
+    // With --listen, the port is this flag's and the address --listen's.
+    let server = Server::start_with(&[
+        "--listen",
+        "127.0.0.1:1",
+        &format!("--http_server_port={port}"),
+    ]);
+    assert_eq!(server.address, format!("127.0.0.1:{port}"));
 }
 
 #[test]
