@@ -348,6 +348,18 @@ fn tls_error(error: &std::io::Error, address: &str) -> ConnectError {
         .and_then(|e| e.downcast_ref::<rustls::Error>())
     {
         return match inner {
+            // webpki names this one only in its Debug form.
+            rustls::Error::InvalidCertificate(why)
+                if format!("{why:?}").contains("CaUsedAsEndEntity") =>
+            {
+                ConnectError::fatal(anyhow!(
+                    "the certificate of {address} is a CA certificate (basicConstraints \
+                     CA:TRUE), which TLS clients refuse as a server's even with --ca-cert; \
+                     the server needs one made with basicConstraints CA:FALSE (openssl req \
+                     -x509 ... -addext basicConstraints=critical,CA:FALSE), or its \
+                     --tls-self-signed"
+                ))
+            }
             rustls::Error::InvalidCertificate(why) => ConnectError::fatal(anyhow!(
                 "the certificate of {address} is not trusted ({why:?}); pass --ca-cert FILE with \
                  the server's certificate, or --insecure for development"

@@ -171,6 +171,48 @@ async fn a_refused_signed_token_says_why() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A server certificate made as a CA's (plain `openssl req -x509`): the
+/// server warns at start (see tests/binary.rs there), and the tool says
+/// what is wrong instead of "not trusted; pass --ca-cert" to a user who
+/// did.
+#[tokio::test]
+async fn a_ca_certificate_on_the_server_is_named_as_such() {
+    let dir = std::env::temp_dir().join(format!("peer-ca-cert-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    assert!(signaling_server::tls::is_ca_certificate(&cert_path));
+    let generated =
+        signaling_server::tls::self_signed(&dir.join("plain"), "127.0.0.1".parse().unwrap())
+            .unwrap();
+    assert!(!signaling_server::tls::is_ca_certificate(
+        &generated.cert_path
+    ));
+
+    let address = start(ServerConfig {
+        tls: Some(signaling_server::tls::load_pem(&cert_path, &key_path).unwrap()),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut opts = options(format!("wss://localhost:{}", address.port()));
+    opts.ca_cert = Some(cert_path.clone());
+    let error = opts.connect("/connect_client").await.unwrap_err();
+    assert!(!error.retryable);
+    assert!(
+        error
+            .message
+            .contains("is a CA certificate (basicConstraints CA:TRUE)"),
+        "{}",
+        error.message
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn tls_mistakes_are_explained() {
     let dir = std::env::temp_dir().join(format!("peer-tls-test-{}", std::process::id()));

@@ -705,12 +705,19 @@ impl Cli {
         // reference's default (--use_secure_http=true) does, unless TLS
         // was turned off.
         let certs_dir = self.certs_dir.as_ref().filter(|_| secure != Some(false));
+        let mut served_cert = None;
         let tls = match (&self.tls_cert, &self.tls_key, certs_dir) {
-            (Some(cert), Some(key), _) => Some(tls::load_pem(cert, key)?),
-            (_, _, Some(dir)) => Some(tls::load_pem(
-                &dir.join("server.crt"),
-                &dir.join("server.key"),
-            )?),
+            (Some(cert), Some(key), _) => {
+                served_cert = Some(cert.clone());
+                Some(tls::load_pem(cert, key)?)
+            }
+            (_, _, Some(dir)) => {
+                served_cert = Some(dir.join("server.crt"));
+                Some(tls::load_pem(
+                    &dir.join("server.crt"),
+                    &dir.join("server.key"),
+                )?)
+            }
             _ if self.tls_self_signed => {
                 let generated = tls::self_signed(&self.tls_self_signed_dir, listen.ip())?;
                 let config = generated.config.clone();
@@ -719,6 +726,9 @@ impl Cli {
             }
             _ => None,
         };
+        if let Some(warning) = served_cert.as_deref().and_then(tls::ca_certificate_warning) {
+            notes.warnings.push(warning);
+        }
         if secure == Some(true) && tls.is_none() {
             return Err(CliError::SecureWithoutCertificate);
         }

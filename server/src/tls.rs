@@ -68,6 +68,54 @@ pub fn load_pem(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, 
     Ok(Arc::new(config))
 }
 
+/// Whether the first certificate in `cert_path` is a CA certificate
+/// (basicConstraints CA:TRUE), as plain `openssl req -x509` makes: TLS
+/// clients built on webpki (rustls, so client-cli and fake-device) refuse
+/// one as a server's certificate, even when told to trust it. Asked of
+/// rustls's own verifier, so the answer is the clients'.
+pub fn is_ca_certificate(cert_path: &Path) -> bool {
+    use rustls::client::danger::ServerCertVerifier as _;
+    let Ok(pem) = fs::read(cert_path) else {
+        return false;
+    };
+    let Some(Ok(cert)) = rustls_pemfile::certs(&mut pem.as_slice()).next() else {
+        return false;
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    if roots.add(cert.clone()).is_err() {
+        return false;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let Ok(verifier) =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+    else {
+        return false;
+    };
+    let Ok(name) = rustls::pki_types::ServerName::try_from("check.invalid") else {
+        return false;
+    };
+    let now = rustls::pki_types::UnixTime::now();
+    match verifier.verify_server_cert(&cert, &[], &name, &[], now) {
+        // webpki has no public way to name this error but its Debug form.
+        Err(e) => format!("{e:?}").contains("CaUsedAsEndEntity"),
+        Ok(_) => false,
+    }
+}
+
+/// What to tell someone about to serve `cert_path`, if it will be refused.
+pub fn ca_certificate_warning(cert_path: &Path) -> Option<String> {
+    is_ca_certificate(cert_path).then(|| {
+        format!(
+            "{} is a CA certificate (basicConstraints CA:TRUE), which TLS clients such as \
+             client-cli and fake-device refuse as a server's even with --ca-cert; make it with \
+             openssl req -x509 ... -addext basicConstraints=critical,CA:FALSE \
+             -addext subjectAltName=IP:127.0.0.1, or use --tls-self-signed",
+            cert_path.display()
+        )
+    })
+}
+
 /// A certificate and key from files, which a reload may replace.
 #[derive(Debug)]
 pub struct CertFiles {

@@ -208,6 +208,35 @@ fn start_up_errors_are_said_once_and_listen_takes_what_the_help_says() {
     assert!(line.contains(&format!("ws://127.0.0.1:{port}")), "{line}");
 }
 
+/// A certificate made as a CA's is served, with a warning that says why
+/// clients will refuse it and how to make one they take.
+#[test]
+fn a_ca_certificate_is_served_with_a_warning() {
+    let dir = std::env::temp_dir().join(format!("signaling-ca-cert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let server = Server::start(&[
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ]);
+    std::thread::sleep(Duration::from_millis(200));
+    let log = server.stderr();
+    assert!(
+        log.contains("is a CA certificate (basicConstraints CA:TRUE)")
+            && log.contains("basicConstraints=critical,CA:FALSE"),
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// SIGTERM with a drain period: /readyz turns 503 at once while the
 /// server goes on; a second SIGTERM ends the drain, and the process exits 0.
 #[test]
@@ -729,6 +758,28 @@ fn ice_servers_file_and_stun_flags_fill_config() {
         r#"{"message_type":"config","ice_servers":[{"urls":["stun:127.0.0.1:3478"]},{"urls":["turn:127.0.0.1:3478"],"username":"u","credential":"c"}]}"#,
         "{body}"
     );
+    drop(server);
+    // Entries a browser would refuse are refused at start.
+    for (entry, want) in [
+        (r#"{"urls":[]}"#, r#"entry 1: "urls" is empty"#),
+        (
+            r#"{"urls":"http://127.0.0.1/"}"#,
+            r#"entry 1: "http://127.0.0.1/" is not a stun:, stuns:, turn: or turns: URL"#,
+        ),
+        (
+            r#"{"urls":"turn:127.0.0.1:3478"}"#,
+            r#"entry 1: turn:127.0.0.1:3478 needs a "username" and a "credential""#,
+        ),
+    ] {
+        std::fs::write(&path, format!("[{entry}]")).unwrap();
+        let output = Command::new(BINARY)
+            .args(["--ice-servers", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{entry}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(want), "{entry}: {stderr}");
+    }
     let _ = std::fs::remove_file(path);
 }
 
