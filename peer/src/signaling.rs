@@ -260,6 +260,9 @@ impl ConnectOptions {
                     401 => ConnectError::fatal(anyhow!(
                         "the server refused the token (HTTP 401{said})"
                     )),
+                    // A request the server cannot take (plain ws:// to a
+                    // TLS port among them): the same one will not do.
+                    400 => ConnectError::fatal(anyhow!("{url}: HTTP 400{said}")),
                     // An origin or a token's scope: asking again changes
                     // nothing.
                     403 => ConnectError::fatal(anyhow!("the server forbids it (HTTP 403{said})")),

@@ -256,8 +256,11 @@ async fn tls_mistakes_are_explained() {
     .await
     .unwrap()
     .unwrap_err();
+    // The server says so itself, in HTTP.
     assert!(
-        error.message.contains("if it serves TLS, use wss://"),
+        error
+            .message
+            .ends_with("HTTP 400: Bad request: this port serves TLS; use https:// or wss://"),
         "{}",
         error.message
     );

@@ -188,6 +188,31 @@ pub(crate) async fn refuse_raw(mut stream: tokio::net::TcpStream, refusal: Refus
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
 }
 
+/// The text a plain HTTP request to a TLS port gets.
+pub(crate) const PLAIN_ON_TLS: &str = "Bad request: this port serves TLS; use https:// or wss://";
+
+/// Answers plain HTTP that came to a TLS port, without reading it: 400,
+/// then the close.
+pub(crate) async fn refuse_plain_on_tls<S>(mut stream: S)
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt as _;
+    let body = protocol::ServerToClient::Error(protocol::ErrorMsg {
+        error: PLAIN_ON_TLS.into(),
+    })
+    .encode();
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let write = async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
+}
+
 pub(crate) fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route(protocol::REGISTER_DEVICE_PATH, get(register_device))

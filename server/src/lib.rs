@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -597,7 +597,24 @@ async fn serve_connection<S>(
     let Some(acceptor) = tls else {
         return serve_http(stream, peer, false, router, state).await;
     };
-    match tokio::time::timeout(state.config.handshake_timeout, acceptor.accept(stream)).await {
+    let deadline = tokio::time::Instant::now() + state.config.handshake_timeout;
+    // A TLS connection starts with a handshake record (0x16). One that
+    // starts with a letter is plain HTTP on the TLS port: it is told so in
+    // HTTP, which its client can show, rather than with a TLS alert, which
+    // it reads as garbage ("HTTP/0.9").
+    let mut stream = stream;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, stream.read(&mut first)).await {
+        Ok(Ok(1)) => {}
+        Ok(_) => return,
+        Err(_) => return debug!(%peer, "TLS handshake timed out"),
+    }
+    if first[0].is_ascii_uppercase() {
+        debug!(%peer, "plain HTTP on the TLS port: answered 400");
+        return http::refuse_plain_on_tls(stream).await;
+    }
+    let stream = proxy_protocol::Rewind::new(first.to_vec(), stream);
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => serve_http(stream, peer, true, router, state).await,
         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => debug!(%peer, "TLS handshake timed out"),

@@ -245,7 +245,8 @@ pub struct Rewind<S> {
 }
 
 impl<S> Rewind<S> {
-    fn new(ahead: Vec<u8>, inner: S) -> Self {
+    /// `inner`, with `ahead` (bytes already read from it) read first.
+    pub fn new(ahead: Vec<u8>, inner: S) -> Self {
         Self {
             ahead,
             given: 0,

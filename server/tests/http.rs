@@ -412,9 +412,16 @@ async fn tls_serves_wss_and_https() {
         r#"{"message_type":"config","ice_servers":[]}"#
     );
 
-    // A plaintext client on the TLS port fails cleanly; the server goes on.
+    // A plaintext client on the TLS port is told so in HTTP; the server
+    // goes on.
     let plain = Peer::try_connect_with(&server.url("/register_device"), &[]).await;
-    assert!(plain.is_err());
+    assert_eq!(refusal_status(&plain.err().unwrap()), 400);
+    let answer = http_get(server.addr, "/healthz", &[]).await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(
+        answer.body,
+        r#"{"error":"Bad request: this port serves TLS; use https:// or wss://"}"#
+    );
     ws.send(r#"{"message_type":"forward","client_id":1,"payload":1}"#.into())
         .await
         .unwrap();
@@ -595,11 +602,10 @@ async fn a_tls_listener_beside_the_plain_one_serves_the_same_endpoints() {
         .await
         .unwrap();
     assert_eq!(over_tls.body, "ok\n");
-    // The TLS port speaks only TLS.
-    assert!(matches!(
-        support::http::get(secure_addr, "/healthz").await,
-        Err(support::http::Error::NotHttp(_) | support::http::Error::Exchange(_))
-    ));
+    // The TLS port speaks only TLS, and says so to plain HTTP.
+    let plain_on_tls = support::http::get(secure_addr, "/healthz").await.unwrap();
+    assert_eq!(plain_on_tls.status, 400);
+    assert!(plain_on_tls.body.contains("this port serves TLS"));
     let _ = stop.send(());
     task.await.unwrap().unwrap();
     assert!(
