@@ -21,7 +21,7 @@ use crate::tls;
 #[derive(Debug, Parser)]
 #[command(
     name = "signaling-server",
-    version,
+    version = crate::VERSION,
     after_help = "To mint a signed token for --token-secret-file: signaling-server token --help"
 )]
 pub struct Cli {
@@ -442,7 +442,7 @@ const MAX_TOKEN_SECRET_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// `signaling-server token`: mints a signed token and prints it.
 #[derive(Debug, Parser)]
-#[command(name = "signaling-server token", version)]
+#[command(name = "signaling-server token", version = crate::VERSION)]
 pub struct TokenCli {
     /// The file with the server's --token-secret-file secret.
     #[arg(long, env = "SIGNALING_TOKEN_SECRET_FILE", value_name = "FILE")]

@@ -69,6 +69,17 @@ use crate::device_socket::SocketKind;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 
+/// The version and the git commit it was built from: `0.1.0 (abc123def456)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("SIGNALING_GIT_COMMIT"),
+    ")"
+);
+
+/// The git commit the server was built from, or "unknown".
+pub const GIT_COMMIT: &str = env!("SIGNALING_GIT_COMMIT");
+
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -89,6 +89,12 @@ impl RefusedReason {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -275,6 +281,14 @@ impl Metrics {
             "sent_bytes",
             "Payload bytes of messages sent (websocket frames, device socket packets)",
             bytes_out.clone(),
+        );
+        registry.register(
+            "build",
+            "The server's version and the git commit it was built from",
+            prometheus_client::metrics::info::Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: crate::GIT_COMMIT,
+            }),
         );
         let resident_memory = Gauge::default();
         registry.register(

@@ -208,6 +208,34 @@ fn start_up_errors_are_said_once_and_listen_takes_what_the_help_says() {
     assert!(line.contains(&format!("ws://127.0.0.1:{port}")), "{line}");
 }
 
+/// `--version` names the git commit, and so does /metrics.
+#[test]
+fn the_version_names_its_commit() {
+    let output = Command::new(BINARY).arg("--version").output().unwrap();
+    let version = String::from_utf8(output.stdout).unwrap();
+    let commit = version
+        .trim()
+        .strip_prefix(concat!(
+            "signaling-server ",
+            env!("CARGO_PKG_VERSION"),
+            " ("
+        ))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{version}"));
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{version}"
+    );
+    let server = Server::start(&[]);
+    let metrics = http_get_blocking(&server.address, "/metrics").body;
+    let line = format!(
+        "signaling_build_info{{version=\"{}\",commit=\"{commit}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(metrics.contains(&line), "{metrics}");
+}
+
 /// A certificate made as a CA's is served, with a warning that says why
 /// clients will refuse it and how to make one they take.
 #[test]
