@@ -425,10 +425,21 @@ impl Bench {
             ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
-        bar.set_message(message.to_owned());
+        say(&bar, message);
         bar.enable_steady_tick(Duration::from_millis(200));
         bar
     }
+}
+
+/// A new phase of the run: on the spinner, or, where there is none (not
+/// a terminal, or --json), as a line on stderr, so a run is never silent
+/// through its warm-up.
+fn say(bar: &ProgressBar, message: impl Into<String>) {
+    let message = message.into();
+    if bar.is_hidden() {
+        eprintln!("client-cli bench: {message}");
+    }
+    bar.set_message(message);
 }
 
 /// The next text frame, skipping pings.
@@ -574,8 +585,18 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
         })
         .collect();
 
-    bar.set_message("warming up");
+    say(
+        &bar,
+        format!("warming up for {}", humantime::format_duration(args.warmup)),
+    );
     tokio::time::sleep(args.warmup).await;
+    say(
+        &bar,
+        format!(
+            "measuring for {}",
+            humantime::format_duration(args.duration)
+        ),
+    );
     // The bare relay has no /metrics: count its messages ourselves.
     let relayed_before = match bench.server_pid {
         Some(_) if !args.bare => Some(bench.relayed_now().await?),
@@ -605,7 +626,7 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
 
     // Stop sending and collect what is still in flight.
     sending.store(false, Ordering::Release);
-    bar.set_message("draining");
+    say(&bar, "draining");
     let mut lost = 0u64;
     for task in client_tasks {
         match task.await? {
@@ -626,7 +647,7 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
         }
     }
     let gauges_left = if args.disconnects > 0 {
-        bar.set_message("waiting for the server's gauges to return to zero");
+        say(&bar, "waiting for the server's gauges to return to zero");
         bench.gauges_not_zero().await?
     } else {
         Vec::new()
@@ -1095,7 +1116,7 @@ async fn run_idle(bench: Arc<Bench>, args: IdleArgs) -> Result<()> {
     }
     progress.abort();
     let connect_seconds = started.elapsed().as_secs_f64();
-    bar.set_message(format!("holding {connections} connections"));
+    say(&bar, format!("holding {connections} connections"));
     // Keep every socket read (answering the server's pings) while holding.
     let readers: Vec<_> = held
         .into_iter()
@@ -1303,7 +1324,10 @@ async fn run_poll(bench: Arc<Bench>, args: PollArgs) -> Result<()> {
             tokio::spawn(async move { poll_client(&bench, &id, &shared).await })
         })
         .collect();
-    bar.set_message("warming up");
+    say(
+        &bar,
+        format!("warming up for {}", humantime::format_duration(args.warmup)),
+    );
     tokio::time::sleep(args.warmup).await;
     let metrics_before = match bench.server_pid {
         Some(_) => Some(bench.metrics().await?),
@@ -1438,7 +1462,7 @@ async fn run_churn(bench: Arc<Bench>, args: ChurnArgs) -> Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = bench.server_cpu()?;
-    bar.set_message("waiting for the server's gauges to return to zero");
+    say(&bar, "waiting for the server's gauges to return to zero");
     let left = if args.bare {
         Vec::new()
     } else {

@@ -133,7 +133,7 @@ impl Timeline {
         let phases: serde_json::Map<String, serde_json::Value> = self
             .reached
             .iter()
-            .map(|(phase, ms)| (phase.name().to_owned(), json!(round(*ms))))
+            .map(|(phase, ms)| (phase.key().to_owned(), json!(round(*ms))))
             .collect();
         let mut out = json!({
             "ok": ok,

@@ -51,6 +51,9 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     peer::init_logging("warn");
+    // With --json, a failure is JSON too (connect's report says it with
+    // its timeline).
+    let json_errors = matches!(cli.command, Command::Devices { json: true });
     let result = match cli.command {
         Command::Devices { json } => devices(&cli.connect, json).await,
         Command::Connect(args) => connect::run(&cli.connect, args).await,
@@ -60,6 +63,9 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if json_errors {
+                println!("{}", serde_json::json!({ "error": format!("{e:#}") }));
+            }
             eprintln!("client-cli: {e:#}");
             ExitCode::FAILURE
         }
@@ -68,13 +74,22 @@ async fn main() -> ExitCode {
 
 async fn devices(options: &ConnectOptions, json: bool) -> anyhow::Result<()> {
     let (status, body) = options.http_get("/devices").await?;
+    // The server's own words, from its {"error": …} body.
+    let said = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(|e| format!(": {e}")))
+        .unwrap_or_else(|| match body.trim() {
+            "" => String::new(),
+            text => format!(": {text}"),
+        });
     match status {
         200 => {}
         401 if options.token.is_none() => {
-            anyhow::bail!("the server requires a token (HTTP 401); pass --token")
+            anyhow::bail!("the server requires a token (HTTP 401{said}); pass --token")
         }
-        401 => anyhow::bail!("the server refused the token (HTTP 401)"),
-        other => anyhow::bail!("the server answered HTTP {other}: {}", body.trim()),
+        401 => anyhow::bail!("the server refused the token (HTTP 401{said})"),
+        404 => anyhow::bail!("HTTP 404{said} (is --server the signaling server's base URL?)"),
+        other => anyhow::bail!("the server answered HTTP {other}{said}"),
     }
     if json {
         println!("{body}");

@@ -62,13 +62,18 @@ pub async fn run(options: &ConnectOptions, role: Role) -> Result<()> {
             },
             message = socket.next() => match message {
                 Some(Ok(Message::Text(text))) => println!("{text}"),
-                Some(Ok(Message::Close(frame))) => {
-                    match frame {
-                        Some(frame) => eprintln!("closed by the server: {} {}", u16::from(frame.code), frame.reason),
-                        None => eprintln!("closed"),
+                // A normal close (1000, or none: the answer to ours) ends
+                // well; any other code is how the server ended the
+                // session, and the exit status says so.
+                Some(Ok(Message::Close(frame))) => match frame {
+                    Some(frame) if u16::from(frame.code) != 1000 => {
+                        anyhow::bail!("closed by the server: {} {}", u16::from(frame.code), frame.reason)
                     }
-                    return Ok(());
-                }
+                    _ => {
+                        eprintln!("closed");
+                        return Ok(());
+                    }
+                },
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e.into()),
                 None => return Ok(()),

@@ -79,6 +79,14 @@ pub struct ConnectOptions {
     pub insecure: bool,
 }
 
+/// The endpoints a server URL must not end with.
+const ENDPOINTS: [&str; 4] = [
+    protocol::REGISTER_DEVICE_PATH,
+    protocol::CONNECT_CLIENT_PATH,
+    "/devices",
+    "/infra_config",
+];
+
 /// The parts of the server URL.
 #[derive(Debug, Clone)]
 struct Target {
@@ -115,6 +123,18 @@ impl ConnectOptions {
             .to_owned();
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let base_path = uri.path().trim_end_matches('/').to_owned();
+        // An endpoint's URL given as the server's: the tools add the
+        // endpoint themselves.
+        for endpoint in ENDPOINTS {
+            if base_path.ends_with(endpoint) {
+                let base = &self.server[..self.server.rfind(endpoint).unwrap_or(0)];
+                bail!(
+                    "--server {:?} names the endpoint {endpoint}; give the server's base URL \
+                     ({base}), and the tools add the endpoint",
+                    self.server
+                );
+            }
+        }
         Ok(Target {
             tls,
             host,

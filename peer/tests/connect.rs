@@ -63,6 +63,14 @@ fn server_urls_become_endpoint_urls() {
         ("ftp://host:1", "unsupported scheme \"ftp\""),
         ("127.0.0.1:8443", "has no scheme"),
         ("not a url", "is not a URL"),
+        (
+            "ws://127.0.0.1:8443/connect_client",
+            "names the endpoint /connect_client; give the server's base URL (ws://127.0.0.1:8443)",
+        ),
+        (
+            "wss://h:1/signal/register_device/",
+            "names the endpoint /register_device; give the server's base URL (wss://h:1/signal)",
+        ),
     ] {
         let error = options(server.into())
             .endpoint_url("/register_device")

@@ -280,4 +280,19 @@ impl Phase {
             Self::VideoTrack => "video track",
         }
     }
+
+    /// Its name as a JSON key: snake_case, no spaces.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::WebsocketOpen => "websocket_open",
+            Self::Config => "config",
+            Self::DeviceInfo => "device_info",
+            Self::OfferReceived => "offer_received",
+            Self::AnswerSent => "answer_sent",
+            Self::IceConnected => "ice_connected",
+            Self::DtlsConnected => "dtls_connected",
+            Self::DataChannelOpen => "data_channel_open",
+            Self::VideoTrack => "video_track",
+        }
+    }
 }

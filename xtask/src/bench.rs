@@ -20,9 +20,9 @@ const SECRET: &str = "bench-turn-secret";
 /// What each run reports, in the order of the table: a phase of the
 /// timeline, or a note of the report.
 const ROWS: [(&str, &str); 4] = [
-    ("ICE connected", "ICE connected"),
-    ("DTLS connected", "DTLS connected"),
-    ("data channel open", "data channel open"),
+    ("ICE connected", "ice_connected"),
+    ("DTLS connected", "dtls_connected"),
+    ("data channel open", "data_channel_open"),
     ("first video frame", "first_video_frame_ms"),
 ];
 

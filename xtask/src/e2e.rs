@@ -271,7 +271,7 @@ pub fn check_connect(output: &std::process::Output) -> Result<Value> {
         report["ok"] == true,
         "client-cli reported failure: {report}"
     );
-    for phase in protocol::payload::Phase::REQUIRED.map(protocol::payload::Phase::name) {
+    for phase in protocol::payload::Phase::REQUIRED.map(protocol::payload::Phase::key) {
         ensure!(
             report["phases_ms"][phase].is_number(),
             "phase {phase:?} missing from {report}"
@@ -296,7 +296,7 @@ fn stream_frames(report: &Value, id: &str) -> u64 {
 }
 
 fn data_channel_open_ms(report: &Value) -> f64 {
-    report["phases_ms"]["data channel open"]
+    report["phases_ms"]["data_channel_open"]
         .as_f64()
         .unwrap_or_default()
 }
