@@ -22,7 +22,10 @@ use crate::tls;
 #[command(
     name = "signaling-server",
     version = crate::VERSION,
-    after_help = "To mint a signed token for --token-secret-file: signaling-server token --help"
+    after_help = "Logs go to stderr; RUST_LOG filters them (default \
+        \"info,hyper=warn,tokio_tungstenite=warn,tungstenite=warn,rustls=warn\"; e.g. \
+        RUST_LOG=debug, RUST_LOG=signaling_server=debug).\n\
+        To mint a signed token for --token-secret-file: signaling-server token --help"
 )]
 pub struct Cli {
     /// Address and port to listen on, ADDR:PORT (127.0.0.1:8443,

@@ -122,6 +122,7 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(cli.log_format, cli.log_file.as_deref())?;
+    let json_logs = cli.log_format == LogFormat::Json;
     let listen = cli.listen_address();
     let https = cli.https_listen()?;
     let (config, notes) = cli.into_config()?;
@@ -164,16 +165,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // stdout, so nothing is printed after it (and a closed stdout is not
     // an error).
     let mut stdout = std::io::stdout();
-    if let Some(path) = device_socket {
-        let _ = writeln!(stdout, "device socket at {}", path.display());
-    }
-    if let Some(line) = https_line {
-        let _ = writeln!(stdout, "{line}");
-    }
-    let _ = writeln!(
-        stdout,
+    let banner = format!(
         "signaling server on {scheme}://{local} (devices: {scheme}://{local}/register_device, clients: {scheme}://{local}/connect_client)"
     );
+    if json_logs {
+        // Every line JSON: one object with the same words and the URLs.
+        let line = serde_json::json!({
+            "message": banner,
+            "url": format!("{scheme}://{local}"),
+            "device_socket": device_socket.map(|path| path.display().to_string()),
+            "https": https_line,
+        });
+        let _ = writeln!(stdout, "{line}");
+    } else {
+        if let Some(path) = device_socket {
+            let _ = writeln!(stdout, "device socket at {}", path.display());
+        }
+        if let Some(line) = https_line {
+            let _ = writeln!(stdout, "{line}");
+        }
+        let _ = writeln!(stdout, "{banner}");
+    }
     // The first signal starts the drain (if any), a second one ends it.
     let (first, second) = tokio::sync::oneshot::channel::<()>();
     let stop = async move {

@@ -208,6 +208,50 @@ fn start_up_errors_are_said_once_and_listen_takes_what_the_help_says() {
     assert!(line.contains(&format!("ws://127.0.0.1:{port}")), "{line}");
 }
 
+/// Under --log-format json every line is JSON, the banner on stdout too;
+/// --help says where logs go and how RUST_LOG filters them.
+#[test]
+fn json_logs_are_json_on_every_line() {
+    let mut child = Command::new(BINARY)
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut banner = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut banner)
+        .unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let output = child.wait_with_output().unwrap();
+    let banner: serde_json::Value = serde_json::from_str(&banner).unwrap();
+    assert!(
+        banner["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("ws://127.0.0.1:"),
+        "{banner}"
+    );
+    assert!(
+        banner["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("signaling server on ws://")
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.lines().count() >= 2, "{stderr}");
+    for line in stderr.lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+    let help = Command::new(BINARY).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("RUST_LOG filters them"), "{help}");
+}
+
 /// `--version` names the git commit, and so does /metrics.
 #[test]
 fn the_version_names_its_commit() {
