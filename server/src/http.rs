@@ -140,6 +140,17 @@ impl Refusal {
         }
     }
 
+    /// The line it is logged with: a warning, but for a refusal while the
+    /// server shuts down, which is expected.
+    pub fn log(self, peer: SocketAddr, path: &str) {
+        let status = self.status().as_u16();
+        if self == Self::ShuttingDown {
+            tracing::info!(%peer, path, status, why = self.text(), "refused");
+        } else {
+            tracing::warn!(%peer, path, status, why = self.text(), "refused");
+        }
+    }
+
     /// Counts it on /metrics.
     pub fn count(self, state: &ServerState) {
         if let Some(reason) = self.reason() {

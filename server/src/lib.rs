@@ -544,7 +544,7 @@ async fn accept(
             Err(refusal) => {
                 let refusal = http::Refusal::from(refusal);
                 refusal.count(&state);
-                debug!(%peer, why = refusal.text(), "connection refused at accept");
+                refusal.log(peer, "(at accept)");
                 if tls.is_none() {
                     state.tracker.spawn(http::refuse_raw(stream, refusal));
                 }

@@ -208,6 +208,127 @@ fn start_up_errors_are_said_once_and_listen_takes_what_the_help_says() {
     assert!(line.contains(&format!("ws://127.0.0.1:{port}")), "{line}");
 }
 
+/// Each connection's end is one line: how it ended (code, reason, who
+/// closed), how long it lasted, and the messages and bytes each way; a
+/// session the server ends for a limit is a warning, a normal close info.
+#[tokio::test]
+async fn each_connection_ends_with_one_line_that_says_how() {
+    use futures_util::SinkExt;
+    let server = Server::start_logging(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--rate-limit",
+            "1",
+            "--rate-burst",
+            "3",
+        ],
+        "info",
+    );
+    let url = format!("ws://{}/register_device", server.address);
+    // One closes normally after its register.
+    let (mut calm, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    calm.send(Message::text(
+        r#"{"message_type":"register","device_id":"calm"}"#,
+    ))
+    .await
+    .unwrap();
+    let _config = calm.next().await.unwrap().unwrap();
+    calm.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: CloseCode::Normal,
+        reason: "done".into(),
+    }))
+    .await
+    .unwrap();
+    while let Some(Ok(_)) = calm.next().await {}
+    // One goes past the rate limit.
+    let (mut fast, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    for _ in 0..6 {
+        fast.feed(Message::text(
+            r#"{"message_type":"forward","client_id":9,"payload":1}"#,
+        ))
+        .await
+        .unwrap();
+    }
+    fast.flush().await.unwrap();
+    while let Some(Ok(_)) = fast.next().await {}
+    let started = Instant::now();
+    let lines = loop {
+        let log = server.stderr();
+        let lines: Vec<String> = log
+            .lines()
+            .filter(|line| line.contains("connection closed"))
+            .map(str::to_owned)
+            .collect();
+        if lines.len() >= 2 || started.elapsed() > Duration::from_secs(5) {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let calm = lines
+        .iter()
+        .find(|l| l.contains("device_id=\"calm\""))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(calm.contains("INFO"), "{calm}");
+    for field in [
+        "code=1000",
+        "reason=done",
+        "closed_by=\"peer\"",
+        "duration_ms=",
+        "messages_in=1",
+        "messages_out=1",
+        "bytes_in=46",
+    ] {
+        assert!(calm.contains(field), "{field}: {calm}");
+    }
+    let fast = lines
+        .iter()
+        .find(|l| !l.contains("device_id=\"calm\""))
+        .unwrap();
+    assert!(fast.contains("WARN"), "{fast}");
+    for field in [
+        "code=1008",
+        "reason=Rate limit exceeded",
+        "closed_by=\"server\"",
+        "messages_in=",
+    ] {
+        assert!(fast.contains(field), "{field}: {fast}");
+    }
+}
+
+/// A refusal before the upgrade is one warning with the peer and why.
+#[tokio::test]
+async fn a_refusal_is_logged_with_the_peer_and_why() {
+    let server = Server::start_logging(
+        &["--listen", "127.0.0.1:0", "--client-token", "right"],
+        "warn",
+    );
+    let url = format!("ws://{}/connect_client", server.address);
+    assert!(tokio_tungstenite::connect_async(&url).await.is_err());
+    let started = Instant::now();
+    let line = loop {
+        if let Some(line) = server.stderr().lines().find(|l| l.contains("refused")) {
+            break line.to_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{}",
+            server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for field in [
+        "WARN",
+        "peer=127.0.0.1:",
+        "path=\"/connect_client\"",
+        "status=401",
+        "why=\"Unauthorized: missing or invalid token\"",
+    ] {
+        assert!(line.contains(field), "{field}: {line}");
+    }
+}
+
 /// Under --log-format json every line is JSON, the banner on stdout too;
 /// --help says where logs go and how RUST_LOG filters them.
 #[test]
@@ -1105,9 +1226,10 @@ fn go_operator_https_port() {
     ]);
     assert_eq!(server.scheme, "ws");
     assert_eq!(http_get_blocking(&server.address, "/healthz").body, "ok\n");
-    // TLS there: plain HTTP gets no HTTP answer.
-    let reply = try_http_get_blocking(&format!("127.0.0.1:{https_port}"), "/healthz");
-    assert!(reply.is_err(), "{reply:?}");
+    // TLS there: plain HTTP is told so.
+    let reply = http_get_blocking(&format!("127.0.0.1:{https_port}"), "/healthz");
+    assert_eq!(reply.status, 400);
+    assert!(reply.body.contains("this port serves TLS"), "{reply:?}");
     drop(server);
     // A folder without the certificate is an error at start.
     let output = Command::new(BINARY)
@@ -1182,12 +1304,10 @@ fn reference_certs_dir() {
     let dir = certs_dir("certs-dir");
     let server = Server::start(&[&format!("--certs_dir={}", dir.display())]);
     assert_eq!(server.scheme, "wss");
-    // Plain HTTP on the TLS port gets no HTTP answer.
-    let reply = try_http_get_blocking(&server.address, "/healthz");
-    assert!(
-        matches!(reply, Err(support::http::Error::NotHttp(_))),
-        "{reply:?}"
-    );
+    // Plain HTTP on the TLS port is told so.
+    let reply = http_get_blocking(&server.address, "/healthz");
+    assert_eq!(reply.status, 400);
+    assert!(reply.body.contains("this port serves TLS"), "{reply:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -1437,7 +1557,7 @@ async fn log_lines_name_the_client_behind_a_trusted_proxy() {
     headers.insert("Origin", "http://evil.example".parse().unwrap());
     assert!(tokio_tungstenite::connect_async(request).await.is_err());
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !server.stderr().contains("upgrade refused") {
+    while !server.stderr().contains(" refused ") {
         assert!(
             Instant::now() < deadline,
             "no refusal logged: {}",
@@ -1448,7 +1568,7 @@ async fn log_lines_name_the_client_behind_a_trusted_proxy() {
     let line = server
         .stderr()
         .lines()
-        .find(|line| line.contains("upgrade refused"))
+        .find(|line| line.contains(" refused "))
         .unwrap()
         .to_owned();
     assert!(line.contains("peer=203.0.113.9:"), "{line}");

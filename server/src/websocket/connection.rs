@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::ServerState;
 use crate::core::{Batch, Connection, Due, Outgoing, ServerError, Session};
@@ -30,10 +30,79 @@ use crate::encode::{self, Dialect};
 enum Ending {
     /// Send this close frame and wait for the reply.
     Close(ServerError),
-    /// The peer closed; our reply is queued and only needs flushing.
-    PeerClosed,
+    /// The peer closed, with this code and reason if it gave one; our
+    /// reply is queued and only needs flushing.
+    PeerClosed(Option<(u16, String)>),
     /// The socket is gone; nothing more can be sent.
     Gone,
+}
+
+/// What one connection carried, for the line that says how it ended.
+#[derive(Debug, Default)]
+struct Traffic {
+    messages_in: u64,
+    bytes_in: u64,
+    messages_out: u64,
+    bytes_out: u64,
+}
+
+/// The line for a connection's end (PROTOCOL.md, "Logs"): how it ended,
+/// how long it lasted, and what it carried. A session the server ended
+/// for a fault or a limit is a warning; a normal close, the server's
+/// shutdown, a device's departure and a dropped network are info.
+fn log_ending(ending: &Ending, opened: Instant, traffic: &Traffic) {
+    let duration_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let Traffic {
+        messages_in,
+        bytes_in,
+        messages_out,
+        bytes_out,
+    } = *traffic;
+    match ending {
+        Ending::Close(error) => {
+            let code = error.close_code().map(|c| c.code());
+            let reason = error.to_string();
+            if matches!(
+                error,
+                ServerError::ShuttingDown | ServerError::DeviceDisconnected
+            ) {
+                info!(code, %reason, closed_by = "server", duration_ms, messages_in, bytes_in, messages_out, bytes_out, "connection closed");
+            } else {
+                warn!(code, %reason, closed_by = "server", duration_ms, messages_in, bytes_in, messages_out, bytes_out, "connection closed");
+            }
+        }
+        Ending::PeerClosed(Some((code, reason))) => {
+            info!(
+                code,
+                %reason,
+                closed_by = "peer",
+                duration_ms,
+                messages_in,
+                bytes_in,
+                messages_out,
+                bytes_out,
+                "connection closed"
+            );
+        }
+        // A close frame without a code (RFC 6455 §7.1.5: 1005, no status).
+        Ending::PeerClosed(None) => {
+            info!(
+                closed_by = "peer",
+                duration_ms, messages_in, bytes_in, messages_out, bytes_out, "connection closed"
+            );
+        }
+        Ending::Gone => {
+            info!(
+                closed_by = "network",
+                duration_ms,
+                messages_in,
+                bytes_in,
+                messages_out,
+                bytes_out,
+                "connection lost without a close"
+            );
+        }
+    }
 }
 
 /// Runs a connection until it ends. The connection (and with it the
@@ -67,6 +136,8 @@ where
         // leave the token's waiter list each time.
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
+        let opened = Instant::now();
+        let mut traffic = Traffic::default();
 
         let ending = loop {
             let wake = Instant::from_std(conn.poll_timeout());
@@ -80,7 +151,7 @@ where
                     // Boxed: the write path's futures exist only while writing,
                     // so an idle connection does not carry their space.
                     let written = Box::pin(door::unless_stuck(
-                        write_batch(&mut ws, &mut batch, state, dialect),
+                        write_batch(&mut ws, &mut batch, state, dialect, &mut traffic),
                         &conn,
                         cancelled.as_mut(),
                     ))
@@ -100,6 +171,8 @@ where
                     match message {
                         Some(Ok(Message::Text(text))) => {
                             state.core.metrics.bytes_in.inc_by(text.len() as u64);
+                            traffic.messages_in += 1;
+                            traffic.bytes_in += text.len() as u64;
                             conn.on_text(&text, now);
                         }
                         Some(Ok(Message::Binary(_))) => break Ending::Close(ServerError::BinaryMessage),
@@ -111,7 +184,11 @@ where
                             }
                         }
                         Some(Ok(Message::Pong(_) | Message::Frame(_))) => conn.on_activity(now),
-                        Some(Ok(Message::Close(_))) => break Ending::PeerClosed,
+                        Some(Ok(Message::Close(frame))) => {
+                            break Ending::PeerClosed(
+                                frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+                            );
+                        }
                         Some(Err(e)) => break read_error(e, config.max_message_bytes),
                         None => break Ending::Gone,
                     }
@@ -144,17 +221,17 @@ where
         // close timeout.
         drop(conn);
         let deadline = Instant::now() + config.close_timeout;
-        match ending {
+        match &ending {
             Ending::Close(error) => {
                 debug!(code = error.close_code().map(|c| c.code()), reason = %error, "closing");
-                Box::pin(close(&mut ws, &error, deadline)).await;
+                Box::pin(close(&mut ws, error, deadline)).await;
             }
-            Ending::PeerClosed => {
+            Ending::PeerClosed(_) => {
                 let _ = Box::pin(timeout_at(deadline, ws.flush())).await;
             }
             Ending::Gone => {}
         }
-        info!("connection closed");
+        log_ending(&ending, opened, &traffic);
     }
 }
 
@@ -164,6 +241,7 @@ async fn write_batch<T>(
     batch: &mut Batch,
     state: &ServerState,
     dialect: Dialect,
+    traffic: &mut Traffic,
 ) -> Result<Option<Ending>, Ending>
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -178,6 +256,8 @@ where
             continue;
         };
         state.core.metrics.bytes_out.inc_by(text.len() as u64);
+        traffic.messages_out += 1;
+        traffic.bytes_out += text.len() as u64;
         ws.feed(Message::Text(text.into()))
             .await
             .map_err(|_| Ending::Gone)?;

@@ -80,7 +80,10 @@ pub(crate) fn upgrade(
         .and_then(|admitted| Ok((admitted, Handshake::read(&request)?)));
     let ((permit, grant), handshake) = match admitted {
         Ok(admitted) => admitted,
-        Err(refusal) => return refusal.respond(&state),
+        Err(refusal) => {
+            refusal.log(peer, request.uri().path());
+            return refusal.respond(&state);
+        }
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
     if let Some(upgrading) = request.extensions().get::<Upgrading>() {
@@ -104,7 +107,7 @@ fn admit(
     authorized: Option<Grant>,
 ) -> Result<(Permit, Grant), Refusal> {
     if let Err(origin) = state.config.allowed_origins.check(request.headers()) {
-        tracing::debug!(%peer, %origin, "upgrade refused: origin not allowed");
+        tracing::debug!(%peer, %origin, "the origin is not allowed");
         return Err(Refusal::ForbiddenOrigin);
     }
     let grant = match authorized {
@@ -116,9 +119,7 @@ fn admit(
                     crate::auth::Role::Client
                 }
             };
-            authorize(state, role, request).inspect_err(|refusal| {
-                tracing::debug!(%peer, why = refusal.text(), "upgrade refused: token");
-            })?
+            authorize(state, role, request)?
         }
     };
     if state.draining.is_cancelled() {
