@@ -206,9 +206,9 @@ pub(crate) const PLAIN_ON_TLS: &str = "Bad request: this port serves TLS; use ht
 /// then the close.
 pub(crate) async fn refuse_plain_on_tls<S>(mut stream: S)
 where
-    S: tokio::io::AsyncWrite + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    use tokio::io::AsyncWriteExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let body = protocol::ServerToClient::Error(protocol::ErrorMsg {
         error: PLAIN_ON_TLS.into(),
     })
@@ -219,7 +219,13 @@ where
     );
     let write = async {
         stream.write_all(answer.as_bytes()).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        // Read what the client sent until it closes: a socket closed with
+        // unread bytes is reset, and a reset can reach the client before
+        // it has read the answer.
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
 }
