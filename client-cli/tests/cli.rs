@@ -8,6 +8,18 @@ use std::process::{Command, Stdio};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_client-cli");
 
+/// A signaling server on a free loopback port, for the rest of the test.
+async fn start_server() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(signaling_server::run(
+        listener,
+        signaling_server::ServerConfig::default(),
+        std::future::pending(),
+    ));
+    address
+}
+
 /// A loopback port nothing listens on.
 fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -85,13 +97,7 @@ fn an_endpoint_url_given_as_the_server_gets_a_hint() {
 /// invalid device id), 0 after a normal close.
 #[tokio::test]
 async fn raw_exits_non_zero_when_the_server_ends_the_session() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(signaling_server::run(
-        listener,
-        signaling_server::ServerConfig::default(),
-        std::future::pending(),
-    ));
+    let address = start_server().await;
     let server = format!("ws://{address}");
     let run = |input: &'static str| {
         let server = server.clone();
@@ -131,13 +137,7 @@ async fn raw_exits_non_zero_when_the_server_ends_the_session() {
 /// it is not silent through its warm-up.
 #[tokio::test]
 async fn a_bench_off_a_terminal_says_its_phases() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(signaling_server::run(
-        listener,
-        signaling_server::ServerConfig::default(),
-        std::future::pending(),
-    ));
+    let address = start_server().await;
     let server = format!("ws://{address}");
     let output = tokio::task::spawn_blocking(move || {
         Command::new(BINARY)

@@ -909,14 +909,7 @@ fn sighup_reads_the_turn_secret_again() {
         password == credential(secret, &username)
     };
     assert!(signed_with(b"first-secret"));
-    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
-    std::fs::write(&path, "other-secret\n").unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(modified)
-        .unwrap();
+    rewrite_unseen(&path, "other-secret\n");
     std::thread::sleep(Duration::from_millis(1500));
     assert!(signed_with(b"first-secret"), "the watcher saw no change");
     server.signal("HUP");
@@ -1012,14 +1005,7 @@ fn sighup_reads_the_ice_servers_file_again() {
         }
     };
     assert_eq!(urls(), ["stun:127.0.0.1:3478", "stun:127.0.0.1:1111"]);
-    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
-    std::fs::write(&path, r#"[{"urls":"stun:127.0.0.1:2222"}]"#).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(modified)
-        .unwrap();
+    rewrite_unseen(&path, r#"[{"urls":"stun:127.0.0.1:2222"}]"#);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         urls()[1],
@@ -1056,6 +1042,20 @@ fn sighup_reads_the_ice_servers_file_again() {
         server.stderr()
     );
     let _ = std::fs::remove_file(path);
+}
+
+/// Writes `text` into `path` keeping its size and modification time as
+/// they were (the texts here are the same length), so that only a SIGHUP,
+/// not the watcher, can tell the file changed.
+fn rewrite_unseen(path: &std::path::Path, text: &str) {
+    let modified = std::fs::metadata(path).unwrap().modified().unwrap();
+    std::fs::write(path, text).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
 }
 
 /// `GET path` from `address` (`host:port`).
@@ -1647,14 +1647,7 @@ fn the_token_subcommand_mints_tokens_and_sighup_reads_a_new_secret() {
     assert_eq!(status(&device), 401, "a device's token reads no listing");
     assert_eq!(http_get_blocking(&server.address, "/devices").status, 401);
 
-    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
-    std::fs::write(&path, "other-secret-of-thirty-two-bytes-or-more\n").unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(modified)
-        .unwrap();
+    rewrite_unseen(&path, "other-secret-of-thirty-two-bytes-or-more\n");
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(status(&client), 200, "the watcher saw no change");
     server.signal("HUP");
