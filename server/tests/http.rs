@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::{Peer, TestServer, http_get, refusal_status, test_config};
 use signaling_server::ServerConfig;
 use tokio::net::TcpSocket;
@@ -392,7 +390,7 @@ async fn tls_serves_wss_and_https() {
     })
     .await;
 
-    let connector = tls_connector(&generated.cert_path, rustls::DEFAULT_VERSIONS);
+    let connector = common::tls_connector(&generated.cert_path, rustls::DEFAULT_VERSIONS);
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tls = connector.connect(name, tcp).await.unwrap();
@@ -433,26 +431,6 @@ async fn tls_serves_wss_and_https() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A TLS connector trusting the certificate at `cert_path`, offering
-/// `versions`.
-fn tls_connector(
-    cert_path: &std::path::Path,
-    versions: &[&'static rustls::SupportedProtocolVersion],
-) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(cert_path).unwrap();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client_config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(client_config))
-}
-
 /// TLS 1.2 and 1.3 are served; a client that offers only TLS 1.0 (a
 /// hand-made ClientHello: rustls cannot speak it) gets a fatal alert and
 /// the connection ends, while an open wss session goes on.
@@ -469,13 +447,13 @@ async fn tls_is_1_2_or_newer() {
     .await;
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
-        let connector = tls_connector(&generated.cert_path, &[version]);
+        let connector = common::tls_connector(&generated.cert_path, &[version]);
         let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
         let tls = connector.connect(name.clone(), tcp).await.unwrap();
         assert_eq!(tls.get_ref().1.protocol_version(), Some(version.version));
     }
 
-    let connector = tls_connector(&generated.cert_path, rustls::DEFAULT_VERSIONS);
+    let connector = common::tls_connector(&generated.cert_path, rustls::DEFAULT_VERSIONS);
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let tls = connector.connect(name, tcp).await.unwrap();
     let (mut open, _) = tokio_tungstenite::client_async(
@@ -527,7 +505,7 @@ async fn tls_client_on_a_plain_port_fails_cleanly() {
     let mut device = server.registered_device_with_info("plain").await;
     let dir = std::env::temp_dir().join(format!("signaling-tls-plain-{}", std::process::id()));
     let generated = signaling_server::tls::self_signed(&dir, "127.0.0.1".parse().unwrap()).unwrap();
-    let connector = tls_connector(&generated.cert_path, rustls::DEFAULT_VERSIONS);
+    let connector = common::tls_connector(&generated.cert_path, rustls::DEFAULT_VERSIONS);
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let attempt = tokio::time::timeout(common::PROMPT, connector.connect(name, tcp))
@@ -594,7 +572,7 @@ async fn a_tls_listener_beside_the_plain_one_serves_the_same_endpoints() {
     }));
     let over_plain = support::http::get(plain_addr, "/healthz").await.unwrap();
     assert_eq!(over_plain.body, "ok\n");
-    let connector = tls_connector(&generated.cert_path, &[&rustls::version::TLS13]);
+    let connector = common::tls_connector(&generated.cert_path, &[&rustls::version::TLS13]);
     let tcp = tokio::net::TcpStream::connect(secure_addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tls = connector.connect(name, tcp).await.unwrap();

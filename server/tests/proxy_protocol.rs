@@ -207,19 +207,7 @@ async fn tls_comes_after_the_header() {
         ..config("127.0.0.1")
     })
     .await;
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(&generated.cert_path).unwrap();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let connector = common::tls_connector(&generated.cert_path, rustls::DEFAULT_VERSIONS);
     for header in [v1("203.0.113.1:4000"), v2("203.0.113.2:4000")] {
         let tcp = after_header(&server, &header).await;
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();

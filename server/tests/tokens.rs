@@ -96,12 +96,7 @@ async fn register(server: &TestServer, id: &str, token: &str) -> Peer {
 
 async fn connect(server: &TestServer, id: &str, token: &str) -> Peer {
     let mut client = ws_with(server, "/connect_client", token).await;
-    let connect = serde_json::json!({"message_type": "connect", "device_id": id});
-    client.send(&connect.to_string()).await;
-    let config = client.recv_json().await;
-    assert_eq!(config["message_type"], "config", "{config}");
-    let info = client.recv_json().await;
-    assert_eq!(info["message_type"], "device_info", "{info}");
+    client.connect_to(id).await;
     client
 }
 

@@ -275,12 +275,7 @@ impl TestServer {
     pub async fn connected_client(&self, id: &str) -> Peer {
         self.until_clients_see(id).await;
         let mut client = self.client().await;
-        let connect = serde_json::json!({"message_type": "connect", "device_id": id});
-        client.send(&connect.to_string()).await;
-        let config = client.recv_json().await;
-        assert_eq!(config["message_type"], "config", "{config}");
-        let info = client.recv_json().await;
-        assert_eq!(info["message_type"], "device_info", "{info}");
+        client.connect_to(id).await;
         client
     }
 
@@ -353,6 +348,16 @@ impl Peer {
         }
         let (ws, _) = tokio_tungstenite::connect_async(request).await?;
         Ok(Self { ws })
+    }
+
+    /// Sends `connect` to `id` and reads its `config` and `device_info`.
+    pub async fn connect_to(&mut self, id: &str) {
+        let connect = serde_json::json!({"message_type": "connect", "device_id": id});
+        self.send(&connect.to_string()).await;
+        let config = self.recv_json().await;
+        assert_eq!(config["message_type"], "config", "{config}");
+        let info = self.recv_json().await;
+        assert_eq!(info["message_type"], "device_info", "{info}");
     }
 
     pub async fn send(&mut self, text: &str) {
@@ -927,4 +932,24 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A TLS connector trusting the certificate at `cert_path`, offering
+/// `versions`.
+pub fn tls_connector(
+    cert_path: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(cert_path).unwrap();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let client_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_config))
 }
