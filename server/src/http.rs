@@ -178,48 +178,22 @@ impl Refusal {
 /// reading its request: a minimal HTTP/1.1 response, then the close. A
 /// TLS connection is closed without one (it would need a handshake).
 pub(crate) async fn refuse_raw(mut stream: tokio::net::TcpStream, refusal: Refusal) {
-    use tokio::io::AsyncWriteExt as _;
-    let body = protocol::ServerToClient::Error(protocol::ErrorMsg {
-        error: refusal.text().into(),
-    })
-    .encode();
-    let status = refusal.status();
-    let head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        status.as_str(),
-        status.canonical_reason().unwrap_or(""),
-        body.len()
-    );
     // The peer may be gone, or never read: a second at most, then close.
-    let write = async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body.as_bytes()).await?;
-        stream.shutdown().await
-    };
+    let write = write_raw(&mut stream, refusal.status(), refusal.text());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
 }
 
 /// The text a plain HTTP request to a TLS port gets.
 pub(crate) const PLAIN_ON_TLS: &str = "Bad request: this port serves TLS; use https:// or wss://";
 
-/// Answers plain HTTP that came to a TLS port, without reading it: 400,
-/// then the close.
+/// Answers plain HTTP that came to a TLS port: 400, then the close.
 pub(crate) async fn refuse_plain_on_tls<S>(mut stream: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let body = protocol::ServerToClient::Error(protocol::ErrorMsg {
-        error: PLAIN_ON_TLS.into(),
-    })
-    .encode();
-    let answer = format!(
-        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let write = async {
-        stream.write_all(answer.as_bytes()).await?;
-        stream.shutdown().await?;
+    use tokio::io::AsyncReadExt as _;
+    let exchange = async {
+        write_raw(&mut stream, StatusCode::BAD_REQUEST, PLAIN_ON_TLS).await?;
         // Read what the client sent until it closes: a socket closed with
         // unread bytes is reset, and a reset can reach the client before
         // it has read the answer.
@@ -227,7 +201,25 @@ where
         while stream.read(&mut sink).await? > 0 {}
         Ok::<_, std::io::Error>(())
     };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), exchange).await;
+}
+
+/// Writes `status` with `{"error": text}` on a connection no HTTP server
+/// has read, and shuts its side.
+async fn write_raw<S>(stream: &mut S, status: StatusCode, text: &str) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt as _;
+    let body = protocol::ServerToClient::Error(protocol::ErrorMsg { error: text.into() }).encode();
+    let answer = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    stream.write_all(answer.as_bytes()).await?;
+    stream.shutdown().await
 }
 
 pub(crate) fn router(state: Arc<ServerState>) -> Router {
