@@ -97,14 +97,12 @@ impl IceServersFile {
         path: PathBuf,
         fixed: Vec<IceServer>,
     ) -> Result<(Self, Vec<IceServer>), IceServersError> {
-        let stamp = FileStamp::of(&path);
-        let mut all = fixed.clone();
-        all.extend(read(&path)?);
         let file = Self {
             path,
             fixed,
-            stamp: Mutex::new(stamp),
+            stamp: Mutex::new(None),
         };
+        let all = file.reload()?;
         Ok((file, all))
     }
 
