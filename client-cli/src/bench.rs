@@ -1062,12 +1062,16 @@ impl RelayClient {
 // idle
 // ---------------------------------------------------------------------------
 
+/// The server's resident memory: the standard `process_` metric, or the
+/// name servers before it used (`bench --against` runs older builds).
+fn resident_memory(exposition: &str) -> f64 {
+    support::prometheus::sample(exposition, "process_resident_memory_bytes")
+        .unwrap_or_else(|| metric(exposition, "signaling_process_resident_memory_bytes"))
+}
+
 async fn run_idle(bench: Arc<Bench>, args: IdleArgs) -> Result<()> {
     let bar = bench.progress("connecting");
-    let before = metric(
-        &bench.metrics().await?,
-        "signaling_process_resident_memory_bytes",
-    );
+    let before = resident_memory(&bench.metrics().await?);
     let started = Instant::now();
     let connections = args.devices * (1 + args.clients_per_device);
     let opened = Arc::new(AtomicU64::new(0));
@@ -1140,7 +1144,7 @@ async fn run_idle(bench: Arc<Bench>, args: IdleArgs) -> Result<()> {
         .collect();
     tokio::time::sleep(args.hold).await;
     let after_body = bench.metrics().await?;
-    let after = metric(&after_body, "signaling_process_resident_memory_bytes");
+    let after = resident_memory(&after_body);
     let registered = metric(&after_body, "signaling_devices");
     for reader in readers {
         reader.abort();

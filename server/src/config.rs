@@ -280,7 +280,7 @@ pub fn default_max_http_connections() -> usize {
 }
 
 /// The soft limit on open files, from /proc (Linux only).
-fn open_file_limit() -> Option<u64> {
+pub(crate) fn open_file_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()

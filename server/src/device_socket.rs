@@ -34,7 +34,7 @@ use crate::ServerState;
 use crate::config::DeviceSocketConfig;
 use crate::core::session::{ControlSession, DeviceSession};
 use crate::core::{Batch, Connection, Due, Keepalive, Outgoing, ServerError, Session};
-use crate::door::{self, now};
+use crate::door::{self, Closed, Traffic, now};
 use crate::encode;
 use crate::http::Refusal;
 
@@ -211,11 +211,7 @@ fn serve_connection(
         ) {
             Ok(permit) => permit,
             Err(refusal) => {
-                info!(
-                    socket = kind.name(),
-                    reason = refusal.text(),
-                    "connection refused"
-                );
+                refusal.log_on_socket(kind.name());
                 refusal.count(&state);
                 let error = protocol::ServerToDevice::Error(protocol::ErrorMsg {
                     error: refusal.text().into(),
@@ -274,8 +270,24 @@ fn uid_allowed(state: &ServerState, kind: SocketKind, uid: Option<u32>) -> bool 
 enum Ending {
     /// Send this error (unless the core already queued it) and shut down.
     Close(ServerError),
-    /// The device closed its end, or the socket failed.
+    /// The device closed its end.
+    PeerClosed,
+    /// The socket failed.
     Gone,
+}
+
+impl Ending {
+    /// As the line and the metrics of its end say it.
+    fn closed(&self) -> Closed<'_> {
+        match self {
+            Self::Close(error) => Closed::ByServer(error),
+            Self::PeerClosed => Closed::ByPeer {
+                code: None,
+                reason: None,
+            },
+            Self::Gone => Closed::Lost,
+        }
+    }
 }
 
 /// Runs a device's connection until it ends. The connection (and with it
@@ -284,6 +296,7 @@ enum Ending {
 async fn drive<S: Session>(socket: UnixSeqpacket, mut conn: Connection<S>, state: &ServerState) {
     let config = &state.config;
     let mut batch = Batch::default();
+    let mut traffic = Traffic::new();
     let cancelled = state.shutdown.cancelled();
     tokio::pin!(cancelled);
     let ending = loop {
@@ -296,7 +309,7 @@ async fn drive<S: Session>(socket: UnixSeqpacket, mut conn: Connection<S>, state
                     break Ending::Close(conn.slow_consumer());
                 }
                 let written = door::unless_stuck(
-                    write_batch(&socket, &mut batch, state),
+                    write_batch(&socket, &mut batch, state, &mut traffic),
                     &conn,
                     cancelled.as_mut(),
                 )
@@ -315,6 +328,7 @@ async fn drive<S: Session>(socket: UnixSeqpacket, mut conn: Connection<S>, state
                     match packet {
                         Packet::Text(text) => {
                             state.core.metrics.bytes_in.inc_by(text.len() as u64);
+                            traffic.received(text.len());
                             conn.on_text(text, now());
                             return ControlFlow::Continue(());
                         }
@@ -322,7 +336,7 @@ async fn drive<S: Session>(socket: UnixSeqpacket, mut conn: Connection<S>, state
                             limit: config.max_message_bytes,
                         })),
                         Packet::NotUtf8 => ending = Some(Ending::Close(ServerError::InvalidUtf8)),
-                        Packet::End => ending = Some(Ending::Gone),
+                        Packet::End => ending = Some(Ending::PeerClosed),
                     }
                     ControlFlow::Break(())
                 });
@@ -343,7 +357,7 @@ async fn drive<S: Session>(socket: UnixSeqpacket, mut conn: Connection<S>, state
     };
     let queued_by_core = matches!(&ending, Ending::Close(_)) && conn.outbox().is_closing();
     drop(conn);
-    if let Ending::Close(error) = ending {
+    if let Ending::Close(error) = &ending {
         debug!(reason = %error, "closing");
         // The core queued its fatal errors (with their error frame) and
         // they were written; an ending found here (too big, not UTF-8,
@@ -353,15 +367,15 @@ async fn drive<S: Session>(socket: UnixSeqpacket, mut conn: Connection<S>, state
         let say_it = !queued_by_core && !matches!(error, ServerError::SlowConsumer { .. });
         if say_it {
             if error.sends_error_frame() || error.is_fatal() {
-                state.core.metrics.error_sent(&error);
+                state.core.metrics.error_sent(error);
             }
             let deadline = Instant::now() + config.close_timeout;
-            let frame = encode::error_frame(&error);
+            let frame = encode::error_frame(error);
             let _ = timeout_at(deadline, socket.send(frame.as_bytes())).await;
         }
         let _ = socket.shutdown(std::net::Shutdown::Both);
     }
-    info!("connection closed");
+    door::ended(&state.core.metrics, S::ROLE, ending.closed(), &traffic);
 }
 
 /// Writes a batch, one packet per message, stopping at a close.
@@ -369,6 +383,7 @@ async fn write_batch(
     socket: &UnixSeqpacket,
     batch: &mut Batch,
     state: &ServerState,
+    traffic: &mut Traffic,
 ) -> Result<Option<Ending>, Ending> {
     let mut close = None;
     let mut frames = Vec::with_capacity(batch.items.len());
@@ -379,6 +394,7 @@ async fn write_batch(
         }
         if let Some(text) = encode::frame(item) {
             state.core.metrics.bytes_out.inc_by(text.len() as u64);
+            traffic.sent(text.len());
             frames.push(text);
         }
     }
@@ -386,5 +402,6 @@ async fn write_batch(
         debug!(error = %e, "device socket write failed");
         return Err(Ending::Gone);
     }
+    door::written(state, batch, None);
     Ok(close)
 }

@@ -107,18 +107,18 @@ impl Refusal {
         }
     }
 
-    /// The label it is counted under; a refusal during shutdown is not.
-    fn reason(self) -> Option<RefusedReason> {
+    /// The label it is counted under.
+    fn reason(self) -> RefusedReason {
         match self {
-            Self::ForbiddenOrigin => Some(RefusedReason::Origin),
+            Self::ForbiddenOrigin => RefusedReason::Origin,
             Self::Unauthorized(_) | Self::DeviceNotAllowed | Self::UidNotAllowed => {
-                Some(RefusedReason::Unauthorized)
+                RefusedReason::Unauthorized
             }
-            Self::ShuttingDown => None,
-            Self::Full => Some(RefusedReason::ConnectionLimit),
-            Self::PerIp => Some(RefusedReason::PerIpLimit),
+            Self::ShuttingDown => RefusedReason::ShuttingDown,
+            Self::Full => RefusedReason::ConnectionLimit,
+            Self::PerIp => RefusedReason::PerIpLimit,
             Self::NotAnUpgrade | Self::WrongVersion | Self::MissingKey | Self::BadKey => {
-                Some(RefusedReason::BadUpgrade)
+                RefusedReason::BadUpgrade
             }
         }
     }
@@ -142,28 +142,48 @@ impl Refusal {
 
     /// The line it is logged with: a warning, but for a refusal while the
     /// server shuts down, which is expected.
-    pub fn log(self, peer: SocketAddr, path: &str) {
+    pub fn log(self, peer: Option<SocketAddr>, path: &str) {
         let status = self.status().as_u16();
+        let peer = peer.map(tracing::field::display);
         if self == Self::ShuttingDown {
-            tracing::info!(%peer, path, status, why = self.text(), "refused");
+            tracing::info!(peer, path, status, why = self.text(), "refused");
         } else {
-            tracing::warn!(%peer, path, status, why = self.text(), "refused");
+            tracing::warn!(peer, path, status, why = self.text(), "refused");
+        }
+    }
+
+    /// Logs it with the request's peer and path, and counts it on
+    /// /metrics: every refusal of a request, whatever its answer's shape.
+    pub fn refused(self, state: &ServerState, request: &Request) {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0);
+        self.log(peer, request.uri().path());
+        self.count(state);
+    }
+
+    /// The same line for a connection refused on the device or control
+    /// socket, whose peer the span names (its uid, gid and pid).
+    pub fn log_on_socket(self, socket: &str) {
+        if self == Self::ShuttingDown {
+            tracing::info!(socket, why = self.text(), "refused");
+        } else {
+            tracing::warn!(socket, why = self.text(), "refused");
         }
     }
 
     /// Counts it on /metrics.
     pub fn count(self, state: &ServerState) {
-        if let Some(reason) = self.reason() {
-            state.core.metrics.refused(reason);
-        }
+        state.core.metrics.refused(self.reason());
     }
 
-    /// The response, counted on /metrics.
+    /// The response to `request`, logged and counted.
     /// The connection ends after it: a client tries again on a new one,
     /// and the refused one would otherwise hold a place of
     /// `--max-http-connections` until the head timeout.
-    pub fn respond(self, state: &ServerState) -> Response {
-        self.count(state);
+    pub fn respond(self, state: &ServerState, request: &Request) -> Response {
+        self.refused(state, request);
         let mut response = json_error(self.status(), self.text());
         let headers = response.headers_mut();
         if let Some((name, value)) = self.hint() {
@@ -351,7 +371,7 @@ async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
 async fn devices(State(state): State<Arc<ServerState>>, request: Request) -> Response {
     let grant = match authorize(&state, Role::Client, &request) {
         Ok(grant) => grant,
-        Err(refusal) => return refusal.respond(&state),
+        Err(refusal) => return refusal.respond(&state, &request),
     };
     // A scoped token lists the devices it covers.
     match state.config.devices_list {
@@ -388,7 +408,7 @@ async fn devices(State(state): State<Arc<ServerState>>, request: Request) -> Res
 
 async fn infra_config(State(state): State<Arc<ServerState>>, request: Request) -> Response {
     if let Err(refusal) = authorize(&state, Role::Client, &request) {
-        return refusal.respond(&state);
+        return refusal.respond(&state, &request);
     }
     json(state.core.anonymous_config().encode())
 }
@@ -448,13 +468,13 @@ async fn polling_body(
 fn polling_grant(state: &ServerState, request: &Request) -> Result<Grant, PollingRefusal> {
     let checked = match state.config.allowed_origins.check(request.headers()) {
         Err(origin) => {
-            debug!(%origin, "polling request refused: origin not allowed");
+            debug!(%origin, "the origin is not allowed");
             Err(Refusal::ForbiddenOrigin)
         }
         Ok(()) => authorize(state, Role::Client, request),
     };
     checked.map_err(|refusal| {
-        refusal.count(state);
+        refusal.refused(state, request);
         PollingRefusal::new(refusal.status(), refusal.text())
     })
 }
@@ -483,10 +503,21 @@ async fn polled_connections(State(state): State<Arc<ServerState>>, request: Requ
 
 async fn new_polled_client(state: &ServerState, request: Request, flavor: Flavor) -> Response {
     if state.draining.is_cancelled() {
-        return crate::polling::error(StatusCode::SERVICE_UNAVAILABLE, "Server shutting down");
+        let refusal = Refusal::ShuttingDown;
+        refusal.refused(state, &request);
+        return crate::polling::error(refusal.status(), refusal.text());
     }
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0);
     match polling_body(state, request).await {
-        Ok((body, grant)) => state.polling.connect(state, &body, grant, flavor).await,
+        Ok((body, grant)) => {
+            state
+                .polling
+                .connect(state, peer, &body, grant, flavor)
+                .await
+        }
         Err(refusal) => refusal,
     }
 }
@@ -564,7 +595,7 @@ async fn device_connect(
 ) -> Response {
     let grant = match authorize_device(&state, Role::Client, &request, &device_id) {
         Ok(grant) => grant,
-        Err(refusal) => return refusal.respond(&state),
+        Err(refusal) => return refusal.respond(&state, &request),
     };
     if !state.core.registry.is_registered(&device_id) {
         return json_error(
@@ -593,7 +624,7 @@ async fn device_adb(
 ) -> Response {
     let grant = match authorize_device(&state, Role::Client, &request, &device_id) {
         Ok(grant) => grant,
-        Err(refusal) => return refusal.respond(&state),
+        Err(refusal) => return refusal.respond(&state, &request),
     };
     let Some((descriptor, info)) = state.core.registry.descriptor(&device_id) else {
         return json_error(
@@ -671,8 +702,8 @@ async fn device_files(
     };
     match grant {
         Ok(grant) if grant.allows(&device_id) => {}
-        Ok(_) => return Refusal::DeviceNotAllowed.respond(&state),
-        Err(refusal) => return refusal.respond(&state),
+        Ok(_) => return Refusal::DeviceNotAllowed.respond(&state, &request),
+        Err(refusal) => return refusal.respond(&state, &request),
     }
     let token_in_query = by_cookie
         .is_none()
@@ -698,7 +729,7 @@ async fn device_descriptor(
     request: Request,
 ) -> Response {
     if let Err(refusal) = authorize_device(&state, Role::Client, &request, &device_id) {
-        return refusal.respond(&state);
+        return refusal.respond(&state, &request);
     }
     match state.core.registry.descriptor(&device_id) {
         Some((descriptor, info)) => {

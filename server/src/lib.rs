@@ -248,6 +248,71 @@ impl Server {
         })
     }
 
+    /// One line with the configuration in effect, for whoever reads the
+    /// log later: where it listens, whether tokens are asked for, the
+    /// limits (with what the defaults came to on this machine) and what a
+    /// `config` hands out. No secret is in it.
+    pub fn log_configuration(&self) {
+        let config = &self.state.config;
+        let auth = &self.state.auth;
+        let listen = self
+            .listener
+            .local_addr()
+            .map(|address| address.to_string())
+            .unwrap_or_default();
+        let tokens = |role| match (auth.required(role), auth.signed_tokens()) {
+            (false, _) => "none",
+            (true, true) => "signed or static",
+            (true, false) => "static",
+        };
+        let duration = |d: std::time::Duration| humantime::format_duration(d).to_string();
+        info!(
+            listen,
+            tls = config.tls.is_some(),
+            also_tls_on = self.tls_listeners.len(),
+            device_socket = config
+                .device_socket
+                .as_ref()
+                .map(|socket| socket.path.display().to_string()),
+            control_socket = config
+                .control_socket
+                .as_ref()
+                .map(|socket| socket.path.display().to_string()),
+            device_tokens = tokens(auth::Role::Device),
+            client_tokens = tokens(auth::Role::Client),
+            allowed_origins = if config.allowed_origins.any {
+                "*".to_owned()
+            } else {
+                config.allowed_origins.listed.join(",")
+            },
+            trusted_proxies = config.trusted_proxies.len(),
+            proxy_protocol = config.proxy_protocol,
+            max_connections = config.max_connections,
+            max_connections_per_ip = config.max_connections_per_ip.unwrap_or(0),
+            max_http_connections = config.max_http_connections,
+            max_message_bytes = config.max_message_bytes,
+            outbox_messages = config.outbox_messages,
+            outbox_bytes = config.outbox_bytes,
+            rate_limit = config.rate_limit.map_or(0, |rate| rate.per_second),
+            rate_burst = config.rate_limit.map_or(0, |rate| rate.burst),
+            handshake_timeout = duration(config.handshake_timeout),
+            idle_timeout = duration(config.idle_timeout),
+            ping_interval = duration(config.ping_interval),
+            poll_timeout = duration(config.poll_timeout),
+            client_wait = duration(config.client_wait),
+            drain_period = duration(config.drain_period),
+            shutdown_grace = duration(config.shutdown_grace),
+            ice_servers = self.state.core.config().ice_servers.len(),
+            turn_urls = config.turn.as_ref().map_or(0, |turn| turn.urls.len()),
+            redis = config
+                .redis
+                .as_ref()
+                .map(|redis| cluster::redacted_url(&redis.url)),
+            version = VERSION,
+            "configuration"
+        );
+    }
+
     /// Serves on `listener` too, with TLS: the same endpoints on a second
     /// port (the Go operator's `--https_port` beside `--http_port`).
     pub fn with_tls_listener(
@@ -544,7 +609,7 @@ async fn accept(
             Err(refusal) => {
                 let refusal = http::Refusal::from(refusal);
                 refusal.count(&state);
-                refusal.log(peer, "(at accept)");
+                refusal.log(Some(peer), "(at accept)");
                 if tls.is_none() {
                     state.tracker.spawn(http::refuse_raw(stream, refusal));
                 }

@@ -160,6 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         https_line = Some(format!("also serving https://{local} and wss://{local}"));
         server = server.with_tls_listener(listener, tls);
     }
+    server.log_configuration();
     let mut signals = support::shutdown::listen();
     // The banner comes last: scripts read up to it and may then close
     // stdout, so nothing is printed after it (and a closed stdout is not

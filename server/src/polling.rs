@@ -29,13 +29,14 @@ use axum::response::{IntoResponse, Response};
 use protocol::RawValue;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span};
+use tracing::{Instrument, Span, debug, field, info, info_span};
 
 use crate::ServerState;
 use crate::core::registry::lock;
 use crate::core::session::ClientSession;
 use crate::core::{Batch, Connection, Due, Grant, Keepalive, Outgoing, ServerError};
-use crate::door::now;
+use crate::door::{self, Closed, Traffic, now};
+use crate::metrics::Role;
 
 /// The polling clients of this server, by connection id.
 #[derive(Debug, Default)]
@@ -54,6 +55,11 @@ struct PollingClient {
     kept: Mutex<Kept>,
     /// Its device: every request's token must cover it.
     device_id: String,
+    /// What it sent and was handed, for the line that says how it ended.
+    traffic: Mutex<Traffic>,
+    /// Its lines' context: the peer that connected it, its device and
+    /// client ids; entered by whatever request or task drops it.
+    span: Span,
 }
 
 /// Which polling API a client came in by.
@@ -209,23 +215,31 @@ impl Polling {
         lock(&self.clients).get(connection_id).cloned()
     }
 
-    /// Drops a client: its device is told now, whoever still holds it.
-    /// `why`, when given, is counted if this call is the one that dropped it.
-    fn remove(&self, connection_id: &str, why: Option<&ServerError>) {
+    /// Drops a client: its device is told now, whoever still holds it,
+    /// and its end is logged and counted. With `count_error`, the error
+    /// that ended it is counted too, if this call is the one that dropped
+    /// it (the core counted the errors it queued itself).
+    fn remove(&self, connection_id: &str, closed: Closed<'_>, count_error: bool) {
         let removed = lock(&self.clients).remove(connection_id);
-        if let Some(client) = removed {
-            if let (Some(why), Some(conn)) = (why, lock(&client.conn).as_ref()) {
-                conn.core().metrics.error_sent(why);
-            }
-            drop(lock(&client.conn).take());
-            client.gone.cancel();
+        let Some(client) = removed else { return };
+        let Some(conn) = lock(&client.conn).take() else {
+            return;
+        };
+        let metrics = conn.core().metrics.clone();
+        if let (true, Closed::ByServer(error)) = (count_error, closed) {
+            metrics.error_sent(error);
         }
+        drop(conn);
+        client.gone.cancel();
+        let _entered = client.span.enter();
+        door::ended(&metrics, Role::Client, closed, &lock(&client.traffic));
     }
 
     /// `POST /connect {"device_id"}` (C1, C2, C4 in the reference's shape).
     pub async fn connect(
         self: &Arc<Self>,
         state: &ServerState,
+        peer: Option<std::net::SocketAddr>,
         body: &[u8],
         grant: Grant,
         flavor: Flavor,
@@ -247,6 +261,14 @@ impl Polling {
             return error(StatusCode::BAD_REQUEST, &e.to_string());
         }
         let now = now();
+        let traffic = Traffic::new();
+        let span = info_span!(
+            "client",
+            transport = "polling",
+            peer = peer.map(field::display),
+            device_id = field::Empty,
+            client_id = field::Empty,
+        );
         let outbox = core.outbox();
         let session = ClientSession::new(core.clone(), outbox.clone(), now).with_grant(grant);
         let keepalive = Keepalive {
@@ -255,7 +277,8 @@ impl Polling {
         };
         let mut conn = Connection::new(session, keepalive, now);
         // The alternative flow's wait does not apply to polling clients.
-        conn.session_mut().connect(&device_id, None, now);
+        // In the span: the session names its device and client id on it.
+        span.in_scope(|| conn.session_mut().connect(&device_id, None, now));
         // The answer is the device_info the registry queued on attaching
         // (the reference's answer has no config: clients read
         // /infra_config), or the reason there is none.
@@ -291,21 +314,25 @@ impl Polling {
                 return error(status(&e), &e.to_string());
             }
         };
+        core.metrics
+            .device_info_wait
+            .observe(door::now().saturating_duration_since(now));
         let connection_id = new_connection_id();
         let client = Arc::new(PollingClient {
             conn: Mutex::new(Some(conn)),
             gone: CancellationToken::new(),
             kept: Mutex::default(),
             device_id: device_id.clone(),
+            traffic: Mutex::new(traffic),
+            span: span.clone(),
         });
         lock(&self.clients).insert(connection_id.clone(), client.clone());
-        let span = info_span!("polling client", device_id = %device_id);
         state.tracker.spawn(
             self.clone()
                 .watch(connection_id.clone(), client, state.shutdown.clone())
-                .instrument(span),
+                .instrument(span.clone()),
         );
-        info!(device_id = %device_id, ?flavor, "polling client connected");
+        span.in_scope(|| info!(?flavor, "polling client connected"));
         let body = match flavor {
             Flavor::Reference => format!(
                 r#"{{"connection_id":"{connection_id}","message_type":"device_info","device_info":{}}}"#,
@@ -333,29 +360,38 @@ impl Polling {
         else {
             return;
         };
-        let why = loop {
+        loop {
             tokio::select! {
                 () = outbox.overflowed() => {
-                    info!("polling client dropped: its queue is full");
-                    break Some(slow_consumer(&client));
+                    if let Some(error) = slow_consumer(&client) {
+                        self.remove(&connection_id, Closed::ByServer(&error), true);
+                    }
+                    return;
                 }
                 () = tokio::time::sleep_until(Instant::from_std(wake)) => {
                     let mut guard = lock(&client.conn);
-                    let Some(conn) = guard.as_mut() else { break None };
+                    let Some(conn) = guard.as_mut() else { return };
                     match conn.handle_timeout(now()) {
-                        // Counted by the core.
+                        // The polling flow has no goodbye: a client that
+                        // stops polling has left. (The core counted it.)
                         Some(Due::End(_)) => {
-                            info!("polling client dropped: it stopped polling");
-                            break None;
+                            drop(guard);
+                            let stopped = Closed::ByPeer {
+                                code: None,
+                                reason: Some("stopped polling"),
+                            };
+                            return self.remove(&connection_id, stopped, false);
                         }
                         Some(Due::Ping) | None => wake = conn.poll_timeout(),
                     }
                 }
-                () = shutdown.cancelled() => break None,
+                () = shutdown.cancelled() => {
+                    let closed = Closed::ByServer(&ServerError::ShuttingDown);
+                    return self.remove(&connection_id, closed, false);
+                }
                 () = client.gone.cancelled() => return,
             }
-        };
-        self.remove(&connection_id, why.flatten().as_ref());
+        }
     }
 
     /// The client a request names, marked as seen; or the refusal.
@@ -430,8 +466,10 @@ impl Polling {
             };
             // Over the rate limit, the session ends (C15) and the answer
             // below says so.
-            if conn.admit(now()) {
-                conn.session_mut().forward(payload);
+            let now = now();
+            if conn.admit(now) {
+                lock(&client.traffic).received(payload.get().len());
+                conn.session_mut().forward(payload, now);
             }
         }
         self.drain(&connection_id, &client)
@@ -460,7 +498,9 @@ impl Polling {
         }
         if batch.overflowed {
             // Its watcher drops it too; whichever comes first counts it.
-            self.remove(connection_id, slow_consumer(client).as_ref());
+            if let Some(slow) = slow_consumer(client) {
+                self.remove(connection_id, Closed::ByServer(&slow), true);
+            }
             return error(
                 StatusCode::UNAUTHORIZED,
                 "Unknown connection_id: dropped, its queue was full",
@@ -469,15 +509,18 @@ impl Polling {
         let mut payloads = Vec::with_capacity(batch.items.len());
         for item in &batch.items {
             match item {
-                Outgoing::DeviceMsg(payload) => payloads.push(payload.get()),
+                Outgoing::DeviceMsg(payload) => {
+                    lock(&client.traffic).sent(payload.len());
+                    payloads.push(payload.get());
+                }
                 // The device left (D16): nothing more will come. The array
                 // has no place for the notice; the next request's 401 says
                 // the client is gone.
-                Outgoing::Close(ServerError::DeviceDisconnected) => {
-                    self.remove(connection_id, None);
+                Outgoing::Close(ended @ ServerError::DeviceDisconnected) => {
+                    self.remove(connection_id, Closed::ByServer(ended), false);
                 }
                 Outgoing::Close(ended) => {
-                    self.remove(connection_id, None);
+                    self.remove(connection_id, Closed::ByServer(ended), false);
                     return error(status(ended), &ended.to_string());
                 }
                 other => debug!(item = ?other, "not a device payload; not relayed"),
@@ -506,23 +549,42 @@ impl Polling {
             conn.core().metrics.error_sent(&e);
             return error(StatusCode::BAD_REQUEST, &e.to_string());
         };
-        if !conn.admit(now()) {
+        let now = now();
+        if !conn.admit(now) {
             // Over the rate limit the session ends (C15): the core queued
             // why; the client is dropped and told.
             let mut batch = Batch::default();
             conn.outbox().take(&mut batch);
             drop(guard);
-            self.remove(connection_id, None);
             let ended = batch.items.into_iter().find_map(|item| match item {
                 Outgoing::Close(e) => Some(e),
                 _ => None,
             });
-            return match ended {
-                Some(e) => error(status(&e), &e.to_string()),
-                None => error(StatusCode::NOT_FOUND, "Unknown connection_id: dropped"),
+            let slow = if batch.overflowed {
+                slow_consumer(&client)
+            } else {
+                None
+            };
+            return match (ended, slow) {
+                (Some(e), _) => {
+                    self.remove(connection_id, Closed::ByServer(&e), false);
+                    error(status(&e), &e.to_string())
+                }
+                (None, Some(slow)) => {
+                    self.remove(connection_id, Closed::ByServer(&slow), true);
+                    error(
+                        StatusCode::NOT_FOUND,
+                        "Unknown connection_id: dropped, its queue was full",
+                    )
+                }
+                // The session is over and a request at the same moment
+                // took its close: that request drops the client, or, if
+                // the device left, keeps it until it has read the rest.
+                (None, None) => error(StatusCode::NOT_FOUND, "Unknown connection_id: dropped"),
             };
         }
-        conn.session_mut().forward(payload);
+        lock(&client.traffic).received(payload.get().len());
+        conn.session_mut().forward(payload, now);
         json(StatusCode::OK, r#""ok""#.to_owned())
     }
 
@@ -560,7 +622,7 @@ impl Polling {
                 Outgoing::Close(ServerError::DeviceDisconnected) => kept.device_gone = true,
                 Outgoing::Close(ended) => {
                     drop(kept);
-                    self.remove(connection_id, None);
+                    self.remove(connection_id, Closed::ByServer(&ended), false);
                     return error(status(&ended), &ended.to_string());
                 }
                 other => debug!(item = ?other, "not a device message; not relayed"),
@@ -588,7 +650,9 @@ impl Polling {
             || kept.bytes > limits.max_bytes;
         if overflowed {
             drop(kept);
-            self.remove(connection_id, slow_consumer(&client).as_ref());
+            if let Some(slow) = slow_consumer(&client) {
+                self.remove(connection_id, Closed::ByServer(&slow), true);
+            }
             return error(
                 StatusCode::NOT_FOUND,
                 "Unknown connection_id: dropped, its queue was full",
@@ -596,6 +660,12 @@ impl Polling {
         }
         let available = kept.frames.len();
         let take = count.map_or(available, |count| count.min(available));
+        {
+            let mut traffic = lock(&client.traffic);
+            for frame in kept.frames.iter().take(take) {
+                traffic.sent(payload_len(frame));
+            }
+        }
         let body = format!(
             "[{}]",
             kept.frames
@@ -608,7 +678,8 @@ impl Polling {
         let handed_everything = kept.device_gone && take == available;
         drop(kept);
         if handed_everything {
-            self.remove(connection_id, None);
+            let closed = Closed::ByServer(&ServerError::DeviceDisconnected);
+            self.remove(connection_id, closed, false);
         }
         json(StatusCode::OK, body)
     }

@@ -43,6 +43,11 @@ impl TrustedProxies {
         self.0.is_empty()
     }
 
+    /// How many networks are trusted.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// Whether `ip` is one of the proxies.
     pub fn trusts(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);

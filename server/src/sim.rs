@@ -861,9 +861,9 @@ mod tests {
         sim.step(&Action::Tick { conn: 0 }).unwrap();
         assert!(sim.peers[0].session.is_none(), "registration timed out");
         let text = crate::metrics::tests::render_errors(&sim.core.metrics);
-        assert!(text.contains(r#"phrase="Device not found"} 1"#), "{text}");
+        assert!(text.contains(r#"error="device_not_found"} 1"#), "{text}");
         assert!(
-            text.contains(r#"phrase="Registration timeout"} 1"#),
+            text.contains(r#"error="registration_timeout"} 1"#),
             "{text}"
         );
         sim.finish().unwrap();

@@ -49,11 +49,11 @@ pub(crate) async fn serve(
     // A tunnel is a connection like any other: it needs a place.
     let permit = match &upgrade {
         Some(_) if state.draining.is_cancelled() => {
-            return Refusal::ShuttingDown.respond(&state);
+            return Refusal::ShuttingDown.respond(&state, &request);
         }
         Some(_) => match state.limiter.try_acquire(peer.ip()) {
             Ok(permit) => Some(permit),
-            Err(refusal) => return Refusal::from(refusal).respond(&state),
+            Err(refusal) => return Refusal::from(refusal).respond(&state, &request),
         },
         None => None,
     };

@@ -272,8 +272,9 @@ async fn each_connection_ends_with_one_line_that_says_how() {
         .unwrap_or_else(|| panic!("{lines:#?}"));
     assert!(calm.contains("INFO"), "{calm}");
     for field in [
+        "role=\"device\"",
         "code=1000",
-        "reason=done",
+        "reason=\"done\"",
         "closed_by=\"peer\"",
         "duration_ms=",
         "messages_in=1",
@@ -289,12 +290,114 @@ async fn each_connection_ends_with_one_line_that_says_how() {
     assert!(fast.contains("WARN"), "{fast}");
     for field in [
         "code=1008",
-        "reason=Rate limit exceeded",
+        "reason=\"Rate limit exceeded",
         "closed_by=\"server\"",
         "messages_in=",
     ] {
         assert!(fast.contains(field), "{field}: {fast}");
     }
+}
+
+/// A device on the device socket and a client of the Go operator's
+/// polling API end with the same line as a websocket, with their role and
+/// transport on it.
+#[tokio::test]
+async fn socket_and_polling_connections_end_with_the_same_line() {
+    use support::http::{Request, request};
+    let dir = std::env::temp_dir().join(format!("signaling-ending-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("devices");
+    let server = Server::start_logging(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            &format!("--device-socket={}", path.display()),
+        ],
+        "info",
+    );
+    let address = server.address.parse().unwrap();
+    let device = tokio_seqpacket::UnixSeqpacket::connect(&path)
+        .await
+        .unwrap();
+    device
+        .send(br#"{"message_type":"register","device_id":"cvd-line"}"#)
+        .await
+        .unwrap();
+    let mut buffer = vec![0u8; 4096];
+    device.recv(&mut buffer).await.unwrap();
+    let connected = request(
+        address,
+        Request::post_json("/polled_connections", r#"{"device_id":"cvd-line"}"#),
+    )
+    .await
+    .unwrap();
+    let reply: serde_json::Value = serde_json::from_str(&connected.body).unwrap();
+    let id = reply["connection_id"].as_str().unwrap().to_owned();
+    let forwarded = request(
+        address,
+        Request::post_json(
+            &format!("/polled_connections/{id}/:forward"),
+            r#"{"payload":{"n":1}}"#,
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(forwarded.status, 200, "{}", forwarded.body);
+    device.recv(&mut buffer).await.unwrap();
+    // The device leaves by closing its socket; the client reads the rest
+    // and is dropped with it.
+    device.shutdown(std::net::Shutdown::Both).unwrap();
+    let lines = loop {
+        let messages = support::http::get(address, &format!("/polled_connections/{id}/messages"))
+            .await
+            .unwrap();
+        let log = server.stderr();
+        let lines: Vec<String> = log
+            .lines()
+            .filter(|line| line.contains("connection closed"))
+            .map(str::to_owned)
+            .collect();
+        if lines.len() >= 2 || messages.status == 404 {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let line = |transport: &str| {
+        lines
+            .iter()
+            .find(|line| line.contains(&format!("transport=\"{transport}\"")))
+            .unwrap_or_else(|| panic!("no {transport} line in {lines:#?}"))
+            .clone()
+    };
+    let socket = line("socket");
+    for field in [
+        "INFO",
+        "role=\"device\"",
+        "closed_by=\"peer\"",
+        "device_id=\"cvd-line\"",
+        "messages_in=1",
+        "messages_out=2",
+        "duration_ms=",
+    ] {
+        assert!(socket.contains(field), "{field}: {socket}");
+    }
+    let polling = line("polling");
+    for field in [
+        "INFO",
+        "role=\"client\"",
+        "closed_by=\"server\"",
+        "code=1001",
+        "reason=\"Device disconnected\"",
+        "peer=127.0.0.1:",
+        "device_id=\"cvd-line\"",
+        "client_id=1",
+        "messages_in=1",
+        "bytes_in=7",
+        "messages_out=0",
+    ] {
+        assert!(polling.contains(field), "{field}: {polling}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A refusal before the upgrade is one warning with the peer and why.

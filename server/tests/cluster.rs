@@ -413,7 +413,7 @@ async fn a_device_that_cannot_keep_up_is_closed_as_slow_and_its_remote_client_he
     let (told, _client) = common::flood_until_told_at_most(client, flood, 400).await;
     assert_eq!(told, r#"{"error":"Device disconnected"}"#);
     assert_eq!(
-        a.metric(r#"signaling_errors_total{phrase="Slow consumer"}"#)
+        a.metric(r#"signaling_errors_total{error="slow_consumer"}"#)
             .await,
         1.0
     );

@@ -528,7 +528,7 @@ async fn d17_rate_limit_is_exact(transport: DeviceTransport) {
     assert_eq!(client.recv_close().await.0, CloseCode::Away);
     assert_eq!(
         server
-            .metric(r#"signaling_errors_total{phrase="Rate limit exceeded"}"#)
+            .metric(r#"signaling_errors_total{error="rate_limited"}"#)
             .await,
         1.0
     );

@@ -324,7 +324,7 @@ async fn slow_consumer_is_closed_and_its_device_told() {
     }
     assert_eq!(
         server
-            .metric(r#"signaling_errors_total{phrase="Slow consumer"}"#)
+            .metric(r#"signaling_errors_total{error="slow_consumer"}"#)
             .await,
         1.0
     );

@@ -227,7 +227,7 @@ async fn a_device_that_stops_reading_is_closed_as_a_slow_consumer() {
     );
     assert_eq!(
         server
-            .metric(r#"signaling_errors_total{phrase="Slow consumer"}"#)
+            .metric(r#"signaling_errors_total{error="slow_consumer"}"#)
             .await,
         1.0
     );

@@ -347,7 +347,7 @@ async fn metrics_count_connections_relays_errors_and_bytes() {
         r#"signaling_websocket_connections{endpoint="connect_client"} 1"#,
         r#"signaling_messages_relayed_total{direction="client_to_device"} 1"#,
         r#"signaling_messages_relayed_total{direction="device_to_client"} 2"#,
-        r#"signaling_errors_total{phrase="Invalid message"} 1"#,
+        r#"signaling_errors_total{error="invalid_message"} 1"#,
     ] {
         assert!(
             body.lines().any(|l| l == line),
@@ -356,13 +356,24 @@ async fn metrics_count_connections_relays_errors_and_bytes() {
     }
     assert!(server.metric("signaling_received_bytes_total").await > 100.0);
     assert!(server.metric("signaling_sent_bytes_total").await > 100.0);
-    assert!(
+    assert!(server.metric("process_resident_memory_bytes").await > 1e6);
+    assert!(server.metric("process_open_fds").await >= 3.0);
+    assert!(server.metric("process_threads").await >= 1.0);
+    assert!(server.metric("process_start_time_seconds").await > 1.6e9);
+    assert_eq!(
         server
-            .metric("signaling_process_resident_memory_bytes")
-            .await
-            > 1e6
+            .metric("signaling_device_info_wait_seconds_count")
+            .await,
+        1.0
+    );
+    // Three relayed messages, each written in a batch of its own.
+    assert_eq!(
+        server.metric("signaling_outbox_wait_seconds_count").await,
+        3.0
     );
 
+    // The device leaves with a close frame without a code; the server
+    // closes its client with 1001.
     device.close().await;
     client.recv_error().await;
     client.close().await;
@@ -377,6 +388,103 @@ async fn metrics_count_connections_relays_errors_and_bytes() {
                 .all(|l| l.ends_with(" 0"))
     })
     .await;
+    common::eventually("both ends are counted", || async {
+        server
+            .metric(r#"signaling_session_duration_seconds_count{role="client"}"#)
+            .await
+            == 1.0
+            && server
+                .metric(r#"signaling_session_duration_seconds_count{role="device"}"#)
+                .await
+                == 1.0
+    })
+    .await;
+    for (series, value) in [
+        (
+            r#"signaling_connections_closed_total{closed_by="peer",code="none"}"#,
+            1.0,
+        ),
+        (
+            r#"signaling_connections_closed_total{closed_by="server",code="1001"}"#,
+            1.0,
+        ),
+        (
+            r#"signaling_connections_closed_total{closed_by="server",code="1008"}"#,
+            0.0,
+        ),
+    ] {
+        assert_eq!(server.metric(series).await, value, "{series}");
+    }
+    server.stop().await.unwrap();
+}
+
+/// An alert can be written before its first event: every series whose
+/// labels are known is there, at zero, on a fresh server; label values
+/// are snake_case.
+#[tokio::test]
+async fn every_known_series_is_there_at_zero_from_the_start() {
+    let server = TestServer::with_defaults().await;
+    let body = server.get("/metrics").await.body;
+    let mut expected: Vec<String> = [
+        "signaling_devices 0",
+        "signaling_clients 0",
+        r#"signaling_websocket_connections{endpoint="register_device"} 0"#,
+        r#"signaling_websocket_connections{endpoint="devices_adb"} 0"#,
+        r#"signaling_messages_relayed_total{direction="client_to_device"} 0"#,
+        r#"signaling_messages_relayed_total{direction="device_to_client"} 0"#,
+        r#"signaling_connections_refused_total{reason="shutting_down"} 0"#,
+        r#"signaling_connections_refused_total{reason="per_ip_limit"} 0"#,
+        r#"signaling_connections_closed_total{closed_by="server",code="1008"} 0"#,
+        r#"signaling_connections_closed_total{closed_by="peer",code="1000"} 0"#,
+        r#"signaling_connections_closed_total{closed_by="network",code="none"} 0"#,
+        r#"signaling_session_duration_seconds_count{role="device"} 0"#,
+        r#"signaling_session_duration_seconds_count{role="control"} 0"#,
+        r#"signaling_session_duration_seconds_bucket{le="+Inf",role="client"} 0"#,
+        "signaling_device_info_wait_seconds_count 0",
+        "signaling_outbox_wait_seconds_count 0",
+        r#"signaling_cluster_sessions_closed_total{reason="redis_lost"} 0"#,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    for label in [
+        "slow_consumer",
+        "rate_limited",
+        "device_id_taken",
+        "invalid_utf8",
+    ] {
+        expected.push(format!(r#"signaling_errors_total{{error="{label}"}} 0"#));
+    }
+    for line in &expected {
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing {line:?} in\n{body}"
+        );
+    }
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("signaling_build_info{") && l.ends_with(" 1")),
+        "{body}"
+    );
+    // Every label value is snake_case (or a close code, or a bucket bound).
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((_, labels)) = line.split_once('{') else {
+            continue;
+        };
+        let labels = labels.rsplit_once('}').map_or(labels, |(labels, _)| labels);
+        for pair in labels.split(',') {
+            let (name, value) = pair.split_once('=').unwrap();
+            let value = value.trim_matches('"');
+            if matches!(name, "le" | "version" | "commit") {
+                continue;
+            }
+            assert!(
+                value
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{name}={value:?} in {line:?} is not snake_case"
+            );
+        }
+    }
     server.stop().await.unwrap();
 }
 

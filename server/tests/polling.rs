@@ -241,7 +241,7 @@ async fn a_full_queue_drops_the_client_openly(transport: DeviceTransport) {
     assert_error(&poll(&server, &id).await, 401, "Unknown connection_id");
     assert_eq!(
         server
-            .metric(r#"signaling_errors_total{phrase="Slow consumer"}"#)
+            .metric(r#"signaling_errors_total{error="slow_consumer"}"#)
             .await,
         1.0
     );

@@ -249,6 +249,18 @@ pub fn parse_url(url: &str) -> Result<(), redis::RedisError> {
     redis::Client::open(url).map(|_| ())
 }
 
+/// A Redis URL without its user and password, for the log.
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
 fn random_incarnation() -> Incarnation {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 8];
@@ -625,8 +637,9 @@ impl Adapter {
             Ok((from, frames)) => {
                 let metrics = &self.core.metrics.cluster;
                 metrics.frames_received.inc_by(frames.len() as u64);
+                let now = crate::door::now();
                 for frame in frames {
-                    if !self.inbound.on_wire(from, frame) {
+                    if !self.inbound.on_wire(from, frame, now) {
                         metrics.closed(wire_reason::SEQUENCE_GAP, 1);
                         warn!(peer = %incarnation_text(from), "a frame from another instance went missing: its session is closed");
                     }
@@ -932,4 +945,28 @@ pub mod wire_reason {
     pub const LINK_DOWN: &str = "redis_lost";
     pub const PEER_GONE: &str = "instance_gone";
     pub const SEQUENCE_GAP: &str = "message_lost";
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_redis_url_is_logged_without_its_password() {
+        use super::redacted_url;
+        assert_eq!(
+            redacted_url("redis://user:secret@10.0.0.1:6379/2"),
+            "redis://10.0.0.1:6379/2"
+        );
+        assert_eq!(
+            redacted_url("rediss://:p%40ss@cache:6380"),
+            "rediss://cache:6380"
+        );
+        assert_eq!(
+            redacted_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(
+            redacted_url("unix:///run/redis.sock"),
+            "unix:///run/redis.sock"
+        );
+    }
 }

@@ -20,6 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use futures_util::task::AtomicWaker;
 
@@ -398,7 +399,7 @@ impl Inbound {
     /// Acts on a frame from instance `from`. Returns false when a sequence
     /// number was out of order (the session is closed; the adapter counts
     /// it).
-    pub fn on_wire(&mut self, from: Incarnation, wire: Wire) -> bool {
+    pub fn on_wire(&mut self, from: Incarnation, wire: Wire, now: Instant) -> bool {
         let cluster = &self.cluster;
         match wire {
             Wire::Connect {
@@ -440,7 +441,7 @@ impl Inbound {
                 if let Some(raw) = payload.as_raw() {
                     // A device that cannot keep up is closed as slow, and
                     // its clients hear of it.
-                    let _ = link.send_to_device(raw);
+                    let _ = link.send_to_device(raw, now);
                 }
                 true
             }
@@ -478,7 +479,7 @@ impl Inbound {
                 if let Some(raw) = payload.as_raw() {
                     // A client that cannot keep up is closed as slow; its
                     // link's drop tells the device's side.
-                    let _ = remote.client.push(Outgoing::device_msg(raw));
+                    let _ = remote.client.push_relayed(Outgoing::device_msg(raw), now);
                 }
                 true
             }

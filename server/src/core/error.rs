@@ -133,10 +133,70 @@ impl ServerError {
         }
     }
 
-    /// The metrics label: the phrase, never a free string.
+    /// The metrics label: the phrase in snake_case, never a free string.
     pub fn label(&self) -> &'static str {
-        self.phrase()
+        match self {
+            Self::Decode(DecodeError::InvalidMessage(_)) => "invalid_message",
+            Self::Decode(DecodeError::UnknownMessageType(_)) => "unknown_message_type",
+            Self::Decode(DecodeError::InvalidDeviceId(_)) => "invalid_device_id",
+            Self::Decode(DecodeError::InvalidClientId(_)) => "invalid_client_id",
+            Self::Decode(DecodeError::MissingPayload) => "missing_payload",
+            Self::DeviceIdTaken(_) => "device_id_taken",
+            Self::AlreadyRegistered(_) => "already_registered",
+            Self::NotRegistered => "not_registered",
+            Self::UnknownClient(_) => "unknown_client",
+            Self::RegistrationTimeout => "registration_timeout",
+            Self::DeviceNotFound(_) => "device_not_found",
+            Self::AlreadyConnected(_) => "already_connected",
+            Self::NotConnected => "not_connected",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::DeviceDisconnected => "device_disconnected",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::IdleTimeout => "idle_timeout",
+            Self::SlowConsumer { .. } => "slow_consumer",
+            Self::MessageTooBig { .. } => "message_too_big",
+            Self::PayloadTooBig { .. } => "payload_too_big",
+            Self::BinaryMessage => "binary_message",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::ProtocolViolation(_) => "protocol_error",
+            Self::ShuttingDown => "shutting_down",
+            Self::RegistryUnavailable => "registry_unavailable",
+            Self::DeviceNotAllowed(_) => "device_not_allowed",
+            Self::TokenExpired => "token_expired",
+        }
     }
+
+    /// Every [`label`](Self::label), for the metrics to show at zero from
+    /// the start (a test holds it to the variants).
+    pub const LABELS: [&'static str; 27] = [
+        "invalid_message",
+        "unknown_message_type",
+        "invalid_device_id",
+        "invalid_client_id",
+        "missing_payload",
+        "device_id_taken",
+        "already_registered",
+        "not_registered",
+        "unknown_client",
+        "registration_timeout",
+        "device_not_found",
+        "already_connected",
+        "not_connected",
+        "connect_timeout",
+        "device_disconnected",
+        "rate_limited",
+        "idle_timeout",
+        "slow_consumer",
+        "message_too_big",
+        "payload_too_big",
+        "binary_message",
+        "invalid_utf8",
+        "protocol_error",
+        "shutting_down",
+        "registry_unavailable",
+        "device_not_allowed",
+        "token_expired",
+    ];
 
     /// Whether the session is over after this error, and with which code.
     pub fn close_code(&self) -> Option<CloseCode> {

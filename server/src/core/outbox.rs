@@ -21,6 +21,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use futures_util::task::AtomicWaker;
 use std::task::{Context, Poll};
@@ -67,6 +68,9 @@ struct State {
     overflowed: bool,
     // A Close was queued: later pushes are refused.
     closing: bool,
+    // When the oldest relayed message queued arrived at the server, for
+    // the outbox wait the front door measures once it has written it.
+    oldest_relayed: Option<Instant>,
 }
 
 /// What the connection task takes from its outbox at once.
@@ -75,6 +79,8 @@ pub struct Batch {
     pub items: VecDeque<Outgoing>,
     /// The outbox overflowed: close the connection as a slow consumer.
     pub overflowed: bool,
+    /// When the oldest relayed message in it arrived at the server.
+    pub oldest_relayed: Option<Instant>,
 }
 
 impl Outbox {
@@ -99,6 +105,16 @@ impl Outbox {
 
     /// Queues one item, within the bounds.
     pub fn push(&self, item: Outgoing) -> Result<(), PushError> {
+        self.push_arrived(item, None)
+    }
+
+    /// Queues a relayed message that arrived at the server at `arrived`,
+    /// within the bounds: its wait here is measured from then.
+    pub fn push_relayed(&self, item: Outgoing, arrived: Instant) -> Result<(), PushError> {
+        self.push_arrived(item, Some(arrived))
+    }
+
+    fn push_arrived(&self, item: Outgoing, arrived: Option<Instant>) -> Result<(), PushError> {
         let len = item.queued_bytes();
         let mut state = self.lock();
         if state.closing || state.overflowed {
@@ -113,6 +129,9 @@ impl Outbox {
         }
         state.bytes += len;
         state.queue.push_back(item);
+        if state.oldest_relayed.is_none() {
+            state.oldest_relayed = arrived;
+        }
         drop(state);
         self.shared.wake.wake();
         Ok(())
@@ -172,6 +191,7 @@ impl Outbox {
             std::mem::swap(&mut batch.items, &mut state.queue);
             state.bytes = 0;
             batch.overflowed = state.overflowed;
+            batch.oldest_relayed = state.oldest_relayed.take();
             return true;
         }
         false
@@ -259,6 +279,33 @@ mod tests {
         let mut batch = Batch::default();
         outbox.next_batch(&mut batch).now_or_never().unwrap();
         outbox.push(msg("12345678")).unwrap();
+    }
+
+    #[test]
+    fn a_batch_knows_when_its_oldest_relayed_message_arrived() {
+        let outbox = Outbox::new(limits(10, 1000));
+        let start = Instant::now();
+        let later = start + std::time::Duration::from_millis(5);
+        outbox
+            .push(Outgoing::ClientDisconnected { client_id: 1 })
+            .unwrap();
+        outbox.push_relayed(msg("a"), start).unwrap();
+        outbox.push_relayed(msg("b"), later).unwrap();
+        let mut batch = Batch::default();
+        assert!(outbox.take(&mut batch));
+        assert_eq!(batch.oldest_relayed, Some(start));
+        // The next batch starts over, and one without a relayed message
+        // has no time.
+        batch.items.clear();
+        outbox
+            .push(Outgoing::ClientDisconnected { client_id: 2 })
+            .unwrap();
+        assert!(outbox.take(&mut batch));
+        assert_eq!(batch.oldest_relayed, None);
+        batch.items.clear();
+        outbox.push_relayed(msg("c"), later).unwrap();
+        assert!(outbox.take(&mut batch));
+        assert_eq!(batch.oldest_relayed, Some(later));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use protocol::RawValue;
 
@@ -582,8 +583,14 @@ impl DeviceRegistration {
         &self.slot.id
     }
 
-    /// Sends a device's payload to client `client_id` of this device.
-    pub fn send_to_client(&self, client_id: u64, payload: &RawValue) -> Result<(), ForwardError> {
+    /// Sends a device's payload, which arrived at `now`, to client
+    /// `client_id` of this device.
+    pub fn send_to_client(
+        &self,
+        client_id: u64,
+        payload: &RawValue,
+        now: Instant,
+    ) -> Result<(), ForwardError> {
         let mut clients = lock(&self.slot.clients);
         let next_id = clients.next_id;
         match clients.live.get_mut(&client_id) {
@@ -591,7 +598,7 @@ impl DeviceRegistration {
             // and never waits. A full outbox closes that client, which
             // then leaves as usual: the device hears client_disconnected.
             Some(ClientEnd::Local(outbox)) => outbox
-                .push(Outgoing::device_msg(payload))
+                .push_relayed(Outgoing::device_msg(payload), now)
                 .map_err(ForwardError::NotQueued),
             Some(ClientEnd::Remote {
                 peer,
@@ -737,8 +744,9 @@ impl ClientLink {
         }
     }
 
-    /// Sends a client's payload to its device as `client_msg`.
-    pub fn send_to_device(&mut self, payload: &RawValue) -> Result<(), NotAttached> {
+    /// Sends a client's payload, which arrived at `now`, to its device as
+    /// `client_msg`.
+    pub fn send_to_device(&mut self, payload: &RawValue, now: Instant) -> Result<(), NotAttached> {
         self.refresh();
         if let LinkState::Remote(session) = &self.state {
             let cluster = self.registry.cluster.as_ref();
@@ -754,7 +762,7 @@ impl ClientLink {
         // it, and its clients are then told it disconnected. A closed one
         // means it is already leaving. Either way the client hears of it.
         slot.outbox
-            .push(Outgoing::client_msg(*client_id, payload))
+            .push_relayed(Outgoing::client_msg(*client_id, payload), now)
             .map_err(NotAttached::Leaving)
     }
 

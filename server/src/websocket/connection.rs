@@ -18,11 +18,11 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 use crate::ServerState;
 use crate::core::{Batch, Connection, Due, Outgoing, ServerError, Session};
-use crate::door::{self, now};
+use crate::door::{self, Closed, Traffic, now};
 use crate::encode::{self, Dialect};
 
 /// How a connection ends.
@@ -37,70 +37,16 @@ enum Ending {
     Gone,
 }
 
-/// What one connection carried, for the line that says how it ended.
-#[derive(Debug, Default)]
-struct Traffic {
-    messages_in: u64,
-    bytes_in: u64,
-    messages_out: u64,
-    bytes_out: u64,
-}
-
-/// The line for a connection's end (PROTOCOL.md, "Logs"): how it ended,
-/// how long it lasted, and what it carried. A session the server ended
-/// for a fault or a limit is a warning; a normal close, the server's
-/// shutdown, a device's departure and a dropped network are info.
-fn log_ending(ending: &Ending, opened: Instant, traffic: &Traffic) {
-    let duration_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let Traffic {
-        messages_in,
-        bytes_in,
-        messages_out,
-        bytes_out,
-    } = *traffic;
-    match ending {
-        Ending::Close(error) => {
-            let code = error.close_code().map(|c| c.code());
-            let reason = error.to_string();
-            if matches!(
-                error,
-                ServerError::ShuttingDown | ServerError::DeviceDisconnected
-            ) {
-                info!(code, %reason, closed_by = "server", duration_ms, messages_in, bytes_in, messages_out, bytes_out, "connection closed");
-            } else {
-                warn!(code, %reason, closed_by = "server", duration_ms, messages_in, bytes_in, messages_out, bytes_out, "connection closed");
-            }
-        }
-        Ending::PeerClosed(Some((code, reason))) => {
-            info!(
-                code,
-                %reason,
-                closed_by = "peer",
-                duration_ms,
-                messages_in,
-                bytes_in,
-                messages_out,
-                bytes_out,
-                "connection closed"
-            );
-        }
-        // A close frame without a code (RFC 6455 §7.1.5: 1005, no status).
-        Ending::PeerClosed(None) => {
-            info!(
-                closed_by = "peer",
-                duration_ms, messages_in, bytes_in, messages_out, bytes_out, "connection closed"
-            );
-        }
-        Ending::Gone => {
-            info!(
-                closed_by = "network",
-                duration_ms,
-                messages_in,
-                bytes_in,
-                messages_out,
-                bytes_out,
-                "connection lost without a close"
-            );
+impl Ending {
+    /// As the line and the metrics of its end say it.
+    fn closed(&self) -> Closed<'_> {
+        match self {
+            Self::Close(error) => Closed::ByServer(error),
+            Self::PeerClosed(frame) => Closed::ByPeer {
+                code: frame.as_ref().map(|(code, _)| *code),
+                reason: frame.as_ref().map(|(_, reason)| reason.as_str()),
+            },
+            Self::Gone => Closed::Lost,
         }
     }
 }
@@ -136,8 +82,7 @@ where
         // leave the token's waiter list each time.
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
-        let opened = Instant::now();
-        let mut traffic = Traffic::default();
+        let mut traffic = Traffic::new();
 
         let ending = loop {
             let wake = Instant::from_std(conn.poll_timeout());
@@ -148,10 +93,11 @@ where
                     if batch.overflowed {
                         break Ending::Close(conn.slow_consumer());
                     }
+                    let connect_at = conn.session().connect_received_at();
                     // Boxed: the write path's futures exist only while writing,
                     // so an idle connection does not carry their space.
                     let written = Box::pin(door::unless_stuck(
-                        write_batch(&mut ws, &mut batch, state, dialect, &mut traffic),
+                        write_batch(&mut ws, &mut batch, state, dialect, &mut traffic, connect_at),
                         &conn,
                         cancelled.as_mut(),
                     ))
@@ -171,8 +117,7 @@ where
                     match message {
                         Some(Ok(Message::Text(text))) => {
                             state.core.metrics.bytes_in.inc_by(text.len() as u64);
-                            traffic.messages_in += 1;
-                            traffic.bytes_in += text.len() as u64;
+                            traffic.received(text.len());
                             conn.on_text(&text, now);
                         }
                         Some(Ok(Message::Binary(_))) => break Ending::Close(ServerError::BinaryMessage),
@@ -231,38 +176,47 @@ where
             }
             Ending::Gone => {}
         }
-        log_ending(&ending, opened, &traffic);
+        door::ended(&state.core.metrics, S::ROLE, ending.closed(), &traffic);
     }
 }
 
 /// Writes a batch, stopping at a close. Returns the close, if there was one.
+/// A client's `device_info` written is observed as the wait since its
+/// `connect` arrived, at `connect_at`; the batch's oldest relayed message
+/// as the outbox wait.
 async fn write_batch<T>(
     ws: &mut WebSocketStream<T>,
     batch: &mut Batch,
     state: &ServerState,
     dialect: Dialect,
     traffic: &mut Traffic,
+    connect_at: Option<std::time::Instant>,
 ) -> Result<Option<Ending>, Ending>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let mut close = None;
+    let mut device_info = false;
     for item in batch.items.drain(..) {
-        if let Outgoing::Close(error) = item {
-            close = Some(Ending::Close(error));
-            break;
+        match item {
+            Outgoing::Close(error) => {
+                close = Some(Ending::Close(error));
+                break;
+            }
+            Outgoing::DeviceInfo(_) => device_info = true,
+            _ => {}
         }
         let Some(text) = encode::frame_in(item, dialect) else {
             continue;
         };
         state.core.metrics.bytes_out.inc_by(text.len() as u64);
-        traffic.messages_out += 1;
-        traffic.bytes_out += text.len() as u64;
+        traffic.sent(text.len());
         ws.feed(Message::Text(text.into()))
             .await
             .map_err(|_| Ending::Gone)?;
     }
     ws.flush().await.map_err(|_| Ending::Gone)?;
+    door::written(state, batch, device_info.then_some(connect_at).flatten());
     Ok(close)
 }
 

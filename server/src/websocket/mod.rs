@@ -80,10 +80,7 @@ pub(crate) fn upgrade(
         .and_then(|admitted| Ok((admitted, Handshake::read(&request)?)));
     let ((permit, grant), handshake) = match admitted {
         Ok(admitted) => admitted,
-        Err(refusal) => {
-            refusal.log(peer, request.uri().path());
-            return refusal.respond(&state);
-        }
+        Err(refusal) => return refusal.respond(&state, &request),
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
     if let Some(upgrading) = request.extensions().get::<Upgrading>() {

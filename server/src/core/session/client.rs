@@ -17,6 +17,7 @@ use crate::core::grant::Grant;
 use crate::core::outbox::Outbox;
 use crate::core::outgoing::Outgoing;
 use crate::core::registry::{ClientLink, Connection, NotAttached};
+use crate::metrics::Role;
 
 /// One client connection.
 #[derive(Debug)]
@@ -51,6 +52,8 @@ enum State {
         link: ClientLink,
         wait_until: Option<Instant>,
         client_id_logged: bool,
+        /// When the `connect` arrived.
+        connect_received_at: Instant,
     },
 }
 
@@ -134,12 +137,13 @@ impl ClientSession {
             link,
             wait_until,
             client_id_logged: false,
+            connect_received_at: now,
         };
         self.note_attached();
     }
 
-    /// A `forward` with its payload (C6, C7).
-    pub fn forward(&mut self, payload: &RawValue) {
+    /// A `forward` with its payload (C6, C7), arrived at `now`.
+    pub fn forward(&mut self, payload: &RawValue, now: Instant) {
         self.note_attached();
         let State::Linked { link, .. } = &mut self.state else {
             // C6
@@ -159,7 +163,7 @@ impl ClientSession {
                 .replies
                 .send_error(ServerError::PayloadTooBig { limit });
         }
-        match link.send_to_device(payload) {
+        match link.send_to_device(payload, now) {
             // C7
             Ok(()) => {
                 self.replies.core.relayed_to_device.inc();
@@ -205,11 +209,23 @@ impl ClientSession {
 }
 
 impl Session for ClientSession {
+    const ROLE: Role = Role::Client;
+
+    fn connect_received_at(&self) -> Option<Instant> {
+        match &self.state {
+            State::Linked {
+                connect_received_at,
+                ..
+            } => Some(*connect_received_at),
+            State::AwaitingConnect { .. } => None,
+        }
+    }
+
     fn on_text(&mut self, text: &str, now: Instant) {
         if self.framing == Framing::BarePayloads {
             // Not a JSON object: said, and the session goes on (as C8).
             return match protocol::parse_bare_payload(text) {
-                Ok(payload) => self.forward(payload),
+                Ok(payload) => self.forward(payload, now),
                 Err(e) => self.replies.send_error(e.into()),
             };
         }
@@ -236,7 +252,7 @@ impl Session for ClientSession {
                     let wait = self.replies.core.settings.client_wait;
                     self.connect(&connect.device_id, Some(wait), now);
                 }
-                Ok(ClientToServer::Forward(forward)) => self.forward(forward.payload),
+                Ok(ClientToServer::Forward(forward)) => self.forward(forward.payload, now),
                 // C4 (ends the session), C8
                 Err(e) => self.replies.send_error(e.into()),
             },

@@ -16,6 +16,7 @@ use crate::core::Core;
 use crate::core::outbox::Outbox;
 use crate::core::outgoing::Outgoing;
 use crate::core::registry::Descriptor;
+use crate::metrics::Role;
 
 /// One control connection.
 #[derive(Debug)]
@@ -73,6 +74,8 @@ impl ControlSession {
 }
 
 impl Session for ControlSession {
+    const ROLE: Role = Role::Control;
+
     fn on_text(&mut self, text: &str, _now: Instant) {
         match protocol::control::decode(text) {
             Ok(message) => self.pre_register(message),

@@ -15,6 +15,7 @@ use crate::core::grant::Grant;
 use crate::core::outbox::Outbox;
 use crate::core::outgoing::Outgoing;
 use crate::core::registry::{DeviceRegistration, ForwardError, RegisterError};
+use crate::metrics::Role;
 
 /// One device connection.
 #[derive(Debug)]
@@ -92,13 +93,13 @@ impl DeviceSession {
         }
     }
 
-    /// A `forward` whose fields decoded (D5–D8).
-    pub fn forward(&mut self, client_id: u64, payload: &RawValue) {
+    /// A `forward` whose fields decoded (D5–D8), arrived at `now`.
+    pub fn forward(&mut self, client_id: u64, payload: &RawValue, now: Instant) {
         let Some(registration) = &self.registration else {
             // D5
             return self.replies.send_error(ServerError::NotRegistered);
         };
-        match registration.send_to_client(client_id, payload) {
+        match registration.send_to_client(client_id, payload, now) {
             // D6
             Ok(()) => {
                 self.replies.core.relayed_to_client.inc();
@@ -122,7 +123,9 @@ impl DeviceSession {
 }
 
 impl Session for DeviceSession {
-    fn on_text(&mut self, text: &str, _now: Instant) {
+    const ROLE: Role = Role::Device;
+
+    fn on_text(&mut self, text: &str, now: Instant) {
         let frame = match Frame::<DeviceMessageType>::parse(text) {
             Ok(frame) => frame,
             // D11, D12
@@ -143,7 +146,7 @@ impl Session for DeviceSession {
             (_, _) => match frame.into_message() {
                 Ok(DeviceToServer::Register(register)) => self.register(register),
                 Ok(DeviceToServer::Forward(forward)) => {
-                    self.forward(forward.client_id, forward.payload);
+                    self.forward(forward.client_id, forward.payload, now);
                 }
                 // D2 (ends the session), D9, D10
                 Err(e) => self.replies.send_error(e.into()),

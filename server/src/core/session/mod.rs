@@ -12,6 +12,7 @@ use super::Core;
 use super::error::ServerError;
 use super::outbox::{Outbox, PushError};
 use super::outgoing::Outgoing;
+use crate::metrics::Role;
 
 pub mod client;
 pub mod control;
@@ -27,6 +28,13 @@ pub use device::DeviceSession;
 /// instruments the connection with it), so a session names its device and
 /// client ids on `Span::current()` instead of keeping a handle of its own.
 pub trait Session {
+    /// What kind of session it is, for the metrics.
+    const ROLE: Role;
+    /// When a client's `connect` arrived, for the time to its
+    /// `device_info` (`signaling_device_info_wait_seconds`).
+    fn connect_received_at(&self) -> Option<Instant> {
+        None
+    }
     /// A text frame arrived at `now`.
     fn on_text(&mut self, text: &str, now: Instant);
     /// When `handle_timeout` is due, if ever.

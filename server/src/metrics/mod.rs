@@ -2,12 +2,24 @@
 //!
 //! The hot path holds the counters it needs (each an `Arc` of an atomic) so a
 //! relayed message costs an atomic add, not a label lookup.
+//!
+//! Every label value is snake_case, and every series whose labels are known
+//! in advance exists from the start at zero, so that an alert on one can be
+//! written before its first event (PROTOCOL.md, "Metrics").
 
-use prometheus_client::encoding::EncodeLabelSet;
+mod histogram;
+mod process;
+
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::{Registry, Unit};
+
+pub use histogram::DurationHistogram;
 
 /// Which websocket endpoint a connection came in on.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -21,6 +33,13 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    const ALL: [Self; 4] = [
+        Self::RegisterDevice,
+        Self::ConnectClient,
+        Self::DeviceConnect,
+        Self::Adb,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Self::RegisterDevice => "register_device",
@@ -44,6 +63,8 @@ pub enum Direction {
 }
 
 impl Direction {
+    const ALL: [Self; 2] = [Self::ClientToDevice, Self::DeviceToClient];
+
     fn label(self) -> &'static str {
         match self {
             Self::ClientToDevice => "client_to_device",
@@ -58,8 +79,8 @@ struct DirectionLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PhraseLabel {
-    phrase: &'static str,
+struct ErrorLabel {
+    error: &'static str,
 }
 
 /// Why a connection was refused before the websocket upgrade.
@@ -73,9 +94,21 @@ pub enum RefusedReason {
     Origin,
     /// With `--proxy-protocol`, a connection without a valid header.
     ProxyHeader,
+    /// The server is draining or shutting down.
+    ShuttingDown,
 }
 
 impl RefusedReason {
+    const ALL: [Self; 7] = [
+        Self::Unauthorized,
+        Self::ConnectionLimit,
+        Self::PerIpLimit,
+        Self::BadUpgrade,
+        Self::Origin,
+        Self::ProxyHeader,
+        Self::ShuttingDown,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Self::Unauthorized => "unauthorized",
@@ -84,9 +117,136 @@ impl RefusedReason {
             Self::BadUpgrade => "bad_upgrade",
             Self::Origin => "origin",
             Self::ProxyHeader => "proxy_header",
+            Self::ShuttingDown => "shutting_down",
         }
     }
 }
+
+/// What a connection was for: its session's kind.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Role {
+    Device,
+    Client,
+    /// A control connection on the control socket.
+    Control,
+}
+
+impl Role {
+    const ALL: [Self; 3] = [Self::Device, Self::Client, Self::Control];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Device => "device",
+            Self::Client => "client",
+            Self::Control => "control",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabel {
+    role: &'static str,
+}
+
+/// Who ended a connection.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum ClosedBy {
+    /// The server, for the reason its close code says.
+    Server,
+    /// The peer: a close frame, or a device closing its socket.
+    Peer,
+    /// Nobody: the connection was lost without a close.
+    Network,
+}
+
+impl ClosedBy {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Server => "server",
+            Self::Peer => "peer",
+            Self::Network => "network",
+        }
+    }
+}
+
+/// The close codes counted under their own number; a peer's other codes
+/// are counted as `other`, so that no peer can make new series.
+const KNOWN_CLOSE_CODES: [(u16, &str); 9] = [
+    (1000, "1000"),
+    (1001, "1001"),
+    (1002, "1002"),
+    (1003, "1003"),
+    (1007, "1007"),
+    (1008, "1008"),
+    (1009, "1009"),
+    (1011, "1011"),
+    (1013, "1013"),
+];
+
+/// A close code's label: its number, `none` for an end without one, or
+/// `other`.
+fn close_code_label(code: Option<u16>) -> &'static str {
+    match code {
+        None => "none",
+        Some(code) => KNOWN_CLOSE_CODES
+            .iter()
+            .find(|(known, _)| *known == code)
+            .map_or("other", |(_, label)| label),
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloseLabels {
+    closed_by: &'static str,
+    code: &'static str,
+}
+
+/// A family whose label sets are all known at start: its members are
+/// handles held where they are observed, so an observation looks no label
+/// up.
+#[derive(Debug)]
+struct FixedFamily<L, M> {
+    members: Vec<(L, M)>,
+}
+
+impl<L, M> EncodeMetric for FixedFamily<L, M>
+where
+    L: EncodeLabelSet + std::fmt::Debug + Send + Sync,
+    M: EncodeMetric + TypedMetric,
+{
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, metric) in &self.members {
+            metric.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        M::TYPE
+    }
+}
+
+/// Buckets of a session's length: from a refused handshake to a device up
+/// for days.
+const SESSION_SECONDS: &[f64] = &[
+    0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14_400.0, 43_200.0, 86_400.0, 604_800.0,
+];
+
+/// Buckets of the time a client waits for its `device_info`: at once in
+/// the reference flow, a Redis round trip with the device on another
+/// instance, up to `--client-wait-secs` in the alternative flow.
+const DEVICE_INFO_SECONDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0,
+];
+
+/// Buckets of the time a relayed message waits in an outbox before it is
+/// written: tens of microseconds when the receiver keeps up, seconds when
+/// it is about to be closed as a slow consumer.
+const OUTBOX_WAIT_SECONDS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0,
+];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
@@ -213,13 +373,20 @@ pub struct Metrics {
     /// Connections open on the device and control sockets right now.
     pub socket_connections: Gauge,
     relayed: Family<DirectionLabel, Counter>,
-    errors: Family<PhraseLabel, Counter>,
+    errors: Family<ErrorLabel, Counter>,
     refused: Family<ReasonLabel, Counter>,
+    closed: Family<CloseLabels, Counter>,
+    /// Each role's session length, indexed as `Role::ALL`.
+    session_seconds: [DurationHistogram; 3],
+    /// From a client's `connect` to its `device_info` written.
+    pub device_info_wait: DurationHistogram,
+    /// From a relayed message's arrival to the write of the batch it is
+    /// in, for the oldest message of each batch a socket writes.
+    pub outbox_wait: DurationHistogram,
     /// Payload bytes of websocket messages received.
     pub bytes_in: Counter,
     /// Payload bytes of websocket messages sent.
     pub bytes_out: Counter,
-    resident_memory: Gauge,
     pub cluster: ClusterMetrics,
 }
 
@@ -231,7 +398,10 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("signaling");
+        let mut root = Registry::default();
+        // The standard names, without the server's prefix.
+        root.register_collector(Box::new(process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("signaling");
         let devices = Gauge::default();
         registry.register("devices", "Devices registered", devices.clone());
         let clients = Gauge::default();
@@ -241,6 +411,11 @@ impl Metrics {
             clients.clone(),
         );
         let connections = Family::<EndpointLabel, Gauge>::default();
+        for endpoint in Endpoint::ALL {
+            let _ = connections.get_or_create(&EndpointLabel {
+                endpoint: endpoint.label(),
+            });
+        }
         registry.register(
             "websocket_connections",
             "Open websocket connections by endpoint",
@@ -253,22 +428,85 @@ impl Metrics {
             socket_connections.clone(),
         );
         let relayed = Family::<DirectionLabel, Counter>::default();
+        for direction in Direction::ALL {
+            let _ = relayed.get_or_create(&DirectionLabel {
+                direction: direction.label(),
+            });
+        }
         registry.register(
             "messages_relayed",
             "Messages relayed between clients and devices",
             relayed.clone(),
         );
-        let errors = Family::<PhraseLabel, Counter>::default();
+        let errors = Family::<ErrorLabel, Counter>::default();
+        for error in crate::core::ServerError::LABELS {
+            let _ = errors.get_or_create(&ErrorLabel { error });
+        }
         registry.register(
             "errors",
-            "Error messages sent, by their stable phrase",
+            "Errors sent (an error frame or a close), by error",
             errors.clone(),
         );
         let refused = Family::<ReasonLabel, Counter>::default();
+        for reason in RefusedReason::ALL {
+            let _ = refused.get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            });
+        }
         registry.register(
             "connections_refused",
-            "Websocket upgrades refused, by reason",
+            "Connections refused before a session began, by reason",
             refused.clone(),
+        );
+        let closed = Family::<CloseLabels, Counter>::default();
+        let server_codes = [1001, 1002, 1003, 1007, 1008, 1009, 1013].map(Some);
+        let peer_codes = KNOWN_CLOSE_CODES
+            .iter()
+            .map(|(code, _)| Some(*code))
+            .chain([None, Some(0)]);
+        let combinations = server_codes
+            .into_iter()
+            .map(|code| (ClosedBy::Server, code))
+            .chain(peer_codes.map(|code| (ClosedBy::Peer, code)))
+            .chain([(ClosedBy::Network, None)]);
+        for (closed_by, code) in combinations {
+            let _ = closed.get_or_create(&CloseLabels {
+                closed_by: closed_by.label(),
+                code: close_code_label(code),
+            });
+        }
+        registry.register(
+            "connections_closed",
+            "Sessions ended, by who ended them and the close code (none: without one)",
+            closed.clone(),
+        );
+        let session_seconds = Role::ALL.map(|_| DurationHistogram::new(SESSION_SECONDS));
+        let by_role = FixedFamily {
+            members: Role::ALL
+                .iter()
+                .zip(&session_seconds)
+                .map(|(role, histogram)| (RoleLabel { role: role.label() }, histogram.clone()))
+                .collect(),
+        };
+        registry.register_with_unit(
+            "session_duration",
+            "How long sessions lasted, from the upgrade (or the polling connect) to the end",
+            Unit::Seconds,
+            by_role,
+        );
+        let device_info_wait = DurationHistogram::new(DEVICE_INFO_SECONDS);
+        registry.register_with_unit(
+            "device_info_wait",
+            "From a client's connect to its device_info written",
+            Unit::Seconds,
+            device_info_wait.clone(),
+        );
+        let outbox_wait = DurationHistogram::new(OUTBOX_WAIT_SECONDS);
+        registry.register_with_unit(
+            "outbox_wait",
+            "How long the oldest relayed message of each batch a socket writes waited in its outbox",
+            Unit::Seconds,
+            outbox_wait.clone(),
         );
         let bytes_in = Counter::default();
         registry.register(
@@ -290,15 +528,9 @@ impl Metrics {
                 commit: crate::GIT_COMMIT,
             }),
         );
-        let resident_memory = Gauge::default();
-        registry.register(
-            "process_resident_memory_bytes",
-            "Resident memory of the server process",
-            resident_memory.clone(),
-        );
-        let cluster = ClusterMetrics::register(&mut registry);
+        let cluster = ClusterMetrics::register(registry);
         Self {
-            registry,
+            registry: root,
             cluster,
             devices,
             clients,
@@ -307,9 +539,12 @@ impl Metrics {
             relayed,
             errors,
             refused,
+            closed,
+            session_seconds,
+            device_info_wait,
+            outbox_wait,
             bytes_in,
             bytes_out,
-            resident_memory,
         }
     }
 
@@ -334,10 +569,28 @@ impl Metrics {
     /// Counts one error sent, under its variant's label.
     pub fn error_sent(&self, error: &crate::core::ServerError) {
         self.errors
-            .get_or_create(&PhraseLabel {
-                phrase: error.label(),
+            .get_or_create(&ErrorLabel {
+                error: error.label(),
             })
             .inc();
+    }
+
+    /// Counts a session's end and observes its length.
+    pub fn session_ended(
+        &self,
+        role: Role,
+        closed_by: ClosedBy,
+        code: Option<u16>,
+        duration: Duration,
+    ) {
+        self.closed
+            .get_or_create(&CloseLabels {
+                closed_by: closed_by.label(),
+                code: close_code_label(code),
+            })
+            .inc();
+        let index = Role::ALL.iter().position(|r| *r == role).unwrap_or(0);
+        self.session_seconds[index].observe(duration);
     }
 
     /// Counts one refused upgrade.
@@ -351,22 +604,11 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        if let Some(rss) = resident_memory_bytes() {
-            self.resident_memory.set(rss);
-        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
-}
-
-/// The process's resident set size, from /proc (Linux only).
-fn resident_memory_bytes() -> Option<i64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 #[cfg(test)]
