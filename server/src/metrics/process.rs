@@ -19,7 +19,8 @@ pub(crate) struct ProcessStats {
     pub resident_bytes: u64,
     pub virtual_bytes: u64,
     pub threads: u64,
-    pub start_time_seconds: f64,
+    /// None where /proc/stat is hidden (systemd's ProcSubset=pid).
+    pub start_time_seconds: Option<f64>,
     pub open_fds: Option<u64>,
     pub max_fds: Option<u64>,
 }
@@ -30,7 +31,9 @@ impl ProcessStats {
         let ticks = clock_ticks_per_second()?;
         let page = page_size()?;
         let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-        let boot_time = boot_time_seconds(&std::fs::read_to_string("/proc/stat").ok()?)?;
+        let boot_time = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|text| boot_time_seconds(&text));
         let mut stats = Self::parse_stat(&stat, ticks, page, boot_time)?;
         stats.open_fds = std::fs::read_dir("/proc/self/fd")
             .ok()
@@ -40,8 +43,8 @@ impl ProcessStats {
     }
 
     /// The figures of a `/proc/<pid>/stat` line (proc(5)): `ticks` clock
-    /// ticks a second, pages of `page` bytes, and the boot time.
-    fn parse_stat(stat: &str, ticks: f64, page: u64, boot_time: u64) -> Option<Self> {
+    /// ticks a second, pages of `page` bytes, and the boot time if known.
+    fn parse_stat(stat: &str, ticks: f64, page: u64, boot_time: Option<u64>) -> Option<Self> {
         // The command name (field 2) is in parentheses and may hold
         // spaces and parentheses itself: the fields that follow start
         // after the last ')', at field 3.
@@ -49,10 +52,11 @@ impl ProcessStats {
         let fields: Vec<&str> = rest.split_whitespace().collect();
         let field = |number: usize| -> Option<u64> { fields.get(number - 3)?.parse().ok() };
         let (utime, stime) = (field(14)?, field(15)?);
+        let started = field(22)? as f64 / ticks;
         Some(Self {
             cpu_seconds: (utime + stime) as f64 / ticks,
             threads: field(20)?,
-            start_time_seconds: boot_time as f64 + field(22)? as f64 / ticks,
+            start_time_seconds: boot_time.map(|boot| boot as f64 + started),
             virtual_bytes: field(23)?,
             resident_bytes: field(24)? * page,
             open_fds: None,
@@ -114,11 +118,13 @@ impl Collector for ProcessCollector {
             "Number of OS threads in the process.",
             stats.threads as f64,
         )?;
-        gauge(
-            "process_start_time_seconds",
-            "Start time of the process since unix epoch in seconds.",
-            stats.start_time_seconds,
-        )?;
+        if let Some(start) = stats.start_time_seconds {
+            gauge(
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds.",
+                start,
+            )?;
+        }
         if let Some(open) = stats.open_fds {
             gauge(
                 "process_open_fds",
@@ -147,10 +153,10 @@ mod tests {
         // split a naive reader.
         let line = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 1000 0 0 0 \
                     250 150 0 0 20 0 7 0 12345 987654321 2048 18446744073709551615";
-        let stats = ProcessStats::parse_stat(line, 100.0, 4096, 1_700_000_000).unwrap();
+        let stats = ProcessStats::parse_stat(line, 100.0, 4096, Some(1_700_000_000)).unwrap();
         assert_eq!(stats.cpu_seconds, 4.0);
         assert_eq!(stats.threads, 7);
-        assert_eq!(stats.start_time_seconds, 1_700_000_123.45);
+        assert_eq!(stats.start_time_seconds, Some(1_700_000_123.45));
         assert_eq!(stats.virtual_bytes, 987_654_321);
         assert_eq!(stats.resident_bytes, 2048 * 4096);
     }
@@ -158,7 +164,7 @@ mod tests {
     #[test]
     fn a_truncated_stat_line_is_not_read() {
         assert_eq!(
-            ProcessStats::parse_stat("1 (x) S 1 2 3", 100.0, 4096, 0),
+            ProcessStats::parse_stat("1 (x) S 1 2 3", 100.0, 4096, Some(0)),
             None
         );
     }
@@ -180,7 +186,10 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs_f64();
-        assert!(stats.start_time_seconds <= now + 1.0);
-        assert!(stats.start_time_seconds > now - 24.0 * 3600.0);
+        let start = stats
+            .start_time_seconds
+            .expect("/proc/stat is readable here");
+        assert!(start <= now + 1.0);
+        assert!(start > now - 24.0 * 3600.0);
     }
 }
