@@ -3,6 +3,7 @@
 
 use anyhow::Context as _;
 use clap::Parser;
+use signaling_server::cli::config_file::{self, SettingsError};
 use signaling_server::cli::{Cli, LogFormat};
 use std::io::Write as _;
 use std::path::Path;
@@ -81,26 +82,60 @@ fn one_line(error: &anyhow::Error) -> String {
     text
 }
 
+/// `signaling-server man`: the manual page, in roff.
+/// `signaling-server completions SHELL`: the shell's completion script.
+fn generate(what: &str, shell: Option<std::ffi::OsString>) -> anyhow::Result<()> {
+    let mut command = config_file::command();
+    let mut stdout = std::io::stdout().lock();
+    match what {
+        "man" => clap_mangen::Man::new(command).render(&mut stdout)?,
+        _ => {
+            let shell = shell
+                .and_then(|shell| shell.to_str()?.parse::<clap_complete::Shell>().ok())
+                .context("write: signaling-server completions bash|zsh|fish|elvish|powershell")?;
+            clap_complete::generate(shell, &mut command, "signaling-server", &mut stdout);
+        }
+    }
+    stdout.flush()?;
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let mut args = std::env::args_os();
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|first| first == "token")
-    {
+    let first = std::env::args_os().nth(1);
+    let said = |result: anyhow::Result<()>| match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            std::process::ExitCode::FAILURE
+        }
+    };
+    if first.as_ref().is_some_and(|first| first == "token") {
         // "signaling-server token" as the program name, then its flags.
         let program = args.next().unwrap_or_default();
         args.next();
         let mut name = program;
         name.push(" token");
-        return match mint_token(std::iter::once(name).chain(args)) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {}", one_line(&e));
-                std::process::ExitCode::FAILURE
-            }
-        };
+        return said(mint_token(std::iter::once(name).chain(args)));
     }
-    let cli = Cli::parse();
+    if let Some(what) = first.as_ref().and_then(|first| first.to_str())
+        && matches!(what, "man" | "completions")
+    {
+        return said(generate(what, std::env::args_os().nth(2)));
+    }
+    let cli = match config_file::parse(std::env::args_os()) {
+        Ok(settings) if settings.cli.print_config => {
+            print!("{}", settings.to_toml());
+            return std::process::ExitCode::SUCCESS;
+        }
+        Ok(settings) => settings.cli,
+        // clap's own: the help, the version, or a bad flag, with its usage.
+        Err(SettingsError::Flags(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let json = cli.log_format == LogFormat::Json;
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)

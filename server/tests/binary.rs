@@ -400,6 +400,84 @@ async fn socket_and_polling_connections_end_with_the_same_line() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A setting comes from its flag, else its environment variable, else the
+/// `--config` file, else its default; `--print-config` says which, and a
+/// server started with the file runs with what it says.
+#[test]
+fn settings_come_from_the_flag_then_the_environment_then_the_file() {
+    let dir = std::env::temp_dir().join(format!("signaling-settings-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:0\"\nrate-limit = 10\nrate-burst = 30\nidle-timeout = \"2m\"\n\
+         max-message-bytes = 4096\nstun-server = [\"stun:a.example:3478\"]\n",
+    )
+    .unwrap();
+    let output = Command::new(BINARY)
+        .arg("--config")
+        .arg(&path)
+        .args(["--rate-limit", "20", "--print-config"])
+        .env("SIGNALING_RATE_LIMIT", "15")
+        .env("SIGNALING_RATE_BURST", "40")
+        .env("SIGNALING_ALLOW_INSECURE", "yes")
+        .env(
+            "SIGNALING_TURN_URL",
+            "turn:t.example:3478,turns:t.example:5349",
+        )
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let printed = String::from_utf8(output.stdout).unwrap();
+    for line in [
+        "rate-limit = 20  # flag",
+        "rate-burst = 40  # SIGNALING_RATE_BURST",
+        "allow-insecure = true  # SIGNALING_ALLOW_INSECURE",
+        r#"turn-url = ["turn:t.example:3478", "turns:t.example:5349"]  # SIGNALING_TURN_URL"#,
+        r#"idle-timeout = "2m"  # --config"#,
+        r#"stun-server = ["stun:a.example:3478"]  # --config"#,
+        r#"# ping-interval = "15s"  # default"#,
+    ] {
+        assert!(printed.contains(line), "{line} not in\n{printed}");
+    }
+    // A server started with the file runs with it.
+    let server = Server::start_logging(&["--config", path.to_str().unwrap()], "info");
+    let started = Instant::now();
+    let configuration = loop {
+        let log = server.stderr();
+        if let Some(line) = log.lines().find(|line| line.contains("configuration")) {
+            break line.to_owned();
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for field in [
+        "max_message_bytes=4096",
+        "rate_limit=10",
+        "idle_timeout=\"2m\"",
+        "ice_servers=1",
+    ] {
+        assert!(configuration.contains(field), "{field}: {configuration}");
+    }
+    drop(server);
+    // A bad file stops the start, said once, naming the file and the key.
+    std::fs::write(&path, "max-message-bytes = \"lots\"\n").unwrap();
+    let output = Command::new(BINARY)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let said = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(
+        said.starts_with(&format!("error: --config {}: ", path.display()))
+            && said.contains("max-message-bytes"),
+        "{said}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// A refusal before the upgrade is one warning with the peer and why.
 #[tokio::test]
 async fn a_refusal_is_logged_with_the_peer_and_why() {

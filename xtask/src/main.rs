@@ -14,6 +14,8 @@
 //! - `test`: every test: `cargo test --workspace`, then `browser`.
 //! - `demo`: a server and a fake device, up until Ctrl-C, and the URL of
 //!   the web client connected to the device.
+//! - `dist`: the server packed for a host (binary, man page, completions,
+//!   systemd unit, settings, docs) under `target/dist/` (see `dist.rs`).
 //!
 //! Every process a task starts, it stops, also on failure.
 
@@ -31,6 +33,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 mod bench;
 mod browser;
 mod demo;
+mod dist;
 mod e2e;
 mod fuzz;
 mod load;
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Some("browser") => browser::run(&workspace_root()),
         Some("test") => run_all_tests(),
         Some("demo") => demo::run(&workspace_root()),
+        Some("dist") => dist::run(&workspace_root()),
         Some("fuzz") => match std::env::args().nth(2).map(|s| s.parse::<u64>()) {
             None => fuzz::run(&workspace_root(), 30),
             Some(Ok(seconds)) => fuzz::run(&workspace_root(), seconds),
@@ -70,7 +74,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  e2e               build, then run the whole flow end to end\n  bench [--quick] [--against BINARY] [--only TEXT]\n                    load the server with client-cli bench; --quick is a few seconds for CI;\n                    --against compares with another signaling-server binary, alternating;\n                    --only runs the scenarios whose name holds TEXT and prints, writing nothing\n  bench-handshake   time the WebRTC handshake through the server (release build)\n  fuzz [SECONDS]    run each fuzz target for SECONDS (default 30)\n  browser           the web client in headless Chromium (installs it when missing)\n  test              every test: cargo test --workspace, then browser\n  demo              a server and a fake device until Ctrl-C; prints the URL to open"
+                "usage: cargo xtask <task>\n\n  e2e               build, then run the whole flow end to end\n  bench [--quick] [--against BINARY] [--only TEXT]\n                    load the server with client-cli bench; --quick is a few seconds for CI;\n                    --against compares with another signaling-server binary, alternating;\n                    --only runs the scenarios whose name holds TEXT and prints, writing nothing\n  bench-handshake   time the WebRTC handshake through the server (release build)\n  fuzz [SECONDS]    run each fuzz target for SECONDS (default 30)\n  browser           the web client in headless Chromium (installs it when missing)\n  test              every test: cargo test --workspace, then browser\n  demo              a server and a fake device until Ctrl-C; prints the URL to open\n  dist              the server packed for a host under target/dist (binary, man page,\n                    completions, systemd unit, settings, docs)"
             );
             return ExitCode::from(2);
         }

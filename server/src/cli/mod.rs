@@ -1,5 +1,7 @@
 //! The command line of `signaling-server`, and how it becomes a
-//! [`ServerConfig`].
+//! [`ServerConfig`]; `config_file` adds the environment and `--config`.
+
+pub mod config_file;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,12 +24,30 @@ use crate::tls;
 #[command(
     name = "signaling-server",
     version = crate::VERSION,
-    after_help = "Logs go to stderr; RUST_LOG filters them (default \
+    after_help = "Every setting is also read from its environment variable (shown with \
+        it; SIGNALING_ and the flag in capitals) and from --config FILE: a flag wins over \
+        its variable, which wins over the file; --print-config shows what is in effect.\n\
+        Logs go to stderr; RUST_LOG filters them (default \
         \"info,hyper=warn,tokio_tungstenite=warn,tungstenite=warn,rustls=warn\"; e.g. \
         RUST_LOG=debug, RUST_LOG=signaling_server=debug).\n\
-        To mint a signed token for --token-secret-file: signaling-server token --help"
+        To mint a signed token for --token-secret-file: signaling-server token --help\n\
+        The manual page and shell completions: signaling-server man, \
+        signaling-server completions bash|zsh|fish|elvish|powershell"
 )]
 pub struct Cli {
+    /// Read settings from this TOML file, one `key = value` each, the key
+    /// the flag's long name: listen = "0.0.0.0:8443", max-message-bytes =
+    /// 65536, stun-server = ["stun:stun.example:3478"], allow-insecure =
+    /// true. A flag, then its environment variable, overrides the file.
+    #[arg(long, env = "SIGNALING_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print the settings in effect (each from its flag, its environment
+    /// variable, --config or its default) as a file --config takes, and
+    /// exit. Tokens are not printed.
+    #[arg(long)]
+    pub print_config: bool,
+
     /// Address and port to listen on, ADDR:PORT (127.0.0.1:8443,
     /// [::1]:8443, 0.0.0.0:8443; localhost is 127.0.0.1). Plain ws:// is
     /// only allowed on a loopback address unless --allow-insecure is given.
