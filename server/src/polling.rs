@@ -513,15 +513,15 @@ impl Polling {
                     lock(&client.traffic).sent(payload.len());
                     payloads.push(payload.get());
                 }
-                // The device left (D16): nothing more will come. The array
-                // has no place for the notice; the next request's 401 says
-                // the client is gone.
-                Outgoing::Close(ended @ ServerError::DeviceDisconnected) => {
-                    self.remove(connection_id, Closed::ByServer(ended), false);
-                }
+                // If the device left (D16), nothing more will come: the
+                // array has no place for the notice, and the next
+                // request's 401 says the client is gone. Any other ending
+                // is the answer.
                 Outgoing::Close(ended) => {
                     self.remove(connection_id, Closed::ByServer(ended), false);
-                    return error(status(ended), &ended.to_string());
+                    if *ended != ServerError::DeviceDisconnected {
+                        return error(status(ended), &ended.to_string());
+                    }
                 }
                 other => debug!(item = ?other, "not a device payload; not relayed"),
             }

@@ -316,15 +316,8 @@ async fn socket_and_polling_connections_end_with_the_same_line() {
         "info",
     );
     let address = server.address.parse().unwrap();
-    let device = tokio_seqpacket::UnixSeqpacket::connect(&path)
-        .await
-        .unwrap();
-    device
-        .send(br#"{"message_type":"register","device_id":"cvd-line"}"#)
-        .await
-        .unwrap();
+    let (device, _config) = socket_device(&path, "cvd-line", &server).await;
     let mut buffer = vec![0u8; 4096];
-    device.recv(&mut buffer).await.unwrap();
     let connected = request(
         address,
         Request::post_json("/polled_connections", r#"{"device_id":"cvd-line"}"#),
@@ -1280,19 +1273,8 @@ fn go_operator_socket_path() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let device = tokio_seqpacket::UnixSeqpacket::connect(&path)
-            .await
-            .unwrap();
-        device
-            .send(br#"{"message_type":"register","device_id":"cvd-socket"}"#)
-            .await
-            .unwrap();
-        let mut buffer = vec![0u8; 4096];
-        let n = match device.recv(&mut buffer).await {
-            Ok(info) => info.bytes_read(),
-            Err(e) => panic!("{e}: {}", server.stderr()),
-        };
-        assert!(buffer[..n].starts_with(br#"{"message_type":"config""#));
+        let (_device, config) = socket_device(&path, "cvd-socket", &server).await;
+        assert!(config.starts_with(r#"{"message_type":"config""#));
         let address = server.address.parse().unwrap();
         let devices = support::http::get(address, "/devices").await.unwrap();
         // --socket_path is a Go operator flag: descriptors, as there.
@@ -1306,6 +1288,24 @@ fn go_operator_socket_path() {
     assert!(!path.exists(), "removed at exit");
     assert!(!control.exists(), "removed at exit");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A device registered as `device_id` on the device socket at `path`, and
+/// the first packet the server sent it.
+async fn socket_device(
+    path: &std::path::Path,
+    device_id: &str,
+    server: &Server,
+) -> (tokio_seqpacket::UnixSeqpacket, String) {
+    let device = tokio_seqpacket::UnixSeqpacket::connect(path).await.unwrap();
+    let register = format!(r#"{{"message_type":"register","device_id":"{device_id}"}}"#);
+    device.send(register.as_bytes()).await.unwrap();
+    let mut buffer = vec![0u8; 4096];
+    let n = match device.recv(&mut buffer).await {
+        Ok(info) => info.bytes_read(),
+        Err(e) => panic!("{e}: {}", server.stderr()),
+    };
+    (device, String::from_utf8(buffer[..n].to_vec()).unwrap())
 }
 
 /// `GET /devices{query}` while a device registered as `device_id` holds

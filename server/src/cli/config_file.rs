@@ -285,14 +285,20 @@ impl Settings {
 
     /// Where the setting `id` came from.
     pub fn source(&self, id: &str) -> Source {
+        let command = command();
+        match command.get_arguments().find(|arg| arg.get_id() == id) {
+            Some(arg) => self.source_of(arg),
+            None => Source::Unset,
+        }
+    }
+
+    fn source_of(&self, arg: &Arg) -> Source {
+        let id = arg.get_id().as_str();
         match self.matches.value_source(id) {
             Some(ValueSource::CommandLine) if self.from_file.contains(id) => Source::File,
             Some(ValueSource::CommandLine) => Source::Flag,
             Some(ValueSource::EnvVariable) => Source::Environment(
-                command()
-                    .get_arguments()
-                    .find(|arg| arg.get_id() == id)
-                    .and_then(Arg::get_env)
+                arg.get_env()
                     .map(|name| name.to_string_lossy().into_owned())
                     .unwrap_or_default(),
             ),
@@ -312,14 +318,11 @@ impl Settings {
         for arg in command().get_arguments().filter(|arg| is_setting(arg)) {
             let Some(key) = arg.get_long() else { continue };
             let id = arg.get_id().as_str();
+            let source = self.source_of(arg);
             // A default is shown as a comment: given in a file, it would
             // count as given (and some settings need others when given).
-            let comment = if self.source(id) == Source::Default {
-                "# "
-            } else {
-                ""
-            };
-            let from = match self.source(id) {
+            let comment = if source == Source::Default { "# " } else { "" };
+            let from = match source {
                 Source::Flag => "flag".to_owned(),
                 Source::Environment(name) => name,
                 Source::File => "--config".to_owned(),
