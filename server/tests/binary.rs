@@ -374,6 +374,8 @@ async fn socket_and_polling_connections_end_with_the_same_line() {
     ] {
         assert!(socket.contains(field), "{field}: {socket}");
     }
+    // stderr is a pipe here, not a terminal: no colour codes.
+    assert!(!server.stderr().contains('\u{1b}'), "{}", server.stderr());
     let polling = line("polling");
     for field in [
         "INFO",
