@@ -84,6 +84,23 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// The first line of stderr holding `text`, once it is there (within
+    /// five seconds).
+    fn log_line(&self, text: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let log = self.stderr();
+            if let Some(line) = log.lines().find(|line| line.contains(text)) {
+                return line.to_owned();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "no {text:?} in\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([format!("-{name}"), self.child.id().to_string()])
@@ -437,15 +454,7 @@ fn settings_come_from_the_flag_then_the_environment_then_the_file() {
     }
     // A server started with the file runs with it.
     let server = Server::start_logging(&["--config", path.to_str().unwrap()], "info");
-    let started = Instant::now();
-    let configuration = loop {
-        let log = server.stderr();
-        if let Some(line) = log.lines().find(|line| line.contains("configuration")) {
-            break line.to_owned();
-        }
-        assert!(started.elapsed() < Duration::from_secs(5), "{log}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let configuration = server.log_line("configuration");
     for field in [
         "max_message_bytes=4096",
         "rate_limit=10",
@@ -482,18 +491,7 @@ async fn a_refusal_is_logged_with_the_peer_and_why() {
     );
     let url = format!("ws://{}/connect_client", server.address);
     assert!(tokio_tungstenite::connect_async(&url).await.is_err());
-    let started = Instant::now();
-    let line = loop {
-        if let Some(line) = server.stderr().lines().find(|l| l.contains("refused")) {
-            break line.to_owned();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{}",
-            server.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let line = server.log_line("refused");
     for field in [
         "WARN",
         "peer=127.0.0.1:",
