@@ -288,31 +288,33 @@ async fn each_connection_ends_with_one_line_that_says_how() {
         .find(|l| l.contains("device_id=\"calm\""))
         .unwrap_or_else(|| panic!("{lines:#?}"));
     assert!(calm.contains("INFO"), "{calm}");
-    for field in [
-        "role=\"device\"",
-        "code=1000",
-        "reason=\"done\"",
-        "closed_by=\"peer\"",
-        "duration_ms=",
-        "messages_in=1",
-        "messages_out=1",
-        "bytes_in=46",
-    ] {
-        assert!(calm.contains(field), "{field}: {calm}");
-    }
+    assert_fields(
+        calm,
+        &[
+            "role=\"device\"",
+            "code=1000",
+            "reason=\"done\"",
+            "closed_by=\"peer\"",
+            "duration_ms=",
+            "messages_in=1",
+            "messages_out=1",
+            "bytes_in=46",
+        ],
+    );
     let fast = lines
         .iter()
         .find(|l| !l.contains("device_id=\"calm\""))
         .unwrap();
     assert!(fast.contains("WARN"), "{fast}");
-    for field in [
-        "code=1008",
-        "reason=\"Rate limit exceeded",
-        "closed_by=\"server\"",
-        "messages_in=",
-    ] {
-        assert!(fast.contains(field), "{field}: {fast}");
-    }
+    assert_fields(
+        fast,
+        &[
+            "code=1008",
+            "reason=\"Rate limit exceeded",
+            "closed_by=\"server\"",
+            "messages_in=",
+        ],
+    );
 }
 
 /// A device on the device socket and a client of the Go operator's
@@ -380,35 +382,37 @@ async fn socket_and_polling_connections_end_with_the_same_line() {
             .clone()
     };
     let socket = line("socket");
-    for field in [
-        "INFO",
-        "role=\"device\"",
-        "closed_by=\"peer\"",
-        "device_id=\"cvd-line\"",
-        "messages_in=1",
-        "messages_out=2",
-        "duration_ms=",
-    ] {
-        assert!(socket.contains(field), "{field}: {socket}");
-    }
+    assert_fields(
+        &socket,
+        &[
+            "INFO",
+            "role=\"device\"",
+            "closed_by=\"peer\"",
+            "device_id=\"cvd-line\"",
+            "messages_in=1",
+            "messages_out=2",
+            "duration_ms=",
+        ],
+    );
     // stderr is a pipe here, not a terminal: no colour codes.
     assert!(!server.stderr().contains('\u{1b}'), "{}", server.stderr());
     let polling = line("polling");
-    for field in [
-        "INFO",
-        "role=\"client\"",
-        "closed_by=\"server\"",
-        "code=1001",
-        "reason=\"Device disconnected\"",
-        "peer=127.0.0.1:",
-        "device_id=\"cvd-line\"",
-        "client_id=1",
-        "messages_in=1",
-        "bytes_in=7",
-        "messages_out=0",
-    ] {
-        assert!(polling.contains(field), "{field}: {polling}");
-    }
+    assert_fields(
+        &polling,
+        &[
+            "INFO",
+            "role=\"client\"",
+            "closed_by=\"server\"",
+            "code=1001",
+            "reason=\"Device disconnected\"",
+            "peer=127.0.0.1:",
+            "device_id=\"cvd-line\"",
+            "client_id=1",
+            "messages_in=1",
+            "bytes_in=7",
+            "messages_out=0",
+        ],
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -455,14 +459,15 @@ fn settings_come_from_the_flag_then_the_environment_then_the_file() {
     // A server started with the file runs with it.
     let server = Server::start_logging(&["--config", path.to_str().unwrap()], "info");
     let configuration = server.log_line("configuration");
-    for field in [
-        "max_message_bytes=4096",
-        "rate_limit=10",
-        "idle_timeout=\"2m\"",
-        "ice_servers=1",
-    ] {
-        assert!(configuration.contains(field), "{field}: {configuration}");
-    }
+    assert_fields(
+        &configuration,
+        &[
+            "max_message_bytes=4096",
+            "rate_limit=10",
+            "idle_timeout=\"2m\"",
+            "ice_servers=1",
+        ],
+    );
     drop(server);
     // A bad file stops the start, said once, naming the file and the key.
     std::fs::write(&path, "max-message-bytes = \"lots\"\n").unwrap();
@@ -492,15 +497,16 @@ async fn a_refusal_is_logged_with_the_peer_and_why() {
     let url = format!("ws://{}/connect_client", server.address);
     assert!(tokio_tungstenite::connect_async(&url).await.is_err());
     let line = server.log_line("refused");
-    for field in [
-        "WARN",
-        "peer=127.0.0.1:",
-        "path=\"/connect_client\"",
-        "status=401",
-        "why=\"Unauthorized: missing or invalid token\"",
-    ] {
-        assert!(line.contains(field), "{field}: {line}");
-    }
+    assert_fields(
+        &line,
+        &[
+            "WARN",
+            "peer=127.0.0.1:",
+            "path=\"/connect_client\"",
+            "status=401",
+            "why=\"Unauthorized: missing or invalid token\"",
+        ],
+    );
 }
 
 /// Under --log-format json every line is JSON, the banner on stdout too;
@@ -1288,6 +1294,13 @@ fn go_operator_socket_path() {
     assert!(!path.exists(), "removed at exit");
     assert!(!control.exists(), "removed at exit");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Asserts that a log line holds every one of `fields`.
+fn assert_fields(line: &str, fields: &[&str]) {
+    for field in fields {
+        assert!(line.contains(field), "{field}: {line}");
+    }
 }
 
 /// A device registered as `device_id` on the device socket at `path`, and
