@@ -202,7 +202,7 @@ async fn next(socket: &mut Socket) -> Result<ServerMessage> {
         .context("the server closed the connection")?;
     // The Go operator's first frame: {"device_info": …}, nothing else in it.
     if let Ok(serde_json::Value::Object(fields)) = serde_json::from_str::<serde_json::Value>(&text)
-        && fields.len() == 1
+        && !fields.contains_key("message_type")
         && let Some(info) = fields.get("device_info")
     {
         return Ok(ServerMessage::DeviceInfo(info.to_string()));
@@ -216,6 +216,9 @@ async fn next(socket: &mut Socket) -> Result<ServerMessage> {
         }
         ServerToClient::DeviceMsg(msg) => ServerMessage::Payload(msg.payload.to_owned()),
         ServerToClient::Error(e) => bail!("the server says: {}", e.error),
+        ServerToClient::Resumed(_) => {
+            bail!("the server sent resumed to a connection that did not resume")
+        }
     })
 }
 

@@ -333,6 +333,7 @@ async fn serve(
                     }
                     Ok(ServerToDevice::Config(config)) => ice_servers = config.ice_servers,
                     Ok(ServerToDevice::Error(e)) => warn!(error = %e.error, "the server reports an error"),
+                    Ok(ServerToDevice::Resumed(_)) => warn!("the server sent resumed to a connection that did not resume"),
                     Err(e) => warn!(error = %e, "undecodable message from the server"),
                 }
             }

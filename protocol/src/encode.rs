@@ -6,8 +6,8 @@
 //! allocation of the right size.
 
 use crate::{
-    ClientToServer, Config, DeviceToServer, ErrorMsg, IceServer, RawValue, ServerToClient,
-    ServerToDevice,
+    ClientToServer, Config, DeviceToServer, ErrorMsg, IceServer, RawValue, Resume, ResumeOffer,
+    Resumed, ServerToClient, ServerToDevice,
 };
 
 /// Builds one JSON object field by field.
@@ -73,6 +73,40 @@ impl ObjectWriter {
     }
 }
 
+fn encode_resume(resume: &Resume<'_>) -> String {
+    ObjectWriter::typed("resume", resume.token.len() + 32)
+        .string("token", &resume.token)
+        .uint("received", resume.received)
+        .finish()
+}
+
+fn encode_resumed(resumed: &Resumed<'_>) -> String {
+    let mut frame = ObjectWriter::typed("resumed", 32)
+        .uint("received", resumed.received)
+        .finish();
+    resumed.resume.append_to(&mut frame);
+    frame
+}
+
+impl ResumeOffer<'_> {
+    /// `frame` (one JSON object, as every encoder here writes it) with this
+    /// offer as its last field: `"resume":{"token":…,"window_ms":…}`.
+    pub fn append_to(&self, frame: &mut String) {
+        debug_assert!(frame.ends_with('}'), "not an object: {frame}");
+        frame.pop();
+        let mut writer = ObjectWriter {
+            out: std::mem::take(frame),
+        };
+        writer.key("resume");
+        let offer = ObjectWriter::new(self.token.len() + 32)
+            .string("token", &self.token)
+            .uint("window_ms", self.window_ms)
+            .finish();
+        writer.out.push_str(&offer);
+        *frame = writer.finish();
+    }
+}
+
 fn push_json_string(out: &mut String, value: &str) {
     // Serializing a &str cannot fail.
     let escaped = serde_json::to_string(value).unwrap_or_else(|_| "\"\"".to_owned());
@@ -111,6 +145,7 @@ impl DeviceToServer<'_> {
                 .uint("client_id", m.client_id)
                 .raw("payload", m.payload)
                 .finish(),
+            Self::Resume(resume) => encode_resume(resume),
         }
     }
 }
@@ -125,6 +160,7 @@ impl ClientToServer<'_> {
             Self::Forward(m) => ObjectWriter::typed("forward", m.payload.get().len() + 12)
                 .raw("payload", m.payload)
                 .finish(),
+            Self::Resume(resume) => encode_resume(resume),
         }
     }
 }
@@ -142,6 +178,7 @@ impl ServerToDevice<'_> {
                 .uint("client_id", m.client_id)
                 .finish(),
             Self::Error(error) => encode_error(error),
+            Self::Resumed(resumed) => encode_resumed(resumed),
         }
     }
 }
@@ -160,6 +197,7 @@ impl ServerToClient<'_> {
                 .raw("payload", m.payload)
                 .finish(),
             Self::Error(error) => encode_error(error),
+            Self::Resumed(resumed) => encode_resumed(resumed),
         }
     }
 }

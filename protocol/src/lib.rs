@@ -14,6 +14,13 @@
 //! `payload` and `device_info` stay raw JSON ([`RawValue`]) borrowed from the
 //! frame, so a relay forwards them byte for byte and never re-encodes them.
 //!
+//! Session resume is an extension of both directions: a session's first
+//! frame from the server may carry a [`ResumeOffer`] (`"resume": {...}`,
+//! which peers that do not know it ignore); a peer whose connection dropped
+//! opens a new one with [`Resume`] as its first message (or, on the Go
+//! operator's `/devices/{id}/connect`, `?resume=` on the upgrade), and the
+//! server answers [`Resumed`].
+//!
 //! Decoding happens in two steps because the server must answer mistakes in a
 //! fixed order (size, UTF-8, JSON object with a `message_type`, known type,
 //! allowed in this state, fields): [`Frame::parse`] checks the envelope and
@@ -158,6 +165,8 @@ impl PartialEq for DeviceForward<'_> {
 pub enum DeviceToServer<'a> {
     Register(Register<'a>),
     Forward(DeviceForward<'a>),
+    /// The first message of a connection that takes a session back.
+    Resume(Resume<'a>),
 }
 
 /// The message types a device may send.
@@ -165,6 +174,7 @@ pub enum DeviceToServer<'a> {
 pub enum DeviceMessageType {
     Register,
     Forward,
+    Resume,
 }
 
 impl MessageType for DeviceMessageType {
@@ -172,6 +182,7 @@ impl MessageType for DeviceMessageType {
         match name {
             "register" => Some(Self::Register),
             "forward" => Some(Self::Forward),
+            "resume" => Some(Self::Resume),
             _ => None,
         }
     }
@@ -190,6 +201,7 @@ impl<'a> Frame<'a, DeviceMessageType> {
                 client_id: self.fields.client_id()?,
                 payload: self.fields.payload()?,
             })),
+            DeviceMessageType::Resume => Ok(DeviceToServer::Resume(self.fields.resume()?)),
         }
     }
 }
@@ -228,6 +240,8 @@ impl PartialEq for ClientForward<'_> {
 pub enum ClientToServer<'a> {
     Connect(Connect<'a>),
     Forward(ClientForward<'a>),
+    /// The first message of a connection that takes a session back.
+    Resume(Resume<'a>),
 }
 
 /// The message types a client may send.
@@ -235,6 +249,7 @@ pub enum ClientToServer<'a> {
 pub enum ClientMessageType {
     Connect,
     Forward,
+    Resume,
 }
 
 impl MessageType for ClientMessageType {
@@ -242,6 +257,7 @@ impl MessageType for ClientMessageType {
         match name {
             "connect" => Some(Self::Connect),
             "forward" => Some(Self::Forward),
+            "resume" => Some(Self::Resume),
             _ => None,
         }
     }
@@ -257,6 +273,7 @@ impl<'a> Frame<'a, ClientMessageType> {
             ClientMessageType::Forward => Ok(ClientToServer::Forward(ClientForward {
                 payload: self.fields.payload()?,
             })),
+            ClientMessageType::Resume => Ok(ClientToServer::Resume(self.fields.resume()?)),
         }
     }
 }
@@ -298,6 +315,8 @@ pub enum ServerToDevice<'a> {
     ClientMsg(ClientMsg<'a>),
     ClientDisconnected(ClientDisconnected),
     Error(ErrorMsg<'a>),
+    /// The answer to a [`Resume`]: the session is back.
+    Resumed(Resumed<'a>),
 }
 
 /// The message types a server sends to a device.
@@ -306,6 +325,7 @@ pub enum ServerToDeviceType {
     Config,
     ClientMsg,
     ClientDisconnected,
+    Resumed,
 }
 
 impl MessageType for ServerToDeviceType {
@@ -314,6 +334,7 @@ impl MessageType for ServerToDeviceType {
             "config" => Some(Self::Config),
             "client_msg" => Some(Self::ClientMsg),
             "client_disconnected" => Some(Self::ClientDisconnected),
+            "resumed" => Some(Self::Resumed),
             _ => None,
         }
     }
@@ -341,6 +362,7 @@ impl<'a> ServerToDevice<'a> {
                     client_id: fields.client_id()?,
                 })
             }
+            ServerToDeviceType::Resumed => Self::Resumed(fields.resumed()?),
         })
     }
 }
@@ -381,6 +403,8 @@ pub enum ServerToClient<'a> {
     DeviceInfo(DeviceInfo<'a>),
     DeviceMsg(DeviceMsg<'a>),
     Error(ErrorMsg<'a>),
+    /// The answer to a [`Resume`]: the session is back.
+    Resumed(Resumed<'a>),
 }
 
 /// The message types a server sends to a client.
@@ -389,6 +413,7 @@ pub enum ServerToClientType {
     Config,
     DeviceInfo,
     DeviceMsg,
+    Resumed,
 }
 
 impl MessageType for ServerToClientType {
@@ -397,6 +422,7 @@ impl MessageType for ServerToClientType {
             "config" => Some(Self::Config),
             "device_info" => Some(Self::DeviceInfo),
             "device_msg" => Some(Self::DeviceMsg),
+            "resumed" => Some(Self::Resumed),
             _ => None,
         }
     }
@@ -421,8 +447,73 @@ impl<'a> ServerToClient<'a> {
             ServerToClientType::DeviceMsg => Self::DeviceMsg(DeviceMsg {
                 payload: fields.payload()?,
             }),
+            ServerToClientType::Resumed => Self::Resumed(fields.resumed()?),
         })
     }
+}
+
+// ---------------------------------------------------------------------------
+// Resume
+// ---------------------------------------------------------------------------
+
+/// The close code of a connection whose session the server holds: the
+/// peer may resume it with its token (after an idle timeout, or when a
+/// draining instance sends its sessions elsewhere). Peers that do not
+/// resume read it as any other close.
+pub const CLOSE_SESSION_HELD: u16 = 4000;
+
+/// The longest resume token a peer may present, in bytes (the server's are
+/// 43): a longer one is refused unread.
+pub const MAX_RESUME_TOKEN_BYTES: usize = 128;
+
+/// What a session's first frame from the server may carry as `"resume"`:
+/// the token that takes the session back on a new connection, and how long
+/// the server holds a session whose connection dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeOffer<'a> {
+    pub token: Cow<'a, str>,
+    pub window_ms: u64,
+}
+
+impl<'a> ResumeOffer<'a> {
+    /// The offer a server frame carries, if it carries one: a `config`, a
+    /// `device_info` (both shapes: the seed's and the Go operator's
+    /// `{"device_info": …}`), or a `resumed`.
+    pub fn in_frame(text: &'a str) -> Result<Option<Self>, DecodeError> {
+        RawFields::parse(text)?.resume_offer()
+    }
+}
+
+/// `{"message_type":"resume","token":…,"received":N}`: the first message
+/// of a connection that takes a session back. `received` counts the frames
+/// the peer received from the server in the session (every frame but
+/// `resumed`), so the server sends again those that were lost with the old
+/// connection, and no other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume<'a> {
+    pub token: Cow<'a, str>,
+    pub received: u64,
+}
+
+impl<'a> Resume<'a> {
+    /// A frame that opens a connection, read as a `resume` if it is one
+    /// (its `message_type` is `"resume"`, in either direction's frames):
+    /// `None` for any other frame, valid or not, which its session reads.
+    pub fn opening(text: &'a str) -> Option<Result<Self, DecodeError>> {
+        let fields = RawFields::parse(text).ok()?;
+        let name = json_string(fields.message_type?)?;
+        (name == "resume").then(|| fields.resume())
+    }
+}
+
+/// `{"message_type":"resumed","resume":{…},"received":N}`: the session is
+/// back. `resume` is the next token (each is good for one resume);
+/// `received` counts the peer's frames the server received in the session,
+/// so the peer sends again those after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumed<'a> {
+    pub resume: ResumeOffer<'a>,
+    pub received: u64,
 }
 
 // ---------------------------------------------------------------------------
@@ -493,6 +584,12 @@ struct RawFields<'a> {
     ice_servers: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     error: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    resume: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    token: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    received: Option<&'a RawValue>,
 }
 
 /// Reads a field that is present as `Some`, even when its value is `null`:
@@ -573,6 +670,57 @@ impl<'a> RawFields<'a> {
         Ok(Config { ice_servers })
     }
 
+    /// `token` and `received` of a `resume`.
+    fn resume(&self) -> Result<Resume<'a>, DecodeError> {
+        Ok(Resume {
+            token: resume_token(self.token)?,
+            received: self.received()?,
+        })
+    }
+
+    /// `resume` and `received` of a `resumed`.
+    fn resumed(&self) -> Result<Resumed<'a>, DecodeError> {
+        let resume = self
+            .resume_offer()?
+            .ok_or_else(|| DecodeError::InvalidMessage("missing resume".into()))?;
+        Ok(Resumed {
+            resume,
+            received: self.received()?,
+        })
+    }
+
+    fn received(&self) -> Result<u64, DecodeError> {
+        let raw = self
+            .received
+            .ok_or_else(|| DecodeError::InvalidMessage("missing received".into()))?;
+        // Like a client id: an integer literal, here from 0.
+        raw.get().parse::<u64>().map_err(|_| {
+            DecodeError::InvalidMessage(format!(
+                "received must be a non-negative integer, got {}",
+                truncate(raw.get(), 64)
+            ))
+        })
+    }
+
+    /// The `resume` object, if there is one.
+    fn resume_offer(&self) -> Result<Option<ResumeOffer<'a>>, DecodeError> {
+        let Some(raw) = self.resume else {
+            return Ok(None);
+        };
+        #[derive(Deserialize)]
+        struct Offer<'a> {
+            #[serde(borrow)]
+            token: &'a RawValue,
+            window_ms: u64,
+        }
+        let offer: Offer<'a> = serde_json::from_str(raw.get())
+            .map_err(|e| DecodeError::InvalidMessage(format!("invalid resume: {e}")))?;
+        Ok(Some(ResumeOffer {
+            token: resume_token(Some(offer.token))?,
+            window_ms: offer.window_ms,
+        }))
+    }
+
     fn error(&self) -> Result<Option<Cow<'a, str>>, DecodeError> {
         self.error
             .map(|raw| {
@@ -581,6 +729,20 @@ impl<'a> RawFields<'a> {
             })
             .transpose()
     }
+}
+
+/// A resume token: a string of at most [`MAX_RESUME_TOKEN_BYTES`].
+fn resume_token(raw: Option<&RawValue>) -> Result<Cow<'_, str>, DecodeError> {
+    let raw = raw.ok_or_else(|| DecodeError::InvalidMessage("missing token".into()))?;
+    let token = json_string(raw)
+        .ok_or_else(|| DecodeError::InvalidMessage("token must be a string".into()))?;
+    if token.len() > MAX_RESUME_TOKEN_BYTES {
+        return Err(DecodeError::InvalidMessage(format!(
+            "token is {} bytes, at most {MAX_RESUME_TOKEN_BYTES} allowed",
+            token.len()
+        )));
+    }
+    Ok(token)
 }
 
 /// The string a raw JSON value holds, borrowed when it has no escapes; `None`
@@ -701,6 +863,7 @@ impl fmt::Display for DeviceMessageType {
         f.write_str(match self {
             Self::Register => "register",
             Self::Forward => "forward",
+            Self::Resume => "resume",
         })
     }
 }
@@ -710,6 +873,7 @@ impl fmt::Display for ClientMessageType {
         f.write_str(match self {
             Self::Connect => "connect",
             Self::Forward => "forward",
+            Self::Resume => "resume",
         })
     }
 }

@@ -598,3 +598,128 @@ fn the_client_msg_envelope_is_at_most_its_constant() {
         }
     }
 }
+
+#[test]
+fn resume_and_resumed_round_trip() {
+    let resume = DeviceToServer::Resume(Resume {
+        token: "abc_-1".into(),
+        received: 7,
+    });
+    let text = resume.encode();
+    assert_eq!(
+        text,
+        r#"{"message_type":"resume","token":"abc_-1","received":7}"#
+    );
+    assert_eq!(DeviceToServer::decode(&text).unwrap(), resume);
+    let client = ClientToServer::Resume(Resume {
+        token: "t".into(),
+        received: 0,
+    });
+    assert_eq!(ClientToServer::decode(&client.encode()).unwrap(), client);
+
+    let resumed = Resumed {
+        resume: ResumeOffer {
+            token: "next".into(),
+            window_ms: 30_000,
+        },
+        received: 3,
+    };
+    let text = ServerToDevice::Resumed(resumed.clone()).encode();
+    assert_eq!(
+        text,
+        r#"{"message_type":"resumed","received":3,"resume":{"token":"next","window_ms":30000}}"#
+    );
+    assert_eq!(
+        ServerToDevice::decode(&text).unwrap(),
+        ServerToDevice::Resumed(resumed.clone())
+    );
+    assert_eq!(
+        ServerToClient::decode(&text).unwrap(),
+        ServerToClient::Resumed(resumed)
+    );
+}
+
+#[test]
+fn a_resume_offer_rides_on_the_first_frame_and_is_found_there() {
+    let offer = ResumeOffer {
+        token: "tok\"en".into(),
+        window_ms: 5,
+    };
+    let mut config = Config::default().encode();
+    offer.append_to(&mut config);
+    assert_eq!(
+        config,
+        r#"{"message_type":"config","ice_servers":[],"resume":{"token":"tok\"en","window_ms":5}}"#
+    );
+    // A peer that knows nothing of it reads the config as before.
+    assert_eq!(
+        ServerToDevice::decode(&config).unwrap(),
+        ServerToDevice::Config(Config::default())
+    );
+    assert_eq!(ResumeOffer::in_frame(&config).unwrap(), Some(offer.clone()));
+    // The Go operator's first frame.
+    let mut info = r#"{"device_info":{"a":1}}"#.to_owned();
+    offer.append_to(&mut info);
+    assert_eq!(ResumeOffer::in_frame(&info).unwrap(), Some(offer));
+    assert_eq!(
+        ResumeOffer::in_frame(r#"{"message_type":"config","ice_servers":[]}"#).unwrap(),
+        None
+    );
+}
+
+#[test]
+fn a_resume_is_checked_field_by_field() {
+    let err = |text: &str| DeviceToServer::decode(text).expect_err(text).to_string();
+    assert_eq!(
+        err(r#"{"message_type":"resume","received":1}"#),
+        "Invalid message: missing token"
+    );
+    assert_eq!(
+        err(r#"{"message_type":"resume","token":1,"received":1}"#),
+        "Invalid message: token must be a string"
+    );
+    assert_eq!(
+        err(r#"{"message_type":"resume","token":"t"}"#),
+        "Invalid message: missing received"
+    );
+    for received in ["-1", "1.0", "\"1\"", "1e3", "18446744073709551616"] {
+        assert!(
+            err(&format!(
+                r#"{{"message_type":"resume","token":"t","received":{received}}}"#
+            ))
+            .starts_with("Invalid message: received must be a non-negative integer"),
+            "{received}"
+        );
+    }
+    let long = "x".repeat(MAX_RESUME_TOKEN_BYTES + 1);
+    assert_eq!(
+        err(&format!(
+            r#"{{"message_type":"resume","token":"{long}","received":0}}"#
+        )),
+        format!("Invalid message: token is 129 bytes, at most {MAX_RESUME_TOKEN_BYTES} allowed")
+    );
+}
+
+#[test]
+fn a_resume_is_told_apart_from_the_frames_a_session_reads() {
+    assert_eq!(
+        Resume::opening(r#"{"message_type":"resume","token":"t","received":2}"#),
+        Some(Ok(Resume {
+            token: "t".into(),
+            received: 2
+        }))
+    );
+    assert!(matches!(
+        Resume::opening(r#"{"message_type":"resume","token":"t"}"#),
+        Some(Err(_))
+    ));
+    for other in [
+        r#"{"message_type":"register","device_id":"x"}"#,
+        r#"{"message_type":"connect","device_id":"x"}"#,
+        "not json",
+        r#"{"message_type":7}"#,
+        "[]",
+    ] {
+        assert_eq!(Resume::opening(other), None, "{other}");
+    }
+}

@@ -20,6 +20,14 @@ pub const CUTTLEFISH_POLL_BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// minutes.
 pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// `--resume-window`'s default: what spreed holds a session for, long
+/// enough for a phone to change networks or a laptop to wake.
+pub const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(30);
+
+/// The longest `--resume-window`: a held session keeps its device id and
+/// its client's place, and its peers hear nothing meanwhile.
+pub const MAX_RESUME_WINDOW: Duration = Duration::from_secs(60 * 60);
+
 /// The device socket: a unix `SOCK_SEQPACKET` socket on which devices
 /// register as Cuttlefish's devices do with its Go operator, one JSON
 /// message per packet (PROTOCOL.md, "The device socket").
@@ -125,6 +133,9 @@ pub struct ServerConfig {
     /// while `/readyz` answers 503 and new connections are refused,
     /// before it closes them (`--drain-period`).
     pub drain_period: Duration,
+    /// How long a session whose connection dropped is held for its peer
+    /// to resume it with its token (`--resume-window`); zero holds none.
+    pub resume_window: Duration,
     /// The initial read buffer of each websocket, in bytes, kept for the
     /// connection's life; it grows for a larger frame. Reads go through a
     /// per-thread read-ahead buffer (`read_ahead.rs`), so a small one costs
@@ -195,6 +206,8 @@ impl ServerConfig {
             },
             rate_limit: self.rate_limit.filter(|limit| limit.per_second > 0),
             max_message_bytes: self.max_message_bytes,
+            resume_window: self.resume_window,
+            random: Arc::new(crate::random::SystemRandom),
         }
     }
 }
@@ -230,6 +243,7 @@ impl Default for ServerConfig {
             proxy_protocol: false,
             shutdown_grace: Duration::from_secs(10),
             drain_period: Duration::ZERO,
+            resume_window: DEFAULT_RESUME_WINDOW,
             read_buffer_bytes: 256,
             // High enough that no real handshake (tens of messages) meets
             // it: a burst of 20,000, then 1,000 a second.

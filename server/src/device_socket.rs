@@ -32,11 +32,13 @@ use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use crate::ServerState;
 use crate::config::DeviceSocketConfig;
+use crate::core::resume::{ConnectionEnd, Handoff, Replay, ReplayFrame, ResumeDoor, TicketEvent};
 use crate::core::session::{ControlSession, DeviceSession};
 use crate::core::{Batch, Connection, Due, Keepalive, Outgoing, ServerError, Session};
 use crate::door::{self, Closed, Traffic, now};
 use crate::encode;
 use crate::http::Refusal;
+use crate::limits::Permit;
 
 /// Why the device socket cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -223,8 +225,6 @@ fn serve_connection(
                 return;
             }
         };
-        let gauge = state.core.metrics.socket_connections.clone();
-        gauge.inc();
         let now = now();
         let core = state.core.clone();
         // No idle timeout and no pings: the kernel ends the socket of a
@@ -235,17 +235,28 @@ fn serve_connection(
         };
         match kind {
             SocketKind::Devices => {
-                let session = DeviceSession::new(core.clone(), core.outbox(), now);
-                drive(socket, Connection::new(session, keepalive, now), &state).await;
+                let session = DeviceSession::new(core.clone(), core.outbox(), now)
+                    .resumable_on(ResumeDoor::DeviceSocket);
+                drive(
+                    socket,
+                    permit,
+                    Connection::new(session, keepalive, now),
+                    &state,
+                )
+                .await;
             }
             SocketKind::Control => {
                 info!("control connection");
                 let session = ControlSession::new(core.clone(), core.outbox());
-                drive(socket, Connection::new(session, keepalive, now), &state).await;
+                drive(
+                    socket,
+                    permit,
+                    Connection::new(session, keepalive, now),
+                    &state,
+                )
+                .await;
             }
         }
-        gauge.dec();
-        drop(permit);
     }
     .instrument(span)
 }
@@ -266,7 +277,7 @@ fn uid_allowed(state: &ServerState, kind: SocketKind, uid: Option<u32>) -> bool 
 }
 
 /// How a connection ends.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Ending {
     /// Send this error (unless the core already queued it) and shut down.
     Close(ServerError),
@@ -288,113 +299,363 @@ impl Ending {
             Self::Gone => Closed::Lost,
         }
     }
+
+    /// As the core weighs it. A socket has no close frames: its end is its
+    /// device's only goodbye, and the one a device process that restarts
+    /// or reconnects gives too, so it holds the session.
+    fn end(&self) -> ConnectionEnd {
+        match self {
+            Self::Close(_) => ConnectionEnd::Server,
+            Self::PeerClosed | Self::Gone => ConnectionEnd::Lost,
+        }
+    }
 }
 
-/// Runs a device's connection until it ends. The connection (and with it
-/// the registration) is dropped as soon as the session is over, which
-/// announces the departure to its clients.
-async fn drive<S: Session>(socket: UnixSeqpacket, mut conn: Connection<S>, state: &ServerState) {
+/// What serving one socket came to.
+enum Served {
+    Ended(Ending),
+    /// Its first packet was a `resume`: the socket is for the session that
+    /// token names.
+    Resume {
+        token: String,
+        received: u64,
+    },
+    /// A resume handed the session a new socket while this one was up.
+    Replaced(Handoff),
+}
+
+/// A device's socket and the place it holds: what a resume hands to the
+/// session it takes back.
+struct Held {
+    socket: UnixSeqpacket,
+    /// Released with the socket.
+    _permit: Permit,
+}
+
+impl ReplayFrame for () {
+    fn bytes(&self) -> usize {
+        0
+    }
+}
+
+/// Runs a session until it ends, over every socket it has. The connection
+/// (and with it the registration) is dropped as soon as the session is
+/// over, which announces the departure to its clients.
+async fn drive<S: Session>(
+    socket: UnixSeqpacket,
+    permit: Permit,
+    mut conn: Connection<S>,
+    state: &ServerState,
+) {
     let config = &state.config;
-    let mut batch = Batch::default();
-    let mut traffic = Traffic::new();
+    let metrics = &state.core.metrics;
+    let gauge = metrics.socket_connections.clone();
+    gauge.inc();
+    let mut io = Io {
+        state,
+        batch: Batch::default(),
+        // A device reads what its socket accepted, even after the server
+        // is gone: written is delivered, and nothing is kept.
+        replay: Replay::new(state.core.settings.outbox),
+        traffic: Traffic::new(),
+        offer: None,
+    };
     let cancelled = state.shutdown.cancelled();
     tokio::pin!(cancelled);
-    let ending = loop {
+    let mut held = Held {
+        socket,
+        _permit: permit,
+    };
+    let mut opening = true;
+    let (ending, held) = loop {
+        let served = serve(
+            &held.socket,
+            &mut conn,
+            &mut io,
+            opening,
+            cancelled.as_mut(),
+        )
+        .await;
+        opening = false;
+        let ending = match served {
+            Served::Resume { token, received } => {
+                gauge.dec();
+                return hand_over(held, state, &token, received).await;
+            }
+            Served::Replaced(mut handoff) => {
+                info!("connection replaced: the session was resumed on a new one");
+                let transport = std::mem::replace(&mut handoff.transport, Box::new(()));
+                let old = std::mem::replace(&mut held, adopt(transport));
+                let _ = old.socket.shutdown(std::net::Shutdown::Both);
+                match take_back(&held.socket, &mut conn, &mut io, handoff, None).await {
+                    Ok(()) => continue,
+                    Err(refused) => break (Ending::Close(refused), Some(held)),
+                }
+            }
+            Served::Ended(ending) => ending,
+        };
+        let holds = ending.end().holds_session()
+            && conn.session().ticket().is_some()
+            && !conn.outbox().is_closing();
+        if !holds {
+            break (ending, Some(held));
+        }
+        let _ = held.socket.shutdown(std::net::Shutdown::Both);
+        drop(held);
+        gauge.dec();
+        let away_since = now();
+        if let Some(ticket) = conn.session().ticket() {
+            ticket.park(away_since);
+        }
+        conn.park();
+        let window = state.core.resumes.window();
+        door::away(metrics, S::ROLE, ending.closed(), window);
+        match door::wait_away(&mut conn, cancelled.as_mut()).await {
+            door::Away::Back(mut handoff) => {
+                gauge.inc();
+                let transport = std::mem::replace(&mut handoff.transport, Box::new(()));
+                held = adopt(transport);
+                let away_for = now().saturating_duration_since(away_since);
+                let back = take_back(&held.socket, &mut conn, &mut io, handoff, Some(away_for));
+                if let Err(refused) = back.await {
+                    door::not_resumed(metrics, S::ROLE, Some(&refused));
+                    break (Ending::Close(refused), Some(held));
+                }
+            }
+            door::Away::Expired => {
+                door::not_resumed(metrics, S::ROLE, None);
+                break (ending, None);
+            }
+            door::Away::Ended(reason) => {
+                door::not_resumed(metrics, S::ROLE, Some(&reason));
+                if let Some(ticket) = conn.session().ticket() {
+                    ticket.ended_while_away(&reason);
+                }
+                break (Ending::Close(reason), None);
+            }
+        }
+    };
+    let queued_by_core = matches!(&ending, Ending::Close(_)) && conn.outbox().is_closing();
+    drop(conn);
+    if let Some(held) = held {
+        if let Ending::Close(error) = &ending {
+            debug!(reason = %error, "closing");
+            // The core queued its fatal errors (with their error frame) and
+            // they were written; an ending found here (too big, not UTF-8,
+            // shutdown) is said now, as the last packet, where a websocket
+            // would say it with a close code. A slow consumer is past
+            // listening.
+            let say_it = !queued_by_core && !matches!(error, ServerError::SlowConsumer { .. });
+            if say_it {
+                if error.sends_error_frame() || error.is_fatal() {
+                    metrics.error_sent(error);
+                }
+                let deadline = Instant::now() + config.close_timeout;
+                let frame = encode::error_frame(error);
+                let _ = timeout_at(deadline, held.socket.send(frame.as_bytes())).await;
+            }
+            let _ = held.socket.shutdown(std::net::Shutdown::Both);
+        }
+        gauge.dec();
+    }
+    door::ended(metrics, S::ROLE, ending.closed(), &io.traffic);
+}
+
+/// What one session's sockets share, besides the core connection.
+struct Io<'a> {
+    state: &'a ServerState,
+    batch: Batch,
+    /// The count of packets written in the session.
+    replay: Replay<()>,
+    traffic: Traffic,
+    /// The resume token the device has not been given: it goes into the
+    /// `config` written first.
+    offer: Option<String>,
+}
+
+/// Serves one socket of the session until it ends.
+async fn serve<S: Session>(
+    socket: &UnixSeqpacket,
+    conn: &mut Connection<S>,
+    io: &mut Io<'_>,
+    opening: bool,
+    mut cancelled: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+) -> Served {
+    let state = io.state;
+    let config = &state.config;
+    loop {
         let wake = Instant::from_std(conn.poll_timeout());
         tokio::select! {
             biased;
-            () = &mut cancelled => break Ending::Close(ServerError::ShuttingDown),
-            () = conn.outbox().next_batch(&mut batch) => {
-                if batch.overflowed {
-                    break Ending::Close(conn.slow_consumer());
+            () = &mut cancelled => return Served::Ended(Ending::Close(ServerError::ShuttingDown)),
+            () = conn.outbox().next_batch(&mut io.batch) => {
+                if io.batch.overflowed {
+                    return Served::Ended(Ending::Close(conn.slow_consumer()));
                 }
                 let written = door::unless_stuck(
-                    write_batch(&socket, &mut batch, state, &mut traffic),
-                    &conn,
+                    write_batch(socket, io),
+                    conn,
                     cancelled.as_mut(),
                 )
                 .await
                 .unwrap_or_else(|error| Err(Ending::Close(error)));
-                batch.items = VecDeque::new();
+                io.batch.items = VecDeque::new();
                 match written {
                     Ok(None) => {}
-                    Ok(Some(ending)) | Err(ending) => break ending,
+                    Ok(Some(ending)) | Err(ending) => return Served::Ended(ending),
                 }
             }
             ready = socket.as_async_fd().readable() => {
-                let Ok(mut ready) = ready else { break Ending::Gone };
-                let mut ending = None;
+                let Ok(mut ready) = ready else { return Served::Ended(Ending::Gone) };
+                let mut served = None;
                 let received = seqpacket::receive_ready(&mut ready, config.max_message_bytes, |packet| {
                     match packet {
                         Packet::Text(text) => {
                             state.core.metrics.bytes_in.inc_by(text.len() as u64);
-                            traffic.received(text.len());
+                            if opening
+                                && conn.frames_in() == 0
+                                && let Some(resume) = protocol::Resume::opening(text)
+                            {
+                                served = Some(match resume {
+                                    Ok(resume) => Served::Resume {
+                                        token: resume.token.into_owned(),
+                                        received: resume.received,
+                                    },
+                                    Err(e) => Served::Ended(Ending::Close(ServerError::ResumeRefused(
+                                        format!("Resume refused: {e}"),
+                                    ))),
+                                });
+                                return ControlFlow::Break(());
+                            }
+                            io.traffic.received(text.len());
                             conn.on_text(text, now());
+                            if io.offer.is_none() {
+                                io.offer = conn.session_mut().take_resume_offer();
+                            }
                             return ControlFlow::Continue(());
                         }
-                        Packet::TooBig => ending = Some(Ending::Close(ServerError::MessageTooBig {
+                        Packet::TooBig => served = Some(Served::Ended(Ending::Close(ServerError::MessageTooBig {
                             limit: config.max_message_bytes,
-                        })),
-                        Packet::NotUtf8 => ending = Some(Ending::Close(ServerError::InvalidUtf8)),
-                        Packet::End => ending = Some(Ending::PeerClosed),
+                        }))),
+                        Packet::NotUtf8 => served = Some(Served::Ended(Ending::Close(ServerError::InvalidUtf8))),
+                        Packet::End => served = Some(Served::Ended(Ending::PeerClosed)),
                     }
                     ControlFlow::Break(())
                 });
                 if let Err(e) = received {
                     debug!(error = %e, "device socket read failed");
-                    break Ending::Gone;
+                    return Served::Ended(Ending::Gone);
                 }
-                if let Some(ending) = ending {
-                    break ending;
+                if let Some(served) = served {
+                    return served;
                 }
             }
+            event = door::ticket_event(conn.session()) => match event {
+                TicketEvent::Handoff(handoff) => return Served::Replaced(handoff),
+                TicketEvent::Released => {}
+            },
             () = sleep_until(wake) => match conn.handle_timeout(now()) {
-                Some(Due::End(error)) => break Ending::Close(error),
+                Some(Due::End(error)) => return Served::Ended(Ending::Close(error)),
                 // No pings on this socket (the keepalive asks for none).
                 Some(Due::Ping) | None => {}
             },
         }
-    };
-    let queued_by_core = matches!(&ending, Ending::Close(_)) && conn.outbox().is_closing();
-    drop(conn);
-    if let Ending::Close(error) = &ending {
-        debug!(reason = %error, "closing");
-        // The core queued its fatal errors (with their error frame) and
-        // they were written; an ending found here (too big, not UTF-8,
-        // shutdown) is said now, as the last packet, where a websocket
-        // would say it with a close code. A slow consumer is past
-        // listening.
-        let say_it = !queued_by_core && !matches!(error, ServerError::SlowConsumer { .. });
-        if say_it {
-            if error.sends_error_frame() || error.is_fatal() {
-                state.core.metrics.error_sent(error);
-            }
-            let deadline = Instant::now() + config.close_timeout;
-            let frame = encode::error_frame(error);
-            let _ = timeout_at(deadline, socket.send(frame.as_bytes())).await;
-        }
-        let _ = socket.shutdown(std::net::Shutdown::Both);
     }
-    door::ended(&state.core.metrics, S::ROLE, ending.closed(), &traffic);
 }
 
-/// Writes a batch, one packet per message, stopping at a close.
-async fn write_batch(
+/// The socket a resume handed over: always one of this door's, which its
+/// claim checked.
+fn adopt(transport: Box<dyn std::any::Any + Send>) -> Held {
+    match transport.downcast::<Held>() {
+        Ok(held) => *held,
+        Err(_) => unreachable!("a device socket session is handed device sockets only"),
+    }
+}
+
+/// Starts a session again on the socket a resume handed over: `resumed`,
+/// then what the outbox held. Everything written before reached the
+/// device, so a `received` short of it is refused.
+async fn take_back<S: Session>(
     socket: &UnixSeqpacket,
-    batch: &mut Batch,
-    state: &ServerState,
-    traffic: &mut Traffic,
-) -> Result<Option<Ending>, Ending> {
+    conn: &mut Connection<S>,
+    io: &mut Io<'_>,
+    handoff: Handoff,
+    away_for: Option<std::time::Duration>,
+) -> Result<(), ServerError> {
+    let state = io.state;
+    if let Some(ticket) = conn.session().ticket() {
+        ticket.unpark();
+    }
+    conn.unpark(now());
+    let deadline = Instant::now() + state.config.close_timeout;
+    if let Err(e) = io.replay.missing(handoff.received) {
+        let error = ServerError::ResumeRefused(e.to_string());
+        state.core.metrics.error_sent(&error);
+        let frame = encode::error_frame(&error);
+        let _ = timeout_at(deadline, socket.send(frame.as_bytes())).await;
+        return Err(error);
+    }
+    door::resumed(
+        &state.core.metrics,
+        S::ROLE,
+        door::Resumption {
+            away_for,
+            replayed: 0,
+            peer_received: handoff.received,
+            server_received: conn.frames_in(),
+        },
+    );
+    let resumed = door::resumed_frame(state, handoff.token, conn.frames_in());
+    if let Err(e) = timeout_at(deadline, socket.send(resumed.as_bytes())).await {
+        debug!(error = %e, "the resumed socket failed at once");
+    }
+    Ok(())
+}
+
+/// A socket whose first packet was `resume`: claims the session its token
+/// names and hands it this socket, or says why not and shuts it down.
+async fn hand_over(mut held: Held, state: &ServerState, token: &str, received: u64) {
+    let claimed = state
+        .core
+        .resumes
+        .claim(token, ResumeDoor::DeviceSocket, None, now());
+    let refusal = match claimed {
+        Ok(claim) => match claim.deliver(Box::new(held), received, None) {
+            Ok(()) => return debug!("socket handed to the session it resumes"),
+            Err((transport, refusal)) => {
+                held = adopt(transport);
+                refusal
+            }
+        },
+        Err(refusal) => refusal,
+    };
+    crate::http::resume_refused(state, None, "(device socket)", &refusal);
+    let error = ServerError::ResumeRefused(refusal.to_string());
+    state.core.metrics.error_sent(&error);
+    let deadline = Instant::now() + state.config.close_timeout;
+    let frame = encode::error_frame(&error);
+    let _ = timeout_at(deadline, held.socket.send(frame.as_bytes())).await;
+    let _ = held.socket.shutdown(std::net::Shutdown::Both);
+}
+
+/// Writes a batch, one packet per message, stopping at a close; the
+/// resume token rides on the first `config`.
+async fn write_batch(socket: &UnixSeqpacket, io: &mut Io<'_>) -> Result<Option<Ending>, Ending> {
+    let state = io.state;
     let mut close = None;
-    let mut frames = Vec::with_capacity(batch.items.len());
-    for item in batch.items.drain(..) {
+    let mut frames = Vec::with_capacity(io.batch.items.len());
+    for item in io.batch.items.drain(..) {
         if let Outgoing::Close(error) = item {
             close = Some(Ending::Close(error));
             break;
         }
-        if let Some(text) = encode::frame(item) {
+        let first = matches!(item, Outgoing::Config(_));
+        if let Some(mut text) = encode::frame(item) {
+            if first && let Some(token) = io.offer.take() {
+                door::offer(state, token).append_to(&mut text);
+            }
             state.core.metrics.bytes_out.inc_by(text.len() as u64);
-            traffic.sent(text.len());
+            io.traffic.sent(text.len());
             frames.push(text);
         }
     }
@@ -402,6 +663,9 @@ async fn write_batch(
         debug!(error = %e, "device socket write failed");
         return Err(Ending::Gone);
     }
-    door::written(state, batch, None);
+    for _ in &frames {
+        io.replay.written_and_delivered();
+    }
+    door::written(state, &mut io.batch, None);
     Ok(close)
 }

@@ -11,8 +11,9 @@ use tokio_util::sync::WaitForCancellationFuture;
 use tracing::{info, warn};
 
 use crate::ServerState;
+use crate::core::resume::{Handoff, TicketEvent};
 use crate::core::{Batch, Connection, ServerError, Session};
-use crate::metrics::{ClosedBy, Metrics, Role};
+use crate::metrics::{ClosedBy, Metrics, ResumeOutcome, Role};
 
 /// The core's clock reading: tokio's, so a paused test clock drives it.
 pub(crate) fn now() -> Instant {
@@ -124,6 +125,174 @@ impl Closed<'_> {
     }
 }
 
+impl Closed<'_> {
+    /// Who, which code and why, as the lines say it.
+    fn parts(&self) -> (ClosedBy, Option<u16>, Option<String>) {
+        match *self {
+            Closed::ByServer(error) => (
+                ClosedBy::Server,
+                error.close_code().map(|c| c.code()),
+                Some(error.to_string()),
+            ),
+            Closed::ByPeer { code, reason } => (ClosedBy::Peer, code, reason.map(str::to_owned)),
+            Closed::Lost => (ClosedBy::Network, None, None),
+        }
+    }
+}
+
+/// The resume offer a session's first frame carries: its token and the
+/// window.
+pub(crate) fn offer(state: &ServerState, token: String) -> protocol::ResumeOffer<'static> {
+    protocol::ResumeOffer {
+        token: token.into(),
+        window_ms: u64::try_from(state.core.resumes.window().as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+/// The `resumed` frame a resumed session's new connection gets first: the
+/// next token, and how many of the peer's frames the server received.
+pub(crate) fn resumed_frame(state: &ServerState, token: String, received: u64) -> String {
+    protocol::ServerToClient::Resumed(protocol::Resumed {
+        resume: offer(state, token),
+        received,
+    })
+    .encode()
+}
+
+/// The next event of the session's resume ticket; never, for a session
+/// without one.
+pub(crate) async fn ticket_event<S: Session>(session: &S) -> TicketEvent {
+    match session.ticket() {
+        Some(ticket) => ticket.event().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How a held session's time away ended.
+pub(crate) enum Away {
+    Back(Handoff),
+    /// The window passed.
+    Expired,
+    /// The session ended meanwhile, for this reason.
+    Ended(ServerError),
+}
+
+/// Waits out a held session's time away: until a new connection is handed
+/// to it, its window passes, or it ends meanwhile (its outbox overflowed,
+/// a close was queued: its device left, its id was taken; its token
+/// expired; the server shuts down).
+pub(crate) async fn wait_away<S: Session>(
+    conn: &mut Connection<S>,
+    mut cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+) -> Away {
+    loop {
+        let Some(ticket) = conn.session().ticket() else {
+            return Away::Expired;
+        };
+        if ticket.expired(now()) {
+            return Away::Expired;
+        }
+        // While a connection is taking the session back, its claim
+        // decides: a handoff, or a release after which the window counts
+        // again.
+        let deadline = ticket.deadline();
+        let due = conn.poll_timeout();
+        let wake = tokio::time::Instant::from_std(deadline.map_or(due, |until| until.min(due)));
+        tokio::select! {
+            biased;
+            () = &mut cancelled => return Away::Ended(ServerError::ShuttingDown),
+            event = ticket.event() => match event {
+                TicketEvent::Handoff(handoff) => return Away::Back(handoff),
+                TicketEvent::Released => {}
+            },
+            () = conn.outbox().ended() => {
+                let outbox = conn.outbox();
+                let reason = match outbox.close_reason() {
+                    Some(reason) if !outbox.has_overflowed() => reason,
+                    _ => conn.slow_consumer(),
+                };
+                return Away::Ended(reason);
+            }
+            () = tokio::time::sleep_until(wake) => {
+                // The session's own deadlines (a token's expiry, a
+                // client's wait for its device) run on while it is away.
+                let _ = conn.handle_timeout(now());
+            }
+        }
+    }
+}
+
+/// Says that a session's connection ended as `closed` and the session is
+/// held for its peer to resume it until `window` has passed, and counts
+/// it as away.
+pub(crate) fn away(metrics: &Metrics, role: Role, closed: Closed<'_>, window: std::time::Duration) {
+    let (closed_by, code, reason) = closed.parts();
+    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+    info!(
+        role = role.label(),
+        code,
+        reason = reason.as_deref(),
+        closed_by = closed_by.label(),
+        window_ms,
+        "connection lost: session held for resume"
+    );
+    metrics.sessions_away(role).inc();
+}
+
+/// What a resume took back, for its line.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resumption {
+    /// How long the session was away; none when its connection was still
+    /// up (the peer came back before the server saw it go).
+    pub away_for: Option<std::time::Duration>,
+    /// Frames written again: those the peer said it had not received.
+    pub replayed: usize,
+    /// The frames the peer said it received, and those the server had
+    /// received from it.
+    pub peer_received: u64,
+    pub server_received: u64,
+}
+
+/// Says that a session took a new connection, and counts it.
+pub(crate) fn resumed(metrics: &Metrics, role: Role, resumption: Resumption) {
+    let away_ms = resumption
+        .away_for
+        .map(|away| u64::try_from(away.as_millis()).unwrap_or(u64::MAX));
+    info!(
+        role = role.label(),
+        away_ms,
+        replayed = resumption.replayed,
+        peer_received = resumption.peer_received,
+        server_received = resumption.server_received,
+        "session resumed"
+    );
+    if let Some(away) = resumption.away_for {
+        metrics.sessions_away(role).dec();
+        metrics.resume_away.observe(away);
+    }
+    metrics.resume_outcome(role, ResumeOutcome::Resumed);
+    metrics.frames_replayed.inc_by(resumption.replayed as u64);
+}
+
+/// Says that a held session ends without its peer: its window passed, or
+/// it ended for `reason` meanwhile; and counts it.
+pub(crate) fn not_resumed(metrics: &Metrics, role: Role, reason: Option<&ServerError>) {
+    metrics.sessions_away(role).dec();
+    match reason {
+        None => {
+            info!(
+                role = role.label(),
+                "resume window passed: the session ends"
+            );
+            metrics.resume_outcome(role, ResumeOutcome::WindowPassed);
+        }
+        Some(reason) => {
+            info!(role = role.label(), reason = %reason, "session ended while its connection was away");
+            metrics.resume_outcome(role, ResumeOutcome::EndedAway);
+        }
+    }
+}
+
 /// Says how a connection ended, in one line (PROTOCOL.md, "Logs"), and
 /// counts it: its close, and its length by role.
 pub(crate) fn ended(metrics: &Metrics, role: Role, closed: Closed<'_>, traffic: &Traffic) {
@@ -136,15 +305,7 @@ pub(crate) fn ended(metrics: &Metrics, role: Role, closed: Closed<'_>, traffic: 
         bytes_out,
         ..
     } = *traffic;
-    let (closed_by, code, reason) = match closed {
-        Closed::ByServer(error) => (
-            ClosedBy::Server,
-            error.close_code().map(|c| c.code()),
-            Some(error.to_string()),
-        ),
-        Closed::ByPeer { code, reason } => (ClosedBy::Peer, code, reason.map(str::to_owned)),
-        Closed::Lost => (ClosedBy::Network, None, None),
-    };
+    let (closed_by, code, reason) = closed.parts();
     metrics.session_ended(role, closed_by, code, duration);
     let closed_by = closed_by.label();
     let role = role.label();

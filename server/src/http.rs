@@ -23,6 +23,7 @@ use crate::ServerState;
 use crate::auth::{Denied, Role};
 use crate::cli::DevicesList;
 use crate::core::registry::Descriptor;
+use crate::core::resume::ResumeRefusal;
 use crate::core::{Grant, ServerError};
 use crate::limits;
 use crate::metrics::RefusedReason;
@@ -64,6 +65,8 @@ pub(crate) enum Refusal {
     /// The device socket's peer runs as a user not in
     /// `--device-socket-allow-uid`.
     UidNotAllowed,
+    /// A resume asked for without what it needs: its text says what.
+    BadResume(&'static str),
 }
 
 impl From<limits::Refusal> for Refusal {
@@ -84,7 +87,7 @@ impl Refusal {
             Self::ShuttingDown | Self::Full => StatusCode::SERVICE_UNAVAILABLE,
             Self::PerIp => StatusCode::TOO_MANY_REQUESTS,
             Self::NotAnUpgrade | Self::WrongVersion => StatusCode::UPGRADE_REQUIRED,
-            Self::MissingKey | Self::BadKey => StatusCode::BAD_REQUEST,
+            Self::MissingKey | Self::BadKey | Self::BadResume(_) => StatusCode::BAD_REQUEST,
             Self::UidNotAllowed => StatusCode::FORBIDDEN,
         }
     }
@@ -104,6 +107,7 @@ impl Refusal {
             Self::MissingKey => "Bad request: missing Sec-WebSocket-Key",
             Self::BadKey => "Bad request: Sec-WebSocket-Key must be 16 bytes in base64",
             Self::UidNotAllowed => "Unauthorized: this user may not register on the device socket",
+            Self::BadResume(text) => text,
         }
     }
 
@@ -120,6 +124,7 @@ impl Refusal {
             Self::NotAnUpgrade | Self::WrongVersion | Self::MissingKey | Self::BadKey => {
                 RefusedReason::BadUpgrade
             }
+            Self::BadResume(_) => RefusedReason::Resume,
         }
     }
 
@@ -136,7 +141,8 @@ impl Refusal {
             | Self::PerIp
             | Self::MissingKey
             | Self::BadKey
-            | Self::UidNotAllowed => None,
+            | Self::UidNotAllowed
+            | Self::BadResume(_) => None,
         }
     }
 
@@ -192,6 +198,51 @@ impl Refusal {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         response
     }
+}
+
+/// The status of a resume refused before the upgrade: 403 for a token of
+/// another endpoint or device, 400 for one not shaped as a token, 410 for
+/// one no session holds (spent, past its window, ended, never issued), 409
+/// while another connection takes the session back.
+fn resume_status(refusal: &ResumeRefusal) -> StatusCode {
+    match refusal {
+        _ if refusal.is_forbidden() => StatusCode::FORBIDDEN,
+        ResumeRefusal::Malformed => StatusCode::BAD_REQUEST,
+        ResumeRefusal::Busy => StatusCode::CONFLICT,
+        _ => StatusCode::GONE,
+    }
+}
+
+/// Logs a refused resume with its peer and path, as every refusal, and
+/// counts it (`refused{reason="resume"}`). The token is never in it.
+pub(crate) fn resume_refused(
+    state: &ServerState,
+    peer: Option<SocketAddr>,
+    path: &str,
+    refusal: &ResumeRefusal,
+) {
+    let status = resume_status(refusal).as_u16();
+    let peer = peer.map(tracing::field::display);
+    tracing::warn!(peer, path, status, why = %refusal, "refused");
+    state.core.metrics.refused(RefusedReason::Resume);
+}
+
+/// The answer to an upgrade whose resume is refused, logged and counted.
+pub(crate) fn refuse_resume(
+    state: &ServerState,
+    request: &Request,
+    refusal: &ResumeRefusal,
+) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0);
+    resume_refused(state, peer, request.uri().path(), refusal);
+    let mut response = json_error(resume_status(refusal), &refusal.to_string());
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// Answers a connection refused at accept (no place for it) without

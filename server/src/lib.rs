@@ -50,6 +50,7 @@ pub mod origin;
 mod polling;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod random;
 pub mod secret;
 pub mod tls;
 pub mod turn;

@@ -51,12 +51,18 @@ struct PollingClient {
     conn: Mutex<Option<Connection<ClientSession>>>,
     /// Cancelled when the client is dropped, to end its watcher.
     gone: CancellationToken,
+    /// Told when a held client comes back, so its watcher counts its
+    /// poll timeout again.
+    back: tokio::sync::Notify,
     /// The Go flavor's kept messages (unused by the reference flavor).
     kept: Mutex<Kept>,
     /// Its device: every request's token must cover it.
     device_id: String,
     /// What it sent and was handed, for the line that says how it ended.
     traffic: Mutex<Traffic>,
+    /// Since when it has been away (it missed its poll timeout) and until
+    /// when it is held: its next request within that takes it back.
+    away: Mutex<Option<(std::time::Instant, std::time::Instant)>>,
     /// Its lines' context: the peer that connected it, its device and
     /// client ids; entered by whatever request or task drops it.
     span: Span,
@@ -226,6 +232,13 @@ impl Polling {
             return;
         };
         let metrics = conn.core().metrics.clone();
+        if lock(&client.away).take().is_some() {
+            let _entered = client.span.enter();
+            match closed {
+                Closed::ByServer(error) => door::not_resumed(&metrics, Role::Client, Some(error)),
+                _ => door::not_resumed(&metrics, Role::Client, None),
+            }
+        }
         if let (true, Closed::ByServer(error)) = (count_error, closed) {
             metrics.error_sent(error);
         }
@@ -321,9 +334,11 @@ impl Polling {
         let client = Arc::new(PollingClient {
             conn: Mutex::new(Some(conn)),
             gone: CancellationToken::new(),
+            back: tokio::sync::Notify::new(),
             kept: Mutex::default(),
             device_id: device_id.clone(),
             traffic: Mutex::new(traffic),
+            away: Mutex::new(None),
             span: span.clone(),
         });
         lock(&self.clients).insert(connection_id.clone(), client.clone());
@@ -347,20 +362,28 @@ impl Polling {
     }
 
     /// Drops the client once it overflows its queue, stops polling, or the
-    /// server shuts down; dropping its connection tells its device.
+    /// server shuts down; dropping its connection tells its device. With
+    /// resume on, a client that stops polling is held for the window
+    /// first: its next request within it takes it back.
     async fn watch(
         self: Arc<Self>,
         connection_id: String,
         client: Arc<PollingClient>,
         shutdown: CancellationToken,
     ) {
-        let Some((outbox, mut wake)) = lock(&client.conn)
-            .as_ref()
-            .map(|conn| (conn.outbox().clone(), conn.poll_timeout()))
-        else {
+        let Some((outbox, mut wake, window, metrics)) = lock(&client.conn).as_ref().map(|conn| {
+            (
+                conn.outbox().clone(),
+                conn.poll_timeout(),
+                conn.core().resumes.window(),
+                conn.core().metrics.clone(),
+            )
+        }) else {
             return;
         };
         loop {
+            let held_until = lock(&client.away).map(|(_, until)| until);
+            let due = held_until.map_or(wake, |until| until.min(wake));
             tokio::select! {
                 () = outbox.overflowed() => {
                     if let Some(error) = slow_consumer(&client) {
@@ -368,19 +391,34 @@ impl Polling {
                     }
                     return;
                 }
-                () = tokio::time::sleep_until(Instant::from_std(wake)) => {
+                () = tokio::time::sleep_until(Instant::from_std(due)) => {
+                    let now = now();
+                    let stopped = Closed::ByPeer {
+                        code: None,
+                        reason: Some("stopped polling"),
+                    };
+                    if held_until.is_some_and(|until| now >= until)
+                        && lock(&client.away).is_some_and(|(_, until)| now >= until)
+                    {
+                        return self.remove(&connection_id, stopped, false);
+                    }
                     let mut guard = lock(&client.conn);
                     let Some(conn) = guard.as_mut() else { return };
-                    match conn.handle_timeout(now()) {
+                    match conn.handle_timeout(now) {
                         // The polling flow has no goodbye: a client that
-                        // stops polling has left. (The core counted it.)
-                        Some(Due::End(_)) => {
+                        // stops polling has left, or, with resume on, is
+                        // away. (The core counted it.)
+                        Some(Due::End(_)) if window.is_zero() => {
                             drop(guard);
-                            let stopped = Closed::ByPeer {
-                                code: None,
-                                reason: Some("stopped polling"),
-                            };
                             return self.remove(&connection_id, stopped, false);
+                        }
+                        Some(Due::End(_)) => {
+                            conn.park();
+                            wake = conn.poll_timeout();
+                            drop(guard);
+                            *lock(&client.away) = Some((now, now + window));
+                            let _entered = client.span.enter();
+                            door::away(&metrics, Role::Client, stopped, window);
                         }
                         Some(Due::Ping) | None => wake = conn.poll_timeout(),
                     }
@@ -390,6 +428,11 @@ impl Polling {
                     return self.remove(&connection_id, closed, false);
                 }
                 () = client.gone.cancelled() => return,
+                () = client.back.notified() => {
+                    if let Some(conn) = lock(&client.conn).as_ref() {
+                        wake = conn.poll_timeout();
+                    }
+                }
             }
         }
     }
@@ -436,10 +479,29 @@ impl Polling {
                 ServerError::DeviceNotAllowed(client.device_id.clone()).to_string(),
             ));
         }
-        lock(&client.conn)
-            .as_mut()
-            .ok_or_else(unknown)?
-            .on_activity(now());
+        let now = now();
+        {
+            let mut guard = lock(&client.conn);
+            let conn = guard.as_mut().ok_or_else(unknown)?;
+            if let Some((since, _)) = lock(&client.away).take() {
+                // Back within the window: the session goes on, and its
+                // device heard nothing.
+                conn.unpark(now);
+                let _entered = client.span.enter();
+                door::resumed(
+                    &conn.core().metrics,
+                    Role::Client,
+                    door::Resumption {
+                        away_for: Some(now.saturating_duration_since(since)),
+                        replayed: 0,
+                        peer_received: 0,
+                        server_received: 0,
+                    },
+                );
+                client.back.notify_one();
+            }
+            conn.on_activity(now);
+        }
         Ok(client)
     }
 

@@ -128,7 +128,8 @@ async fn only_allowed_uids_may_register() {
 /// beside it: clients see no difference.
 #[tokio::test]
 async fn a_socket_device_is_a_device_like_any_other() {
-    let server = TestServer::start_for(DeviceTransport::Socket, test_config()).await;
+    // Its end at the close below would otherwise hold it for a resume.
+    let server = TestServer::start_for(DeviceTransport::Socket, common::without_resume()).await;
     let mut cvd = server.device_peer().await;
     cvd.send(CUTTLEFISH_REGISTER.trim()).await;
     assert_eq!(cvd.recv_json().await["message_type"], "config");

@@ -179,9 +179,11 @@ async fn errors_have_the_reference_shape(transport: DeviceTransport) {
 // the next timer, so the timeouts below are virtual time.
 #[tokio::test(start_paused = true)]
 async fn ids_and_departures_as_for_websocket_clients() {
+    // With resume on, a client that stops polling is held for the window
+    // first (tests/resume.rs).
     let server = TestServer::start(ServerConfig {
         poll_timeout: Duration::from_millis(300),
-        ..test_config()
+        ..common::without_resume()
     })
     .await;
     let mut device = server.registered_device_with_info("shared").await;

@@ -429,6 +429,14 @@ pub struct Cli {
     #[arg(long, env = "SIGNALING_DRAIN_PERIOD", default_value = "0s", value_parser = parse_duration)]
     pub drain_period: Duration,
 
+    /// How long a session whose connection dropped (no close frame, 1001,
+    /// or silent past --idle-timeout) is held for its peer to come back
+    /// with its resume token: its messages are kept, and nothing is
+    /// announced to the other side until this has passed. 0s turns resume
+    /// off (a dropped connection ends its session at once); at most 1h.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub resume_window: Duration,
+
     /// Most messages per second one connection may send, on average; past
     /// it the connection gets `Rate limit exceeded` and close 1008. 0 turns
     /// the limit off.
@@ -619,6 +627,8 @@ pub enum CliError {
     TurnTtl(Duration),
     #[error("--drain-period {0:?} must be at most 1h")]
     DrainPeriod(Duration),
+    #[error("--resume-window {0:?} must be at most 1h")]
+    ResumeWindow(Duration),
     #[error("--token-secret-grace {0:?} must be at most 7d")]
     TokenSecretGrace(Duration),
     #[error("{0}")]
@@ -802,6 +812,9 @@ impl Cli {
         if self.drain_period > MAX_DRAIN_PERIOD {
             return Err(CliError::DrainPeriod(self.drain_period));
         }
+        if self.resume_window > crate::config::MAX_RESUME_WINDOW {
+            return Err(CliError::ResumeWindow(self.resume_window));
+        }
         if self.token_secret_grace > MAX_TOKEN_SECRET_GRACE {
             return Err(CliError::TokenSecretGrace(self.token_secret_grace));
         }
@@ -862,6 +875,7 @@ impl Cli {
                 .map_or_else(default_max_http_connections, to_usize),
             shutdown_grace: self.shutdown_grace,
             drain_period: self.drain_period,
+            resume_window: self.resume_window,
             read_buffer_bytes: to_usize(self.read_buffer_bytes),
             assets_dir: self.assets_dir,
             webui_url,

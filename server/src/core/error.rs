@@ -101,6 +101,9 @@ pub enum ServerError {
     DeviceNotAllowed(String),
     /// The connection's token expired while its session ran.
     TokenExpired,
+    /// A connection that came to resume a session cannot: the reason, which
+    /// starts with the phrase (PROTOCOL.md, "Resuming a session").
+    ResumeRefused(String),
 }
 
 impl ServerError {
@@ -130,6 +133,7 @@ impl ServerError {
             Self::RegistryUnavailable => "Registry unavailable",
             Self::DeviceNotAllowed(_) => "Device not allowed",
             Self::TokenExpired => "Token expired",
+            Self::ResumeRefused(_) => "Resume refused",
         }
     }
 
@@ -163,12 +167,13 @@ impl ServerError {
             Self::RegistryUnavailable => "registry_unavailable",
             Self::DeviceNotAllowed(_) => "device_not_allowed",
             Self::TokenExpired => "token_expired",
+            Self::ResumeRefused(_) => "resume_refused",
         }
     }
 
     /// Every [`label`](Self::label), for the metrics to show at zero from
     /// the start (a test holds it to the variants).
-    pub const LABELS: [&'static str; 27] = [
+    pub const LABELS: [&'static str; 28] = [
         "invalid_message",
         "unknown_message_type",
         "invalid_device_id",
@@ -196,6 +201,7 @@ impl ServerError {
         "registry_unavailable",
         "device_not_allowed",
         "token_expired",
+        "resume_refused",
     ];
 
     /// Whether the session is over after this error, and with which code.
@@ -210,7 +216,8 @@ impl ServerError {
             | Self::IdleTimeout
             | Self::SlowConsumer { .. }
             | Self::DeviceNotAllowed(_)
-            | Self::TokenExpired => Some(CloseCode::Policy),
+            | Self::TokenExpired
+            | Self::ResumeRefused(_) => Some(CloseCode::Policy),
             Self::DeviceDisconnected | Self::ShuttingDown => Some(CloseCode::Away),
             Self::MessageTooBig { .. } => Some(CloseCode::Size),
             Self::RegistryUnavailable => Some(CloseCode::TryAgain),
@@ -287,6 +294,7 @@ impl ServerError {
             Self::RegistryUnavailable,
             Self::DeviceNotAllowed("x".into()),
             Self::TokenExpired,
+            Self::ResumeRefused("Resume refused: x".into()),
         ];
         for error in &all {
             match error {
@@ -318,7 +326,8 @@ impl ServerError {
                 | Self::ShuttingDown
                 | Self::RegistryUnavailable
                 | Self::DeviceNotAllowed(_)
-                | Self::TokenExpired => {}
+                | Self::TokenExpired
+                | Self::ResumeRefused(_) => {}
             }
         }
         all
@@ -356,6 +365,8 @@ impl fmt::Display for ServerError {
                 self.phrase()
             ),
             Self::ProtocolViolation(why) => write!(f, "{}: {why}", self.phrase()),
+            // The refusal's text says the phrase itself.
+            Self::ResumeRefused(text) => f.write_str(text),
             Self::DeviceNotAllowed(id) => write!(
                 f,
                 "{}: the token does not cover the device id {id}",

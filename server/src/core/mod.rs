@@ -28,7 +28,17 @@
 //! Modules: [`session`] (the per-connection state machines), [`registry`]
 //! (who is connected; its handles' drop is the disconnect), [`outbox`]
 //! (each connection's bounded queue), [`outgoing`] (what goes in it),
-//! [`error`] (every error the server sends), [`rate`] (the rate limit).
+//! [`error`] (every error the server sends), [`rate`] (the rate limit),
+//! [`resume`] (sessions that outlive their connection).
+//!
+//! # A session and its connections
+//!
+//! A session usually lives and dies with one connection. With resume on, a
+//! session whose connection drops is *away*: its front door keeps it (the
+//! same task, the same [`Connection`]), [`Connection::park`] stops its
+//! keepalive, its outbox holds what is sent to it, and nothing is
+//! announced. A new connection that brings its token is handed to that
+//! task, which writes what the peer missed and goes on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -45,6 +55,7 @@ pub mod outbox;
 pub mod outgoing;
 pub mod rate;
 pub mod registry;
+pub mod resume;
 pub mod session;
 
 pub use error::{CloseCode, ServerError};
@@ -52,6 +63,7 @@ pub use grant::{DevicePattern, Grant};
 pub use outbox::{Batch, Outbox, OutboxLimits, PushError};
 pub use outgoing::{Json, Outgoing};
 pub use rate::RateLimit;
+pub use resume::{RandomSource, Resumes};
 pub use session::Session;
 
 use rate::Gcra;
@@ -88,6 +100,11 @@ pub struct Settings {
     /// (`--max-message-bytes`): a client's payload is relayed only if the
     /// `client_msg` carrying it fits.
     pub max_message_bytes: usize,
+    /// How long a session whose connection dropped is held for its peer
+    /// to resume it (`--resume-window`); zero holds none.
+    pub resume_window: Duration,
+    /// Where resume tokens' randomness comes from.
+    pub random: Arc<dyn RandomSource>,
 }
 
 /// What every session shares: settings, the registry, metrics. The one
@@ -98,6 +115,8 @@ pub struct Core {
     pub settings: Settings,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    /// The resume tokens of every resumable session.
+    pub resumes: Arc<Resumes>,
     /// The `config` message every device and client gets (without TURN
     /// credentials, which are each one's own); replaced when the ICE
     /// servers are read again.
@@ -128,6 +147,10 @@ impl Core {
             })),
             turn_serial: AtomicU64::new(0),
             rate: settings.rate_limit.and_then(Gcra::new),
+            resumes: Arc::new(Resumes::new(
+                settings.resume_window,
+                settings.random.clone(),
+            )),
             settings,
             registry: Arc::new(Registry::new(metrics.clone(), cluster)),
             relayed_to_device: metrics.relayed(Direction::ClientToDevice),
@@ -248,6 +271,10 @@ pub struct Connection<S> {
     last_woken: Instant,
     next_ping: Option<Instant>,
     keepalive: Keepalive,
+    /// Its transport dropped and it is held for a resume: no keepalive.
+    away: bool,
+    /// The text frames that came in (the `received` of a resume).
+    frames_in: u64,
 }
 
 impl<S: Session> Connection<S> {
@@ -260,7 +287,36 @@ impl<S: Session> Connection<S> {
             last_woken: now,
             next_ping: keepalive.ping.map(|ping| now + ping),
             keepalive,
+            away: false,
+            frames_in: 0,
         }
+    }
+
+    /// How many text frames its peer sent in the session, on every
+    /// connection it had.
+    pub fn frames_in(&self) -> u64 {
+        self.frames_in
+    }
+
+    /// Its transport dropped: the session is held, and nothing is due
+    /// but the session's own deadlines (a token's expiry, a client's wait).
+    pub fn park(&mut self) {
+        self.away = true;
+        self.session.set_away(true);
+    }
+
+    /// A new transport took the session back at `now`: its keepalive
+    /// starts over.
+    pub fn unpark(&mut self, now: Instant) {
+        self.away = false;
+        self.session.set_away(false);
+        self.last_seen = now;
+        self.next_ping = self.keepalive.ping.map(|ping| now + ping);
+    }
+
+    /// Whether it is held for a resume.
+    pub fn is_away(&self) -> bool {
+        self.away
     }
 
     pub fn session(&self) -> &S {
@@ -289,6 +345,7 @@ impl<S: Session> Connection<S> {
     /// A text frame arrived at `now`.
     pub fn on_text(&mut self, text: &str, now: Instant) {
         self.on_activity(now);
+        self.frames_in += 1;
         if self.admit(now) {
             self.session.on_text(text, now);
         }
@@ -318,13 +375,19 @@ impl<S: Session> Connection<S> {
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
     pub fn poll_timeout(&self) -> Instant {
-        let idle_at = self.keepalive.idle.map(|idle| self.last_seen + idle);
+        let keepalive = !self.away;
+        let idle_at = self
+            .keepalive
+            .idle
+            .filter(|_| keepalive)
+            .map(|idle| self.last_seen + idle);
+        let next_ping = self.next_ping.filter(|_| keepalive);
         let session = if self.outbox().is_closing() {
             None
         } else {
             self.session.poll_timeout()
         };
-        [idle_at, self.next_ping, session]
+        [idle_at, next_ping, session]
             .into_iter()
             .flatten()
             .min()
@@ -335,10 +398,11 @@ impl<S: Session> Connection<S> {
     /// Acts on every deadline that has passed by `now`.
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Due> {
         self.last_woken = self.last_woken.max(now);
-        if self
-            .keepalive
-            .idle
-            .is_some_and(|idle| now >= self.last_seen + idle)
+        if !self.away
+            && self
+                .keepalive
+                .idle
+                .is_some_and(|idle| now >= self.last_seen + idle)
         {
             let error = ServerError::IdleTimeout;
             self.session.replies().core.metrics.error_sent(&error);
@@ -349,7 +413,7 @@ impl<S: Session> Connection<S> {
             self.session.handle_timeout(now);
         }
         match (self.next_ping, self.keepalive.ping) {
-            (Some(at), Some(every)) if now >= at => {
+            (Some(at), Some(every)) if now >= at && !self.away => {
                 self.next_ping = Some(now + every);
                 Some(Due::Ping)
             }

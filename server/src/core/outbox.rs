@@ -197,6 +197,40 @@ impl Outbox {
         false
     }
 
+    /// Resolves once the session is over (a close was queued, or the
+    /// outbox overflowed), without taking anything: for a session held
+    /// while its peer is away, whose queue waits for its return.
+    pub async fn ended(&self) {
+        std::future::poll_fn(|cx| {
+            self.shared.wake.register(cx.waker());
+            let state = self.lock();
+            if state.closing || state.overflowed {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
+    /// Why the session is over, if it is: the queued close's reason, or
+    /// `None` for an overflow (the caller knows its bounds) and while open.
+    pub fn close_reason(&self) -> Option<ServerError> {
+        let state = self.lock();
+        if !state.closing {
+            return None;
+        }
+        state.queue.iter().rev().find_map(|item| match item {
+            Outgoing::Close(reason) => Some(reason.clone()),
+            _ => None,
+        })
+    }
+
+    /// Whether it overflowed.
+    pub fn has_overflowed(&self) -> bool {
+        self.lock().overflowed
+    }
+
     /// Resolves once the outbox has overflowed, for a task blocked writing to
     /// a peer that does not read.
     pub async fn overflowed(&self) {
@@ -306,6 +340,25 @@ mod tests {
         outbox.push_relayed(msg("c"), later).unwrap();
         assert!(outbox.take(&mut batch));
         assert_eq!(batch.oldest_relayed, Some(later));
+    }
+
+    #[test]
+    fn a_held_queue_says_it_ended_without_giving_anything_up() {
+        let outbox = Outbox::new(limits(10, 1000));
+        outbox.push(msg("a")).unwrap();
+        assert!(outbox.ended().now_or_never().is_none());
+        assert_eq!(outbox.close_reason(), None);
+        outbox.push_close(ServerError::DeviceDisconnected);
+        outbox.ended().now_or_never().unwrap();
+        assert_eq!(outbox.close_reason(), Some(ServerError::DeviceDisconnected));
+        let mut batch = Batch::default();
+        assert!(outbox.take(&mut batch));
+        assert_eq!(batch.items.len(), 2);
+        let full = Outbox::new(limits(1, 1000));
+        full.push(msg("a")).unwrap();
+        assert_eq!(full.push(msg("b")), Err(PushError::Overflow));
+        full.ended().now_or_never().unwrap();
+        assert!(full.has_overflowed());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! the order is always maps → device → outbox.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -63,6 +64,9 @@ struct DeviceSlot {
     descriptor: Descriptor,
     /// Its own web server's port on this host, if it has one.
     device_port: Option<u16>,
+    /// Its connection dropped and it is held for a resume: a new
+    /// registration of its id takes the id over.
+    away: AtomicBool,
     clients: Mutex<Clients>,
 }
 
@@ -187,6 +191,27 @@ impl Registry {
     ) -> Result<DeviceRegistration, RegisterError> {
         let info = device_info.map_or_else(Json::null, Json::shared);
         let mut maps = lock(&self.maps);
+        if let Some(held) = maps.devices.get(id)
+            && held.away.load(Ordering::Acquire)
+        {
+            // Its device is not there to hold it: a device that registers
+            // afresh (one that knows nothing of resume, or lost its token)
+            // takes the id, and the held session ends as if its device had
+            // left (its clients hear `Device disconnected`).
+            let error = ServerError::DeviceIdTaken(id.to_owned());
+            held.outbox.push_close(error);
+            if let Some(cluster) = &self.cluster {
+                // Its lease first, so that the new one's claim below finds
+                // the id free (the held session's own release, when it
+                // ends, then gives back nothing: the record is no longer
+                // its).
+                cluster.uplink.push(Request::Release {
+                    device_id: held.id.clone(),
+                    registration: held.registration,
+                });
+            }
+            maps.devices.remove(id);
+        }
         if maps.devices.contains_key(id) || maps.remote.contains_key(id) {
             return Err(RegisterError::IdTaken);
         }
@@ -208,6 +233,7 @@ impl Registry {
                 .map(|pre| pre.descriptor.clone())
                 .unwrap_or_default(),
             device_port,
+            away: AtomicBool::new(false),
             clients: Mutex::new(Clients {
                 next_id: 1,
                 live: HashMap::new(),
@@ -581,6 +607,12 @@ pub struct DeviceRegistration {
 impl DeviceRegistration {
     pub fn device_id(&self) -> &str {
         &self.slot.id
+    }
+
+    /// Its connection dropped (`true`: a new registration of the id may
+    /// take it) or came back.
+    pub fn set_away(&self, away: bool) {
+        self.slot.away.store(away, Ordering::Release);
     }
 
     /// Sends a device's payload, which arrived at `now`, to client

@@ -194,6 +194,8 @@ fn core(client_wait: Duration) -> Arc<Core> {
         },
         rate_limit: None,
         max_message_bytes: 65_536,
+        resume_window: Duration::from_secs(30),
+        random: Arc::new(crate::random::SystemRandom),
     };
     Arc::new(Core::new(settings, Arc::new(Metrics::new())))
 }

@@ -96,10 +96,13 @@ pub enum RefusedReason {
     ProxyHeader,
     /// The server is draining or shutting down.
     ShuttingDown,
+    /// A resume whose token no session holds, or holds for another
+    /// endpoint or device.
+    Resume,
 }
 
 impl RefusedReason {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::Unauthorized,
         Self::ConnectionLimit,
         Self::PerIpLimit,
@@ -107,6 +110,7 @@ impl RefusedReason {
         Self::Origin,
         Self::ProxyHeader,
         Self::ShuttingDown,
+        Self::Resume,
     ];
 
     fn label(self) -> &'static str {
@@ -118,6 +122,7 @@ impl RefusedReason {
             Self::Origin => "origin",
             Self::ProxyHeader => "proxy_header",
             Self::ShuttingDown => "shutting_down",
+            Self::Resume => "resume",
         }
     }
 }
@@ -147,6 +152,40 @@ impl Role {
 struct RoleLabel {
     role: &'static str,
 }
+
+/// How a held session ended its time away.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum ResumeOutcome {
+    /// A new connection took it back.
+    Resumed,
+    /// Its window passed first: its peers heard it leave.
+    WindowPassed,
+    /// It ended while away: its outbox overflowed, its device left, its
+    /// token expired, its id was taken by a new registration, or the
+    /// server shut down.
+    EndedAway,
+}
+
+impl ResumeOutcome {
+    const ALL: [Self; 3] = [Self::Resumed, Self::WindowPassed, Self::EndedAway];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Resumed => "resumed",
+            Self::WindowPassed => "window_passed",
+            Self::EndedAway => "ended_away",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResumeLabels {
+    role: &'static str,
+    outcome: &'static str,
+}
+
+/// The roles whose sessions resume (a control connection's do not).
+const RESUMING_ROLES: [Role; 2] = [Role::Device, Role::Client];
 
 /// Who ended a connection.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -238,6 +277,13 @@ const SESSION_SECONDS: &[f64] = &[
 const DEVICE_INFO_SECONDS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0, 300.0,
+];
+
+/// Buckets of the time a held session was away before its peer came back:
+/// a reconnect on a working network (tens of milliseconds) to the end of
+/// the longest window.
+const AWAY_SECONDS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
 ];
 
 /// Buckets of the time a relayed message waits in an outbox before it is
@@ -383,6 +429,14 @@ pub struct Metrics {
     /// From a relayed message's arrival to the write of the batch it is
     /// in, for the oldest message of each batch a socket writes.
     pub outbox_wait: DurationHistogram,
+    /// Sessions held for a resume right now, by role.
+    sessions_away: Family<RoleLabel, Gauge>,
+    resumes: Family<ResumeLabels, Counter>,
+    /// How long held sessions were away before their peer came back.
+    pub resume_away: DurationHistogram,
+    /// Frames written again to a peer that resumed (those it had not
+    /// received).
+    pub frames_replayed: Counter,
     /// Payload bytes of websocket messages received.
     pub bytes_in: Counter,
     /// Payload bytes of websocket messages sent.
@@ -508,6 +562,40 @@ impl Metrics {
             Unit::Seconds,
             outbox_wait.clone(),
         );
+        let sessions_away = Family::<RoleLabel, Gauge>::default();
+        let resumes = Family::<ResumeLabels, Counter>::default();
+        for role in RESUMING_ROLES {
+            let _ = sessions_away.get_or_create(&RoleLabel { role: role.label() });
+            for outcome in ResumeOutcome::ALL {
+                let _ = resumes.get_or_create(&ResumeLabels {
+                    role: role.label(),
+                    outcome: outcome.label(),
+                });
+            }
+        }
+        registry.register(
+            "sessions_away",
+            "Sessions whose connection dropped, held for their peer to resume them (--resume-window)",
+            sessions_away.clone(),
+        );
+        registry.register(
+            "session_resumes",
+            "Held sessions by how their time away ended: resumed, window_passed, ended_away",
+            resumes.clone(),
+        );
+        let resume_away = DurationHistogram::new(AWAY_SECONDS);
+        registry.register_with_unit(
+            "resume_away",
+            "How long a resumed session was away, from its connection's end to the new one's handover",
+            Unit::Seconds,
+            resume_away.clone(),
+        );
+        let frames_replayed = Counter::default();
+        registry.register(
+            "frames_replayed",
+            "Frames written again to a peer that resumed: those it said it had not received",
+            frames_replayed.clone(),
+        );
         let bytes_in = Counter::default();
         registry.register(
             "received_bytes",
@@ -543,9 +631,30 @@ impl Metrics {
             session_seconds,
             device_info_wait,
             outbox_wait,
+            sessions_away,
+            resumes,
+            resume_away,
+            frames_replayed,
             bytes_in,
             bytes_out,
         }
+    }
+
+    /// The gauge of sessions of `role` held for a resume.
+    pub fn sessions_away(&self, role: Role) -> Gauge {
+        self.sessions_away
+            .get_or_create(&RoleLabel { role: role.label() })
+            .clone()
+    }
+
+    /// Counts how a held session of `role` ended its time away.
+    pub fn resume_outcome(&self, role: Role, outcome: ResumeOutcome) {
+        self.resumes
+            .get_or_create(&ResumeLabels {
+                role: role.label(),
+                outcome: outcome.label(),
+            })
+            .inc();
     }
 
     /// The gauge of open connections on one endpoint.

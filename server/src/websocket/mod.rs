@@ -24,12 +24,14 @@ use tracing::{Instrument, Span, field, info_span, warn};
 
 use crate::ServerState;
 use crate::core::Grant;
+use crate::core::resume::{Claim, ResumeDoor};
 use crate::core::session::{ClientSession, DeviceSession};
 use crate::core::{Connection, Keepalive};
 use crate::encode::Dialect;
 use crate::http::{Refusal, Upgrading, authorize};
 use crate::limits::Permit;
 use crate::metrics::Endpoint;
+use connection::Socket;
 use read_ahead::ReadAhead;
 
 mod adb;
@@ -51,6 +53,13 @@ pub(crate) enum Door {
     AdbBridge {
         adb: tokio::net::TcpStream,
     },
+    /// A Go operator's client that asked to resume its session
+    /// (`/devices/{id}/connect?resume=TOKEN&received=N`): its claim,
+    /// taken before the upgrade, gets the socket once it is upgraded.
+    Resume {
+        claim: Claim,
+        received: u64,
+    },
 }
 
 impl Door {
@@ -58,10 +67,36 @@ impl Door {
         match self {
             Self::RegisterDevice => Endpoint::RegisterDevice,
             Self::ConnectClient => Endpoint::ConnectClient,
-            Self::DeviceConnect { .. } => Endpoint::DeviceConnect,
+            Self::DeviceConnect { .. } | Self::Resume { .. } => Endpoint::DeviceConnect,
             Self::AdbBridge { .. } => Endpoint::Adb,
         }
     }
+}
+
+/// What a Go operator's client's upgrade asks to resume: `resume` (the
+/// token) and `received` in its query.
+fn resume_query(request: &Request) -> Option<Result<(String, u64), Refusal>> {
+    let query = request.uri().query()?;
+    let mut token = None;
+    let mut received = None;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match key.as_ref() {
+            "resume" => token = Some(value.into_owned()),
+            "received" => received = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    let token = token?;
+    let received = received.as_deref().map(str::parse::<u64>);
+    Some(match received {
+        Some(Ok(received)) if token.len() <= protocol::MAX_RESUME_TOKEN_BYTES => {
+            Ok((token, received))
+        }
+        Some(Ok(_)) => Err(Refusal::BadResume("Resume refused: the token is too long")),
+        _ => Err(Refusal::BadResume(
+            "Resume refused: received must be given: the number of frames received, a non-negative integer",
+        )),
+    })
 }
 
 /// Answers a websocket request on `door`: a refusal, or 101 with the
@@ -81,6 +116,27 @@ pub(crate) fn upgrade(
     let ((permit, grant), handshake) = match admitted {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.respond(&state, &request),
+    };
+    // The Go operator's client sends bare payloads: it asks to resume on
+    // the upgrade, and a refusal is an HTTP status.
+    let door = match (door, resume_query(&request)) {
+        (Door::DeviceConnect { device_id }, Some(resume)) => {
+            let (token, received) = match resume {
+                Ok(resume) => resume,
+                Err(refusal) => return refusal.respond(&state, &request),
+            };
+            let claimed = state.core.resumes.claim(
+                &token,
+                ResumeDoor::DeviceConnect,
+                Some(&device_id),
+                crate::door::now(),
+            );
+            match claimed {
+                Ok(claim) => Door::Resume { claim, received },
+                Err(refusal) => return crate::http::refuse_resume(&state, &request, &refusal),
+            }
+        }
+        (door, _) => door,
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
     if let Some(upgrading) = request.extensions().get::<Upgrading>() {
@@ -260,27 +316,28 @@ fn serve(
             Some(ws_config),
         )
         .await;
-        let gauge = state.core.metrics.connections(door.endpoint());
-        gauge.inc();
+        let endpoint = door.endpoint();
         let core = state.core.clone();
         let keepalive = Keepalive {
             idle: Some(state.config.idle_timeout),
             ping: Some(state.config.ping_interval),
         };
         let now = crate::door::now();
-        let shutdown = state.shutdown.clone();
+        let socket = Socket { ws, permit };
         match door {
             Door::RegisterDevice => {
-                let session =
-                    DeviceSession::new(core.clone(), core.outbox(), now).with_grant(grant);
+                let session = DeviceSession::new(core.clone(), core.outbox(), now)
+                    .with_grant(grant.clone())
+                    .resumable_on(ResumeDoor::RegisterDevice);
                 let conn = Connection::new(session, keepalive, now);
-                connection::drive(ws, conn, &state, shutdown, Dialect::Seed).await;
+                connection::drive(socket, conn, &state, Dialect::Seed, endpoint, grant).await;
             }
             Door::ConnectClient => {
-                let session =
-                    ClientSession::new(core.clone(), core.outbox(), now).with_grant(grant);
+                let session = ClientSession::new(core.clone(), core.outbox(), now)
+                    .with_grant(grant.clone())
+                    .resumable_on(ResumeDoor::ConnectClient);
                 let conn = Connection::new(session, keepalive, now);
-                connection::drive(ws, conn, &state, shutdown, Dialect::Seed).await;
+                connection::drive(socket, conn, &state, Dialect::Seed, endpoint, grant).await;
             }
             Door::DeviceConnect { device_id } => {
                 // The device may have left since the check before the
@@ -289,16 +346,33 @@ fn serve(
                     core.clone(),
                     core.outbox(),
                     &device_id,
-                    grant,
+                    grant.clone(),
                     now,
                 );
                 let conn = Connection::new(session, keepalive, now);
-                connection::drive(ws, conn, &state, shutdown, Dialect::GoOperator).await;
+                connection::drive(socket, conn, &state, Dialect::GoOperator, endpoint, grant).await;
             }
-            Door::AdbBridge { adb } => adb::bridge(ws, adb, shutdown, grant.expires()).await,
+            Door::Resume { claim, received } => {
+                if let Err((socket, refusal)) =
+                    claim.deliver(Box::new(socket), received, Some(grant))
+                {
+                    // The session ended between the claim and the upgrade.
+                    if let Ok(mut socket) =
+                        socket.downcast::<Socket<ReadAhead<TokioIo<hyper::upgrade::Upgraded>>>>()
+                    {
+                        connection::refuse(&mut socket.ws, &state, &refusal).await;
+                    }
+                }
+            }
+            Door::AdbBridge { adb } => {
+                let gauge = state.core.metrics.connections(endpoint);
+                gauge.inc();
+                let Socket { ws, permit } = socket;
+                adb::bridge(ws, adb, state.shutdown.clone(), grant.expires()).await;
+                gauge.dec();
+                drop(permit);
+            }
         }
-        gauge.dec();
-        drop(permit);
     }
 }
 

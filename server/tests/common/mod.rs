@@ -313,6 +313,39 @@ impl Drop for TestServer {
 /// The defaults, except: test peers held in a variable are not read while
 /// the server stops, so they never answer its close frame, and waiting the
 /// default 2 s for each would only slow the suite.
+/// A session's first frame without the resume offer it carries as its
+/// last field (PROTOCOL.md, "Resuming a session"), which must be there:
+/// a 43-character token and the window.
+pub fn without_offer(text: &str) -> String {
+    let at = text
+        .rfind(r#","resume":{"token":""#)
+        .unwrap_or_else(|| panic!("no resume offer in {text}"));
+    let offer: Value = serde_json::from_str(&text[at + 10..text.len() - 1])
+        .unwrap_or_else(|e| panic!("the offer in {text}: {e}"));
+    assert_eq!(offer["token"].as_str().map(str::len), Some(43), "{text}");
+    assert!(offer["window_ms"].is_u64(), "{text}");
+    format!("{}}}", &text[..at])
+}
+
+/// The same for a frame read as JSON: the object without its `resume`.
+pub fn without_offer_json(mut value: Value) -> Value {
+    let offer = value
+        .as_object_mut()
+        .and_then(|object| object.remove("resume"))
+        .unwrap_or_else(|| panic!("no resume offer in {value}"));
+    assert_eq!(offer["token"].as_str().map(str::len), Some(43), "{offer}");
+    value
+}
+
+/// [`test_config`] with resume off: a connection that drops ends its
+/// session at once, for the rows about departures themselves.
+pub fn without_resume() -> ServerConfig {
+    ServerConfig {
+        resume_window: Duration::ZERO,
+        ..test_config()
+    }
+}
+
 pub fn test_config() -> ServerConfig {
     ServerConfig {
         close_timeout: Duration::from_millis(200),
@@ -704,9 +737,11 @@ where
         gone,
         r#"{"message_type":"client_disconnected","client_id":1}"#
     );
+    // Missing its poll timeout, it is held for the resume window first.
+    let dropped_at = poll_timeout + ServerConfig::default().resume_window;
     let waited = last_poll.elapsed();
     assert!(
-        waited >= poll_timeout && waited <= poll_timeout + Duration::from_secs(1),
+        waited >= dropped_at && waited <= dropped_at + Duration::from_secs(1),
         "dropped {waited:?} after its last poll"
     );
 }

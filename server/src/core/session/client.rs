@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use protocol::{ClientMessageType, ClientToServer, Frame, RawValue};
 use tracing::{Span, info};
 
-use super::{Replies, Session};
+use super::{Replies, Resumable, Session};
 use crate::core::Core;
 use crate::core::error::ServerError;
 use crate::core::grant::Grant;
 use crate::core::outbox::Outbox;
 use crate::core::outgoing::Outgoing;
 use crate::core::registry::{ClientLink, Connection, NotAttached};
+use crate::core::resume::{ResumeDoor, Ticket};
 use crate::metrics::Role;
 
 /// One client connection.
@@ -28,6 +29,7 @@ pub struct ClientSession {
     /// The devices its token lets it connect to, and when the session
     /// ends.
     grant: Grant,
+    resume: Resumable,
 }
 
 /// What a client's frames are.
@@ -66,12 +68,21 @@ impl ClientSession {
             state: State::AwaitingConnect { connect_by },
             framing: Framing::Messages,
             grant: Grant::unlimited(),
+            resume: Resumable::default(),
         }
     }
 
     /// Limited to what its token allows.
     pub fn with_grant(self, grant: Grant) -> Self {
         Self { grant, ..self }
+    }
+
+    /// A session that may be resumed on `door` once connected.
+    pub fn resumable_on(self, door: ResumeDoor) -> Self {
+        Self {
+            resume: Resumable::on(door),
+            ..self
+        }
     }
 
     /// A client of the Go operator's `/devices/{id}/connect`, connected to
@@ -85,7 +96,9 @@ impl ClientSession {
         grant: Grant,
         now: Instant,
     ) -> Self {
-        let mut session = Self::new(core, outbox, now).with_grant(grant);
+        let mut session = Self::new(core, outbox, now)
+            .with_grant(grant)
+            .resumable_on(ResumeDoor::DeviceConnect);
         session.framing = Framing::BarePayloads;
         session.connect(device_id, None, now);
         session
@@ -132,6 +145,7 @@ impl ClientSession {
                     return self.replies.send_error(error);
                 }
             };
+        self.resume.issue(&core, device_id);
         self.state = State::Linked {
             device_id: device_id.to_owned(),
             link,
@@ -247,12 +261,22 @@ impl Session for ClientSession {
             (ClientMessageType::Forward, State::AwaitingConnect { .. }) => {
                 self.replies.send_error(ServerError::NotConnected);
             }
+            // The front door takes a resume that opens a connection; one
+            // later in it has no session to take back.
+            (ClientMessageType::Resume, _) => {
+                self.replies.send_error(ServerError::Decode(
+                    protocol::DecodeError::InvalidMessage(
+                        "resume is only the first message of a new connection".into(),
+                    ),
+                ));
+            }
             (_, _) => match frame.into_message() {
                 Ok(ClientToServer::Connect(connect)) => {
                     let wait = self.replies.core.settings.client_wait;
                     self.connect(&connect.device_id, Some(wait), now);
                 }
                 Ok(ClientToServer::Forward(forward)) => self.forward(forward.payload, now),
+                Ok(ClientToServer::Resume(_)) => {}
                 // C4 (ends the session), C8
                 Err(e) => self.replies.send_error(e.into()),
             },
@@ -303,5 +327,17 @@ impl Session for ClientSession {
 
     fn replies(&self) -> &Replies {
         &self.replies
+    }
+
+    fn ticket(&self) -> Option<&Ticket> {
+        self.resume.ticket()
+    }
+
+    fn take_resume_offer(&mut self) -> Option<String> {
+        self.resume.take_offer()
+    }
+
+    fn regrant(&mut self, grant: Grant) {
+        self.grant = grant;
     }
 }

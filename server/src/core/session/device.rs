@@ -8,13 +8,14 @@ use std::time::Instant;
 use protocol::{DeviceMessageType, DeviceToServer, Frame, RawValue, Register};
 use tracing::{Span, debug, info};
 
-use super::{Replies, Session};
+use super::{Replies, Resumable, Session};
 use crate::core::Core;
 use crate::core::error::ServerError;
 use crate::core::grant::Grant;
 use crate::core::outbox::Outbox;
 use crate::core::outgoing::Outgoing;
 use crate::core::registry::{DeviceRegistration, ForwardError, RegisterError};
+use crate::core::resume::{ResumeDoor, Ticket};
 use crate::metrics::Role;
 
 /// One device connection.
@@ -26,6 +27,7 @@ pub struct DeviceSession {
     register_by: Instant,
     /// The ids its token lets it register, and when the session ends.
     grant: Grant,
+    resume: Resumable,
 }
 
 impl DeviceSession {
@@ -37,12 +39,21 @@ impl DeviceSession {
             registration: None,
             register_by,
             grant: Grant::unlimited(),
+            resume: Resumable::default(),
         }
     }
 
     /// Limited to what its token allows.
     pub fn with_grant(self, grant: Grant) -> Self {
         Self { grant, ..self }
+    }
+
+    /// A session that may be resumed on `door` once registered.
+    pub fn resumable_on(self, door: ResumeDoor) -> Self {
+        Self {
+            resume: Resumable::on(door),
+            ..self
+        }
     }
 
     /// The id this device holds, once registered.
@@ -78,6 +89,7 @@ impl DeviceSession {
                 info!("device registered");
                 let config = core.device_config(registration.device_id());
                 let _ = self.replies.send(Outgoing::Config(config));
+                self.resume.issue(core, registration.device_id());
                 self.registration = Some(registration);
             }
             Err(RegisterError::IdTaken) => {
@@ -143,11 +155,21 @@ impl Session for DeviceSession {
             (DeviceMessageType::Forward, None) => {
                 self.replies.send_error(ServerError::NotRegistered);
             }
+            // The front door takes a resume that opens a connection; one
+            // later in it has no session to take back.
+            (DeviceMessageType::Resume, _) => {
+                self.replies.send_error(ServerError::Decode(
+                    protocol::DecodeError::InvalidMessage(
+                        "resume is only the first message of a new connection".into(),
+                    ),
+                ));
+            }
             (_, _) => match frame.into_message() {
                 Ok(DeviceToServer::Register(register)) => self.register(register),
                 Ok(DeviceToServer::Forward(forward)) => {
                     self.forward(forward.client_id, forward.payload, now);
                 }
+                Ok(DeviceToServer::Resume(_)) => {}
                 // D2 (ends the session), D9, D10
                 Err(e) => self.replies.send_error(e.into()),
             },
@@ -172,5 +194,23 @@ impl Session for DeviceSession {
 
     fn replies(&self) -> &Replies {
         &self.replies
+    }
+
+    fn ticket(&self) -> Option<&Ticket> {
+        self.resume.ticket()
+    }
+
+    fn take_resume_offer(&mut self) -> Option<String> {
+        self.resume.take_offer()
+    }
+
+    fn regrant(&mut self, grant: Grant) {
+        self.grant = grant;
+    }
+
+    fn set_away(&mut self, away: bool) {
+        if let Some(registration) = &self.registration {
+            registration.set_away(away);
+        }
     }
 }

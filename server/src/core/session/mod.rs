@@ -10,8 +10,10 @@ use std::time::Instant;
 
 use super::Core;
 use super::error::ServerError;
+use super::grant::Grant;
 use super::outbox::{Outbox, PushError};
 use super::outgoing::Outgoing;
+use super::resume::{ResumeDoor, Ticket};
 use crate::metrics::Role;
 
 pub mod client;
@@ -43,6 +45,63 @@ pub trait Session {
     fn handle_timeout(&mut self, now: Instant);
     /// Where it sends.
     fn replies(&self) -> &Replies;
+    /// Its right to be resumed, once it has one (a device registered, a
+    /// client connected, with resume on and a door that resumes).
+    fn ticket(&self) -> Option<&Ticket> {
+        None
+    }
+    /// The token its peer has not been given yet: the front door puts it
+    /// in the first frame it writes of the session (a `config`; the Go
+    /// operator's `{"device_info"}`).
+    fn take_resume_offer(&mut self) -> Option<String> {
+        None
+    }
+    /// A new connection took the session back with these credentials.
+    fn regrant(&mut self, _grant: Grant) {}
+    /// Its connection dropped (`true`) or came back (`false`).
+    fn set_away(&mut self, _away: bool) {}
+}
+
+/// A session's resume: the door it may come back by, and once issued, its
+/// ticket and the token not yet sent.
+#[derive(Debug, Default)]
+pub struct Resumable {
+    door: Option<ResumeDoor>,
+    ticket: Option<Ticket>,
+    offer: Option<String>,
+}
+
+impl Resumable {
+    /// A session of `door`, which resumes.
+    pub fn on(door: ResumeDoor) -> Self {
+        Self {
+            door: Some(door),
+            ticket: None,
+            offer: None,
+        }
+    }
+
+    /// Issues the session's ticket, once, if its door resumes and resume
+    /// is on.
+    fn issue(&mut self, core: &Core, device_id: &str) {
+        if self.ticket.is_some() {
+            return;
+        }
+        if let Some(door) = self.door
+            && let Some((ticket, token)) = core.resumes.issue(door, device_id)
+        {
+            self.ticket = Some(ticket);
+            self.offer = Some(token);
+        }
+    }
+
+    fn ticket(&self) -> Option<&Ticket> {
+        self.ticket.as_ref()
+    }
+
+    fn take_offer(&mut self) -> Option<String> {
+        self.offer.take()
+    }
 }
 
 /// The sending half every session has: its own outbox, plus accounting.
