@@ -9,6 +9,9 @@
 //!   server's resident memory per connection, and the connect rate.
 //! - `churn`: devices and clients connect, exchange one message and leave,
 //!   as fast as possible; the server's gauges must come back to zero.
+//! - `resume`: clients whose connections drop and come back: the time from
+//!   a reconnect's start to its `resumed`, and the server's memory while
+//!   the sessions are held.
 //!
 //! Connections are spread over 127.0.0.x source addresses (one address has
 //! about 28,000 ephemeral ports). With `--server-pid`, the server's CPU time
@@ -89,6 +92,20 @@ enum Mode {
     /// devices: forward, then poll until the echo arrives, over one
     /// kept-alive HTTP connection each.
     Poll(PollArgs),
+    /// Clients whose connections drop (without a close) and resume: the
+    /// time from the start of each reconnect to its `resumed`, and the
+    /// server's memory with the sessions held.
+    Resume(ResumeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ResumeArgs {
+    /// Devices, each with one client.
+    #[arg(long, default_value_t = 200)]
+    devices: usize,
+    /// How many times each client's connection drops and resumes.
+    #[arg(long, default_value_t = 10)]
+    rounds: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -139,7 +156,9 @@ struct RelayArgs {
     /// Beside the relay, make this many abrupt disconnects (sockets dropped
     /// without a close frame, half of them reset) of other devices and
     /// clients, checking what the server tells the other side each time;
-    /// then the server's gauges must return to zero.
+    /// then the server's gauges must return to zero. The server must run
+    /// with --resume-window 0: with resume on, it holds a dropped session
+    /// and announces its departure only when the window passes.
     #[arg(long, default_value_t = 0, conflicts_with = "bare")]
     disconnects: u64,
     /// The clients' API: the seed's /connect_client, or the Go operator's
@@ -207,6 +226,7 @@ pub async fn run(options: &ConnectOptions, args: BenchArgs) -> Result<()> {
         Mode::Idle(idle) => run_idle(Arc::new(context), idle).await,
         Mode::Churn(churn) => run_churn(Arc::new(context), churn).await,
         Mode::Poll(poll) => run_poll(Arc::new(context), poll).await,
+        Mode::Resume(resume) => run_resume(Arc::new(context), resume).await,
     }
 }
 
@@ -543,6 +563,7 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
             });
         }
     }
+    let (stop_devices, devices_stop) = tokio::sync::watch::channel(false);
     let device_tasks: Vec<_> = devices
         .into_iter()
         .map(|(_, device)| match device {
@@ -551,6 +572,7 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
                 counters.clone(),
                 args.bare,
                 args.device_write_each,
+                devices_stop.clone(),
             )),
             BenchDevice::Socket(socket) => {
                 tokio::spawn(echo_socket_device(socket, counters.clone()))
@@ -637,8 +659,10 @@ async fn run_relay(bench: Arc<Bench>, args: RelayArgs) -> Result<()> {
             }
         }
     }
+    let _ = stop_devices.send(true);
     for task in device_tasks {
-        task.abort();
+        // A device socket's device has no clean close: it ends its socket.
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     for worker in fault_workers {
         if let Err(e) = worker.await? {
@@ -803,7 +827,7 @@ const FAULT_WAIT: Duration = Duration::from_secs(10);
 async fn expect_text(socket: &mut Socket) -> Result<String> {
     tokio::time::timeout(FAULT_WAIT, next_text(socket))
         .await
-        .context("no word from the server in 10 s")??
+        .context("no word from the server in 10 s (with --disconnects, is the server's --resume-window 0?)")??
         .context("the server closed the connection")
 }
 
@@ -828,8 +852,14 @@ async fn echo_device(
     counters: Arc<RelayCounters>,
     bare: bool,
     write_each: bool,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    while let Some(Ok(message)) = socket.next().await {
+    loop {
+        let message = tokio::select! {
+            message = socket.next() => message,
+            _ = stop.changed() => return close_cleanly(socket).await,
+        };
+        let Some(Ok(message)) = message else { return };
         if echo(&mut socket, message, &counters, bare).await.is_err() {
             return;
         }
@@ -845,6 +875,14 @@ async fn echo_device(
             return;
         }
     }
+}
+
+/// Leaves as a peer that is done leaves: a close frame, then the server's
+/// reply (a dropped connection would hold the session for a resume).
+async fn close_cleanly(mut socket: Socket) {
+    let _ = socket.close(None).await;
+    let drain = async { while let Some(Ok(_)) = socket.next().await {} };
+    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
 }
 
 /// [`echo_device`] on the device socket: each packet answered with one.
@@ -1122,14 +1160,19 @@ async fn run_idle(bench: Arc<Bench>, args: IdleArgs) -> Result<()> {
     let connect_seconds = started.elapsed().as_secs_f64();
     say(&bar, format!("holding {connections} connections"));
     // Keep every socket read (answering the server's pings) while holding.
+    let (stop_readers, readers_stop) = tokio::sync::watch::channel(false);
     let readers: Vec<_> = held
         .into_iter()
         .map(|held| {
+            let mut stop = readers_stop.clone();
             tokio::spawn(async move {
                 match held {
-                    BenchDevice::Websocket(mut socket) => {
-                        while let Some(Ok(_)) = socket.next().await {}
-                    }
+                    BenchDevice::Websocket(mut socket) => loop {
+                        tokio::select! {
+                            message = socket.next() => if !matches!(message, Some(Ok(_))) { break },
+                            _ = stop.changed() => break close_cleanly(*socket).await,
+                        }
+                    },
                     BenchDevice::Socket(socket) => {
                         let mut buffer = [0u8; 512];
                         while socket
@@ -1146,8 +1189,9 @@ async fn run_idle(bench: Arc<Bench>, args: IdleArgs) -> Result<()> {
     let after_body = bench.metrics().await?;
     let after = resident_memory(&after_body);
     let registered = metric(&after_body, "signaling_devices");
+    let _ = stop_readers.send(true);
     for reader in readers {
-        reader.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(10), reader).await;
     }
     bar.finish_and_clear();
     let per_connection = (after - before) / connections as f64;
@@ -1179,6 +1223,178 @@ async fn run_idle(bench: Arc<Bench>, args: IdleArgs) -> Result<()> {
         "the server lists {registered} devices, expected at least {}",
         args.devices
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// resume
+// ---------------------------------------------------------------------------
+
+/// A client whose session may be resumed: its socket and its books.
+struct ResumingClient {
+    socket: Option<Socket>,
+    books: peer::resume::Resumable,
+}
+
+impl Bench {
+    /// A client connected to `device_id`, its `config` (and token) and
+    /// `device_info` read.
+    async fn resuming_client(&self, device_id: &str) -> Result<ResumingClient> {
+        let mut socket = self.connect(protocol::CONNECT_CLIENT_PATH).await?;
+        let mut books = peer::resume::Resumable::new();
+        let connect = ClientToServer::Connect(Connect {
+            device_id: device_id.into(),
+        })
+        .encode();
+        books.sent(connect.clone());
+        socket.send(Message::text(connect)).await?;
+        for _ in 0..2 {
+            let text = next_text(&mut socket)
+                .await?
+                .context("closed while connecting")?;
+            books.received(&text);
+        }
+        ensure!(
+            books.window().is_some(),
+            "the server offered no resume token (is --resume-window 0?)"
+        );
+        Ok(ResumingClient {
+            socket: Some(socket),
+            books,
+        })
+    }
+
+    /// Waits until the server holds `count` client sessions.
+    async fn until_away(&self, count: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let away = metric(
+                &self.metrics().await?,
+                r#"signaling_sessions_away{role="client"}"#,
+            );
+            if away == count as f64 {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{away} client sessions held after 60 s, expected {count}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl ResumingClient {
+    /// Connects again and resumes; the time from the start of the TCP
+    /// connect to the `resumed` frame.
+    async fn resume(&mut self, bench: &Bench) -> Result<Duration> {
+        let started = Instant::now();
+        let mut socket = bench.connect(protocol::CONNECT_CLIENT_PATH).await?;
+        let resume = self.books.resume_message().context("no token")?;
+        socket.send(Message::text(resume)).await?;
+        let text = next_text(&mut socket)
+            .await?
+            .context("closed before resumed")?;
+        let took = started.elapsed();
+        match ServerToClient::decode(&text) {
+            Ok(ServerToClient::Resumed(resumed)) => {
+                ensure!(
+                    self.books.resumed(&resumed)?.is_empty(),
+                    "the server lacks frames"
+                );
+            }
+            other => bail!("expected resumed, got {other:?}"),
+        }
+        self.socket = Some(socket);
+        Ok(took)
+    }
+}
+
+async fn run_resume(bench: Arc<Bench>, args: ResumeArgs) -> Result<()> {
+    let bar = bench.progress("registering devices");
+    let mut readers = Vec::new();
+    for d in 0..args.devices {
+        let mut device = bench
+            .device(&format!("resume-{}-{d}", bench.run_id))
+            .await?;
+        // Read, so that the keepalive's pings are answered.
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(_)) = device.next().await {}
+        }));
+    }
+    let devices_rss = resident_memory(&bench.metrics().await?);
+    say(&bar, "connecting clients");
+    let mut clients = Vec::with_capacity(args.devices);
+    for d in 0..args.devices {
+        clients.push(
+            bench
+                .resuming_client(&format!("resume-{}-{d}", bench.run_id))
+                .await?,
+        );
+    }
+    let connected_rss = resident_memory(&bench.metrics().await?);
+    let mut histogram = Histogram::<u64>::new(3)?;
+    let mut held_rss = 0.0;
+    for round in 0..args.rounds {
+        say(
+            &bar,
+            format!("round {} of {}: dropping", round + 1, args.rounds),
+        );
+        for client in &mut clients {
+            if let Some(socket) = client.socket.take() {
+                vanish(socket, false);
+            }
+        }
+        bench.until_away(args.devices).await?;
+        if round == 0 {
+            held_rss = resident_memory(&bench.metrics().await?);
+        }
+        say(
+            &bar,
+            format!("round {} of {}: resuming", round + 1, args.rounds),
+        );
+        for client in &mut clients {
+            let took = client.resume(&bench).await?;
+            histogram.record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX))?;
+        }
+        bench.until_away(0).await?;
+    }
+    for client in &mut clients {
+        if let Some(mut socket) = client.socket.take() {
+            socket.close(None).await?;
+            while let Some(Ok(_)) = socket.next().await {}
+        }
+    }
+    for reader in readers {
+        reader.abort();
+    }
+    bar.finish_and_clear();
+    let n = args.devices as f64;
+    let result = json!({
+        "mode": "resume",
+        "devices": args.devices,
+        "resumes": histogram.len(),
+        "resume_p50_us": histogram.value_at_quantile(0.5),
+        "resume_p99_us": histogram.value_at_quantile(0.99),
+        "resume_max_us": histogram.max(),
+        "server_rss_devices": devices_rss,
+        "server_rss_per_connected_client": (connected_rss - devices_rss) / n,
+        "server_rss_per_held_client": (held_rss - devices_rss) / n,
+    });
+    if bench.json {
+        println!("{result}");
+    } else {
+        println!(
+            "resume: {} resumes of {} clients: reconnect to resumed p50 {} µs, p99 {} µs, max {} µs\n  server RSS per client: {:.0} bytes connected, {:.0} bytes held (its connection gone)",
+            histogram.len(),
+            args.devices,
+            histogram.value_at_quantile(0.5),
+            histogram.value_at_quantile(0.99),
+            histogram.max(),
+            (connected_rss - devices_rss) / n,
+            (held_rss - devices_rss) / n,
+        );
+    }
     Ok(())
 }
 
@@ -1308,12 +1524,17 @@ async fn run_poll(bench: Arc<Bench>, args: PollArgs) -> Result<()> {
     });
     let mut device_tasks = Vec::new();
     let mut ids = Vec::new();
+    let (stop_devices, devices_stop) = tokio::sync::watch::channel(false);
     for d in 0..args.devices {
         let id = format!("poll-{}-{d}", bench.run_id);
         let task = match bench.any_device(&id).await? {
-            BenchDevice::Websocket(socket) => {
-                tokio::spawn(echo_device(*socket, counters.clone(), false, false))
-            }
+            BenchDevice::Websocket(socket) => tokio::spawn(echo_device(
+                *socket,
+                counters.clone(),
+                false,
+                false,
+                devices_stop.clone(),
+            )),
             BenchDevice::Socket(socket) => {
                 tokio::spawn(echo_socket_device(socket, counters.clone()))
             }
@@ -1355,8 +1576,9 @@ async fn run_poll(bench: Arc<Bench>, args: PollArgs) -> Result<()> {
     for client in clients {
         requests += client.await??;
     }
+    let _ = stop_devices.send(true);
     for task in device_tasks {
-        task.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     bar.finish_and_clear();
     let server = match (cpu_before, cpu_after, &metrics_before, &metrics_after) {

@@ -1,5 +1,8 @@
 //! `client-cli connect`: a full WebRTC handshake with a device through the
-//! server, reported as a timeline of its phases.
+//! server, reported as a timeline of its phases. When its connection to
+//! the server drops and the server holds the session, it reconnects and
+//! resumes on its own (the peer connection stays up), and the timeline
+//! says so.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use futures_util::SinkExt;
 use peer::negotiation::{Event, Negotiation, Received, Side};
+use peer::resume::Resumable;
 use peer::rtc_peer::{
     FrameCount, PeerEvent, PeerSettings, SelectedPair, build_peer, count_frames, selected_pair,
 };
@@ -51,6 +55,13 @@ pub struct ConnectArgs {
     /// `fake-device-input` channel.
     #[arg(long)]
     input: bool,
+
+    /// After everything else, keep the session this long, sending one
+    /// echo a second and counting the device's video frames: to watch a
+    /// session ride out a dropped signaling connection (each resume is in
+    /// the timeline). Counts against --timeout.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    hold: Duration,
 
     /// Give up after this long, saying which phase was not reached.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
@@ -99,6 +110,9 @@ struct Timeline {
     json: bool,
     reached: Vec<(Phase, f64)>,
     notes: serde_json::Map<String, serde_json::Value>,
+    /// Each resume of the signaling connection: when, and how long it was
+    /// away.
+    resumes: Vec<serde_json::Value>,
 }
 
 impl Timeline {
@@ -126,6 +140,18 @@ impl Timeline {
             .collect()
     }
 
+    /// Milliseconds since the start.
+    fn now_ms(&self) -> f64 {
+        self.started.elapsed().as_secs_f64() * 1e3
+    }
+
+    /// Prints a line of the human view.
+    fn say(&self, what: &str) {
+        if !self.json {
+            println!("{:>9.1} ms  {what}", self.now_ms());
+        }
+    }
+
     fn report(&self, ok: bool, error: Option<&str>, rtts: &[f64]) {
         if !self.json {
             return;
@@ -143,6 +169,7 @@ impl Timeline {
         if let Some(error) = error {
             out["error"] = json!(error);
         }
+        out["resumes"] = json!(self.resumes);
         for (key, value) in &self.notes {
             out[key] = value.clone();
         }
@@ -160,6 +187,7 @@ pub async fn run(options: &ConnectOptions, args: ConnectArgs) -> Result<()> {
         json: args.json,
         reached: Vec::new(),
         notes: serde_json::Map::new(),
+        resumes: Vec::new(),
     };
     let mut rtts = Vec::new();
     let outcome = tokio::time::timeout(
@@ -182,44 +210,236 @@ pub async fn run(options: &ConnectOptions, args: ConnectArgs) -> Result<()> {
     result
 }
 
-/// Sends a payload to the device the way `api` carries it.
-async fn forward(socket: &mut Socket, api: ClientApi, payload: &Payload) -> Result<()> {
-    let text = match api {
-        ClientApi::Seed => {
-            let raw = payload.to_raw();
-            ClientToServer::Forward(ClientForward { payload: &raw }).encode()
-        }
-        ClientApi::Go => payload.to_json(),
-    };
-    socket.send(Message::text(text)).await?;
-    Ok(())
+/// The connection to the server, which comes back on its own: when it
+/// drops and the server holds the session, it reconnects with backoff
+/// (100 ms, doubling to 2 s, within the window) and resumes, sending again
+/// what the server did not get; each resume goes into the timeline.
+struct Signaling<'a> {
+    options: &'a ConnectOptions,
+    api: ClientApi,
+    device_id: &'a str,
+    socket: Option<Socket>,
+    books: Resumable,
+    /// When the connection dropped, while it is down.
+    lost_at: Option<Instant>,
+    /// The socket's first frame must be `resumed`.
+    resuming: bool,
 }
 
-/// The next message from the server; its error frames become errors.
-async fn next(socket: &mut Socket) -> Result<ServerMessage> {
-    let text = peer::signaling::next_text(socket)
-        .await?
-        .context("the server closed the connection")?;
-    // The Go operator's first frame: {"device_info": …}, nothing else in it.
-    if let Ok(serde_json::Value::Object(fields)) = serde_json::from_str::<serde_json::Value>(&text)
-        && !fields.contains_key("message_type")
-        && let Some(info) = fields.get("device_info")
-    {
-        return Ok(ServerMessage::DeviceInfo(info.to_string()));
+/// Waits before the first reconnection, then doubles to the last.
+const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+const RECONNECT_LAST: Duration = Duration::from_secs(2);
+
+impl<'a> Signaling<'a> {
+    /// The first connection: the seed's `/connect_client` with `connect`,
+    /// or the Go operator's `/devices/{id}/connect`.
+    async fn open(
+        options: &'a ConnectOptions,
+        api: ClientApi,
+        device_id: &'a str,
+        timeline: &mut Timeline,
+    ) -> Result<Self> {
+        let path = match api {
+            ClientApi::Seed => protocol::CONNECT_CLIENT_PATH.to_owned(),
+            ClientApi::Go => format!("/devices/{device_id}/connect"),
+        };
+        let socket = options.connect(&path).await?;
+        timeline.mark(Phase::WebsocketOpen, &options.endpoint_url(&path)?);
+        let mut signaling = Self {
+            options,
+            api,
+            device_id,
+            socket: Some(socket),
+            books: Resumable::new(),
+            lost_at: None,
+            resuming: false,
+        };
+        if api == ClientApi::Seed {
+            let connect = ClientToServer::Connect(Connect {
+                device_id: device_id.into(),
+            });
+            signaling.send(connect.encode()).await;
+        }
+        Ok(signaling)
     }
-    let message = ServerToClient::decode(&text)
-        .map_err(|e| anyhow!("undecodable message from the server ({e}): {text}"))?;
-    Ok(match message {
-        ServerToClient::Config(config) => ServerMessage::Config(config.ice_servers),
-        ServerToClient::DeviceInfo(info) => {
-            ServerMessage::DeviceInfo(info.device_info.get().to_owned())
+
+    /// Sends a frame; kept, so that if the connection is down (or drops
+    /// before the server has it), it goes again after the resume.
+    async fn send(&mut self, text: String) {
+        self.books.sent(text.clone());
+        if let Some(socket) = &mut self.socket
+            && let Err(e) = socket.send(Message::text(text)).await
+        {
+            self.lost(&anyhow::Error::from(e));
         }
-        ServerToClient::DeviceMsg(msg) => ServerMessage::Payload(msg.payload.to_owned()),
-        ServerToClient::Error(e) => bail!("the server says: {}", e.error),
-        ServerToClient::Resumed(_) => {
-            bail!("the server sent resumed to a connection that did not resume")
+    }
+
+    /// Sends a payload to the device the way the API carries it.
+    async fn forward(&mut self, payload: &Payload) {
+        let text = match self.api {
+            ClientApi::Seed => {
+                let raw = payload.to_raw();
+                ClientToServer::Forward(ClientForward { payload: &raw }).encode()
+            }
+            ClientApi::Go => payload.to_json(),
+        };
+        self.send(text).await;
+    }
+
+    fn lost(&mut self, why: &anyhow::Error) {
+        if self.socket.take().is_some() {
+            tracing::debug!(error = %format!("{why:#}"), "signaling connection lost");
+            self.lost_at = Some(Instant::now());
         }
-    })
+    }
+
+    /// The next frame of the session, resuming first if the connection is
+    /// down; an error when the session is over.
+    async fn next_text(&mut self, timeline: &mut Timeline) -> Result<String> {
+        loop {
+            let Some(socket) = &mut self.socket else {
+                self.reconnect(timeline).await?;
+                continue;
+            };
+            let ended = match peer::signaling::next_text(socket).await {
+                Ok(Some(text)) if self.resuming => {
+                    self.take_back(&text, timeline).await?;
+                    continue;
+                }
+                Ok(Some(text)) => {
+                    self.books.received(&text);
+                    return Ok(text);
+                }
+                Ok(None) => None,
+                Err(e) => Some(e),
+            };
+            let held = self.books.window().is_some() && peer::resume::holds_session(ended.as_ref());
+            match ended {
+                _ if held => {
+                    let why = ended.unwrap_or_else(|| anyhow!("the server ended the stream"));
+                    timeline.say(&format!("signaling connection lost ({why:#}); resuming"));
+                    self.lost(&why);
+                }
+                Some(e) => return Err(e),
+                None => bail!("the server closed the connection"),
+            }
+        }
+    }
+
+    /// Connects again and asks for the session back, with backoff, until
+    /// the server's window is over.
+    async fn reconnect(&mut self, timeline: &mut Timeline) -> Result<()> {
+        let window = self.books.window().unwrap_or_default();
+        let lost_at = *self.lost_at.get_or_insert_with(Instant::now);
+        let mut wait = RECONNECT_FIRST;
+        loop {
+            if lost_at.elapsed() >= window {
+                bail!(
+                    "the signaling connection dropped and did not come back within the server's resume window ({})",
+                    humantime::format_duration(window)
+                );
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(RECONNECT_LAST);
+            let attempt = match self.api {
+                ClientApi::Seed => {
+                    let resume = self.books.resume_message().context("no resume token")?;
+                    match self.options.connect(protocol::CONNECT_CLIENT_PATH).await {
+                        Ok(mut socket) => socket
+                            .send(Message::text(resume))
+                            .await
+                            .map(|()| socket)
+                            .map_err(anyhow::Error::from),
+                        Err(e) => Err(e.into()),
+                    }
+                }
+                ClientApi::Go => {
+                    let query = self.books.resume_query().context("no resume token")?;
+                    let path = format!("/devices/{}/connect?{query}", self.device_id);
+                    self.options
+                        .connect(&path)
+                        .await
+                        .map_err(anyhow::Error::from)
+                }
+            };
+            match attempt {
+                Ok(socket) => {
+                    self.socket = Some(socket);
+                    self.resuming = true;
+                    return Ok(());
+                }
+                // A refused resume (its token past use) is final.
+                Err(e) if format!("{e:#}").contains("Resume refused") => {
+                    bail!("the server refused the resume: {e:#}")
+                }
+                Err(e) => timeline.say(&format!("reconnecting: {e:#}")),
+            }
+        }
+    }
+
+    /// The first frame of a resumed connection: `resumed`, or the refusal.
+    async fn take_back(&mut self, text: &str, timeline: &mut Timeline) -> Result<()> {
+        self.resuming = false;
+        let resumed = match ServerToClient::decode(text) {
+            Ok(ServerToClient::Resumed(resumed)) => resumed,
+            Ok(ServerToClient::Error(e)) => bail!("the server refused the resume: {}", e.error),
+            _ => bail!("expected resumed, got {text}"),
+        };
+        let again = self.books.resumed(&resumed)?;
+        let away_ms = self
+            .lost_at
+            .take()
+            .map_or(0.0, |at| at.elapsed().as_secs_f64() * 1e3);
+        timeline.say(&format!(
+            "resumed after {away_ms:.1} ms away; {} frame(s) sent again",
+            again.len()
+        ));
+        timeline.resumes.push(json!({
+            "at_ms": round(timeline.now_ms()),
+            "away_ms": round(away_ms),
+            "sent_again": again.len(),
+        }));
+        if let Some(socket) = &mut self.socket {
+            for frame in again {
+                socket.send(Message::text(frame)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next message from the server; its error frames become errors.
+    async fn next(&mut self, timeline: &mut Timeline) -> Result<ServerMessage> {
+        let text = self.next_text(timeline).await?;
+        // The Go operator's first frame: {"device_info": …}, with no
+        // message_type (a resume offer may ride beside it).
+        if let Ok(serde_json::Value::Object(fields)) =
+            serde_json::from_str::<serde_json::Value>(&text)
+            && !fields.contains_key("message_type")
+            && let Some(info) = fields.get("device_info")
+        {
+            return Ok(ServerMessage::DeviceInfo(info.to_string()));
+        }
+        let message = ServerToClient::decode(&text)
+            .map_err(|e| anyhow!("undecodable message from the server ({e}): {text}"))?;
+        Ok(match message {
+            ServerToClient::Config(config) => ServerMessage::Config(config.ice_servers),
+            ServerToClient::DeviceInfo(info) => {
+                ServerMessage::DeviceInfo(info.device_info.get().to_owned())
+            }
+            ServerToClient::DeviceMsg(msg) => ServerMessage::Payload(msg.payload.to_owned()),
+            ServerToClient::Error(e) => bail!("the server says: {}", e.error),
+            ServerToClient::Resumed(_) => {
+                bail!("the server sent resumed to a connection that did not resume")
+            }
+        })
+    }
+
+    /// Ends the session: a clean close, so that the server does not hold it.
+    async fn close(&mut self) {
+        if let Some(mut socket) = self.socket.take() {
+            let _ = socket.close(None).await;
+        }
+    }
 }
 
 enum ServerMessage {
@@ -236,16 +456,8 @@ async fn handshake(
 ) -> Result<()> {
     let (mut socket, ice_servers) = match args.api {
         ClientApi::Seed => {
-            let mut socket = options.connect(protocol::CONNECT_CLIENT_PATH).await?;
-            timeline.mark(
-                Phase::WebsocketOpen,
-                &options.endpoint_url(protocol::CONNECT_CLIENT_PATH)?,
-            );
-            let connect = ClientToServer::Connect(Connect {
-                device_id: args.device_id.as_str().into(),
-            });
-            socket.send(Message::text(connect.encode())).await?;
-            let ServerMessage::Config(ice_servers) = next(&mut socket).await? else {
+            let mut socket = Signaling::open(options, args.api, &args.device_id, timeline).await?;
+            let ServerMessage::Config(ice_servers) = socket.next(timeline).await? else {
                 bail!("the server did not send config first");
             };
             (socket, ice_servers)
@@ -257,9 +469,7 @@ async fn handshake(
             let Ok(ServerToClient::Config(config)) = ServerToClient::decode(&body) else {
                 bail!("GET /infra_config is not a config message: {body}");
             };
-            let path = format!("/devices/{}/connect", args.device_id);
-            let socket = options.connect(&path).await?;
-            timeline.mark(Phase::WebsocketOpen, &options.endpoint_url(&path)?);
+            let socket = Signaling::open(options, args.api, &args.device_id, timeline).await?;
             (socket, config.ice_servers)
         }
     };
@@ -271,7 +481,7 @@ async fn handshake(
         .ice_servers
         .clone()
         .map_or(ice_servers, |IceServers(servers)| servers);
-    let ServerMessage::DeviceInfo(info) = next(&mut socket).await? else {
+    let ServerMessage::DeviceInfo(info) = socket.next(timeline).await? else {
         bail!("the server did not send device_info after config");
     };
     timeline.mark(
@@ -284,14 +494,11 @@ async fn handshake(
 
     let (pc, events) = build_peer(&args.peer, &ice_servers).await?;
     let mut negotiation = Negotiation::with_peer(Side::Client, pc, events);
-    forward(
-        &mut socket,
-        args.api,
-        &Payload::RequestOffer {
+    socket
+        .forward(&Payload::RequestOffer {
             ice_servers: ice_servers.clone(),
-        },
-    )
-    .await?;
+        })
+        .await;
 
     // The device's echo channel (or, from another device, the first it
     // opens), its input reports, every label it opened, and its media.
@@ -303,7 +510,7 @@ async fn handshake(
     let mut video = None;
     while !channel_open {
         tokio::select! {
-            message = next(&mut socket) => {
+            message = socket.next(timeline) => {
                 let ServerMessage::Payload(raw) = message? else { continue };
                 // Payloads of other layers share the channel.
                 let Ok(payload) = Payload::from_raw(&raw) else { continue };
@@ -312,7 +519,7 @@ async fn handshake(
                 }
                 match negotiation.receive(payload).await? {
                     Received::Reply(answer) => {
-                        forward(&mut socket, args.api, &answer).await?;
+                        socket.forward(&answer).await;
                         timeline.mark(Phase::AnswerSent, "");
                     }
                     Received::RemoteError(error) => bail!("the device says: {error}"),
@@ -322,7 +529,7 @@ async fn handshake(
                 }
             }
             event = negotiation.next_event() => match event.context("the peer connection stopped reporting")? {
-                Event::Send(candidate) => forward(&mut socket, args.api, &candidate).await?,
+                Event::Send(candidate) => socket.forward(&candidate).await,
                 Event::Peer(PeerEvent::IceConnectionState(RTCIceConnectionState::Connected)) => {
                     timeline.mark(Phase::IceConnected, "");
                 }
@@ -466,6 +673,9 @@ async fn handshake(
         let seen = touch(pc, reports.as_ref(), &info, timeline).await?;
         timeline.notes.insert("input_reports".into(), json!(seen));
     }
+    if !args.hold.is_zero() {
+        hold(&mut socket, &channel, video.as_deref(), args.hold, timeline).await?;
+    }
     if let Some(video) = &video {
         let frames = video.frames.load(std::sync::atomic::Ordering::Relaxed);
         let first = *video.first.lock().unwrap_or_else(|p| p.into_inner());
@@ -513,7 +723,81 @@ async fn handshake(
         }
     }
     negotiation.close().await;
-    let _ = socket.close(None).await;
+    socket.close().await;
+    Ok(())
+}
+
+/// Keeps the session for `duration`: an echo a second on the data channel
+/// (each one checked), the server's connection read (so that a drop is
+/// found and resumed at once), the device's video counted.
+async fn hold(
+    signaling: &mut Signaling<'_>,
+    channel: &Arc<dyn DataChannel>,
+    video: Option<&FrameCount>,
+    duration: Duration,
+    timeline: &mut Timeline,
+) -> Result<()> {
+    let mut rtts = Vec::new();
+    let frames = || {
+        video.map_or(0, |video| {
+            video.frames.load(std::sync::atomic::Ordering::Relaxed)
+        })
+    };
+    let frames_before = frames();
+    let until = tokio::time::Instant::now() + duration;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut sent = 0u32;
+    let mut echoed = 0u32;
+    let mut pending: Option<(String, Instant)> = None;
+    timeline.say(&format!(
+        "holding the session for {}",
+        humantime::format_duration(duration)
+    ));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => break,
+            _ = tick.tick(), if pending.is_none() => {
+                let text = format!("hold {sent} from client-cli {}", std::process::id());
+                channel.send_text(&text).await?;
+                pending = Some((text, Instant::now()));
+                sent += 1;
+            }
+            event = channel.poll() => match event {
+                Some(DataChannelEvent::OnMessage(message)) => {
+                    let echo = String::from_utf8_lossy(&message.data);
+                    let Some((text, at)) = pending.take() else {
+                        bail!("an echo nobody asked for: {echo:?}");
+                    };
+                    ensure!(echo == text, "the echo came back different: sent {text:?}, got {echo:?}");
+                    rtts.push(at.elapsed().as_secs_f64() * 1e3);
+                    echoed += 1;
+                }
+                Some(DataChannelEvent::OnClose) | None => bail!("the data channel closed while holding the session"),
+                _ => {}
+            },
+            // Read for its own sake: a dropped connection is found here and
+            // resumed; what the device sends meanwhile (candidates) is not
+            // needed once connected.
+            message = signaling.next(timeline) => { message?; }
+        }
+    }
+    let during = frames() - frames_before;
+    timeline.say(&format!(
+        "held: {echoed} of {sent} echoes back, {during} video frames meanwhile, {} resume(s)",
+        timeline.resumes.len()
+    ));
+    timeline.notes.insert("hold_echoes".into(), json!(echoed));
+    timeline.notes.insert(
+        "hold_echo_rtt_ms".into(),
+        json!(rtts.iter().map(|r| round(*r)).collect::<Vec<_>>()),
+    );
+    timeline
+        .notes
+        .insert("hold_video_frames".into(), json!(during));
+    ensure!(
+        echoed + 1 >= sent,
+        "only {echoed} of {sent} echoes came back while holding the session"
+    );
     Ok(())
 }
 

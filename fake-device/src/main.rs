@@ -15,7 +15,9 @@
 //! shape, as Cuttlefish devices do); it applies the client's answer and
 //! candidates (either shape), buffering candidates that arrive before the
 //! remote description. A client may renegotiate with its own offer. When the
-//! server connection drops, it re-registers with backoff, as real devices do.
+//! server connection drops, it resumes its session with backoff while the
+//! server holds it (its clients' peer connections stay up), and registers
+//! again, as real devices do, once that is no longer possible.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,6 +29,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use peer::device_link::DeviceLink;
 use peer::negotiation::{Event, Negotiation, Received, Side};
+use peer::resume::Resumable;
 use peer::rtc_peer::{PeerEvent, PeerSettings, build_peer, nudge_until_open, selected_pair};
 use peer::signaling::{ConnectError, ConnectOptions};
 use peer::turn_check::why_no_relay;
@@ -234,8 +237,11 @@ async fn run(cli: Cli) -> Result<()> {
     let mut backoff = cli.reconnect_min;
     let shutdown = support::shutdown::listen().recv();
     tokio::pin!(shutdown);
+    // The session with the server, while it may be resumed: its clients'
+    // peer connections stay up across a dropped connection.
+    let mut held: Option<Registration> = None;
     loop {
-        let session = serve(&cli, &info, device_port, &shape, &screen);
+        let session = serve(&cli, &info, device_port, &shape, &screen, &mut held);
         let outcome = tokio::select! {
             outcome = session => outcome,
             signal = &mut shutdown => {
@@ -244,15 +250,22 @@ async fn run(cli: Cli) -> Result<()> {
             }
         };
         match outcome {
-            Ok(Served::Registered) => backoff = cli.reconnect_min,
+            Ok(Served::Held | Served::Registered) => backoff = cli.reconnect_min,
             Ok(Served::NotRegistered) => {}
             Err(e) if !e.retryable => bail!("{}", e.message),
             Err(e) => warn!("{}", e.message),
         }
-        warn!(
-            retry_in = %humantime::format_duration(backoff),
-            "server connection lost; re-registering"
-        );
+        match &held {
+            Some(registration) => warn!(
+                retry_in = %humantime::format_duration(backoff),
+                clients = registration.clients.len(),
+                "server connection lost; resuming the session (its clients' peer connections stay up)"
+            ),
+            None => warn!(
+                retry_in = %humantime::format_duration(backoff),
+                "server connection lost; re-registering"
+            ),
+        }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             _ = &mut shutdown => return Ok(()),
@@ -266,6 +279,8 @@ enum Served {
     /// It was registered for a while: the next attempt starts a fresh backoff.
     Registered,
     NotRegistered,
+    /// It dropped, and the server holds the session for a resume.
+    Held,
 }
 
 fn lost(error: impl std::fmt::Display) -> ConnectError {
@@ -275,41 +290,96 @@ fn lost(error: impl std::fmt::Display) -> ConnectError {
     }
 }
 
-/// One connection to the server: register, then serve clients until it
-/// drops.
+/// The device's session with the server, across the connections it has:
+/// its clients, each a task with its own peer connection; the ICE servers
+/// the server handed out; what a resume needs.
+struct Registration {
+    clients: HashMap<u64, mpsc::UnboundedSender<Payload>>,
+    ice_servers: Vec<IceServer>,
+    books: Resumable,
+    /// Frames from client tasks to the server, waiting while the
+    /// connection is down.
+    outgoing: mpsc::UnboundedSender<String>,
+    to_send: mpsc::UnboundedReceiver<String>,
+    /// When its connection dropped, while it is held.
+    lost_at: Option<std::time::Instant>,
+}
+
+impl Registration {
+    fn new(ice_servers: Vec<IceServer>, books: Resumable) -> Self {
+        let (outgoing, to_send) = mpsc::unbounded_channel();
+        Self {
+            clients: HashMap::new(),
+            ice_servers,
+            books,
+            outgoing,
+            to_send,
+            lost_at: None,
+        }
+    }
+
+    /// Whether the server still holds it: its connection dropped less than
+    /// the window ago.
+    fn resumable(&self) -> bool {
+        match (self.lost_at, self.books.window()) {
+            (Some(lost_at), Some(window)) => lost_at.elapsed() < window,
+            _ => false,
+        }
+    }
+}
+
+/// One connection to the server: register (or resume the held session),
+/// then serve clients until it drops.
 async fn serve(
     cli: &Cli,
     info: &RawValue,
     device_port: Option<u16>,
     shape: &Arc<Shape>,
     screen: &Screen,
+    held: &mut Option<Registration>,
 ) -> Result<Served, ConnectError> {
+    if held.as_ref().is_some_and(|held| !held.resumable()) {
+        info!("the resume window passed: registering again, as a new session");
+        // Dropping the clients' inboxes closes their peers.
+        *held = None;
+    }
     let mut link = DeviceLink::open(&cli.connect, cli.device_socket.as_deref()).await?;
-    let register = DeviceToServer::Register(Register {
-        device_id: cli.device_id.as_str().into(),
-        device_info: Some(info),
-        device_port,
-    });
-    link.send(register.encode()).await.map_err(lost)?;
-    let mut ice_servers = match link.next_text().await.map_err(lost)? {
-        Some(text) => match ServerToDevice::decode(&text) {
-            Ok(ServerToDevice::Config(config)) => config.ice_servers,
-            Ok(ServerToDevice::Error(e)) => {
-                return Err(lost(format!("registration refused: {}", e.error)));
+    let mut registration = match held.take() {
+        Some(mut registration) => {
+            let Some(resume) = registration.books.resume_message() else {
+                return Ok(Served::NotRegistered);
+            };
+            let answer = match link.send(resume).await {
+                Ok(()) => resumed(&mut link, &mut registration).await,
+                Err(e) => Err(lost(e)),
+            };
+            match answer {
+                Ok(Some(())) => registration,
+                // Refused: the session is over; its clients' peers close,
+                // and the next connection registers afresh.
+                Ok(None) => return Ok(Served::NotRegistered),
+                // This connection failed too: the session is still held.
+                Err(e) => {
+                    *held = Some(registration);
+                    return Err(e);
+                }
             }
-            other => return Err(lost(format!("expected config, got {other:?}"))),
+        }
+        None => match register(cli, info, device_port, &mut link).await? {
+            Some(registration) => registration,
+            None => return Ok(Served::NotRegistered),
         },
-        None => return Ok(Served::NotRegistered),
     };
-    info!(device_id = %cli.device_id, "registered");
 
-    // Frames from client tasks to the server.
-    let (outgoing, mut to_send) = mpsc::unbounded_channel::<String>();
-    let mut clients: HashMap<u64, mpsc::UnboundedSender<Payload>> = HashMap::new();
-    loop {
+    let ended = loop {
         tokio::select! {
             text = link.next_text() => {
-                let Some(text) = text.map_err(lost)? else { break };
+                let text = match text {
+                    Ok(Some(text)) => text,
+                    Ok(None) => break None,
+                    Err(e) => break Some(e),
+                };
+                registration.books.received(&text);
                 match ServerToDevice::decode(&text) {
                     Ok(ServerToDevice::ClientMsg(message)) => {
                         let payload = match Payload::from_raw(message.payload) {
@@ -319,32 +389,118 @@ async fn serve(
                                 continue;
                             }
                         };
-                        let inbox = clients.entry(message.client_id).or_insert_with(|| {
-                            spawn_client(message.client_id, outgoing.clone(), cli.peer.clone(), ice_servers.clone(), Media { shape: shape.clone(), screen: screen.clone() })
+                        let outgoing = registration.outgoing.clone();
+                        let ice_servers = registration.ice_servers.clone();
+                        let inbox = registration.clients.entry(message.client_id).or_insert_with(|| {
+                            spawn_client(message.client_id, outgoing, cli.peer.clone(), ice_servers, Media { shape: shape.clone(), screen: screen.clone() })
                         });
                         let _ = inbox.send(payload);
                     }
                     Ok(ServerToDevice::ClientDisconnected(gone)) => {
                         // Dropping its inbox ends the client's task, which
                         // closes its peer connection.
-                        if clients.remove(&gone.client_id).is_some() {
+                        if registration.clients.remove(&gone.client_id).is_some() {
                             info!(client_id = gone.client_id, "client disconnected");
                         }
                     }
-                    Ok(ServerToDevice::Config(config)) => ice_servers = config.ice_servers,
+                    Ok(ServerToDevice::Config(config)) => registration.ice_servers = config.ice_servers,
                     Ok(ServerToDevice::Error(e)) => warn!(error = %e.error, "the server reports an error"),
                     Ok(ServerToDevice::Resumed(_)) => warn!("the server sent resumed to a connection that did not resume"),
                     Err(e) => warn!(error = %e, "undecodable message from the server"),
                 }
             }
-            Some(frame) = to_send.recv() => {
-                link.send(frame).await.map_err(lost)?;
+            Some(frame) = registration.to_send.recv() => {
+                registration.books.sent(frame.clone());
+                if let Err(e) = link.send(frame).await {
+                    break Some(e);
+                }
             }
         }
+    };
+    if let Some(e) = &ended {
+        debug!(error = %format!("{e:#}"), "server connection ended");
+    }
+    if registration.books.window().is_some() && peer::resume::holds_session(ended.as_ref()) {
+        registration.lost_at = Some(std::time::Instant::now());
+        *held = Some(registration);
+        return Ok(Served::Held);
+    }
+    if let Some(e) = ended {
+        warn!(error = %format!("{e:#}"), "the server ended the session");
     }
     // Dropping the inboxes closes every peer.
-    drop(clients);
+    drop(registration);
     Ok(Served::Registered)
+}
+
+/// Registers afresh on `link`; the new session, or none if refused.
+async fn register(
+    cli: &Cli,
+    info: &RawValue,
+    device_port: Option<u16>,
+    link: &mut DeviceLink,
+) -> Result<Option<Registration>, ConnectError> {
+    let register = DeviceToServer::Register(Register {
+        device_id: cli.device_id.as_str().into(),
+        device_info: Some(info),
+        device_port,
+    });
+    link.send(register.encode()).await.map_err(lost)?;
+    let Some(text) = link.next_text().await.map_err(lost)? else {
+        return Ok(None);
+    };
+    let mut books = Resumable::new();
+    books.received(&text);
+    match ServerToDevice::decode(&text) {
+        Ok(ServerToDevice::Config(config)) => {
+            info!(device_id = %cli.device_id, resumable = books.window().is_some(), "registered");
+            Ok(Some(Registration::new(config.ice_servers, books)))
+        }
+        Ok(ServerToDevice::Error(e)) => Err(lost(format!("registration refused: {}", e.error))),
+        other => Err(lost(format!("expected config, got {other:?}"))),
+    }
+}
+
+/// Reads the answer to a `resume`: `Some` once the session is back (the
+/// frames the server lacked sent again), `None` if the server refused it.
+async fn resumed(
+    link: &mut DeviceLink,
+    registration: &mut Registration,
+) -> Result<Option<()>, ConnectError> {
+    let Some(text) = link.next_text().await.map_err(lost)? else {
+        return Err(lost(
+            "the server closed the connection before answering the resume",
+        ));
+    };
+    match ServerToDevice::decode(&text) {
+        Ok(ServerToDevice::Resumed(resumed)) => {
+            let again = match registration.books.resumed(&resumed) {
+                Ok(again) => again,
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "the resumed session cannot go on; registering again");
+                    return Ok(None);
+                }
+            };
+            let away = registration.lost_at.map(|at| at.elapsed());
+            info!(
+                away_ms = away.map(|away| away.as_millis() as u64),
+                sent_again = again.len(),
+                clients = registration.clients.len(),
+                "session resumed: its clients and their peer connections kept"
+            );
+            registration.lost_at = None;
+            for frame in again {
+                link.send(frame).await.map_err(lost)?;
+            }
+            Ok(Some(()))
+        }
+        Ok(ServerToDevice::Error(e)) if peer::resume::is_refusal(&e.error) => {
+            warn!(reason = %e.error, "the server no longer holds the session; registering again");
+            Ok(None)
+        }
+        Ok(ServerToDevice::Error(e)) => Err(lost(format!("resume failed: {}", e.error))),
+        other => Err(lost(format!("expected resumed, got {other:?}"))),
+    }
 }
 
 /// What every client's peer sends: a track per display (unless

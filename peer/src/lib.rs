@@ -5,6 +5,7 @@
 
 pub mod device_link;
 pub mod negotiation;
+pub mod resume;
 pub mod rtc_peer;
 pub mod signaling;
 pub mod turn_check;

@@ -446,19 +446,29 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
+/// The server's close frame, as the error that ends a connection: the
+/// tools tell from its code whether the session is over or held for a
+/// resume ([`crate::resume::holds_session`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the server closed the connection ({code}): {reason}")]
+pub struct ServerClosed {
+    pub code: u16,
+    pub reason: String,
+}
+
 /// The next text frame, skipping pings; `None` when the server closed.
-/// A close frame from the server becomes an error naming its code and
-/// reason.
+/// A close frame from the server becomes a [`ServerClosed`] error naming
+/// its code and reason.
 pub async fn next_text(socket: &mut Socket) -> Result<Option<String>> {
     while let Some(message) = socket.next().await {
         match message? {
             Message::Text(text) => return Ok(Some(text.to_string())),
             Message::Close(Some(frame)) => {
-                bail!(
-                    "the server closed the connection ({}): {}",
-                    u16::from(frame.code),
-                    frame.reason
-                )
+                return Err(ServerClosed {
+                    code: u16::from(frame.code),
+                    reason: frame.reason.to_string(),
+                }
+                .into());
             }
             Message::Close(None) => return Ok(None),
             _ => {}

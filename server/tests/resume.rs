@@ -884,3 +884,45 @@ async fn raw_close(peer: &mut Peer) -> (u16, String) {
     }
     panic!("no close frame in {} bytes", bytes.len());
 }
+
+/// With `--redis`, a session that spans two instances is held by the
+/// client's instance, which takes it back: the device on the other
+/// instance hears nothing, and what it sent meanwhile arrives. Another
+/// instance does not hold it, and says so.
+#[tokio::test]
+async fn a_session_spanning_two_instances_resumes_on_the_instance_that_holds_it() {
+    let server = TestServer::start_for(DeviceTransport::OtherInstance, test_config()).await;
+    let mut device = device(&server, "r-span").await;
+    let mut client = Side {
+        peer: server.client().await,
+        token: String::new(),
+        received: 0,
+    };
+    client
+        .send(&json!({"message_type": "connect", "device_id": "r-span"}).to_string())
+        .await;
+    client.recv_text().await;
+    assert_eq!(client.recv_json().await["message_type"], "device_info");
+    client.send(&forward(json!("hello"))).await;
+    assert_eq!(device.recv_json().await["payload"], "hello");
+    let (token, received) = client.drop_connection();
+    away(&server, "client", 1.0).await;
+    device.send(&device_forward(1, json!("while away"))).await;
+    // The device's instance holds no such session.
+    let mut elsewhere = Peer::connect(&server.url("/connect_client")).await;
+    elsewhere.send(&resume_message(&token, received)).await;
+    assert_eq!(
+        elsewhere.recv_error().await,
+        "Resume refused: no session holds this token (each token resumes once, within the window)"
+    );
+    let (mut client, _) =
+        Side::resume(&server.clients_url("/connect_client"), token, received).await;
+    assert_eq!(client.recv_json().await["payload"], "while away");
+    client.send(&forward(json!("back"))).await;
+    assert_eq!(
+        device.recv_json().await,
+        json!({"message_type": "client_msg", "client_id": 1, "payload": "back"})
+    );
+    device.peer.expect_silence(Duration::from_millis(300)).await;
+    server.stop().await.unwrap();
+}

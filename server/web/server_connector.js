@@ -11,6 +11,8 @@
 // - a ?token= in the page's URL goes with every request (as ?token= on
 //   the websocket, as a bearer header on HTTP), which Cuttlefish's own
 //   connector cannot do;
+// - a websocket that drops is resumed with its token (PROTOCOL.md,
+//   "Resuming a session"), so a network blip does not end the session;
 // - createParentController() posts display information to an embedding
 //   page, as Cuttlefish's operator pages expect.
 
@@ -109,9 +111,22 @@ class FallbackConnector {
   }
 }
 
+// The websocket: when it drops without a clean close (or the server
+// closes it with 4000, the session held), it reconnects with backoff
+// within the server's resume window with ?resume= and the count of frames
+// received, and the session goes on (PROTOCOL.md, "Resuming a session"):
+// the page's peer connection never hears of it.
 class WebSocketConnector {
   #socket = null;
+  #url = null;
   #onDeviceMsg = () => {};
+  #received = 0; // frames of the session received, `resumed` aside
+  #sent = []; // the last frames sent; #sent[0] is number #sentFirst
+  #sentFirst = 1;
+  #token = null;
+  #windowMs = 0;
+  #lostAt = null;
+  #wait = 250;
 
   onDeviceMsg(callback) {
     this.#onDeviceMsg = callback;
@@ -122,6 +137,7 @@ class WebSocketConnector {
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const url = serverUrl(`/devices/${encodeURIComponent(id)}/connect`, scheme);
     if (token) url.searchParams.set('token', token);
+    this.#url = url;
     const deviceInfo = await new Promise((resolve, reject) => {
       const socket = new WebSocket(url);
       let settled = false;
@@ -140,25 +156,83 @@ class WebSocketConnector {
       };
       socket.onmessage = (event) => {
         const message = JSON.parse(event.data);
-        if (!settled) {
-          // The first frame: {"device_info": …}, or an error.
-          clearTimeout(timer);
-          if (message.error !== undefined) return fail(new Error(message.error));
-          settled = true;
-          this.#socket = socket;
-          socket.onclose = (closed) => console.warn(`signaling closed (${closed.code}) ${closed.reason}`);
-          return resolve(message.device_info);
-        }
-        if (message.message_type === 'device_msg') this.#onDeviceMsg(message.payload);
-        else if (message.error !== undefined) console.error('the server says:', message.error);
+        // The first frame: {"device_info": …} (with a resume offer beside
+        // it), or an error.
+        clearTimeout(timer);
+        if (message.error !== undefined) return fail(new Error(message.error));
+        settled = true;
+        this.#take(message);
+        this.#adopt(socket);
+        resolve(message.device_info);
       };
     });
     return { deviceInfo, infraConfig };
   }
 
+  // A frame of the session: counted; its resume offer kept.
+  #take(message) {
+    this.#received += 1;
+    if (message.resume?.token) {
+      this.#token = message.resume.token;
+      this.#windowMs = message.resume.window_ms;
+    }
+  }
+
+  #adopt(socket) {
+    this.#socket = socket;
+    socket.onmessage = (event) => {
+      const message = JSON.parse(event.data);
+      if (message.message_type === 'resumed') return this.#resumed(message);
+      this.#take(message);
+      if (message.message_type === 'device_msg') this.#onDeviceMsg(message.payload);
+      else if (message.error !== undefined) console.error('the server says:', message.error);
+    };
+    socket.onclose = (closed) => {
+      if (socket !== this.#socket) return;
+      const held = this.#token && (closed.code === 1006 || closed.code === 4000);
+      if (!held) {
+        console.warn(`signaling closed (${closed.code}) ${closed.reason}`);
+        return;
+      }
+      this.#lostAt ??= Date.now();
+      if (Date.now() - this.#lostAt >= this.#windowMs) {
+        console.error('the signaling connection did not come back within the resume window');
+        return;
+      }
+      setTimeout(() => this.#reconnect(), this.#wait);
+      this.#wait = Math.min(this.#wait * 2, 2000);
+    };
+  }
+
+  #reconnect() {
+    const url = new URL(this.#url);
+    url.searchParams.set('resume', this.#token);
+    url.searchParams.set('received', String(this.#received));
+    this.#adopt(new WebSocket(url));
+  }
+
+  #resumed(message) {
+    this.#token = message.resume.token;
+    this.#windowMs = message.resume.window_ms;
+    for (const text of this.#sent.slice(Math.max(0, message.received + 1 - this.#sentFirst))) {
+      this.#socket.send(text);
+    }
+    console.info(`signaling resumed after ${Date.now() - this.#lostAt} ms`);
+    this.#lostAt = null;
+    this.#wait = 250;
+  }
+
   async sendToDevice(msg) {
-    if (this.#socket?.readyState !== WebSocket.OPEN) throw new Error('the signaling websocket is not open');
-    this.#socket.send(JSON.stringify(msg));
+    const text = JSON.stringify(msg);
+    // Kept until a resume says the server has it: a frame sent while the
+    // connection is down goes once it is back.
+    this.#sent.push(text);
+    if (this.#sent.length > 1024) {
+      this.#sent.shift();
+      this.#sentFirst += 1;
+    }
+    if (this.#socket?.readyState === WebSocket.OPEN && this.#lostAt === null) this.#socket.send(text);
+    else if (!this.#token) throw new Error('the signaling websocket is not open');
   }
 
   // Messages arrive as they come: nothing to hurry.

@@ -2,7 +2,8 @@
 // one with the browser's own RTCPeerConnection, speaking the protocol and
 // payload layer of PROTOCOL.md (the same as client-cli). Over a websocket
 // to /connect_client, or over the HTTP polling flow when websockets are
-// not available (or with ?transport=poll). ?deviceId=ID connects at once;
+// not available (or with ?transport=poll); a websocket that drops is
+// resumed (PROTOCOL.md, "Resuming a session"). ?deviceId=ID connects at once;
 // ?token=T is carried to every request; ?relay=1 uses relayed (TURN)
 // candidates only, through the TURN servers the config names.
 'use strict';
@@ -69,29 +70,105 @@ async function refreshDevices() {
 // ---------------------------------------------------------------------------
 
 // Over /connect_client: config, device_info, then device_msg payloads.
+// When the connection drops without a clean close (or the server closes
+// it with 4000, the session held), it reconnects with backoff within the
+// server's resume window and resumes: the same session, the peer
+// connection untouched; what the server did not get is sent again.
 class WebSocketTransport {
   constructor(deviceId, events) {
+    this.deviceId = deviceId;
+    this.events = events;
+    this.received = 0; // frames of the session received, `resumed` aside
+    this.sent = []; // the last frames sent; sent[0] is number sentFirst
+    this.sentFirst = 1;
+    this.sentCount = 0;
+    this.token = null;
+    this.windowMs = 0;
+    this.closing = false;
+    this.open(false);
+  }
+  open(resuming) {
     const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
-    this.ws = new WebSocket(scheme + location.host + withToken('/connect_client'));
-    this.ws.onopen = () => {
-      events.mark('websocket open');
-      this.ws.send(JSON.stringify({ message_type: 'connect', device_id: deviceId }));
+    const ws = new WebSocket(scheme + location.host + withToken('/connect_client'));
+    this.ws = ws;
+    this.resuming = resuming;
+    ws.onopen = () => {
+      if (resuming) {
+        ws.send(JSON.stringify({ message_type: 'resume', token: this.token, received: this.received }));
+        return;
+      }
+      this.events.mark('websocket open');
+      this.transmit(JSON.stringify({ message_type: 'connect', device_id: this.deviceId }));
     };
-    this.ws.onmessage = (event) => {
+    ws.onmessage = (event) => {
       const message = JSON.parse(event.data);
-      if (message.error !== undefined) events.error(message.error);
-      else if (message.message_type === 'config') events.config(message.ice_servers || []);
-      else if (message.message_type === 'device_info') events.deviceInfo(message.device_info);
-      else if (message.message_type === 'device_msg') events.payload(message.payload);
+      if (this.resuming) return this.takeBack(message);
+      this.received += 1;
+      if (message.resume && message.resume.token) {
+        this.token = message.resume.token;
+        this.windowMs = message.resume.window_ms;
+      }
+      if (message.error !== undefined) this.events.error(message.error);
+      else if (message.message_type === 'config') this.events.config(message.ice_servers || []);
+      else if (message.message_type === 'device_info') this.events.deviceInfo(message.device_info);
+      else if (message.message_type === 'device_msg') this.events.payload(message.payload);
     };
-    this.ws.onclose = (event) => events.closed(event.code + ' ' + event.reason);
+    ws.onclose = (event) => {
+      if (ws !== this.ws || this.closing) return;
+      // 1006: no close frame (the network); 4000: the server holds the
+      // session. Anything else ended it.
+      const held = this.token && (event.code === 1006 || event.code === 4000);
+      if (!held) {
+        this.events.closed(event.code + ' ' + event.reason);
+        return;
+      }
+      if (!this.lostAt) {
+        this.lostAt = performance.now();
+        this.wait = 250;
+        this.events.mark('signaling connection lost (' + event.code + '); resuming');
+      }
+      if (performance.now() - this.lostAt >= this.windowMs) {
+        this.events.lost('the signaling connection did not come back within the resume window');
+        return;
+      }
+      setTimeout(() => { if (!this.closing) this.open(true); }, this.wait);
+      this.wait = Math.min(this.wait * 2, 2000);
+    };
+  }
+  // The first frame of a resumed connection: `resumed`, or the refusal.
+  takeBack(message) {
+    this.resuming = false;
+    if (message.message_type !== 'resumed') {
+      this.closing = true;
+      this.ws.close();
+      this.events.lost(message.error || 'the server did not resume the session');
+      return;
+    }
+    this.token = message.resume.token;
+    this.windowMs = message.resume.window_ms;
+    const again = this.sent.slice(Math.max(0, message.received + 1 - this.sentFirst));
+    for (const text of again) this.ws.send(text);
+    const away = performance.now() - this.lostAt;
+    this.lostAt = null;
+    this.events.mark(`resumed after ${away.toFixed(0)} ms`);
+  }
+  // Sends a frame, and keeps it until a resume says the server has it.
+  transmit(text) {
+    this.sent.push(text);
+    this.sentCount += 1;
+    if (this.sent.length > 1024) {
+      this.sent.shift();
+      this.sentFirst += 1;
+    }
+    if (this.ws.readyState === WebSocket.OPEN && !this.resuming) this.ws.send(text);
   }
   send(payload) {
-    if (this.ws.readyState === WebSocket.OPEN) {
-      this.ws.send(JSON.stringify({ message_type: 'forward', payload }));
-    }
+    this.transmit(JSON.stringify({ message_type: 'forward', payload }));
   }
-  close() { this.ws.close(); }
+  close() {
+    this.closing = true;
+    this.ws.close();
+  }
 }
 
 // The reference's polling flow: POST /connect, /forward, /poll_messages.
@@ -183,6 +260,12 @@ class Session {
       payload: (payload) => this.onPayload(payload).catch((e) => this.fail(e.message)),
       error: (text) => this.fail(text),
       closed: (why) => this.onClosed(why),
+      // The session could not be resumed: start a new one, handshake and
+      // all.
+      lost: (why) => {
+        this.mark('session lost: ' + why + '; connecting again');
+        setTimeout(() => { if (current === this) connect(this.deviceId); }, 500);
+      },
     };
     const polling = params.get('transport') === 'poll' || typeof WebSocket !== 'function';
     this.transport = polling

@@ -9,13 +9,16 @@
 //! - [`seqpacket`]: many packets per system call on a unix
 //!   `SOCK_SEQPACKET` socket;
 //! - [`coturn`]: a real TURN server (Debian's coturn) on a free loopback
-//!   port, for the tests and benchmarks that relay.
+//!   port, for the tests and benchmarks that relay;
+//! - [`cut`]: a loopback TCP proxy whose connections a test cuts at once,
+//!   as a failing network would.
 //!
 //! It depends on nothing the server does not already build (tokio, hyper,
 //! tokio-seqpacket, nix),
 //! so the xtask runner can use it without pulling in the WebRTC stack.
 
 pub mod coturn;
+pub mod cut;
 pub mod http;
 pub mod prometheus;
 pub mod seqpacket;

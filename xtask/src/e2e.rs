@@ -226,10 +226,21 @@ impl Tools {
     /// A `client-cli connect` command with --json; it does not wait for
     /// video frames unless `extra` says `--video-wait`.
     pub fn connect_command(&self, server: &Server, device_id: &str, extra: &[&str]) -> Command {
+        self.connect_command_to(&server.url, &server.tool_flags, device_id, extra)
+    }
+
+    /// [`Self::connect_command`] to the server at `url`, with `tool_flags`.
+    pub fn connect_command_to(
+        &self,
+        url: &str,
+        tool_flags: &[String],
+        device_id: &str,
+        extra: &[&str],
+    ) -> Command {
         let mut command = self.command("client-cli");
         command
-            .args(["--server", &server.url])
-            .args(&server.tool_flags)
+            .args(["--server", url])
+            .args(tool_flags)
             .args(["connect", device_id, "--json", "--messages", "3"])
             .args(extra);
         if !extra.contains(&"--video-wait") {
@@ -313,7 +324,7 @@ type Scenario = fn(&Tools) -> Result<String>;
 
 /// Runs every scenario; the first failure stops the run.
 pub fn run_scenarios(tools: &Tools) -> Result<()> {
-    let scenarios: [(&str, Scenario); 13] = [
+    let scenarios: [(&str, Scenario); 14] = [
         ("plain ws, one client", plain_ws),
         (
             "wss, self-signed certificate via --ca-cert",
@@ -336,6 +347,10 @@ pub fn run_scenarios(tools: &Tools) -> Result<()> {
         ("device and client on two instances (Redis)", two_instances),
         ("relay only, through a real coturn", relay_only),
         ("signed tokens, scoped to a device", signed_tokens),
+        (
+            "TCP cut mid-session: signaling resumes, media goes on",
+            tcp_cut,
+        ),
     ];
     for (index, (name, scenario)) in scenarios.iter().enumerate() {
         let started = Instant::now();
@@ -606,17 +621,15 @@ fn device_restart(tools: &Tools) -> Result<String> {
         l.contains(r#""message_type":"device_info""#)
     })?;
 
-    // Kill the device without warning.
+    // Kill the device without warning: its session is held for a resume
+    // that will not come (its token died with it).
     device.signal("KILL")?;
-    expect_line("Device disconnected", &|l| {
-        l == r#"{"error":"Device disconnected"}"#
-    })?;
-    watcher.wait_exit(Duration::from_secs(10))?;
     drop(device);
 
     // It comes back under the same id, this time looping a VP8 clip
-    // (`--video FILE`) instead of its live screen, and a new client gets
-    // through and sees the clip play.
+    // (`--video FILE`) instead of its live screen: registering afresh, it
+    // takes the id from the held session, whose client hears that its
+    // device left; a new client gets through and sees the clip play.
     let clip = crate::workspace_root().join("fake-device/media/test-pattern.ivf");
     let clip = clip.to_string_lossy();
     let _device = tools.fake_device_with(
@@ -625,6 +638,10 @@ fn device_restart(tools: &Tools) -> Result<String> {
         "e2e-restart",
         &["--video", &clip],
     )?;
+    expect_line("Device disconnected", &|l| {
+        l == r#"{"error":"Device disconnected"}"#
+    })?;
+    watcher.wait_exit(Duration::from_secs(10))?;
     let output = tools
         .connect_command(&server, "e2e-restart", &["--video-wait", "1s"])
         .output()?;
@@ -654,6 +671,8 @@ fn server_restart(tools: &Tools) -> Result<String> {
     let server = tools.server("7-server-again", &["--listen", &address])?;
     tools.wait_listed(&server, "e2e-comeback", &device)?;
     let handshake = tools.connect(&server, "e2e-comeback")?;
+    // The server's 1001 at shutdown ended the session: it registered
+    // afresh, with no resume to try.
     let log = std::fs::read_to_string(&device.log).unwrap_or_default();
     ensure!(
         log.contains("server connection lost; re-registering"),
@@ -670,7 +689,8 @@ fn server_restart(tools: &Tools) -> Result<String> {
 /// handshake: the server keeps serving, the killed device's id is freed,
 /// and its client gauge returns to zero (every killed client was let go).
 fn killed_mid_handshake(tools: &Tools) -> Result<String> {
-    let server = tools.server("8-kill", &[])?;
+    // A killed peer's session is held for the window, then let go.
+    let server = tools.server("8-kill", &["--resume-window", "1s"])?;
     let _steady = tools.fake_device("8-kill-steady", &server, "e2e-steady")?;
     // The handshake takes about 30 ms to the data channel: kill at points
     // from before the offer to after it.
@@ -991,4 +1011,68 @@ pub fn build(root: &Path, release: bool) -> Result<()> {
     let status = command.status().context("run cargo build")?;
     ensure!(status.success(), "cargo build failed");
     Ok(())
+}
+
+/// A client's TCP connection to the server cut in the middle of a session
+/// (by a loopback proxy this run controls): client-cli resumes its
+/// session, the device hears nothing, no new offer is made, and the data
+/// channel and the video, which go peer to peer, go on throughout.
+fn tcp_cut(tools: &Tools) -> Result<String> {
+    let server = tools.server("14-cut", &[])?;
+    let device = tools.fake_device("14-cut", &server, "e2e-cut")?;
+    let address = server
+        .url
+        .strip_prefix("ws://")
+        .context("a plain server")?
+        .parse()
+        .context("a numeric server address")?;
+    let proxy = support::cut::CuttingProxy::start(address)?;
+    let mut command = tools.connect_command_to(
+        &format!("ws://{}", proxy.address),
+        &[],
+        "e2e-cut",
+        &["--video-wait", "1s", "--hold", "8s", "--timeout", "40s"],
+    );
+    command.stdout(Stdio::piped());
+    let client = command.spawn().context("client-cli")?;
+    // The handshake and the video wait take about 1.5 s: cut while it
+    // holds the session.
+    std::thread::sleep(Duration::from_secs(4));
+    let cut = proxy.cut();
+    let output = client.wait_with_output()?;
+    ensure!(cut >= 1, "no connection through the proxy to cut");
+    let report = check_connect(&output)?;
+    let resumes = report["resumes"].as_array().map_or(0, Vec::len);
+    ensure!(resumes == 1, "expected one resume, got {resumes}: {report}");
+    let away_ms = report["resumes"][0]["away_ms"].as_f64().unwrap_or_default();
+    let echoes = report["hold_echoes"].as_u64().unwrap_or(0);
+    let frames = report["hold_video_frames"].as_u64().unwrap_or(0);
+    ensure!(echoes >= 6, "{echoes} echoes while holding: {report}");
+    ensure!(
+        frames >= 150,
+        "{frames} video frames while holding: {report}"
+    );
+    // The device had one client and made one offer: nobody told it of a
+    // departure before the client's own clean close at the end.
+    let log = std::fs::read_to_string(&device.log).unwrap_or_default();
+    let offers = log.matches("offer sent").count();
+    ensure!(
+        offers == 1,
+        "{offers} offers: the handshake started again:\n{}",
+        device.log_tail(20)
+    );
+    ensure!(
+        !log.contains("client_id=2"),
+        "the device saw a second client:\n{}",
+        device.log_tail(20)
+    );
+    let server_log = std::fs::read_to_string(&server.process.log).unwrap_or_default();
+    ensure!(
+        server_log.contains("session resumed") && !server_log.contains("resume window passed"),
+        "the server did not log the resume:\n{}",
+        server.process.log_tail(20)
+    );
+    Ok(format!(
+        "cut {cut} connection(s); resumed after {away_ms:.0} ms; {echoes} echoes and {frames} video frames over 8 s held; one offer, no departure"
+    ))
 }

@@ -166,11 +166,22 @@ fn standard() -> Vec<Scenario> {
             3,
         ),
         Scenario {
+            // Each abrupt drop is announced at once with resume off (with
+            // it on, at the window's end, which the resume rows measure).
+            server_args: vec!["--resume-window", "0s"],
             fresh_server: true,
             ..scenario(
-                "relay 50 × 4, 200 B, beside 5,000 abrupt disconnects",
+                "relay 50 × 4, 200 B, beside 5,000 abrupt disconnects (resume off)",
                 relay("200", &["--disconnects", "5000"]),
                 1,
+            )
+        },
+        Scenario {
+            fresh_server: true,
+            ..scenario(
+                "resume: 200 clients dropped and resumed 10 times",
+                args(&["resume", "--devices", "200", "--rounds", "10"]),
+                3,
             )
         },
         Scenario {
@@ -287,23 +298,35 @@ fn churn(extra: &[&str]) -> Vec<String> {
 
 fn quick() -> Vec<Scenario> {
     vec![
-        scenario(
-            "relay with abrupt disconnects beside it (quick)",
-            args(&[
-                "relay",
-                "--devices",
-                "4",
-                "--in-flight",
-                "2",
-                "--duration",
-                "1s",
-                "--warmup",
-                "200ms",
-                "--disconnects",
-                "200",
-            ]),
-            1,
-        ),
+        Scenario {
+            server_args: vec!["--resume-window", "0s"],
+            fresh_server: true,
+            ..scenario(
+                "relay with abrupt disconnects beside it (quick)",
+                args(&[
+                    "relay",
+                    "--devices",
+                    "4",
+                    "--in-flight",
+                    "2",
+                    "--duration",
+                    "1s",
+                    "--warmup",
+                    "200ms",
+                    "--disconnects",
+                    "200",
+                ]),
+                1,
+            )
+        },
+        Scenario {
+            fresh_server: true,
+            ..scenario(
+                "resume (quick)",
+                args(&["resume", "--devices", "10", "--rounds", "2"]),
+                1,
+            )
+        },
         scenario(
             "relay open loop (quick)",
             args(&[
