@@ -2,7 +2,9 @@
 //! server, reported as a timeline of its phases. When its connection to
 //! the server drops and the server holds the session, it reconnects and
 //! resumes on its own (the peer connection stays up), and the timeline
-//! says so.
+//! says so; when the server no longer holds the session (the resume is
+//! refused, or the window passed), it starts a new one: a new connection
+//! and a new peer, the phases over again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,7 +61,7 @@ pub struct ConnectArgs {
     /// After everything else, keep the session this long, sending one
     /// echo a second and counting the device's video frames: to watch a
     /// session ride out a dropped signaling connection (each resume is in
-    /// the timeline). Counts against --timeout.
+    /// the timeline; a new session holds again). Counts against --timeout.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     hold: Duration,
 
@@ -113,6 +115,9 @@ struct Timeline {
     /// Each resume of the signaling connection: when, and how long it was
     /// away.
     resumes: Vec<serde_json::Value>,
+    /// Each new session started because the server no longer held the
+    /// last one: when, and why.
+    new_sessions: Vec<serde_json::Value>,
 }
 
 impl Timeline {
@@ -170,6 +175,7 @@ impl Timeline {
             out["error"] = json!(error);
         }
         out["resumes"] = json!(self.resumes);
+        out["new_sessions"] = json!(self.new_sessions);
         for (key, value) in &self.notes {
             out[key] = value.clone();
         }
@@ -188,11 +194,12 @@ pub async fn run(options: &ConnectOptions, args: ConnectArgs) -> Result<()> {
         reached: Vec::new(),
         notes: serde_json::Map::new(),
         resumes: Vec::new(),
+        new_sessions: Vec::new(),
     };
     let mut rtts = Vec::new();
     let outcome = tokio::time::timeout(
         args.timeout,
-        handshake(options, &args, &mut timeline, &mut rtts),
+        sessions(options, &args, &mut timeline, &mut rtts),
     )
     .await;
     let result = match outcome {
@@ -209,6 +216,55 @@ pub async fn run(options: &ConnectOptions, args: ConnectArgs) -> Result<()> {
     }
     result
 }
+
+/// How many new sessions `connect` starts, one after another, when the
+/// server no longer holds the last one, before it gives up.
+const MAX_NEW_SESSIONS: usize = 3;
+
+/// The handshake, and a new one (a new connection, a new peer) each time
+/// the session is gone from the server: its resume refused (the server
+/// restarted, or the session ended while its connection was away) or the
+/// window passed. Each new session goes into the timeline, whose phases
+/// then start over.
+async fn sessions(
+    options: &ConnectOptions,
+    args: &ConnectArgs,
+    timeline: &mut Timeline,
+    rtts: &mut Vec<f64>,
+) -> Result<()> {
+    loop {
+        let Err(e) = handshake(options, args, timeline, rtts).await else {
+            return Ok(());
+        };
+        let Some(gone) = e.downcast_ref::<SessionGone>() else {
+            return Err(e);
+        };
+        if timeline.new_sessions.len() >= MAX_NEW_SESSIONS {
+            return Err(e.context(format!("after {MAX_NEW_SESSIONS} new sessions")));
+        }
+        timeline.say(&format!("{gone}; starting a new session"));
+        timeline.new_sessions.push(json!({
+            "at_ms": round(timeline.now_ms()),
+            "why": gone.to_string(),
+        }));
+        timeline.reached.clear();
+        rtts.clear();
+    }
+}
+
+/// The server no longer holds the session: its resume was refused, or the
+/// connection did not come back within the window. Another session may
+/// start; nothing of this one can be saved.
+#[derive(Debug)]
+struct SessionGone(String);
+
+impl std::fmt::Display for SessionGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SessionGone {}
 
 /// The connection to the server, which comes back on its own: when it
 /// drops and the server holds the session, it reconnects with backoff
@@ -334,10 +390,11 @@ impl<'a> Signaling<'a> {
         let mut wait = RECONNECT_FIRST;
         loop {
             if lost_at.elapsed() >= window {
-                bail!(
+                return Err(SessionGone(format!(
                     "the signaling connection dropped and did not come back within the server's resume window ({})",
                     humantime::format_duration(window)
-                );
+                ))
+                .into());
             }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(RECONNECT_LAST);
@@ -370,7 +427,7 @@ impl<'a> Signaling<'a> {
                 }
                 // A refused resume (its token past use) is final.
                 Err(e) if format!("{e:#}").contains("Resume refused") => {
-                    bail!("the server refused the resume: {e:#}")
+                    return Err(SessionGone(format!("the server refused the resume: {e:#}")).into());
                 }
                 Err(e) => timeline.say(&format!("reconnecting: {e:#}")),
             }
@@ -382,7 +439,11 @@ impl<'a> Signaling<'a> {
         self.resuming = false;
         let resumed = match ServerToClient::decode(text) {
             Ok(ServerToClient::Resumed(resumed)) => resumed,
-            Ok(ServerToClient::Error(e)) => bail!("the server refused the resume: {}", e.error),
+            Ok(ServerToClient::Error(e)) => {
+                return Err(
+                    SessionGone(format!("the server refused the resume: {}", e.error)).into(),
+                );
+            }
             _ => bail!("expected resumed, got {text}"),
         };
         let again = self.books.resumed(&resumed)?;
@@ -494,9 +555,37 @@ async fn handshake(
 
     let (pc, events) = build_peer(&args.peer, &ice_servers).await?;
     let mut negotiation = Negotiation::with_peer(Side::Client, pc, events);
+    let result = session(
+        &mut socket,
+        &mut negotiation,
+        &ice_servers,
+        &info,
+        args,
+        timeline,
+        rtts,
+    )
+    .await;
+    // Whatever the outcome: a clean close, so that the server ends the
+    // session at once rather than holding it for a resume.
+    negotiation.close().await;
+    socket.close().await;
+    result
+}
+
+/// The session once both sides are known: the offer asked for, answered,
+/// the data channel's echoes, the video, the input, the hold.
+async fn session(
+    socket: &mut Signaling<'_>,
+    negotiation: &mut Negotiation<impl webrtc::peer_connection::PeerConnection>,
+    ice_servers: &[protocol::IceServer],
+    info: &str,
+    args: &ConnectArgs,
+    timeline: &mut Timeline,
+    rtts: &mut Vec<f64>,
+) -> Result<()> {
     socket
         .forward(&Payload::RequestOffer {
-            ice_servers: ice_servers.clone(),
+            ice_servers: ice_servers.to_vec(),
         })
         .await;
 
@@ -535,13 +624,13 @@ async fn handshake(
                 }
                 Event::Peer(PeerEvent::IceConnectionState(RTCIceConnectionState::Failed)) => {
                     if args.peer.relay_only {
-                        bail!("ICE failed: no candidate pair works; {}", why_no_relay(&ice_servers).await);
+                        bail!("ICE failed: no candidate pair works; {}", why_no_relay(ice_servers).await);
                     }
                     bail!("ICE failed: no candidate pair works");
                 }
                 Event::Peer(PeerEvent::GatheringComplete) => {
                     if args.peer.relay_only && negotiation.relayed_candidates() == 0 {
-                        bail!("{}", why_no_relay(&ice_servers).await);
+                        bail!("{}", why_no_relay(ice_servers).await);
                     }
                 }
                 Event::Peer(PeerEvent::ConnectionState(RTCPeerConnectionState::Connected)) => {
@@ -670,11 +759,11 @@ async fn handshake(
     timeline.notes.insert("streams".into(), json!(stream_list));
     if args.input {
         let pc = negotiation.peer().context("no peer connection")?;
-        let seen = touch(pc, reports.as_ref(), &info, timeline).await?;
+        let seen = touch(pc, reports.as_ref(), info, timeline).await?;
         timeline.notes.insert("input_reports".into(), json!(seen));
     }
     if !args.hold.is_zero() {
-        hold(&mut socket, &channel, video.as_deref(), args.hold, timeline).await?;
+        hold(socket, &channel, video.as_deref(), args.hold, timeline).await?;
     }
     if let Some(video) = &video {
         let frames = video.frames.load(std::sync::atomic::Ordering::Relaxed);
@@ -722,8 +811,6 @@ async fn handshake(
             }
         }
     }
-    negotiation.close().await;
-    socket.close().await;
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! A TCP proxy on loopback that a test or the e2e run controls: it carries every
 //! connection to one address, and [`CuttingProxy::cut`] breaks all of them
 //! at once, as a network that fails does (the peers see their connections
-//! end without a close frame). New connections go through afterwards.
+//! end without a close frame). New connections go through afterwards,
+//! unless [`CuttingProxy::set_down`] keeps the network down.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -15,6 +16,7 @@ pub struct CuttingProxy {
     /// Both ends of every connection carried so far.
     open: Arc<Mutex<Vec<TcpStream>>>,
     stopped: Arc<AtomicBool>,
+    down: Arc<AtomicBool>,
 }
 
 impl CuttingProxy {
@@ -24,13 +26,19 @@ impl CuttingProxy {
         let address = listener.local_addr()?;
         let open = Arc::new(Mutex::new(Vec::new()));
         let stopped = Arc::new(AtomicBool::new(false));
-        let (accepted, stop) = (open.clone(), stopped.clone());
+        let down = Arc::new(AtomicBool::new(false));
+        let (accepted, stop, refuse) = (open.clone(), stopped.clone(), down.clone());
         std::thread::spawn(move || {
             for incoming in listener.incoming() {
                 if stop.load(Ordering::Acquire) {
                     return;
                 }
                 let Ok(client) = incoming else { continue };
+                if refuse.load(Ordering::Acquire) {
+                    // Dropped at once: the peer's connection ends before
+                    // a byte reaches the server.
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(to) else {
                     continue;
                 };
@@ -52,7 +60,18 @@ impl CuttingProxy {
             address,
             open,
             stopped,
+            down,
         })
+    }
+
+    /// While down, every connection carried is cut and each new one is
+    /// closed as soon as it is accepted: a network that stays down for a
+    /// while, so that peers retry without getting through.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::Release);
+        if down {
+            self.cut();
+        }
     }
 
     /// Breaks every connection carried so far, both ways; returns how many.
